@@ -1,0 +1,293 @@
+"""Checkpoint IO: find files (local directory or Hugging Face Hub), read/write weights, match keys to a model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_NAME
+from .io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_CANDIDATES = (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX)
+HEAD_PREFIX = "classifier."
+
+
+class HubUnavailableError(OSError):
+    """The Hub could not be reached and the file is not in the local cache."""
+
+
+def _looks_like_local_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or "\\" in name
+
+
+def _hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any) -> Path | None:
+    """Download (or find in the HF cache) one file; None when the repo has no such file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, subfolder=subfolder or None, **hub_options))
+    except GatedRepoError as error:
+        raise OSError(
+            f"{repo_id} is gated on the Hub: accept its terms and log in (`hf auth login`). {error}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise OSError(
+            f"{repo_id!r} is neither a local directory nor a model repository on the Hugging Face Hub: "
+            "check the spelling, or pass the path of a directory holding config.json and model.safetensors."
+        ) from None
+    except RevisionNotFoundError:
+        raise OSError(
+            f"Revision {hub_options.get('revision')!r} does not exist in {repo_id}: pass an existing branch, tag or commit."
+        ) from None
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not an existing local path, nor a valid Hub id ('org/name'): check the path."
+        ) from None
+    except LocalEntryNotFoundError:
+        raise HubUnavailableError(
+            f"Could not reach the Hugging Face Hub for {repo_id!r} ({filename} is not in the local cache either): "
+            f"download the model on a connected machine with `model.save_pretrained(dir)` or `hf download {repo_id} "
+            "--local-dir DIR`, copy DIR here, and pass that directory path instead of the Hub id."
+        ) from None
+    except EntryNotFoundError:
+        return None
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike, filename: str, subfolder: str = "", **hub_options: Any
+) -> Path | None:
+    """Path of `filename` in a local directory or Hub repo, or None when that checkpoint lacks it."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        candidate = local / subfolder / filename
+        return candidate if candidate.is_file() else None
+    name = str(name_or_path)
+    if local.exists() or _looks_like_local_path(name):
+        raise FileNotFoundError(f"{name} is not a directory: pass a directory holding {CONFIG_NAME} and the weights.")
+    return _hub_download(name, filename, subfolder, **hub_options)
+
+
+def resolve_config_file(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> Path:
+    local = Path(name_or_path).expanduser()
+    if local.is_file() and local.suffix == ".json":
+        return local
+    path = resolve_file(name_or_path, CONFIG_NAME, subfolder, **hub_options)
+    if path is None:
+        raise FileNotFoundError(
+            f"{name_or_path} has no {CONFIG_NAME}: a BiT checkpoint needs one (save it with `save_pretrained`)."
+        )
+    return path
+
+
+def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> list[Path]:
+    """The weight files of a checkpoint, preferring safetensors; shards are listed via their index."""
+    for filename in WEIGHT_CANDIDATES:
+        path = resolve_file(name_or_path, filename, subfolder, **hub_options)
+        if path is None:
+            continue
+        if not filename.endswith(".index.json"):
+            return [path]
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        shard_names = sorted(set(weight_map.values()))
+        shards = [resolve_file(name_or_path, shard, subfolder, **hub_options) for shard in shard_names]
+        missing = [name for name, shard in zip(shard_names, shards) if shard is None]
+        if missing:
+            raise FileNotFoundError(f"{path} lists shards that are missing: {missing}; copy or download them too.")
+        return shards
+    raise FileNotFoundError(f"{name_or_path} has no weights: expected one of {', '.join(WEIGHT_CANDIDATES)}.")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors or torch pickle file (the latter with weights_only, so no code runs)."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ValueError(
+            f"Could not read weights from {path} ({type(error).__name__}: {error}); the file is truncated, corrupt "
+            "or not a checkpoint: delete it and save or download it again."
+        ) from None
+
+
+def write_state_dict(state_dict: dict[str, torch.Tensor], path: Path, safe: bool = True) -> None:
+    """Write weights atomically: the target is only replaced once the file is complete."""
+    tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items()}
+    with atomic_path(path) as tmp:
+        if safe:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+        else:
+            torch.save(tensors, tmp)
+
+
+def adapt_prefix(
+    state_dict: dict[str, torch.Tensor], model_keys: set[str], prefix: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Add or strip the base-model prefix so a classifier checkpoint loads into a bare model and back.
+
+    Returns the adapted state dict and the head keys dropped because the target model has no head.
+    """
+    marker = prefix + "."
+    model_has_prefix = any(key.startswith(marker) for key in model_keys)
+    checkpoint_has_prefix = any(key.startswith(marker) for key in state_dict)
+    if model_has_prefix and not checkpoint_has_prefix:
+        return {marker + key: value for key, value in state_dict.items()}, []
+    if checkpoint_has_prefix and not model_has_prefix:
+        stripped = {key[len(marker) :]: value for key, value in state_dict.items() if key.startswith(marker)}
+        dropped = [key for key in state_dict if not key.startswith(marker)]
+        return stripped, dropped
+    return state_dict, []
+
+
+def _summarise(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" … and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def match_state_dict(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ignore_mismatched_sizes: bool, source: str
+) -> dict[str, torch.Tensor]:
+    """Check a checkpoint against a model; return what to load, raising on any real disagreement."""
+    expected = model.state_dict()
+    state_dict, dropped_head = adapt_prefix(state_dict, set(expected), getattr(model, "base_model_prefix", "bit"))
+    unexpected = [key for key in state_dict if key not in expected]
+    unexpected_outside_head = [key for key in unexpected if not key.startswith(HEAD_PREFIX)]
+    missing = [key for key in expected if key not in state_dict]
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state_dict and state_dict[key].shape != expected[key].shape
+    ]
+    missing_outside_head = [key for key in missing if not key.startswith(HEAD_PREFIX)]
+    if unexpected_outside_head or missing_outside_head:
+        raise ValueError(
+            f"The checkpoint {source} does not match this {type(model).__name__} config"
+            + (f"; missing keys: {_summarise(missing_outside_head)}" if missing_outside_head else "")
+            + (f"; unexpected keys: {_summarise(unexpected_outside_head)}" if unexpected_outside_head else "")
+            + ". Load it with the config.json saved beside it (do not override depths/hidden_sizes/layer_type), "
+            "or pick the model class that matches the checkpoint."
+        )
+    if mismatched and not ignore_mismatched_sizes:
+        raise ValueError(
+            f"Shapes in {source} differ from this model: {_summarise(mismatched)}. To put a new head on a "
+            "pretrained body (e.g. 1000 → 10 classes), pass num_labels=… together with ignore_mismatched_sizes=True."
+        )
+    if mismatched:
+        logger.warning("Newly initialised (shape differs from %s): %s", source, _summarise(mismatched))
+        state_dict = {
+            key: value for key, value in state_dict.items() if key in expected and value.shape == expected[key].shape
+        }
+    if missing:
+        logger.warning("Newly initialised (absent from %s): %s", source, _summarise(missing))
+    if dropped_head or unexpected:
+        logger.info("Unused head weights in %s: %s", source, _summarise(dropped_head + unexpected))
+    return {key: value for key, value in state_dict.items() if key in expected}
+
+
+def resolve_dtype(torch_dtype: Any, state_dict: dict[str, torch.Tensor], config: Any) -> torch.dtype | None:
+    """Interpret `torch_dtype`: None keeps float32, "auto" follows the checkpoint, strings name a dtype."""
+    if torch_dtype is None:
+        return None
+    if torch_dtype == "auto":
+        floating = [value.dtype for value in state_dict.values() if value.is_floating_point()]
+        if floating:
+            return floating[0]
+        torch_dtype = getattr(config, "torch_dtype", None) or "float32"
+    if isinstance(torch_dtype, str):
+        resolved = getattr(torch, torch_dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"Unknown torch_dtype {torch_dtype!r}: use 'float32', 'float16', 'bfloat16' or 'auto'.")
+        return resolved
+    return torch_dtype
+
+
+class PretrainedMixin:
+    """`from_pretrained` / `save_pretrained` in the transformers style, for BiT models."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: Any = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        subfolder: str = "",
+        ignore_mismatched_sizes: bool = False,
+        torch_dtype: Any = None,
+        dtype: Any = None,
+        **config_overrides: Any,
+    ):
+        """Load a checkpoint from a local directory or a Hub id; keyword arguments override the config."""
+        hub_options = {
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+            "token": token,
+        }
+        source = str(pretrained_model_name_or_path)
+        if config is None:
+            config_file = resolve_config_file(pretrained_model_name_or_path, subfolder, **hub_options)
+            config = cls.config_class.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **config_overrides)
+        elif config_overrides:
+            raise TypeError(f"Pass either config= or config overrides, not both (got {sorted(config_overrides)}).")
+        state_dict: dict[str, torch.Tensor] = {}
+        for path in resolve_weight_files(pretrained_model_name_or_path, subfolder, **hub_options):
+            state_dict.update(read_state_dict(path))
+        model = cls(config)
+        to_load = match_state_dict(model, state_dict, ignore_mismatched_sizes, source)
+        model.load_state_dict(to_load, strict=False)
+        target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, state_dict, config)
+        if target_dtype is not None:
+            model.to(target_dtype)
+        model.config._name_or_path = source
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+        """Write config.json and model.safetensors (or pytorch_model.bin); each file appears whole or not at all."""
+        save_directory = Path(save_directory)
+        if save_directory.is_file():
+            raise NotADirectoryError(f"{save_directory} is a file: save_pretrained needs a directory path.")
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.torch_dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+        write_state_dict(
+            self.state_dict(),
+            save_directory / (SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS),
+            safe_serialization,
+        )
+        self.config.save_pretrained(save_directory)
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype

@@ -1,0 +1,379 @@
+"""ResNet-v2 BiT: stem, residual blocks, stages, and the three public models (base, classifier, backbone).
+
+Module names and parameter keys are those of transformers' `modeling_bit.py`, so checkpoints
+move between the two libraries unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import PretrainedMixin
+from .config import BitConfig
+from .layers import (
+    DropPath,
+    DynamicPad2d,
+    GroupNormActivation,
+    WeightStandardizedConv2d,
+    activation,
+    make_div,
+)
+from .outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+
+BOTTLE_RATIO = 0.25
+
+
+def stem_width(config: BitConfig) -> int:
+    return config.embedding_size * config.width_factor
+
+
+def stage_widths(config: BitConfig) -> list[int]:
+    """Output channels of each stage; unlike transformers, width_factor scales them *and* the head."""
+    return [make_div(size * config.width_factor) for size in config.hidden_sizes[: len(config.depths)]]
+
+
+def drop_path_rates(config: BitConfig) -> list[list[float]]:
+    """Linearly increasing stochastic-depth rates over all blocks, split per stage (float32 as in HF)."""
+    rates = np.linspace(0, config.drop_path_rate, sum(config.depths)).astype(np.float32).tolist()
+    bounds = np.cumsum([0] + list(config.depths))
+    return [rates[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+class BitEmbeddings(nn.Module):
+    """Stem: 7×7/2 WS-conv → (zero border) → (GN+act for bottleneck) → 3×3/2 max-pool."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        self.num_channels = config.num_channels
+        width = stem_width(config)
+        self.convolution = WeightStandardizedConv2d(
+            config.num_channels, width, kernel_size=7, stride=2, padding=config.global_padding
+        )
+        # A 0-valued (not -inf) border before the pool: preact stems have no ReLU, so pre-pool
+        # values can be negative and this border is part of what the checkpoints learnt.
+        self.pad = nn.Identity() if config.global_padding == "SAME" else nn.ConstantPad2d(1, 0.0)
+        self.norm = (
+            GroupNormActivation(width, config.num_groups, config.hidden_act)
+            if config.layer_type == "bottleneck"
+            else nn.Identity()
+        )
+        self.pool_pad = DynamicPad2d(3, 2) if config.embedding_dynamic_padding else nn.Identity()
+        self.pooler = nn.MaxPool2d(kernel_size=3, stride=2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must be a 4-D (batch, channels, height, width) tensor, got shape "
+                f"{tuple(pixel_values.shape)}; add a batch axis with `pixel_values[None]` for one image."
+            )
+        if pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                "Make sure that the channel dimension of the pixel values match with the one set in the "
+                f"configuration: got {pixel_values.shape[1]} channels, config.num_channels={self.num_channels} "
+                "(channels-last input needs `.permute(0, 3, 1, 2)`)."
+            )
+        hidden = self.norm(self.pad(self.convolution(pixel_values)))
+        return self.pooler(self.pool_pad(hidden))
+
+
+class BitDownsampleConv(nn.Module):
+    """Projection shortcut: 1×1 strided WS-conv, followed by GN (no act) in the bottleneck layout."""
+
+    def __init__(self, config: BitConfig, in_channels: int, out_channels: int, stride: int, preact: bool):
+        super().__init__()
+        self.conv = WeightStandardizedConv2d(in_channels, out_channels, 1, stride=stride, padding=config.global_padding)
+        self.norm = nn.Identity() if preact else GroupNormActivation(out_channels, config.num_groups, act=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+def _block_padding(config: BitConfig) -> str | None:
+    # "VALID" 3×3 convs would shrink the residual branch below its shortcut (transformers
+    # crashes there); VALID therefore applies to the stem, and blocks keep symmetric padding.
+    return None if config.global_padding == "VALID" else config.global_padding
+
+
+class BitPreActivationBottleneckLayer(nn.Module):
+    """ResNet-v2 block: GN+act before each conv; the shortcut projects the pre-activated input.
+
+    Unlike transformers, the 3×3 conv honours dilation (output_stride 16/8), as timm and BiT do.
+    """
+
+    def __init__(self, config, in_channels, out_channels, stride, dilation, drop_path_rate, is_first_layer):
+        super().__init__()
+        mid = make_div(out_channels * BOTTLE_RATIO)
+        padding, groups = _block_padding(config), config.num_groups
+        if is_first_layer:
+            self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=True)
+        else:
+            self.downsample = None
+        self.norm1 = GroupNormActivation(in_channels, groups, config.hidden_act)
+        self.conv1 = WeightStandardizedConv2d(in_channels, mid, 1, padding=padding)
+        self.norm2 = GroupNormActivation(mid, groups, config.hidden_act)
+        self.conv2 = WeightStandardizedConv2d(mid, mid, 3, stride=stride, dilation=dilation, padding=padding)
+        self.norm3 = GroupNormActivation(mid, groups, config.hidden_act)
+        self.conv3 = WeightStandardizedConv2d(mid, out_channels, 1, padding=padding)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        preactivated = self.norm1(x)
+        shortcut = self.downsample(preactivated) if self.downsample is not None else x
+        hidden = self.conv1(preactivated)
+        hidden = self.conv2(self.norm2(hidden))
+        hidden = self.conv3(self.norm3(hidden))
+        return self.drop_path(hidden) + shortcut
+
+
+class BitBottleneckLayer(nn.Module):
+    """ResNet-v1.5 block (ViT-/DPT-hybrid): conv → GN+act, last GN without act, ReLU after the add."""
+
+    def __init__(self, config, in_channels, out_channels, stride, dilation, drop_path_rate, is_first_layer):
+        super().__init__()
+        mid = make_div(out_channels * BOTTLE_RATIO)
+        padding, groups = _block_padding(config), config.num_groups
+        if is_first_layer:
+            self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=False)
+        else:
+            self.downsample = None
+        self.conv1 = WeightStandardizedConv2d(in_channels, mid, 1, padding=padding)
+        self.norm1 = GroupNormActivation(mid, groups, config.hidden_act)
+        self.conv2 = WeightStandardizedConv2d(mid, mid, 3, stride=stride, dilation=dilation, padding=padding)
+        self.norm2 = GroupNormActivation(mid, groups, config.hidden_act)
+        self.conv3 = WeightStandardizedConv2d(mid, out_channels, 1, padding=padding)
+        self.norm3 = GroupNormActivation(out_channels, groups, act=None)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.activation = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        hidden = self.norm1(self.conv1(x))
+        hidden = self.norm2(self.conv2(hidden))
+        hidden = self.norm3(self.conv3(hidden))
+        return self.activation(self.drop_path(hidden) + shortcut)
+
+
+class BitStage(nn.Module):
+    """`depth` blocks; the first one strides and projects the shortcut."""
+
+    def __init__(self, config, in_channels, out_channels, stride, dilation, depth, drop_path_rates):
+        super().__init__()
+        block = BitBottleneckLayer if config.layer_type == "bottleneck" else BitPreActivationBottleneckLayer
+        # Block 0 keeps dilation 1 when entering a dilation-2 stage (it is the one that would have
+        # strided); timm and the original DeepLab-style dilation schedule agree on this.
+        first_dilation = 1 if dilation in (1, 2) else 2
+        self.layers = nn.Sequential(
+            *(
+                block(
+                    config,
+                    in_channels if index == 0 else out_channels,
+                    out_channels,
+                    stride if index == 0 else 1,
+                    first_dilation if index == 0 else dilation,
+                    drop_path_rates[index],
+                    is_first_layer=index == 0,
+                )
+                for index in range(depth)
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class BitEncoder(nn.Module):
+    """Stages with strides 1, 2, 2, …; once the stride would pass `output_stride`, dilate instead."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        current_stride, dilation, in_channels = 4, 1, stem_width(config)
+        stages = []
+        for index, (depth, out_channels, rates) in enumerate(
+            zip(config.depths, stage_widths(config), drop_path_rates(config))
+        ):
+            stride = 1 if index == 0 else 2
+            if current_stride >= config.output_stride:
+                dilation *= stride
+                stride = 1
+            stages.append(BitStage(config, in_channels, out_channels, stride, dilation, depth, rates))
+            current_stride *= stride
+            in_channels = out_channels
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, hidden: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
+        """Return [stem output, stage1 output, …], running only the first `num_stages` stages."""
+        outputs = [hidden]
+        for stage in self.stages[:num_stages]:
+            hidden = stage(hidden)
+            outputs.append(hidden)
+        return outputs
+
+
+class BitPreTrainedModel(PretrainedMixin, nn.Module):
+    """Shared weight init and checkpoint IO of the BiT models."""
+
+    config_class = BitConfig
+    base_model_prefix = "bit"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        if not isinstance(config, BitConfig):
+            raise TypeError(f"{type(self).__name__} needs a BitConfig, got {type(config).__name__}.")
+        self.config = config
+
+    def init_weights(self) -> None:
+        """Kaiming-normal (fan_out) convs; GroupNorm weight 1 / bias 0; Linear keeps torch's default."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.GroupNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
+        return (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            self.config.return_dict if return_dict is None else return_dict,
+        )
+
+
+class BitModel(BitPreTrainedModel):
+    """Feature extractor: stem, stages, final GN+act (preact only) and global average pooling."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__(config)
+        self.embedder = BitEmbeddings(config)
+        self.encoder = BitEncoder(config)
+        self.num_features = stage_widths(config)[-1]
+        self.norm = (
+            GroupNormActivation(self.num_features, config.num_groups, config.hidden_act)
+            if config.layer_type == "preactivation"
+            else nn.Identity()
+        )
+        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        self.init_weights()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        stage_outputs = self.encoder(self.embedder(pixel_values))
+        last_hidden_state = self.norm(stage_outputs[-1])
+        pooled = self.pooler(last_hidden_state)
+        hidden_states = tuple(stage_outputs) if output_hidden_states else None
+        if not return_dict:
+            return (last_hidden_state, pooled) + ((hidden_states,) if hidden_states is not None else ())
+        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state, pooled, hidden_states)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: BitConfig) -> torch.Tensor:
+    """transformers' rule: the first call picks `problem_type` from num_labels and label dtype, and records it."""
+    labels = labels.to(logits.device)
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        if labels.dtype not in (torch.long, torch.uint8):
+            raise ValueError(
+                f"Single-label classification needs integer class ids as torch.long, got {labels.dtype}: "
+                "pass `labels.long()`."
+            )
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), ignore_index=-100)
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class BitForImageClassification(BitPreTrainedModel):
+    """BitModel + Flatten + Linear head (Identity when num_labels == 0)."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__(config)
+        self.bit = BitModel(config)
+        head = nn.Linear(self.bit.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = nn.Sequential(nn.Flatten(), head)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        outputs = self.bit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        if not return_dict:
+            extra = (outputs.hidden_states,) if outputs.hidden_states is not None else ()
+            return ((loss,) if loss is not None else ()) + (logits,) + extra
+        return ImageClassifierOutputWithNoAttention(loss, logits, outputs.hidden_states)
+
+
+class BitBackbone(BitPreTrainedModel):
+    """Multi-scale features for detection/segmentation heads: the raw outputs of the chosen stages.
+
+    Stages after the last requested one are not run (transformers runs the whole network).
+    """
+
+    def __init__(self, config: BitConfig):
+        super().__init__(config)
+        self.bit = BitModel(config)
+        self.num_features = [stem_width(config)] + stage_widths(config)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self.config.stage_names
+
+    @property
+    def out_features(self) -> list[str]:
+        return self.config.out_features
+
+    @out_features.setter
+    def out_features(self, value: list[str] | None) -> None:
+        self.config.out_features = value
+
+    @property
+    def out_indices(self) -> list[int]:
+        return self.config.out_indices
+
+    @out_indices.setter
+    def out_indices(self, value: list[int] | None) -> None:
+        self.config.out_indices = value
+
+    @property
+    def out_feature_channels(self) -> dict[str, int]:
+        return dict(zip(self.stage_names, self.num_features))
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.out_feature_channels[name] for name in self.out_features]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple:
+        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        indices = [self.stage_names.index(name) for name in self.out_features]
+        num_stages = None if output_hidden_states else max(indices)
+        stage_outputs = self.bit.encoder(self.bit.embedder(pixel_values), num_stages=num_stages)
+        feature_maps = tuple(stage_outputs[i] for i in indices)
+        hidden_states = tuple(stage_outputs) if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states)
