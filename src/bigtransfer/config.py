@@ -227,9 +227,16 @@ class BitConfig:
                 f"This config describes a {model_type!r} model, not BiT ('bit'): point bigtransfer at a BiT checkpoint."
             )
         merged = {**config_dict, **overrides}
+        # An override replaces what the file derived from the old value (as attribute assignment would).
         if "num_labels" in overrides and "id2label" not in overrides:
             merged.pop("id2label", None)
             merged.pop("label2id", None)
+        for given, derived in (("out_features", "out_indices"), ("out_indices", "out_features")):
+            if given in overrides and derived not in overrides:
+                merged.pop(derived, None)
+        if "depths" in overrides and not {"out_features", "out_indices"} & set(overrides):
+            merged.pop("out_features", None)
+            merged.pop("out_indices", None)
         return cls(**merged)
 
     @classmethod

@@ -6,10 +6,23 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 
 class ModelOutput:
-    """Fields that are None are skipped by indexing and `to_tuple()`, exactly as in transformers."""
+    """Fields that are None are skipped by indexing and `to_tuple()`, exactly as in transformers.
+
+    Subclasses are pytree nodes, so `torch.export` and `torch.compile` can return them.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        pytree.register_pytree_node(
+            cls,
+            lambda output: ([getattr(output, f.name) for f in fields(output)], [f.name for f in fields(output)]),
+            lambda values, names: cls(**dict(zip(names, values))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
