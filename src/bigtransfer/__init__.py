@@ -2,6 +2,18 @@
 
 from .config import BitConfig
 from .modeling import BitBackbone, BitForImageClassification, BitModel, BitPreTrainedModel
+from .processing import BitImageProcessor
+from .processing_base import BatchFeature
+from .processing_fast import BitImageProcessorFast
 
-__all__ = ["BitBackbone", "BitConfig", "BitForImageClassification", "BitModel", "BitPreTrainedModel"]
+__all__ = [
+    "BatchFeature",
+    "BitBackbone",
+    "BitConfig",
+    "BitForImageClassification",
+    "BitImageProcessor",
+    "BitImageProcessorFast",
+    "BitModel",
+    "BitPreTrainedModel",
+]
 __version__ = "0.1.0"

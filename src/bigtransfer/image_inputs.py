@@ -1,0 +1,128 @@
+"""Turning what users pass (paths, PIL images, arrays, tensors, lists of them) into RGB arrays, with clear errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CHANNEL_COUNTS = (1, 3, 4)
+ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
+
+
+def load_image_path(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No image file at {path}: check the path (directories are not images).")
+    return path
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file with its EXIF orientation applied (as a photo viewer shows it)."""
+    path = load_image_path(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Cannot read {path} as an image ({error}); the file is corrupt or not an image.") from None
+
+
+def flatten_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One list of single images: 4-D arrays/tensors split along the batch axis, nested lists flattened."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("Got an empty list of images: pass at least one image.")
+        return [single for item in images for single in flatten_images(item)]
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim == 3:
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise ValueError(
+            f"An image array must be 3-D (one image, with a channel axis) or 4-D (a batch); got shape "
+            f"{tuple(images.shape)}. For a grayscale H×W array add a channel axis with `array[..., None]`; "
+            "split 5-D inputs into a list of batches."
+        )
+    raise TypeError(
+        f"Cannot use a {type(images).__name__} as an image: pass a file path, a PIL image, a numpy array, "
+        "a torch tensor, or a list of them."
+    )
+
+
+def channel_axis(shape: tuple[int, ...], input_data_format: str | None) -> int:
+    """0 for channels-first, -1 for channels-last; guessing only when one reading is possible."""
+    if input_data_format is not None:
+        if input_data_format not in ("channels_first", "channels_last"):
+            raise ValueError(
+                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            )
+        return 0 if input_data_format == "channels_first" else -1
+    first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        raise ValueError(
+            f"The channel axis of an image of shape {tuple(shape)} is ambiguous: pass "
+            "input_data_format='channels_first' or 'channels_last'."
+        )
+    if not (first or last):
+        raise ValueError(
+            f"Cannot find a channel axis of size 1, 3 or 4 in an image of shape {tuple(shape)}: pass an H×W×C "
+            "or C×H×W array (and input_data_format if it has another channel count)."
+        )
+    return 0 if first else -1
+
+
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, compositing transparency onto white (transformers 5.x), instead of dropping alpha."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def array_to_rgb(image: np.ndarray) -> np.ndarray:
+    """Channels-last array → 3 channels: gray replicated, RGBA composited onto white."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return np.repeat(image, 3, axis=-1)
+    if channels != 4:
+        return image
+    if np.issubdtype(image.dtype, np.floating) and (image.min() < 0.0 or image.max() > 1.0):
+        raise ValueError(
+            f"An RGBA float image must hold values in [0, 1] to composite its alpha, got [{image.min()}, "
+            f"{image.max()}]: divide by 255 first."
+        )
+    white = 255 if np.issubdtype(image.dtype, np.integer) else 1.0
+    alpha = image[..., 3:4] / white
+    composite = alpha * image[..., :3] + (1 - alpha) * white
+    return np.round(composite).astype(image.dtype) if white == 255 else composite.astype(image.dtype)
+
+
+def to_channels_first(image: ImageLike, do_convert_rgb: bool, input_data_format: str | None) -> np.ndarray:
+    """A numpy C×H×W array, RGB-converted when asked (paths are opened, tensors moved to numpy)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        array = np.array(pil_to_rgb(image) if do_convert_rgb else image)
+        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.number)):
+        raise TypeError(f"Image arrays must hold numbers, got dtype {image.dtype}: convert with `.astype(np.uint8)`.")
+    if min(image.shape) == 0:
+        raise ValueError(f"Got an empty image of shape {tuple(image.shape)}.")
+    axis = channel_axis(image.shape, input_data_format)
+    channels_last = np.moveaxis(image, axis, -1)
+    if do_convert_rgb:
+        channels_last = array_to_rgb(channels_last)
+    return np.moveaxis(channels_last, -1, 0)

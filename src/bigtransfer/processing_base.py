@@ -1,0 +1,254 @@
+"""What both image processors share: settings, their validation and JSON form, output sizes, the batch container."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import atomic_write_text
+
+PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SIZE_KEY_SETS = (
+    {"height", "width"},
+    {"shortest_edge"},
+    {"shortest_edge", "longest_edge"},
+    {"longest_edge"},
+    {"max_height", "max_width"},
+)
+
+
+class Resampling(IntEnum):
+    """Pillow's filter numbers, which is what `resample` means in transformers' configs."""
+
+    NEAREST = 0
+    LANCZOS = 1
+    BILINEAR = 2
+    BICUBIC = 3
+    BOX = 4
+    HAMMING = 5
+
+
+def size_dict(size: Any, param_name: str, default_to_square: bool) -> dict[str, int] | None:
+    """transformers' coercion: int → shortest edge (or square), (h, w) → height/width; keys validated."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return {"height": size, "width": size} if default_to_square else {"shortest_edge": size}
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return {"height": int(size[0]), "width": int(size[1])}
+    if isinstance(size, dict):
+        size = {key: value for key, value in size.items() if value is not None}
+        if set(size) not in SIZE_KEY_SETS:
+            raise ValueError(
+                f"{param_name} must have one of the following set of keys: {tuple(sorted(s) for s in SIZE_KEY_SETS)}, "
+                f"got {list(size)}."
+            )
+        if any(not isinstance(v, int) or v < 1 for v in size.values()):
+            raise ValueError(f"{param_name} values must be positive ints, got {size}.")
+        return dict(size)
+    raise ValueError(f"{param_name} must be an int, a (height, width) pair or a dict, got {size!r}.")
+
+
+def resize_output_size(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
+    """Target (height, width) exactly as transformers computes it (the long side truncated, not rounded)."""
+    if "shortest_edge" in size:
+        shortest, longest = size["shortest_edge"], size.get("longest_edge")
+        raw = None
+        if longest is not None and max(height, width) / min(height, width) * shortest > longest:
+            raw = longest * min(height, width) / max(height, width)
+            shortest = round(raw)
+        if (height <= width and height == shortest) or (width <= height and width == shortest):
+            return height, width
+        scale_from = raw if raw is not None else shortest
+        if width < height:
+            return int(scale_from * height / width), shortest
+        return shortest, int(scale_from * width / height)
+    if "max_height" in size:
+        scale = min(size["max_height"] / height, size["max_width"] / width)
+        return int(height * scale), int(width * scale)
+    if "height" in size:
+        return size["height"], size["width"]
+    raise ValueError(
+        f"Size must contain 'height' and 'width', 'max_height' and 'max_width', or 'shortest_edge'; got {size}."
+    )
+
+
+def crop_window(height: int, width: int, crop_height: int, crop_width: int) -> tuple[int, int, int, int]:
+    """(pad_top, pad_left, top, left) of a center crop; an image smaller than the crop is zero-padded first,
+    the odd padding pixel going top/left (transformers' slow processor; its fast one puts it bottom/right).
+    """
+    pad_top = -(-max(crop_height - height, 0) // 2)
+    pad_left = -(-max(crop_width - width, 0) // 2)
+    top = pad_top + (height - crop_height) // 2
+    left = pad_left + (width - crop_width) // 2
+    return pad_top, pad_left, top, left
+
+
+class BatchFeature(dict):
+    """`batch["pixel_values"]` or `batch.pixel_values`; `.to(device)` moves tensors."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        return BatchFeature({k: v.to(*args, **kwargs) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
+def stack_output(images: list, return_tensors: str | None) -> Any:
+    if return_tensors is None:
+        return images
+    if return_tensors not in ("np", "pt"):
+        raise ValueError(f"return_tensors must be None, 'np' or 'pt', got {return_tensors!r}.")
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"Cannot stack images of different sizes {sorted(shapes)} into one tensor: enable center cropping, "
+            "resize to a fixed {'height', 'width'}, or pass return_tensors=None for a list."
+        )
+    if isinstance(images[0], torch.Tensor):
+        stacked = torch.stack(images)
+        return stacked if return_tensors == "pt" else stacked.cpu().numpy()
+    stacked = np.stack(images)
+    return torch.from_numpy(stacked) if return_tensors == "pt" else stacked
+
+
+class ProcessorBase:
+    """Settings with transformers' names and defaults; per-call keyword arguments override them."""
+
+    model_input_names = ["pixel_values"]
+    default_to_square = False
+    _setting_names = (
+        "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+        "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: Any = None,
+        resample: int = Resampling.BICUBIC,
+        do_center_crop: bool = True,
+        crop_size: Any = None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | list[float] | None = None,
+        image_std: float | list[float] | None = None,
+        do_convert_rgb: bool = True,
+        **kwargs: Any,
+    ):
+        self.do_resize = do_resize
+        self.size = size_dict(size if size is not None else {"shortest_edge": 224}, "size", self.default_to_square)
+        self.resample = Resampling(resample)
+        self.do_center_crop = do_center_crop
+        self.crop_size = size_dict(crop_size if crop_size is not None else 224, "crop_size", True)
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
+        self.image_mean = OPENAI_CLIP_MEAN if image_mean is None else image_mean
+        self.image_std = OPENAI_CLIP_STD if image_std is None else image_std
+        self.do_convert_rgb = do_convert_rgb
+        kwargs.pop("image_processor_type", None)
+        kwargs.pop("processor_class", None)
+        self.extra = kwargs  # e.g. fields a newer transformers writes; kept for the JSON round trip
+
+    # -- per-call settings ---------------------------------------------------------------------
+    def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(overrides) - set(self._setting_names) - set(self._call_options()))
+        if unknown:
+            warnings.warn(
+                f"The following named arguments are not valid for `{type(self).__name__}.preprocess` and were "
+                f"ignored: {', '.join(repr(u) for u in unknown)}",
+                stacklevel=3,
+            )
+        merged = {name: getattr(self, name) for name in self._setting_names}
+        merged.update({k: v for k, v in overrides.items() if k in self._setting_names and v is not None})
+        merged["size"] = size_dict(merged["size"], "size", self.default_to_square)
+        merged["crop_size"] = size_dict(merged["crop_size"], "crop_size", True)
+        merged["resample"] = Resampling(merged["resample"])
+        if merged["do_center_crop"] and not {"height", "width"} <= set(merged["crop_size"]):
+            raise ValueError(f"crop_size must have 'height' and 'width', got {merged['crop_size']}.")
+        if merged["do_rescale"] and merged["rescale_factor"] is None:
+            raise ValueError("`rescale_factor` must be specified if `do_rescale` is `True`.")
+        return merged
+
+    def _call_options(self) -> tuple[str, ...]:
+        return ("return_tensors", "data_format", "input_data_format")
+
+    @staticmethod
+    def mean_std(settings: dict[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std as float32, checked against the image's channel count."""
+        arrays = []
+        for name in ("image_mean", "image_std"):
+            value = np.asarray(settings[name], dtype=np.float32).reshape(-1)
+            if value.size == 1:
+                value = np.repeat(value, channels)
+            if value.size != channels:
+                raise ValueError(
+                    f"{name} has {value.size} values but the images have {channels} channels: give one per channel."
+                )
+            arrays.append(value)
+        if (arrays[1] == 0).any():
+            raise ValueError("image_std contains 0: normalisation would divide by zero.")
+        return arrays[0], arrays[1]
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        output = {name: getattr(self, name) for name in self._setting_names}
+        output["resample"] = int(self.resample)
+        output["image_processor_type"] = type(self).__name__
+        return {**self.extra, **output}
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        atomic_write_text(Path(path), self.to_json_string())
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.to_json_file(save_directory / PROCESSOR_CONFIG_NAME)
+
+    @classmethod
+    def from_dict(cls, processor_dict: dict[str, Any], **overrides: Any):
+        return cls(**{**processor_dict, **overrides})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
+        """Read `preprocessor_config.json` from a directory, a JSON file or a Hub repo."""
+        from .checkpoints import resolve_file
+
+        path = Path(name_or_path)
+        hub_options = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+        if path.is_file() and path.suffix == ".json":
+            config_file = path
+        else:
+            config_file = resolve_file(name_or_path, PROCESSOR_CONFIG_NAME, kwargs.pop("subfolder", ""), **hub_options)
+        if config_file is None:
+            raise FileNotFoundError(
+                f"{name_or_path} has no {PROCESSOR_CONFIG_NAME}: save one with `processor.save_pretrained(dir)`, "
+                f"or construct {cls.__name__}(...) with the model's resolution and mean/std."
+            )
+        return cls.from_dict(json.loads(Path(config_file).read_text(encoding="utf-8")), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
+        return self.preprocess(images, **kwargs)
+
+    def preprocess(self, images: Any, **kwargs: Any) -> BatchFeature:
+        raise NotImplementedError
