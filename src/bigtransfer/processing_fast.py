@@ -51,8 +51,9 @@ def _decode(image: Any, settings: dict[str, Any], input_data_format: str | None,
         image = _decode_path(image, settings, use_draft)
     if isinstance(image, Image.Image) and settings["do_convert_rgb"]:
         return np.asarray(pil_to_rgb(image))  # wraps Pillow's buffer; copied once, when stacked
-    channels_first = to_channels_first(image, settings["do_convert_rgb"], input_data_format)
-    return np.moveaxis(channels_first, 0, -1)
+    channels_last = np.moveaxis(to_channels_first(image, settings["do_convert_rgb"], input_data_format), 0, -1)
+    # Other integer widths (uint16, int32 …) have few torch kernels: work on them as float32
+    return channels_last if channels_last.dtype in (np.uint8, np.float32) else channels_last.astype(np.float32)
 
 
 def _resize_batch(batch: torch.Tensor, height: int, width: int, resample: Resampling) -> torch.Tensor:
