@@ -129,6 +129,12 @@ def test_cached_standardised_weights_follow_parameter_updates():
         assert torch.equal(after, fresh(x).logits)
 
 
+def test_a_model_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        model = tiny_model()
+        assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
+
+
 def test_torch_export_matches_eager():
     model = tiny_model(global_padding="same", layer_type="bottleneck", embedding_dynamic_padding=True)
     x = torch.randn(2, 3, 40, 40)

@@ -250,3 +250,14 @@ def test_fuzzed_pil_images_match_transformers(mode, width, height):
     kwargs = dict(size=24, crop_size=24)
     expected = pixels(BitImageProcessorPil(**kwargs), image)
     assert np.abs(expected - pixels(BitImageProcessor(**kwargs), image)).max() <= 1e-5
+
+
+def test_two_pass_resize_used_off_cpu_stays_within_one_level_of_pillow():
+    from bigtransfer.processing_fast import _two_pass_uint8_resize
+
+    images = [photo("astronaut"), photo("chelsea", (512, 512)), photo("rocket", (512, 512))]
+    batch = torch.stack([torch.from_numpy(np.array(image.resize((512, 512)))).permute(2, 0, 1) for image in images])
+    for mode, resample in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+        expected = np.stack([np.array(image.resize((512, 512)).resize((300, 224), resample)) for image in images])
+        got = _two_pass_uint8_resize(batch, 224, 300, mode).permute(0, 2, 3, 1).numpy()
+        assert np.abs(expected.astype(int) - got.astype(int)).max() <= 1, mode

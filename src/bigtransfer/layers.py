@@ -87,6 +87,8 @@ class WeightStandardizedConv2d(nn.Conv2d):
             return False
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
             return False
+        if self.weight.is_inference():  # built under inference_mode: no version counter to key on
+            return False
         return type(self.weight) is nn.Parameter and type(self.weight.data) is torch.Tensor
 
     def standardized_weight(self, dtype: torch.dtype) -> torch.Tensor:

@@ -66,10 +66,21 @@ def _resize_batch(batch: torch.Tensor, height: int, width: int, resample: Resamp
     if batch.dtype == torch.uint8 and batch.device.type == "cpu":
         # torch's uint8 kernels (channels-last, AVX2) mirror Pillow's and are several times faster
         return F.interpolate(batch, size=(height, width), mode=mode, antialias=True)
-    resized = F.interpolate(batch.float(), size=(height, width), mode=mode, antialias=True)
     if batch.dtype == torch.uint8:
-        return resized.round_().clamp_(0, 255).to(torch.uint8)
-    return resized.to(batch.dtype)
+        return _two_pass_uint8_resize(batch, height, width, mode)
+    return F.interpolate(batch.float(), size=(height, width), mode=mode, antialias=True).to(batch.dtype)
+
+
+def _two_pass_uint8_resize(batch: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """Pillow's order on devices without uint8 kernels: horizontal pass, round and clip to 8 bits, vertical pass.
+
+    The clip between passes matters for bicubic, whose overshoot at sharp edges would otherwise
+    carry into the second pass (several levels off at high-contrast edges).
+    """
+    rows = F.interpolate(batch.float(), size=(batch.shape[-2], width), mode=mode, antialias=True)
+    rows = rows.round_().clamp_(0, 255)
+    resized = F.interpolate(rows, size=(height, width), mode=mode, antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _center_crop_batch(batch: torch.Tensor, crop_height: int, crop_width: int) -> torch.Tensor:
