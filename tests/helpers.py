@@ -39,3 +39,47 @@ def import_timm():
     import timm
 
     return timm
+
+
+def write_bit_npz(path, depths, width_factor=1, num_classes=10, seed=0, numbered_convs=False, head=True):
+    """A random checkpoint in Google's original BiT layout: flat `resnet/…` names, HWIO kernels, 1×1-conv head."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    conv = "standardized_conv2d_{}" if numbered_convs else "standardized_conv2d"
+    counter = iter(range(10_000))
+
+    def kernel(h, w, cin, cout):
+        return (rng.standard_normal((h, w, cin, cout)) * (2 / (h * w * cin)) ** 0.5).astype(np.float32)
+
+    def norm(prefix, channels):
+        arrays[f"{prefix}/group_norm/gamma"] = (1 + 0.2 * rng.standard_normal(channels)).astype(np.float32)
+        arrays[f"{prefix}/group_norm/beta"] = (0.2 * rng.standard_normal(channels)).astype(np.float32)
+
+    def conv_name():
+        return conv.format(next(counter))
+
+    stem = 64 * width_factor
+    arrays = {f"resnet/root_block/{conv_name()}/kernel": kernel(7, 7, 3, stem)}
+    cin = stem
+    for block, depth in enumerate(depths, 1):
+        mid = 64 * 2 ** (block - 1) * width_factor
+        cout = 4 * mid
+        for unit in range(1, depth + 1):
+            prefix = f"resnet/block{block}/unit{unit:02d}"
+            unit_in = cin if unit == 1 else cout
+            norm(f"{prefix}/a", unit_in)
+            arrays[f"{prefix}/a/{conv_name()}/kernel"] = kernel(1, 1, unit_in, mid)
+            if unit == 1:
+                arrays[f"{prefix}/a/proj/{conv_name()}/kernel"] = kernel(1, 1, unit_in, cout)
+            norm(f"{prefix}/b", mid)
+            arrays[f"{prefix}/b/{conv_name()}/kernel"] = kernel(3, 3, mid, mid)
+            norm(f"{prefix}/c", mid)
+            arrays[f"{prefix}/c/{conv_name()}/kernel"] = kernel(1, 1, mid, cout)
+        cin = cout
+    norm("resnet", cin)
+    if head:
+        arrays["resnet/head/conv2d/kernel"] = (0.01 * rng.standard_normal((1, 1, cin, num_classes))).astype(np.float32)
+        arrays["resnet/head/conv2d/bias"] = (0.01 * rng.standard_normal(num_classes)).astype(np.float32)
+    np.savez(path, **arrays)
+    return path

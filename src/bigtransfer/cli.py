@@ -67,8 +67,152 @@ def _print_demo(result: dict) -> None:
         print(f"  {rank}. {entry['label']:<12} {entry['score']:.4f}")
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def run_models(args: argparse.Namespace) -> list[dict]:
+    from .download import cache_dir
+    from .zoo import ZOO
+
+    return [
+        {
+            "name": entry.name,
+            "parameters": entry.parameters,
+            "upstream": entry.upstream,
+            "head": entry.num_labels,
+            "resolution": entry.preprocessing.crop or entry.preprocessing.size,
+            "top1": entry.top1,
+            "cached": (cache_dir() / entry.file).is_file(),
+            "url": entry.url,
+        }
+        for entry in ZOO.values()
+    ]
+
+
+def _print_models(rows: list[dict]) -> None:
+    print(f"{'name':28} {'params':>8} {'head':>6} {'res':>4} {'top-1':>6}  upstream")
+    for row in rows:
+        top1 = f"{row['top1']:.2f}" if row["top1"] else "–"
+        cached = "  (cached)" if row["cached"] else ""
+        print(
+            f"{row['name']:28} {row['parameters'] / 1e6:7.1f}M {row['head']:>6} {row['resolution']:>4} {top1:>6}  "
+            f"{row['upstream']}{cached}"
+        )
+
+
+def run_info(args: argparse.Namespace) -> dict:
+    from . import BitForImageClassification, BitImageProcessor
+    from .download import cache_dir
+    from .zoo import find_entry
+
+    entry = find_entry(args.model)
+    if entry is not None and not (cache_dir() / entry.file).is_file():  # describe it without a download
+        row = next(row for row in run_models(args) if row["name"] == entry.name)
+        return row | {"preprocessing": entry.preprocessing.processor_settings(), "notes": entry.notes}
+    model = BitForImageClassification.from_pretrained(args.model)
+    processor = BitImageProcessor.from_pretrained(args.model) if _has_preprocessing(args.model) else None
+    crop = processor.crop_size if processor and processor.do_center_crop else (processor.size if processor else None)
+    return {
+        "model": args.model,
+        "parameters": model.num_parameters(),
+        "num_labels": model.config.num_labels,
+        "input_size": crop,
+        "preprocessing": processor.to_dict() if processor else None,
+        "config": model.config.to_dict() | {"id2label": f"{model.config.num_labels} labels"},
+    }
+
+
+def _has_preprocessing(name: str) -> bool:
+    from . import BitImageProcessor
+
+    try:
+        BitImageProcessor.from_pretrained(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files as given, directories searched recursively for images; missing paths reported, not fatal."""
+    files, errors = [], []
+    for name in inputs:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append({"file": name, "error": "no such file or directory"})
+    return files, errors
+
+
+def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    from tqdm.auto import tqdm
+
+    from .image_inputs import load_image
+    from .pipeline import pipeline
+
+    classifier = pipeline("image-classification", model=args.model, device=args.device, batch_size=args.batch_size)
+    files, errors = collect_images(args.inputs)
+    results = []
+    with tqdm(total=len(files), unit="img", disable=len(files) <= args.batch_size or args.quiet) as bar:
+        for start in range(0, len(files), args.batch_size):
+            batch, names = [], []
+            for path in files[start : start + args.batch_size]:
+                try:
+                    batch.append(load_image(path))
+                    names.append(str(path))
+                except (OSError, ValueError) as error:
+                    errors.append({"file": str(path), "error": str(error)})
+            if batch:
+                ranked = classifier.ranked(classifier.scores(batch), args.top_k)
+                results += [{"file": name, "predictions": top} for name, top in zip(names, ranked)]
+            bar.update(len(files[start : start + args.batch_size]))
+    return results, errors
+
+
+def _write_predictions_csv(path: str, results: list[dict]) -> None:
+    import csv
+    import io
+
+    from .io import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "rank", "label", "score"])
+    for result in results:
+        for rank, prediction in enumerate(result["predictions"], 1):
+            writer.writerow([result["file"], rank, prediction["label"], f"{prediction['score']:.6f}"])
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def run_convert(args: argparse.Namespace) -> dict:
+    from . import BitForImageClassification, BitImageProcessor
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        sys.exit(f"{out} is not empty: choose a new directory or pass --overwrite (nothing was written).")
+    model = BitForImageClassification.from_pretrained(args.source)
+    processor = (
+        BitImageProcessor.from_pretrained(args.source) if _has_preprocessing(args.source) else BitImageProcessor()
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return {
+        "source": args.source,
+        "saved_to": str(out),
+        "parameters": model.num_parameters(),
+        "num_labels": model.config.num_labels,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigtransfer", description="BiT (Big Transfer) models from the command line.")
+    parser = argparse.ArgumentParser(
+        prog="bigtransfer",
+        description="BiT (Big Transfer) models: pretrained checkpoints, prediction and conversion.",
+        epilog="A MODEL is a zoo name (see `bigtransfer models`), an original BiT .npz file, a transformers "
+        "directory or Hub id, or a timm checkpoint (file or timm/… Hub id).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -82,16 +226,86 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--top-k", type=int, default=5, help="how many classes to print (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    models = commands.add_parser("models", help="list the released BiT checkpoints by name")
+    models.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    info = commands.add_parser("info", help="config, parameter count and input size of a model")
+    info.add_argument("model", help="MODEL (see below)")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files and folders",
+        description="Classify images (files, or folders searched recursively). Unreadable images are reported "
+        "and skipped; the exit code is 1 when any input failed.",
+    )
+    predict.add_argument("inputs", nargs="+", help="image files and/or directories")
+    predict.add_argument("--model", required=True, help="MODEL: zoo name, .npz, directory, Hub id or timm weights")
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print results as JSON")
+    output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    convert = commands.add_parser(
+        "convert",
+        help="write any MODEL as a transformers directory",
+        description="Write config.json, model.safetensors and preprocessor_config.json that transformers loads "
+        "(BitForImageClassification.from_pretrained) with identical outputs.",
+    )
+    convert.add_argument("source", help="MODEL to convert")
+    convert.add_argument("out_dir", help="directory to create")
+    convert.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
+    convert.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (OSError, ValueError) as error:
+        print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.out and (Path(args.out) / "model.safetensors").exists():
             sys.exit(f"{args.out} already holds a model: choose another --out (nothing was overwritten).")
         result = run_demo(args)
         print(json.dumps(result, indent=2)) if args.json else _print_demo(result)
+    elif args.command == "models":
+        rows = run_models(args)
+        print(json.dumps(rows, indent=2)) if args.json else _print_models(rows)
+    elif args.command == "info":
+        result = run_info(args)
+        print(json.dumps(result, indent=2, default=str))
+    elif args.command == "convert":
+        result = run_convert(args)
+        print(
+            json.dumps(result, indent=2)
+            if args.json
+            else f"wrote {result['saved_to']} ({result['parameters']:,} parameters)"
+        )
+    elif args.command == "predict":
+        results, errors = run_predict(args)
+        if args.json:
+            print(json.dumps({"results": results, "errors": errors}, indent=2))
+        elif args.csv:
+            _write_predictions_csv(args.csv, results)
+            print(f"wrote {len(results)} predictions to {args.csv}")
+        else:
+            for result in results:
+                print(result["file"])
+                for prediction in result["predictions"]:
+                    print(f"  {prediction['score']:7.2%}  {prediction['label']}")
+        for error in errors:
+            print(f"skipped {error['file']}: {error['error']}", file=sys.stderr)
+        return 1 if errors else 0
     return 0
 
 

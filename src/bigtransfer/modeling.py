@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import PretrainedMixin
 from .config import BitConfig
 from .layers import (
     DropPath,
@@ -22,6 +21,7 @@ from .layers import (
     make_div,
 )
 from .outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+from .pretrained import PretrainedMixin
 
 BOTTLE_RATIO = 0.25
 

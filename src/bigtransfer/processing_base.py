@@ -228,11 +228,16 @@ class ProcessorBase:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
-        """Read `preprocessor_config.json` from a directory, a JSON file or a Hub repo."""
+        """Settings from `preprocessor_config.json` (a directory, that file, or a Hub repo), or those a
+        zoo name, an original BiT .npz file or a `timm/…` id implies; kwargs override them."""
         from .checkpoints import resolve_file
+        from .sources import preprocessing_for
 
-        path = Path(name_or_path)
         hub_options = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+        implied = preprocessing_for(name_or_path, hub_options)
+        if implied is not None:
+            return cls.from_dict(implied, **kwargs)
+        path = Path(name_or_path)
         if path.is_file() and path.suffix == ".json":
             config_file = path
         else:

@@ -1,0 +1,84 @@
+"""`pipeline("image-classification", model=…)`: images or paths in, ranked labels out, shaped like transformers'."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .modeling import BitForImageClassification
+from .processing_base import ProcessorBase
+from .processing_fast import BitImageProcessorFast
+
+logger = logging.getLogger(__name__)
+
+
+def load_processor(model_name_or_path: str | os.PathLike) -> ProcessorBase:
+    """The checkpoint's own preprocessing, or BiT's defaults (with a warning) when it ships none."""
+    try:
+        return BitImageProcessorFast.from_pretrained(model_name_or_path)
+    except FileNotFoundError:
+        logger.warning(
+            "%s has no preprocessor_config.json: using BitImageProcessorFast() defaults (224 px, bicubic, "
+            "CLIP mean/std); pass processor=… if the model was trained otherwise.",
+            model_name_or_path,
+        )
+        return BitImageProcessorFast()
+
+
+class ImageClassificationPipeline:
+    """Classify images with a BiT model; scores are softmax (sigmoid for multi-label heads)."""
+
+    def __init__(
+        self, model: BitForImageClassification, processor: ProcessorBase, device: Any = None, batch_size: int = 8
+    ):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.batch_size = batch_size
+
+    def scores(self, images: list[Any]) -> torch.Tensor:
+        """Class scores for a list of images (paths, PIL images, arrays), processed in batches."""
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            batch = self.processor(images[start : start + self.batch_size], return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                logits = self.model(batch.to(self.device, self.model.dtype)).logits.float()
+            multi_label = self.model.config.problem_type == "multi_label_classification"
+            chunks.append((logits.sigmoid() if multi_label else logits.softmax(-1)).cpu())
+        return torch.cat(chunks)
+
+    def ranked(self, scores: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
+        top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+        id2label = self.model.config.id2label
+        return [
+            [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(values, indices)]
+            for values, indices in zip(top.values, top.indices)
+        ]
+
+    def __call__(self, images: Any, top_k: int = 5) -> list:
+        single = not isinstance(images, (list, tuple))
+        results = self.ranked(self.scores([images] if single else list(images)), top_k)
+        return results[0] if single else results
+
+
+def pipeline(
+    task: str = "image-classification",
+    model: str | os.PathLike | BitForImageClassification | None = None,
+    processor: ProcessorBase | None = None,
+    device: Any = None,
+    batch_size: int = 8,
+    **model_kwargs: Any,
+) -> ImageClassificationPipeline:
+    if task != "image-classification":
+        raise ValueError(f"Unsupported task {task!r}: bigtransfer pipelines do 'image-classification'.")
+    if model is None:
+        raise ValueError("Pass model= a BiT checkpoint (directory, .npz, zoo name such as 'BiT-M-R50x1-ILSVRC2012').")
+    if isinstance(model, BitForImageClassification):
+        if processor is None:
+            raise ValueError("With a model object, also pass processor= (its BitImageProcessor or …Fast).")
+        return ImageClassificationPipeline(model, processor, device, batch_size)
+    loaded = BitForImageClassification.from_pretrained(model, **model_kwargs)
+    return ImageClassificationPipeline(loaded, processor or load_processor(model), device, batch_size)
