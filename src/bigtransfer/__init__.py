@@ -2,6 +2,7 @@
 
 from .config import BitConfig
 from .modeling import BitBackbone, BitForImageClassification, BitModel, BitPreTrainedModel
+from .pipeline import pipeline
 from .processing import BitImageProcessor
 from .processing_base import BatchFeature
 from .processing_fast import BitImageProcessorFast
@@ -15,5 +16,6 @@ __all__ = [
     "BitImageProcessorFast",
     "BitModel",
     "BitPreTrainedModel",
+    "pipeline",
 ]
 __version__ = "0.1.0"

@@ -75,12 +75,12 @@ def download(url: str, target: Path, size: int | None = None, sha256: str | None
     for attempt in range(1, ATTEMPTS + 1):
         try:
             total = _fetch_once(url, part, progress)
-            break
         except (http.client.IncompleteRead, ConnectionError, TimeoutError) as error:
             if attempt == ATTEMPTS:
                 raise OSError(
                     f"Download of {url} kept breaking off ({error}); run the same command again to resume."
                 ) from None
+            continue
         except urllib.error.HTTPError as error:
             part.unlink(missing_ok=True)
             raise OSError(f"{url} answered HTTP {error.code} ({error.reason}).") from None
@@ -88,6 +88,8 @@ def download(url: str, target: Path, size: int | None = None, sha256: str | None
             raise OSError(
                 _manual_download_message(url, target, f"the server cannot be reached ({error.reason})")
             ) from None
+        if total is None or part.stat().st_size >= total:
+            break  # complete (a connection that closes early just ends the body: resume from where it stopped)
     got = part.stat().st_size
     expected = size or total
     if expected is not None and got != expected:

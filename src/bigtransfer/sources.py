@@ -6,6 +6,7 @@ when the head's dataset is known.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from .convert import config_from_timm_state_dict, is_timm_state_dict, timm_to_bi
 from .convert.npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .download import cache_dir, download
 from .labels import id2label_for
-from .zoo import UPSTREAM_224, ZooEntry, entry_for_file, find_entry
+from .zoo import UPSTREAM_224, ZOO, ZooEntry, entry_for_file, find_entry
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 TIMM_PREFIX = "timm/"
@@ -101,6 +102,13 @@ def load_checkpoint(
     entry = find_entry(str(name_or_path)) if not path.exists() else None
     if entry is not None:
         return _from_npz(zoo_file(entry), entry, config, overrides)
+    if str(name_or_path).lower().startswith("bit-"):
+        close = difflib.get_close_matches(str(name_or_path), list(ZOO), n=3, cutoff=0.6)
+        raise ValueError(
+            f"Unknown BiT model name {str(name_or_path)!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else ".")
+            + " `bigtransfer models` lists the names."
+        )
     if str(name_or_path).startswith(TIMM_PREFIX):
         return _from_timm_hub(str(name_or_path), config, overrides, hub_options)
     return _from_transformers(name_or_path, config, overrides, subfolder, hub_options)
