@@ -4,18 +4,19 @@ import http.server
 import json
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TINY, import_timm, max_abs_diff, randomize_norms, write_bit_npz
 from safetensors.torch import save_file
 
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitImageProcessor, BitModel
 from bigtransfer.cli import main as cli
 from bigtransfer.download import download
 from bigtransfer.zoo import ZOO, find_entry, preactivation_parameter_count
+from helpers import TINY, import_timm, max_abs_diff, randomize_norms, write_bit_npz
 
 R50, R101 = [3, 4, 6, 3], [3, 4, 23, 3]
 
@@ -57,7 +58,9 @@ def test_wide_npz_logits_equal_timms_loader(tmp_path, num_classes):
     path = write_bit_npz(tmp_path / "BiT-M-R50x3.npz", R50, width_factor=3, num_classes=num_classes)
     ours = BitForImageClassification.from_pretrained(path)
     assert ours.config.width_factor == 3 and ours.config.id2label[0] == "organism, being"
-    assert max_abs_diff(logits_of(ours, 32), logits_of(timm_from_npz(path, "resnetv2_50x3_bit", num_classes), 32)) < 1e-4
+    assert (
+        max_abs_diff(logits_of(ours, 32), logits_of(timm_from_npz(path, "resnetv2_50x3_bit", num_classes), 32)) < 1e-4
+    )
 
 
 def test_npz_into_base_model_and_backbone(tmp_path):
@@ -152,7 +155,7 @@ class FlakyFileHandler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         path = self.translate_path(self.path)
         try:
-            data = open(path, "rb").read()
+            data = Path(path).read_bytes()
         except OSError:
             self.send_error(404)
             return
@@ -297,7 +300,9 @@ def test_pipeline_matches_manual_processing(tmp_path, photo_dir):
 def test_models_command_lists_the_zoo(capsys):
     assert cli(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {"BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R152x2-ILSVRC2012", "BiT-M-R50x1-CIFAR10"} <= {r["name"] for r in rows}
+    assert {"BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R152x2-ILSVRC2012", "BiT-M-R50x1-CIFAR10"} <= {
+        r["name"] for r in rows
+    }
 
 
 def test_tiny_transformers_directory_still_loads(tmp_path):
