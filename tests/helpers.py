@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 TINY = dict(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 2, 1], num_groups=1, num_labels=3, embedding_size=16)
@@ -83,3 +90,50 @@ def write_bit_npz(path, depths, width_factor=1, num_classes=10, seed=0, numbered
         arrays["resnet/head/conv2d/bias"] = (0.01 * rng.standard_normal(num_classes)).astype(np.float32)
     np.savez(path, **arrays)
     return path
+
+
+class FakeHub(http.server.ThreadingHTTPServer):
+    """Answers /{org}/{name}/resolve/{revision}/{file} like the Hub, from a local directory."""
+
+    def __init__(self, repo_id: str, directory: Path):
+        self.repo_id, self.directory, self.requests = repo_id, directory, []
+        super().__init__(("127.0.0.1", 0), FakeHubHandler)
+
+
+class FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _respond(self, with_body: bool):
+        self.server.requests.append(self.path)
+        prefix = f"/{self.server.repo_id}/resolve/main/"
+        if not self.path.startswith(f"/{self.server.repo_id}/"):
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.end_headers()
+            return
+        file = self.server.directory / self.path[len(prefix) :]
+        if not self.path.startswith(prefix) or not file.is_file():
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return
+        body = file.read_bytes()
+        self.send_response(200)
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self._respond(with_body=False)
+
+    def do_GET(self):
+        self._respond(with_body=True)
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)

@@ -1,12 +1,7 @@
 """Checkpoint IO: formats, prefixes, head swaps, dtypes, atomic saves, bad files and the Hub (served locally)."""
 
-import hashlib
-import http.server
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +11,7 @@ import transformers
 
 import bigtransfer.checkpoints as checkpoints
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitModel
-from helpers import TINY, max_abs_diff, randomize_norms
+from helpers import TINY, FakeHub, max_abs_diff, randomize_norms, run_python
 
 
 @pytest.fixture
@@ -171,48 +166,6 @@ def test_saving_onto_a_file_is_refused(tmp_path):
 # -- the Hub, served from this machine --------------------------------------------------------------
 
 
-class FakeHub(http.server.ThreadingHTTPServer):
-    """Answers /{org}/{name}/resolve/{revision}/{file} like the Hub, from a local directory."""
-
-    def __init__(self, repo_id: str, directory: Path):
-        self.repo_id, self.directory, self.requests = repo_id, directory, []
-        super().__init__(("127.0.0.1", 0), FakeHubHandler)
-
-
-class FakeHubHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _respond(self, with_body: bool):
-        self.server.requests.append(self.path)
-        prefix = f"/{self.server.repo_id}/resolve/main/"
-        if not self.path.startswith(f"/{self.server.repo_id}/"):
-            self.send_response(404)
-            self.send_header("X-Error-Code", "RepoNotFound")
-            self.end_headers()
-            return
-        file = self.server.directory / self.path[len(prefix) :]
-        if not self.path.startswith(prefix) or not file.is_file():
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.end_headers()
-            return
-        body = file.read_bytes()
-        self.send_response(200)
-        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
-        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-
-    def do_HEAD(self):
-        self._respond(with_body=False)
-
-    def do_GET(self):
-        self._respond(with_body=True)
-
-
 @pytest.fixture
 def hub(saved):
     server = FakeHub("org/tiny-bit", saved[0])
@@ -220,11 +173,6 @@ def hub(saved):
     thread.start()
     yield server
     server.shutdown()
-
-
-def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
 
 
 LOAD = (

@@ -308,3 +308,39 @@ def test_models_command_lists_the_zoo(capsys):
 def test_tiny_transformers_directory_still_loads(tmp_path):
     BitForImageClassification(BitConfig(**TINY)).save_pretrained(tmp_path)
     assert BitForImageClassification.from_pretrained(tmp_path).config.num_labels == 3
+
+
+def test_timm_hub_id_is_converted_with_its_preprocessing(tmp_path):
+    import threading as _threading
+
+    from helpers import FakeHub, run_python
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    reference = randomize_norms(timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=1000)).eval()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, repo / "model.safetensors")
+    pretrained_cfg = {"input_size": [3, 448, 448], "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3,
+                      "std": [0.5] * 3}  # fmt: skip
+    (repo / "config.json").write_text(json.dumps({"architecture": "resnetv2_50x1_bit", "num_classes": 1000,
+                                                  "pretrained_cfg": pretrained_cfg}))  # fmt: skip
+    server = FakeHub("timm/resnetv2_50x1_bit.goog_in21k_ft_in1k", repo)
+    _threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = (
+        "import torch, json; from bigtransfer import BitForImageClassification as M, BitImageProcessor as P\n"
+        "name = 'timm/resnetv2_50x1_bit.goog_in21k_ft_in1k'\n"
+        "m = M.from_pretrained(name); p = P.from_pretrained(name)\n"
+        "x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))\n"
+        "print(json.dumps([m(x).logits.sum().item(), p.size, p.resample, m.config.id2label[281]]))"
+    )
+    try:
+        result = run_python(
+            code, HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HOME=str(tmp_path / "hf")
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    total, size, resample, label = json.loads(result.stdout)
+    assert abs(total - logits_of(reference).sum().item()) < 1e-3
+    assert size == {"shortest_edge": 448} and resample == 2 and label == "tabby, tabby cat"
