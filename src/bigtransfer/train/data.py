@@ -1,0 +1,192 @@
+"""Labelled image datasets from an image folder, a CSV, MNIST-style IDX files or Hugging Face `datasets`."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..image_inputs import IMAGE_SUFFIXES, load_image
+
+FASHION_MNIST = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+@dataclass
+class ImageDataset:
+    """Images addressed by index: file paths (decoded on demand) or an in-memory uint8 array."""
+
+    labels: np.ndarray
+    classes: list[str]
+    source: str
+    paths: list[Path] | None = None
+    arrays: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Image.Image:
+        """The image as RGB (grayscale expanded); raises ValueError/OSError for an unreadable file."""
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[index]).convert("RGB")
+        return load_image(self.paths[index]).convert("RGB")
+
+    def name_of(self, index: int) -> str:
+        return str(self.paths[index]) if self.paths is not None else f"{self.source}[{index}]"
+
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the first image, which the HyperRule's resolution rule keys on."""
+        if self.arrays is not None:
+            return tuple(self.arrays.shape[1:3])
+        with Image.open(self.paths[0]) as first:
+            return first.height, first.width
+
+    def subset(self, indices: np.ndarray) -> ImageDataset:
+        return ImageDataset(
+            labels=self.labels[indices],
+            classes=self.classes,
+            source=self.source,
+            paths=[self.paths[i] for i in indices] if self.paths is not None else None,
+            arrays=self.arrays[indices] if self.arrays is not None else None,
+        )
+
+    def select_classes(self, wanted: list[str]) -> ImageDataset:
+        """Only the listed classes (names or indices), relabelled 0…k-1 in the order given."""
+        ids = []
+        for item in wanted:
+            if item in self.classes:
+                ids.append(self.classes.index(item))
+            elif item.isdigit() and int(item) < len(self.classes):
+                ids.append(int(item))
+            else:
+                raise ValueError(f"Unknown class {item!r} in {self.source}; its classes are {self.classes}.")
+        keep = np.flatnonzero(np.isin(self.labels, ids))
+        subset = self.subset(keep)
+        remap = {old: new for new, old in enumerate(ids)}
+        subset.labels = np.array([remap[int(label)] for label in subset.labels], dtype=np.int64)
+        subset.classes = [self.classes[i] for i in ids]
+        return subset
+
+    def check_trainable(self) -> None:
+        if len(self) == 0:
+            raise ValueError(f"{self.source} holds no images.")
+        if len(np.unique(self.labels)) < 2:
+            raise ValueError(f"{self.source} has a single class: classification needs at least two.")
+
+
+def from_folder(root: Path) -> ImageDataset:
+    """root/<class name>/<image files>; classes in sorted order."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(
+            f"{root} has no images in class sub-folders: expected {root}/<class>/<image>.jpg (suffixes: "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
+    return ImageDataset(np.array(labels), [d.name for d in class_dirs], str(root), paths=paths)
+
+
+def from_csv(path: Path) -> ImageDataset:
+    """A CSV with a header `path,label`; relative paths are relative to the CSV's folder."""
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = reader.fieldnames or []
+        if set(columns) != {"path", "label"}:
+            raise ValueError(f"{path} must have exactly the columns 'path,label' (header row), got {columns}.")
+        rows = list(reader)
+    paths = [(path.parent / row["path"]).resolve() for row in rows]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {', '.join(missing[:3])}.")
+    classes = sorted({row["label"] for row in rows})
+    labels = np.array([classes.index(row["label"]) for row in rows])
+    return ImageDataset(labels, classes, str(path), paths=paths)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as file:
+        data = file.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (MNIST format).")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} bytes of data.")
+    return body.reshape(shape)
+
+
+def from_idx(images_path: Path) -> ImageDataset:
+    """MNIST-style files: `*-images-idx3-ubyte[.gz]` with its `*-labels-idx1-ubyte[.gz]` beside it."""
+    labels_path = images_path.with_name(images_path.name.replace("images-idx3", "labels-idx1"))
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"No labels file {labels_path} beside {images_path}.")
+    images, labels = _read_idx(images_path), _read_idx(labels_path).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels.")
+    count = int(labels.max()) + 1
+    fashion = "fashion" in str(images_path).lower() and count == 10
+    classes = FASHION_MNIST if fashion else [str(i) for i in range(count)]
+    return ImageDataset(labels, list(classes), str(images_path), arrays=images)
+
+
+def from_hf_datasets(path: Path, split: str = "train") -> ImageDataset:
+    """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict with `split`)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("Reading a Hugging Face dataset needs `pip install datasets`.") from None
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"{path} has splits {list(loaded)}, not {split!r}.")
+        loaded = loaded[split]
+    image_column = next((c for c in ("image", "img", "pixel_values") if c in loaded.column_names), None)
+    label_column = next((c for c in ("label", "labels", "fine_label") if c in loaded.column_names), None)
+    if image_column is None or label_column is None:
+        raise ValueError(f"{path} needs an 'image' and a 'label' column, has {loaded.column_names}.")
+    feature = loaded.features[label_column]
+    labels = np.array(loaded[label_column], dtype=np.int64)
+    classes = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(int(labels.max()) + 1)]
+    arrays = np.stack([np.array(image.convert("RGB")) for image in loaded[image_column]])
+    return ImageDataset(labels, classes, str(path), arrays=arrays)
+
+
+def load_dataset(source: str | os.PathLike, split: str = "train") -> ImageDataset:
+    """Pick the reader from what `source` is: folder of class folders, .csv, IDX images file, saved `datasets`."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No dataset at {path}: pass an image folder, a CSV, an IDX images file or a saved dataset."
+        )
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return from_hf_datasets(path, split)
+        return from_folder(path)
+    if path.suffix.lower() == ".csv":
+        return from_csv(path)
+    if "idx3" in path.name:
+        return from_idx(path)
+    raise ValueError(
+        f"Cannot tell what kind of dataset {path} is: use a folder, a .csv or an *-images-idx3-ubyte[.gz] file."
+    )

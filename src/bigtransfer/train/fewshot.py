@@ -1,0 +1,26 @@
+"""Balanced, seeded few-shot subsets: the same K images per class on every run and machine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def few_shot_subset(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Indices of `shots` examples of every class, chosen by a seeded permutation within each class.
+
+    NumPy's PCG64 generator gives identical streams on every platform, so (labels, shots, seed)
+    fully determines the subset; the result is sorted by class, then by the permutation.
+    """
+    labels = np.asarray(labels)
+    if shots < 1:
+        raise ValueError(f"--shots must be ≥ 1, got {shots}.")
+    chosen = []
+    for class_id in np.unique(labels):
+        members = np.flatnonzero(labels == class_id)
+        if len(members) < shots:
+            raise ValueError(
+                f"Class {int(class_id)} has only {len(members)} examples, fewer than --shots {shots}: lower --shots."
+            )
+        rng = np.random.default_rng([seed, int(class_id)])
+        chosen.append(members[rng.permutation(len(members))[:shots]])
+    return np.concatenate(chosen)

@@ -1,0 +1,137 @@
+"""Fine-tuning with the BiT-HyperRule: data → rule → zero-initialised head → training loop → saved model and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling import BitForImageClassification
+from .augment import eval_processor, hyperrule_augment
+from .data import ImageDataset, load_dataset
+from .distributed import shutdown
+from .evaluate import evaluate, plot_confusion, plot_curves, write_json
+from .fewshot import few_shot_subset
+from .hyperrule import HyperRule, hyperrule
+from .loop import CHECKPOINT, METRICS, Recipe, append_metrics, train
+
+MODEL_DIR = "model"
+
+
+def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
+    """The same schedule shape over `steps`: warm-up and decay boundaries move proportionally."""
+    if steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {steps}.")
+    scale = steps / rule.steps
+    return dataclasses.replace(
+        rule, steps=steps, warmup_steps=round(rule.warmup_steps * scale),
+        decay_steps=[round(boundary * scale) for boundary in rule.decay_steps],
+    )  # fmt: skip
+
+
+def prepare_output(out: Path, resume: bool) -> None:
+    """Never overwrite a run: an existing run directory needs --resume."""
+    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, METRICS, MODEL_DIR)) and not resume:
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out.")
+
+
+def _as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
+    return data if isinstance(data, ImageDataset) else load_dataset(data)
+
+
+def finetune(
+    model: str | os.PathLike,
+    data: str | os.PathLike | ImageDataset,
+    eval_data: str | os.PathLike | ImageDataset | None = None,
+    *,
+    out: str | os.PathLike = "bigtransfer-run",
+    shots: int | None = None,
+    seed: int = 0,
+    preset: str = "code",
+    batch_size: int = 512,
+    batch_split: int = 1,
+    steps: int | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    base_lr: float = 0.003,
+    lr_scaling: str = "none",
+    mixup_alpha: float | None = None,
+    flip: bool = True,
+    resume: bool = False,
+    save_every: int | None = None,
+    eval_every: int | None = None,
+    device: str | None = None,
+    bf16: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a pretrained BiT on `data` with the BiT-HyperRule; returns the final metrics.
+
+    The run directory gets checkpoint.pt (resumable), metrics.jsonl, curves.png, and, at the end,
+    model/ (a transformers-format model whose preprocessor_config.json is the eval transform),
+    metrics.json and confusion.png when `eval_data` is given.
+    """
+    out = Path(out)
+    prepare_output(out, resume)
+    train_set = _as_dataset(data)
+    train_set.check_trainable()
+    if shots is not None:
+        train_set = train_set.subset(few_shot_subset(train_set.labels, shots, seed))
+    rule = hyperrule(len(train_set), train_set.image_size(), preset, batch_size, base_lr, lr_scaling)
+    rule = rescale_steps(rule, steps) if steps else rule
+    overrides = {k: v for k, v in dict(resize=resize, crop=crop, mixup_alpha=mixup_alpha).items() if v is not None}
+    rule = dataclasses.replace(rule, **overrides)
+    if rule.crop > rule.resize:
+        raise ValueError(f"--crop {rule.crop} is larger than --resize {rule.resize}: crop must fit inside the resize.")
+    id2label = dict(enumerate(train_set.classes))
+    network = BitForImageClassification.from_pretrained(
+        model, num_labels=len(id2label), id2label=id2label, ignore_mismatched_sizes=True
+    )
+    if rule.zero_init_head:  # BiT: a zero head starts every class at equal odds and trains stably
+        torch.nn.init.zeros_(network.classifier[1].weight)
+        torch.nn.init.zeros_(network.classifier[1].bias)
+    torch.manual_seed(seed)
+    recipe = Recipe(rule, lambda image, rng: hyperrule_augment(image, rule.resize, rule.crop, flip, rng))
+    processor = eval_processor(rule.crop)
+    eval_set = _as_dataset(eval_data) if eval_data is not None else None
+    fingerprint = {"model": str(model), "classes": train_set.classes, "examples": len(train_set), "seed": seed,
+                   "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
+    on_eval = (lambda net, step: {"top1": evaluate(net, eval_set, processor)["top1"]}) if eval_set else None
+    summary = train(
+        network, train_set, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
+        save_every=save_every, fingerprint=fingerprint, on_eval=on_eval, eval_every=eval_every, progress=progress,
+    )  # fmt: skip
+    if summary["rank"] != 0:
+        shutdown()
+        return summary
+    network.save_pretrained(out / MODEL_DIR)
+    processor.save_pretrained(out / MODEL_DIR)
+    metrics: dict[str, Any] = {
+        "train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule),
+        "skipped_images": summary["skipped_images"], "steps": summary["steps"], "seconds": summary["seconds"],
+        "model_dir": str(out / MODEL_DIR),
+    }  # fmt: skip
+    if eval_set is not None:
+        result = evaluate(network, eval_set, processor)
+        metrics["eval"] = result
+        append_metrics(out / METRICS, {"step": summary["steps"], "eval_top1": result["top1"]})
+        plot_confusion(result["confusion"], train_set.classes, out / "confusion.png")
+    plot_curves(out / METRICS, out / "curves.png")
+    write_json(out / "metrics.json", metrics)
+    shutdown()
+    return metrics
+
+
+def finetune_runs(runs: int, seed: int, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds; mean ± std of eval top-1."""
+    results = [finetune(seed=seed + k, out=Path(out) / f"seed-{seed + k}", **kwargs) for k in range(runs)]
+    accuracies = [r["eval"]["top1"] for r in results if "eval" in r]
+    summary: dict[str, Any] = {"runs": results, "seeds": list(range(seed, seed + runs))}
+    if accuracies:
+        summary["eval_top1_mean"] = float(np.mean(accuracies))
+        summary["eval_top1_std"] = float(statistics.pstdev(accuracies)) if len(accuracies) > 1 else 0.0
+    return summary

@@ -1,0 +1,100 @@
+"""Upstream pre-training from scratch with BiT's upstream recipe, to make your own transferable model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import BitConfig
+from ..modeling import BitForImageClassification
+from .augment import eval_processor, inception_augment
+from .data import ImageDataset, load_dataset
+from .distributed import shutdown
+from .evaluate import evaluate, plot_curves, write_json
+from .finetune import MODEL_DIR, prepare_output
+from .loop import METRICS, Recipe, train
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamSchedule:
+    """SGD momentum 0.9, lr 0.03·batch/256, weight decay 1e-4, linear warm-up, ÷10 at 1/3, 2/3 and 8/9."""
+
+    steps: int
+    warmup_steps: int
+    batch_size: int
+    base_lr: float
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    mixup_alpha: float = 0.0
+
+    def lr(self, step: int) -> float | None:
+        if step >= self.steps:
+            return None
+        if step < self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        return self.base_lr / 10 ** sum(1 for fraction in (1 / 3, 2 / 3, 8 / 9) if step >= fraction * self.steps)
+
+
+def upstream_schedule(
+    dataset_size: int, epochs: float, batch_size: int, warmup_epochs: float = 5.0
+) -> UpstreamSchedule:
+    steps_per_epoch = max(1, dataset_size // batch_size)
+    steps = max(1, round(epochs * steps_per_epoch))
+    warmup = min(round(warmup_epochs * steps_per_epoch), steps // 3)
+    return UpstreamSchedule(steps, warmup, batch_size, base_lr=0.03 * batch_size / 256)
+
+
+def pretrain(
+    data: str | os.PathLike | ImageDataset,
+    config: BitConfig,
+    *,
+    out: str | os.PathLike = "bigtransfer-upstream",
+    eval_data: str | os.PathLike | ImageDataset | None = None,
+    epochs: float = 90,
+    warmup_epochs: float = 5,
+    batch_size: int = 256,
+    batch_split: int = 1,
+    crop: int = 224,
+    seed: int = 0,
+    resume: bool = False,
+    save_every: int | None = None,
+    device: str | None = None,
+    bf16: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory."""
+    out = Path(out)
+    prepare_output(out, resume)
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
+    dataset.check_trainable()
+    config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)))
+    torch.manual_seed(seed)
+    model = BitForImageClassification(config)
+    schedule = upstream_schedule(len(dataset), epochs, batch_size, warmup_epochs)
+    recipe = Recipe(schedule, lambda image, rng: inception_augment(image, crop, True, rng))
+    fingerprint = {"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
+                   "seed": seed, "schedule": dataclasses.asdict(schedule), "crop": crop}  # fmt: skip
+    summary = train(
+        model, dataset, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
+        save_every=save_every, fingerprint=fingerprint, progress=progress,
+    )  # fmt: skip
+    if summary["rank"] != 0:
+        shutdown()
+        return summary
+    processor = eval_processor(crop)
+    model.save_pretrained(out / MODEL_DIR)
+    processor.save_pretrained(out / MODEL_DIR)
+    metrics: dict[str, Any] = {"train_examples": len(dataset), "classes": dataset.classes,
+                               "schedule": dataclasses.asdict(schedule), "steps": summary["steps"],
+                               "seconds": summary["seconds"], "model_dir": str(out / MODEL_DIR)}  # fmt: skip
+    if eval_data is not None:
+        eval_set = eval_data if isinstance(eval_data, ImageDataset) else load_dataset(eval_data)
+        metrics["eval"] = evaluate(model, eval_set, processor)
+    plot_curves(out / METRICS, out / "curves.png")
+    write_json(out / "metrics.json", metrics)
+    shutdown()
+    return metrics
