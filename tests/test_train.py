@@ -1,0 +1,354 @@
+"""Transfer: the HyperRule table, few-shot subsets, datasets, exact accumulation, resume, DDP, outputs, errors."""
+
+import errno
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
+from bigtransfer.cli import main as cli
+from bigtransfer.train import hyperrule
+from bigtransfer.train.augment import eval_processor, hyperrule_augment
+from bigtransfer.train.data import from_csv, from_folder, load_dataset
+from bigtransfer.train.fewshot import few_shot_subset
+from bigtransfer.train.finetune import finetune
+from bigtransfer.train.pretrain import upstream_schedule
+from helpers import max_abs_diff
+
+# -- the rule, as a table -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, steps, warmup, decays, mixup",
+    [
+        (50, 500, 100, [200, 300, 400], 0.0),
+        (19_999, 500, 100, [200, 300, 400], 0.0),
+        (20_000, 10_000, 500, [3000, 6000, 9000], 0.1),
+        (499_999, 10_000, 500, [3000, 6000, 9000], 0.1),
+        (500_000, 20_000, 500, [6000, 12000, 18000], 0.1),
+    ],
+)
+def test_code_preset_schedule_by_dataset_size(size, steps, warmup, decays, mixup):
+    rule = hyperrule(size, (300, 300))
+    assert (rule.steps, rule.warmup_steps, rule.decay_steps, rule.mixup_alpha) == (steps, warmup, decays, mixup)
+    assert (rule.base_lr, rule.batch_size, rule.momentum, rule.weight_decay) == (0.003, 512, 0.9, 0.0)
+
+
+@pytest.mark.parametrize(
+    "step, lr",
+    [(0, 0.0), (50, 0.0015), (100, 0.003), (200, 0.003), (201, 3e-4), (300, 3e-4), (301, 3e-5), (401, 3e-6),
+     (499, 3e-6), (500, None), (10_000, None)],
+)  # fmt: skip
+def test_code_preset_learning_rate(step, lr):
+    value = hyperrule(1000, (32, 32)).lr(step)
+    assert value == pytest.approx(lr) if lr is not None else value is None
+
+
+@pytest.mark.parametrize(
+    "image_size, preset, architecture, expected",
+    [
+        ((28, 28), "code", None, (160, 128)),
+        ((95, 96), "code", None, (160, 128)),
+        ((96, 96), "code", None, (512, 480)),
+        ((500, 375), "code", None, (512, 480)),
+        ((500, 375), "paper", None, (448, 384)),
+        ((500, 375), "paper", "BiT-M-R152x4", (512, 480)),
+        ((32, 32), "paper", None, (160, 128)),
+    ],
+)
+def test_resolution_rule(image_size, preset, architecture, expected):
+    rule = hyperrule(1000, image_size, preset=preset, architecture=architecture)
+    assert (rule.resize, rule.crop) == expected
+
+
+@pytest.mark.parametrize("size, steps, decays", [(100, 500, [150, 300, 450]), (50_000, 10_000, [3000, 6000, 9000]),
+                                                 (1_000_000, 20_000, [6000, 12000, 18000])])  # fmt: skip
+def test_paper_preset(size, steps, decays):
+    rule = hyperrule(size, (224, 224), preset="paper")
+    assert (rule.steps, rule.warmup_steps, rule.decay_steps) == (steps, 0, decays)
+    assert rule.lr(0) == 0.003 and rule.lr(steps - 1) == pytest.approx(3e-6) and rule.lr(steps) is None
+
+
+@pytest.mark.parametrize("scaling, batch, lr", [("none", 128, 0.003), ("linear", 128, 0.00075), ("sqrt", 128, 0.0015)])
+def test_learning_rate_scaling_with_batch(scaling, batch, lr):
+    assert hyperrule(1000, (32, 32), batch_size=batch, lr_scaling=scaling).base_lr == pytest.approx(lr)
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(ValueError, match="'code'"):
+        hyperrule(1000, (32, 32), preset="fast")
+
+
+def test_upstream_schedule_decays_at_thirds_and_eight_ninths():
+    schedule = upstream_schedule(dataset_size=25_600, epochs=9, batch_size=256, warmup_epochs=1)
+    assert (schedule.steps, schedule.warmup_steps, schedule.base_lr) == (900, 100, 0.03)
+    assert [schedule.lr(s) for s in (50, 299, 300, 600, 800)] == pytest.approx([0.015, 0.03, 0.003, 3e-4, 3e-5])
+
+
+# -- few-shot ------------------------------------------------------------------------------------------
+
+
+def test_few_shot_subsets_are_balanced_and_the_same_on_every_machine():
+    labels = np.repeat(np.arange(3), 10)
+    subset = few_shot_subset(labels, shots=2, seed=0)
+    assert np.bincount(labels[subset]).tolist() == [2, 2, 2]
+    assert subset.tolist() == few_shot_subset(labels, 2, 0).tolist()
+    # PCG64 streams are platform-independent: this exact subset is part of the contract
+    assert subset.tolist() == [4, 6, 19, 11, 28, 22]
+    assert subset.tolist() != few_shot_subset(labels, 2, 1).tolist()
+
+
+def test_more_shots_than_a_class_has_is_explained():
+    with pytest.raises(ValueError, match="Class 1 has only 3 examples"):
+        few_shot_subset(np.array([0] * 5 + [1] * 3), shots=4, seed=0)
+
+
+# -- data ----------------------------------------------------------------------------------------------
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=6, size=(20, 24), seed=0):
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(60 + 120 * index, 30, size + (3,)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_folder_csv_and_idx_datasets(tmp_path):
+    folder = from_folder(make_folder(tmp_path / "folder"))
+    assert folder.classes == ["cat", "dog"] and len(folder) == 12 and folder.load(0).mode == "RGB"
+    (tmp_path / "list.csv").write_text("path,label\nfolder/cat/0.png,cat\nfolder/dog/1.png,dog\n")
+    csv_set = from_csv(tmp_path / "list.csv")
+    assert csv_set.labels.tolist() == [0, 1] and csv_set.image_size() == (20, 24)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((4, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 1]))
+    idx = load_dataset(tmp_path / "train-images-idx3-ubyte.gz")
+    assert len(idx) == 4 and idx.classes == ["0", "1", "2"] and idx.load(3).size == (28, 28)
+
+
+def test_fashion_mnist_from_the_debian_package_has_its_names():
+    path = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+    if not os.path.exists(path):
+        pytest.fail(
+            "dataset-fashion-mnist is not installed: .ci/run installs it (apt-get install dataset-fashion-mnist)"
+        )
+    test_set = load_dataset(path)
+    assert len(test_set) == 10_000 and test_set.classes[9] == "Ankle boot"
+    assert test_set.select_classes(["Sandal", "Bag"]).classes == ["Sandal", "Bag"]
+
+
+def test_hugging_face_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the [test] extra installs datasets")
+    images = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(4)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features).save_to_disk(
+        tmp_path / "ds"
+    )
+    loaded = load_dataset(tmp_path / "ds")
+    assert loaded.classes == ["a", "b"] and len(loaded) == 4 and loaded.load(1).size == (16, 16)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda p: p.mkdir(), ValueError, "no images in class sub-folders"),
+        (lambda p: make_folder(p, classes=("only",)), ValueError, "single class"),
+        (lambda p: p.with_suffix(".csv").write_text("file,y\na.png,1\n") and p.with_suffix(".csv"), ValueError,
+         "exactly the columns 'path,label'"),
+        (lambda p: p.with_suffix(".csv").write_text("path,label\nnope.png,1\n") and p.with_suffix(".csv"),
+         FileNotFoundError, "missing files"),
+    ],
+)  # fmt: skip
+def test_bad_datasets_are_explained(tmp_path, make, error, message):
+    created = make(tmp_path / "data")
+    source = created if created and str(created).endswith(".csv") else tmp_path / "data"
+    with pytest.raises(error, match=message):
+        load_dataset(source).check_trainable()
+
+
+def test_eval_transform_saved_with_the_model_equals_the_training_eval():
+    processor = eval_processor(32)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8))
+    pixels = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert pixels.shape == (3, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
+    augmented = hyperrule_augment(image, 32, 32, flip=False, rng=np.random.default_rng(0))
+    assert torch.allclose(augmented, pixels, atol=1e-6)  # resize == crop, no flip: the same image
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    torch.manual_seed(0)
+    config = BitConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16,
+                       num_labels=3)  # fmt: skip
+    BitForImageClassification(config).save_pretrained(tmp_path / "upstream")
+    return tmp_path / "upstream"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "images", classes=("a", "b", "c"), per_class=5)
+
+
+def run(upstream, folder, out, **kwargs):
+    options = dict(batch_size=8, steps=6, resize=24, crop=20, progress=False, seed=3)
+    return finetune(str(upstream), str(folder), out=out, **{**options, **kwargs})
+
+
+def final_weights(out):
+    return load_file(out / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_batch_split_gives_the_same_update(upstream, folder, tmp_path, mixup):
+    run(upstream, folder, tmp_path / "whole", mixup_alpha=mixup)
+    run(upstream, folder, tmp_path / "split", mixup_alpha=mixup, batch_split=4)
+    whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert max(max_abs_diff(whole[k], split[k]) for k in whole) < 1e-6
+
+
+def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_path, monkeypatch):
+    run(upstream, folder, tmp_path / "straight")
+    import bigtransfer.train.loop as loop
+
+    original, calls = loop.BatchBuilder.micro_batch, []
+
+    def interrupt_at_step_4(self, step, *args):
+        calls.append(step)
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, step, *args)
+
+    monkeypatch.setattr(loop.BatchBuilder, "micro_batch", interrupt_at_step_4)
+    with pytest.raises(SystemExit):
+        run(upstream, folder, tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 4
+    monkeypatch.setattr(loop.BatchBuilder, "micro_batch", original)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(upstream, folder, tmp_path / "resumed")
+    run(upstream, folder, tmp_path / "resumed", resume=True)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_refuses_a_run_of_another_model(upstream, folder, tmp_path):
+    run(upstream, folder, tmp_path / "run", steps=2)
+    (tmp_path / "run" / "model").rename(tmp_path / "other")
+    with pytest.raises(ValueError, match="different run .*model"):
+        run(tmp_path / "other", folder, tmp_path / "run", resume=True, steps=2)
+
+
+def test_outputs_of_a_run(upstream, folder, tmp_path):
+    metrics = run(upstream, folder, tmp_path / "run", eval_data=str(folder), eval_every=3)
+    out = tmp_path / "run"
+    assert {"checkpoint.pt", "metrics.jsonl", "metrics.json", "curves.png", "confusion.png", "model"} <= {
+        p.name for p in out.iterdir()
+    }
+    model = BitForImageClassification.from_pretrained(out / "model")
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert BitImageProcessor.from_pretrained(out / "model").size == {"height": 20, "width": 20}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert any("eval_top1" in r for r in rows)
+    assert 0 <= metrics["eval"]["top1"] <= 1 and set(metrics["eval"]["per_class"]) == {"a", "b", "c"}
+    assert Image.open(out / "curves.png").size[0] > 300
+
+
+def test_zero_initialised_head_starts_at_uniform_predictions(upstream, folder, tmp_path, monkeypatch):
+    import bigtransfer.train.finetune as finetune_module
+
+    seen = {}
+
+    def capture(network, *args, **kwargs):
+        seen["head"] = network.classifier[1].weight.detach().clone()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_module, "train", capture)
+    with pytest.raises(KeyboardInterrupt):
+        run(upstream, folder, tmp_path / "run")
+    assert torch.count_nonzero(seen["head"]) == 0
+
+
+def test_corrupt_training_images_are_skipped_and_counted(upstream, folder, tmp_path, caplog):
+    (folder / "b" / "broken.png").write_bytes(b"not a png")
+    metrics = run(upstream, folder, tmp_path / "run", steps=4)
+    assert any(name.endswith("broken.png") for name in metrics["skipped_images"])
+    assert "broken.png" in caplog.text
+
+
+def test_too_many_shots_and_unknown_eval_classes_are_explained(upstream, folder, tmp_path):
+    with pytest.raises(ValueError, match="fewer than --shots 9"):
+        run(upstream, folder, tmp_path / "a", shots=9)
+    other = make_folder(tmp_path / "other", classes=("a", "zebra"), per_class=2)
+    with pytest.raises(ValueError, match="'zebra'"):
+        run(upstream, folder, tmp_path / "b", eval_data=str(other), steps=1)
+
+
+def test_full_disk_gives_a_clear_error(upstream, folder, tmp_path, monkeypatch):
+    import bigtransfer.train.loop as loop
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loop.torch, "save", full)
+    with pytest.raises(OSError, match="No space left to write the checkpoint"):
+        run(upstream, folder, tmp_path / "run", steps=1)
+
+
+def test_finetune_and_evaluate_commands(upstream, folder, tmp_path, capsys):
+    code = cli(["finetune", "--model", str(upstream), "--data", str(folder), "--eval-data", str(folder), "--shots", "3",
+                "--batch-size", "6", "--steps", "3", "--resize", "24", "--crop", "20", "--out", str(tmp_path / "run"),
+                "--json", "--quiet"])  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    assert code == 0 and metrics["train_examples"] == 9 and "confusion" not in metrics["eval"]
+    assert cli(["evaluate", "--model", str(tmp_path / "run" / "model"), "--data", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == metrics["eval"]["top1"]
+
+
+def test_few_shot_runs_report_mean_and_std(upstream, folder, tmp_path, capsys):
+    cli(["finetune", "--model", str(upstream), "--data", str(folder), "--eval-data", str(folder), "--shots", "2",
+         "--runs", "2", "--batch-size", "6", "--steps", "2", "--resize", "24", "--crop", "20",
+         "--out", str(tmp_path / "runs"), "--quiet"])  # fmt: skip
+    output = capsys.readouterr().out
+    assert "seed 0" in output and "seed 1" in output and "over 2 seeds" in output and "±" in output
+
+
+def test_pretrain_command_makes_a_transferable_model(folder, tmp_path, capsys):
+    code = cli(["pretrain", "--data", str(folder), "--arch", "custom", "--depths", "1,1", "--hidden-sizes", "16,32",
+                "--embedding-size", "8", "--num-groups", "4", "--epochs", "2", "--warmup-epochs", "0.5",
+                "--batch-size", "5", "--crop", "16", "--out", str(tmp_path / "up"), "--json", "--quiet"])  # fmt: skip
+    assert code == 0 and json.loads(capsys.readouterr().out)["steps"] == 6
+    model = BitForImageClassification.from_pretrained(tmp_path / "up" / "model")
+    assert model.config.depths == [1, 1] and model.config.id2label[2] == "c"
+
+
+def test_two_processes_equal_one_process(upstream, folder, tmp_path):
+    run(upstream, folder, tmp_path / "single")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
+               "--steps", "6", "--resize", "24", "--crop", "20", "--seed", "3", "--out", str(tmp_path / "ddp"),
+               "--quiet", "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
+    assert max(max_abs_diff(single[k], ddp[k]) for k in single) < 1e-5
