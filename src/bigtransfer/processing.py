@@ -66,9 +66,7 @@ class BitImageProcessor(ProcessorBase):
         input_data_format: str | None = None,
         **overrides: Any,
     ) -> BatchFeature:
-        settings = self.settings(overrides)
-        if data_format not in ("channels_first", "channels_last"):
-            raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
+        settings = self.settings(overrides, data_format)
         processed = [
             self.process_one(to_channels_first(image, settings["do_convert_rgb"], input_data_format), settings)
             for image in flatten_images(images)

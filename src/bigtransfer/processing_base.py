@@ -165,7 +165,10 @@ class ProcessorBase:
         self.extra = kwargs  # e.g. fields a newer transformers writes; kept for the JSON round trip
 
     # -- per-call settings ---------------------------------------------------------------------
-    def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+    def settings(self, overrides: dict[str, Any], data_format: str = "channels_first") -> dict[str, Any]:
+        """This call's settings: instance values with the per-call overrides, validated."""
+        if data_format not in ("channels_first", "channels_last"):
+            raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
         unknown = sorted(set(overrides) - set(self._setting_names) - set(self._call_options()))
         if unknown:
             warnings.warn(

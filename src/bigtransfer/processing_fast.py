@@ -130,9 +130,7 @@ class BitImageProcessorFast(ProcessorBase):
         draft: bool | None = None,
         **overrides: Any,
     ) -> BatchFeature:
-        settings = self.settings(overrides)
-        if data_format not in ("channels_first", "channels_last"):
-            raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
+        settings = self.settings(overrides, data_format)
         device = torch.device(device or self.device or "cpu")
         flat = flatten_images(images)
         use_draft = self.draft if draft is None else draft

@@ -10,6 +10,7 @@ import difflib
 import json
 import math
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .labels import id2label_for
 from .zoo import UPSTREAM_224, ZOO, ZooEntry, entry_for_file, find_entry
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+BUNDLED_MODELS = ("bit-tiny-fashion5",)
 TIMM_PREFIX = "timm/"
 
 
@@ -77,6 +79,13 @@ def _from_transformers(name_or_path, config: BitConfig | None, overrides: dict, 
     return config, state_dict
 
 
+def bundled_model(name: str) -> Path | None:
+    """A model shipped inside the package (see bigtransfer/bundled/README.md), by name."""
+    if name not in BUNDLED_MODELS:
+        return None
+    return Path(str(files("bigtransfer") / "bundled" / name))
+
+
 def zoo_file(entry: ZooEntry) -> Path:
     """The entry's .npz in the local cache, downloaded (with a progress bar) on first use."""
     return download(entry.url, cache_dir() / entry.file, size=entry.size_bytes, sha256=entry.sha256)
@@ -99,6 +108,9 @@ def load_checkpoint(
         raise ValueError(
             f"{path} is not a checkpoint file (.npz, .safetensors, .pth, .bin): pass its directory, or the weights file."
         )
+    bundled = bundled_model(str(name_or_path))
+    if bundled is not None:
+        return _from_transformers(bundled, config, overrides, subfolder, hub_options)
     entry = find_entry(str(name_or_path)) if not path.exists() else None
     if entry is not None:
         return _from_npz(zoo_file(entry), entry, config, overrides)
@@ -115,8 +127,11 @@ def load_checkpoint(
 
 
 def preprocessing_for(name_or_path: str | os.PathLike, hub_options: dict[str, Any]) -> dict[str, Any] | None:
-    """Processor settings implied by a zoo name, an original .npz file, or a timm Hub id; else None."""
+    """Processor settings implied by a bundled model, a zoo name, an original .npz file or a timm Hub id."""
     name = str(name_or_path)
+    bundled = bundled_model(name)
+    if bundled is not None:
+        return json.loads((bundled / "preprocessor_config.json").read_text(encoding="utf-8"))
     entry = find_entry(name) or (entry_for_file(name) if name.endswith(".npz") else None)
     if entry is not None:
         return entry.preprocessing.processor_settings()

@@ -112,7 +112,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint_state(path: Path, fingerprint: dict) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     saved = state.get("fingerprint", {})
     differing = sorted(key for key in set(saved) | set(fingerprint) if saved.get(key) != fingerprint.get(key))
     if differing:
