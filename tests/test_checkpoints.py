@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -216,3 +217,10 @@ def test_unreachable_hub_says_how_to_use_a_local_path(tmp_path):
 def test_offline_without_cache_says_how_to_use_a_local_path(tmp_path):
     result = run_python(LOAD, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     assert result.returncode != 0 and "pass that directory path instead" in result.stderr
+
+
+def test_saved_files_are_readable_like_ordinary_files(saved):
+    path, _ = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
