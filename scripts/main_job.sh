@@ -9,7 +9,7 @@ classes="Sandal,Shirt,Sneaker,Bag,Ankle boot"
 
 bigtransfer finetune --model bit-tiny-fashion5 \
   --data "$data/train-images-idx3-ubyte.gz" --eval-data "$data/t10k-images-idx3-ubyte.gz" --classes "$classes" \
-  --shots 10 --seed 0 --batch-size 64 --resize 36 --crop 32 --out "$out"
+  --shots 10 --seed 0 --batch-size 64 --resize 36 --crop 32 --eval-every 100 --out "$out"
 
 mkdir -p "$out/held-out"
 python - "$data/t10k-images-idx3-ubyte.gz" "$out/held-out" <<'PY'

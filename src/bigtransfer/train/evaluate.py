@@ -89,7 +89,7 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     axes[1].set(title="learning rate", xlabel="step", yscale="log")
     if evals:
         axes[2].plot([r["step"] for r in evals], [r["eval_top1"] for r in evals], marker="o")
-        axes[2].set(title="eval top-1", xlabel="step", ylim=(0, 1))
+        axes[2].set(title="eval top-1", xlabel="step", ylim=(0, 1), xlim=(0, max(r["step"] for r in rows) * 1.02))
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
