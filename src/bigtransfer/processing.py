@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .image_inputs import flatten_images, to_channels_first
-from .processing_base import BatchFeature, ProcessorBase, crop_window, resize_output_size, stack_output
+from .processing_base import BatchFeature, ProcessorBase, crop_window, parallel_map, resize_output_size, stack_output
 
 
 def _pil_ready(image: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -67,10 +67,11 @@ class BitImageProcessor(ProcessorBase):
         **overrides: Any,
     ) -> BatchFeature:
         settings = self.settings(overrides, data_format)
-        processed = [
-            self.process_one(to_channels_first(image, settings["do_convert_rgb"], input_data_format), settings)
-            for image in flatten_images(images)
-        ]
+
+        def process(image: Any) -> np.ndarray:
+            return self.process_one(to_channels_first(image, settings["do_convert_rgb"], input_data_format), settings)
+
+        processed = parallel_map(process, flatten_images(images))
         if data_format == "channels_last":
             processed = [np.moveaxis(image, 0, -1) for image in processed]
         return BatchFeature(pixel_values=stack_output(processed, return_tensors))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,15 @@ def crop_window(height: int, width: int, crop_height: int, crop_width: int) -> t
     return pad_top, pad_left, top, left
 
 
+def parallel_map(function: Callable[[Any], Any], items: list[Any], workers: int | None = None) -> list[Any]:
+    """`map` over a thread pool: Pillow releases the GIL while decoding and resizing, so threads scale."""
+    workers = workers or min(8, os.cpu_count() or 1, len(items))
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, items))
+
+
 class BatchFeature(dict):
     """`batch["pixel_values"]` or `batch.pixel_values`; `.to(device)` moves tensors."""
 
@@ -106,7 +117,12 @@ class BatchFeature(dict):
         return BatchFeature({k: v.to(*args, **kwargs) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
 
 
-def stack_output(images: list, return_tensors: str | None) -> Any:
+def stack_output(images: list | torch.Tensor, return_tensors: str | None) -> Any:
+    """A list of per-image arrays (return_tensors=None), or one stacked "np"/"pt" batch."""
+    if isinstance(images, torch.Tensor):  # already one batch
+        if return_tensors == "pt":
+            return images
+        images = list(images)
     if return_tensors is None:
         return images
     if return_tensors not in ("np", "pt"):

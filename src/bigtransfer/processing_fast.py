@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from .processing_base import (
     ProcessorBase,
     Resampling,
     crop_window,
+    parallel_map,
     resize_output_size,
     size_dict,
     stack_output,
@@ -54,6 +54,11 @@ def _decode(image: Any, settings: dict[str, Any], input_data_format: str | None,
     channels_last = np.moveaxis(to_channels_first(image, settings["do_convert_rgb"], input_data_format), 0, -1)
     # Other integer widths (uint16, int32 …) have few torch kernels: work on them as float32
     return channels_last if channels_last.dtype in (np.uint8, np.float32) else channels_last.astype(np.float32)
+
+
+def _needs_decoding(images: list[Any]) -> bool:
+    """Worth a thread pool: files to decode or PIL images to convert (already-RGB pixels are a plain copy)."""
+    return any(isinstance(i, (str, os.PathLike)) or (isinstance(i, Image.Image) and i.mode != "RGB") for i in images)
 
 
 def _resize_batch(batch: torch.Tensor, height: int, width: int, resample: Resampling) -> torch.Tensor:
@@ -134,25 +139,25 @@ class BitImageProcessorFast(ProcessorBase):
         device = torch.device(device or self.device or "cpu")
         flat = flatten_images(images)
         use_draft = self.draft if draft is None else draft
-        workers = num_workers or min(8, os.cpu_count() or 1, len(flat))
-        decode = lambda image: _decode(image, settings, input_data_format, use_draft)  # noqa: E731
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                decoded = list(pool.map(decode, flat))
-        else:
-            decoded = [decode(image) for image in flat]
+        workers = num_workers or (None if _needs_decoding(flat) else 1)
+        decoded = parallel_map(lambda image: _decode(image, settings, input_data_format, use_draft), flat, workers)
         processed = self._process_grouped(decoded, settings, device)
         if do_pad if do_pad is not None else self.do_pad:
             processed = self._pad(processed, size_dict(pad_size, "pad_size", True) or self.pad_size)
         if data_format == "channels_last":
-            processed = [image.permute(1, 2, 0) for image in processed]
+            processed = [image.permute(1, 2, 0) for image in processed]  # a batch iterates as its images
         return BatchFeature(pixel_values=stack_output(processed, return_tensors))
 
-    def _process_grouped(self, images: list[np.ndarray], settings: dict[str, Any], device) -> list[torch.Tensor]:
-        """Stack equal-shaped images and process each stack at once; return them in input order."""
+    def _process_grouped(self, images: list[np.ndarray], settings: dict[str, Any], device):
+        """Stack equal-shaped images and process each stack at once; return them in input order.
+
+        When all images share one shape the processed batch itself is returned (no re-stacking).
+        """
         groups: dict[tuple, list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault((tuple(image.shape), image.dtype), []).append(index)
+        if len(groups) == 1:
+            return self._process_batch(torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2), settings)
         output: list[torch.Tensor | None] = [None] * len(images)
         for indices in groups.values():
             # (N, H, W, C) → (N, C, H, W) as a view: channels-last memory, no copy
@@ -171,13 +176,14 @@ class BitImageProcessorFast(ProcessorBase):
         if settings["do_center_crop"]:
             batch = _center_crop_batch(batch, settings["crop_size"]["height"], settings["crop_size"]["width"])
         scale = settings["rescale_factor"] if settings["do_rescale"] else 1.0
-        batch = batch.to(torch.float32, memory_format=torch.contiguous_format)
         if settings["do_normalize"]:
             mean, std = self.mean_std(settings, batch.shape[1])
-            # (x·s − m) / d  ==  x·(s/d) − m/d: rescale and normalize in one fused multiply-add
+            # (x·s − m) / d  ==  x·(s/d) − m/d: cast, rescale and normalize in one pass into NCHW float32
             multiplier = torch.from_numpy(scale / std).to(batch.device)[:, None, None]
             offset = torch.from_numpy(-mean / std).to(batch.device)[:, None, None]
-            return torch.addcmul(offset, batch, multiplier)
+            output = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
+            return torch.addcmul(offset, batch, multiplier, out=output)
+        batch = batch.to(torch.float32, memory_format=torch.contiguous_format)
         return batch.mul_(scale) if settings["do_rescale"] else batch
 
     @staticmethod
