@@ -344,3 +344,25 @@ def test_timm_hub_id_is_converted_with_its_preprocessing(tmp_path):
     total, size, resample, label = json.loads(result.stdout)
     assert abs(total - logits_of(reference).sum().item()) < 1e-3
     assert size == {"shortest_edge": 448} and resample == 2 and label == "tabby, tabby cat"
+
+
+def test_info_describes_a_zoo_model_without_downloading_and_a_local_one_by_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIGTRANSFER_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("BIGTRANSFER_OFFLINE", "1")
+    assert cli(["info", "BiT-M-R50x1-CIFAR10"]) == 0
+    zoo = json.loads(capsys.readouterr().out)
+    assert zoo["parameters"] == 23_520_842 and zoo["resolution"] == 128 and not zoo["cached"]
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    assert cli(["info", str(tmp_path / "tiny")]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert local["num_labels"] == 3 and local["config"]["depths"] == TINY["depths"]
+
+
+def test_demo_round_trips_a_model_and_classifies_a_photo(tmp_path, capsys):
+    assert cli(["demo", "--out", str(tmp_path / "demo"), "--json", "--top-k", "3", "--num-labels", "10"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reloaded_logits_identical"] and len(result["top_k"]) == 3
+    scores = [entry["score"] for entry in result["top_k"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1  # ranked probabilities, not logits
+    with pytest.raises(SystemExit, match="already holds a model"):
+        cli(["demo", "--out", str(tmp_path / "demo")])
