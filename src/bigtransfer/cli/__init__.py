@@ -1,0 +1,35 @@
+"""The `bigtransfer` command line: each sub-command lives in the module named for it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import demo, predict, training, zoo_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bigtransfer",
+        description="BiT (Big Transfer) models: pretrained checkpoints, prediction, conversion and transfer learning.",
+        epilog="A MODEL is a zoo name (see `bigtransfer models`), an original BiT .npz file, a transformers "
+        "directory or Hub id, or a timm checkpoint (file or timm/… Hub id).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (demo, zoo_commands, predict, training):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

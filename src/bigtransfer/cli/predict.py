@@ -1,0 +1,100 @@
+"""`bigtransfer predict`: classify files and folders; unreadable images are reported, not fatal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..image_inputs import IMAGE_SUFFIXES
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files as given, directories searched recursively for images; missing paths reported, not fatal."""
+    files, errors = [], []
+    for name in inputs:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append({"file": name, "error": "no such file or directory"})
+    return files, errors
+
+
+def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    from tqdm.auto import tqdm
+
+    from ..image_inputs import load_image
+    from ..pipeline import pipeline
+
+    classifier = pipeline("image-classification", model=args.model, device=args.device, batch_size=args.batch_size)
+    files, errors = collect_images(args.inputs)
+    results = []
+    with tqdm(total=len(files), unit="img", disable=len(files) <= args.batch_size or args.quiet) as bar:
+        for start in range(0, len(files), args.batch_size):
+            batch, names = [], []
+            for path in files[start : start + args.batch_size]:
+                try:
+                    batch.append(load_image(path))
+                    names.append(str(path))
+                except (OSError, ValueError, ImportError) as error:
+                    errors.append({"file": str(path), "error": str(error)})
+            if batch:
+                ranked = classifier.ranked(classifier.scores(batch), args.top_k)
+                results += [{"file": name, "predictions": top} for name, top in zip(names, ranked)]
+            bar.update(len(files[start : start + args.batch_size]))
+    return results, errors
+
+
+def _write_predictions_csv(path: str, results: list[dict]) -> None:
+    import csv
+    import io
+
+    from ..io import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "rank", "label", "score"])
+    for result in results:
+        for rank, prediction in enumerate(result["predictions"], 1):
+            writer.writerow([result["file"], rank, prediction["label"], f"{prediction['score']:.6f}"])
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def handle(args: argparse.Namespace) -> int:
+    results, errors = run_predict(args)
+    if args.json:
+        print(json.dumps({"results": results, "errors": errors}, indent=2))
+    elif args.csv:
+        _write_predictions_csv(args.csv, results)
+        print(f"wrote {len(results)} predictions to {args.csv}")
+    else:
+        for result in results:
+            print(result["file"])
+            for prediction in result["predictions"]:
+                print(f"  {prediction['score']:7.2%}  {prediction['label']}")
+    for error in errors:
+        print(f"skipped {error['file']}: {error['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def register(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files and folders",
+        description="Classify images (files, or folders searched recursively). Unreadable images are reported "
+        "and skipped; the exit code is 1 when any input failed.",
+    )
+    predict.add_argument("inputs", nargs="+", help="image files and/or directories")
+    predict.add_argument("--model", required=True, help="MODEL: zoo name, .npz, directory, Hub id or timm weights")
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print results as JSON")
+    output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=handle)

@@ -1,0 +1,181 @@
+"""`bigtransfer finetune | evaluate | pretrain`: transfer learning with the BiT-HyperRule, and its upstream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, eval_required: bool = False) -> None:
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="training data: image folder (one sub-folder per class), "
+        "CSV (path,label), IDX images file (MNIST/Fashion-MNIST, .gz or not) or a saved `datasets` dir",
+    )
+    parser.add_argument("--eval-data", required=eval_required, help="evaluation data, in any of the same forms")
+    parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="run directory (refuses an existing run unless --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
+    parser.add_argument("--batch-split", type=int, default=1, help="micro-batches per step (same update, less memory)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation, few-shot subsets")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(commands) -> None:
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune a pretrained BiT with the BiT-HyperRule",
+        description="Fine-tune with the BiT-HyperRule: resolution, schedule and MixUp follow from the dataset; "
+        "SGD momentum 0.9, zero-initialised head. Multi-process: torchrun --nproc_per_node N -m bigtransfer finetune …",
+    )
+    finetune.add_argument("--model", required=True, help="pretrained MODEL (zoo name, .npz, directory, Hub id)")
+    _add_data_arguments(finetune)
+    finetune.add_argument("--shots", type=int, default=None, help="K examples per class (balanced, seeded)")
+    finetune.add_argument("--runs", type=int, default=1, help="repeat over this many seeds; report mean ± std")
+    finetune.add_argument(
+        "--preset", choices=["code", "paper"], default="code", help="HyperRule variant (default code)"
+    )
+    finetune.add_argument("--batch-size", type=int, default=512, help="global batch (default 512)")
+    finetune.add_argument("--base-lr", type=float, default=0.003, help="learning rate at batch 512 (default 0.003)")
+    finetune.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="none",
+                          help="adapt base-lr to the batch size (default none, as the original)")  # fmt: skip
+    finetune.add_argument("--steps", type=int, default=None, help="override the schedule length (boundaries scale)")
+    finetune.add_argument("--resize", type=int, default=None, help="override the square resize")
+    finetune.add_argument("--crop", type=int, default=None, help="override the random-crop / eval size")
+    finetune.add_argument("--mixup", type=float, default=None, help="override the MixUp alpha (0 = off)")
+    finetune.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    finetune.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (curve in the PNG)")
+    _add_run_arguments(finetune)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of a fine-tuned model on labelled data")
+    evaluate.add_argument("--model", required=True, help="model directory (from finetune: RUN/model)")
+    evaluate.add_argument("--data", required=True, help="labelled data, as for finetune --data")
+    evaluate.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="train a BiT from scratch with the upstream recipe",
+        description="Upstream BiT training: SGD momentum 0.9, lr 0.03·batch/256, weight decay 1e-4, linear warm-up, "
+        "÷10 at 1/3, 2/3 and 8/9 of training, Inception crop + flip.",
+    )
+    _add_data_arguments(pretrain)
+    pretrain.add_argument("--arch", default="R50x1", help="R50x1 … R152x4, or 'custom' with the options below")
+    pretrain.add_argument("--depths", help="custom: blocks per stage, e.g. 1,1,1,1")
+    pretrain.add_argument("--hidden-sizes", help="custom: stage widths, e.g. 64,128,256,512")
+    pretrain.add_argument("--embedding-size", type=int, default=64, help="custom: stem width")
+    pretrain.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups")
+    pretrain.add_argument("--epochs", type=float, default=90)
+    pretrain.add_argument("--warmup-epochs", type=float, default=5)
+    pretrain.add_argument("--batch-size", type=int, default=256)
+    pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution")
+    _add_run_arguments(pretrain)
+    for command in (finetune, evaluate, pretrain):
+        command.set_defaults(handler=handle)
+
+
+def _dataset(source: str, classes: str | None):
+    from ..train.data import load_dataset
+
+    dataset = load_dataset(source)
+    return dataset.select_classes(classes.split(",")) if classes else dataset
+
+
+def run_finetune(args: argparse.Namespace) -> dict:
+    from ..train.finetune import finetune, finetune_runs
+
+    options = dict(
+        model=args.model, data=_dataset(args.data, args.classes),
+        eval_data=_dataset(args.eval_data, args.classes) if args.eval_data else None, shots=args.shots,
+        preset=args.preset, batch_size=args.batch_size, batch_split=args.batch_split, steps=args.steps,
+        resize=args.resize, crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
+        flip=not args.no_flip, resume=args.resume, save_every=args.save_every, eval_every=args.eval_every,
+        device=args.device, bf16=args.bf16, progress=not args.quiet,
+    )  # fmt: skip
+    out = args.out or "bigtransfer-finetune"
+    if args.runs > 1:
+        return finetune_runs(args.runs, args.seed, out, **options)
+    return finetune(out=out, seed=args.seed, **options)
+
+
+def run_pretrain(args: argparse.Namespace) -> dict:
+    from ..config import BitConfig
+    from ..train.pretrain import pretrain
+    from ..zoo import ARCHITECTURES
+
+    if args.arch == "custom":
+        if not (args.depths and args.hidden_sizes):
+            raise ValueError("--arch custom needs --depths and --hidden-sizes.")
+        depths, widths = [int(d) for d in args.depths.split(",")], [int(w) for w in args.hidden_sizes.split(",")]
+        config = BitConfig(
+            depths=depths, hidden_sizes=widths, embedding_size=args.embedding_size, num_groups=args.num_groups
+        )
+    elif args.arch in ARCHITECTURES:
+        depths, width_factor = ARCHITECTURES[args.arch]
+        config = BitConfig(depths=depths, width_factor=width_factor, num_groups=args.num_groups)
+    else:
+        raise ValueError(f"Unknown --arch {args.arch!r}: use one of {', '.join(ARCHITECTURES)} or 'custom'.")
+    return pretrain(
+        _dataset(args.data, args.classes), config, out=args.out or "bigtransfer-upstream",
+        eval_data=_dataset(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
+        seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,
+        progress=not args.quiet,
+    )  # fmt: skip
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    from .. import BitForImageClassification, BitImageProcessor
+    from ..train.evaluate import evaluate
+
+    model = BitForImageClassification.from_pretrained(args.model)
+    return evaluate(
+        model, _dataset(args.data, args.classes), BitImageProcessor.from_pretrained(args.model), args.batch_size
+    )
+
+
+def _print_metrics(metrics: dict) -> None:
+    if "runs" in metrics:
+        for seed, run in zip(metrics["seeds"], metrics["runs"]):
+            print(f"seed {seed}: top-1 {run['eval']['top1']:.4f}" if "eval" in run else f"seed {seed}: done")
+        if "eval_top1_mean" in metrics:
+            print(
+                f"top-1 over {len(metrics['runs'])} seeds: {metrics['eval_top1_mean']:.4f} ± {metrics['eval_top1_std']:.4f}"
+            )
+        return
+    result = metrics.get("eval", metrics if "top1" in metrics else None)
+    if "model_dir" in metrics:
+        print(f"model saved to {metrics['model_dir']} ({metrics['steps']} steps, {metrics['seconds']} s)")
+    if metrics.get("skipped_images"):
+        print(f"skipped {len(metrics['skipped_images'])} unreadable training images")
+    if result:
+        line = f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if "top5" in result else "")
+        print(f"{line} on {result['examples']} images")
+        for name, accuracy in result["per_class"].items():
+            print(f"  {accuracy:7.2%}  {name}")
+
+
+def _without_confusion(metrics):
+    """JSON output keeps everything but the (large) confusion matrices, which metrics.json holds."""
+    if isinstance(metrics, dict):
+        return {k: _without_confusion(v) for k, v in metrics.items() if k != "confusion"}
+    if isinstance(metrics, list):
+        return [_without_confusion(v) for v in metrics]
+    return metrics
+
+
+def handle(args: argparse.Namespace) -> int:
+    runner = {"finetune": run_finetune, "pretrain": run_pretrain, "evaluate": run_evaluate}[args.command]
+    metrics = runner(args)
+    if metrics.get("rank", 0) == 0:
+        print(json.dumps(_without_confusion(metrics), indent=2)) if args.json else _print_metrics(metrics)
+    return 0

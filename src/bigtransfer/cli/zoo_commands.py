@@ -1,0 +1,131 @@
+"""`bigtransfer models | info | convert`: the named checkpoints, what a model is, and export to transformers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def run_models(args: argparse.Namespace) -> list[dict]:
+    from ..download import cache_dir
+    from ..zoo import ZOO
+
+    return [
+        {
+            "name": entry.name,
+            "parameters": entry.parameters,
+            "upstream": entry.upstream,
+            "head": entry.num_labels,
+            "resolution": entry.preprocessing.crop or entry.preprocessing.size,
+            "top1": entry.top1,
+            "cached": (cache_dir() / entry.file).is_file(),
+            "url": entry.url,
+        }
+        for entry in ZOO.values()
+    ]
+
+
+def _print_models(rows: list[dict]) -> None:
+    print(f"{'name':28} {'params':>8} {'head':>6} {'res':>4} {'top-1':>6}  upstream")
+    for row in rows:
+        top1 = f"{row['top1']:.2f}" if row["top1"] else "–"
+        cached = "  (cached)" if row["cached"] else ""
+        print(
+            f"{row['name']:28} {row['parameters'] / 1e6:7.1f}M {row['head']:>6} {row['resolution']:>4} {top1:>6}  "
+            f"{row['upstream']}{cached}"
+        )
+
+
+def run_info(args: argparse.Namespace) -> dict:
+    from .. import BitForImageClassification, BitImageProcessor
+    from ..download import cache_dir
+    from ..zoo import find_entry
+
+    entry = find_entry(args.model)
+    if entry is not None and not (cache_dir() / entry.file).is_file():  # describe it without a download
+        row = next(row for row in run_models(args) if row["name"] == entry.name)
+        return row | {"preprocessing": entry.preprocessing.processor_settings(), "notes": entry.notes}
+    model = BitForImageClassification.from_pretrained(args.model)
+    processor = BitImageProcessor.from_pretrained(args.model) if _has_preprocessing(args.model) else None
+    crop = processor.crop_size if processor and processor.do_center_crop else (processor.size if processor else None)
+    return {
+        "model": args.model,
+        "parameters": model.num_parameters(),
+        "num_labels": model.config.num_labels,
+        "input_size": crop,
+        "preprocessing": processor.to_dict() if processor else None,
+        "config": model.config.to_dict() | {"id2label": f"{model.config.num_labels} labels"},
+    }
+
+
+def _has_preprocessing(name: str) -> bool:
+    from .. import BitImageProcessor
+
+    try:
+        BitImageProcessor.from_pretrained(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def run_convert(args: argparse.Namespace) -> dict:
+    from .. import BitForImageClassification, BitImageProcessor
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        sys.exit(f"{out} is not empty: choose a new directory or pass --overwrite (nothing was written).")
+    model = BitForImageClassification.from_pretrained(args.source)
+    processor = (
+        BitImageProcessor.from_pretrained(args.source) if _has_preprocessing(args.source) else BitImageProcessor()
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return {
+        "source": args.source,
+        "saved_to": str(out),
+        "parameters": model.num_parameters(),
+        "num_labels": model.config.num_labels,
+    }
+
+
+def handle_models(args: argparse.Namespace) -> int:
+    rows = run_models(args)
+    print(json.dumps(rows, indent=2)) if args.json else _print_models(rows)
+    return 0
+
+
+def handle_info(args: argparse.Namespace) -> int:
+    print(json.dumps(run_info(args), indent=2, default=str))
+    return 0
+
+
+def handle_convert(args: argparse.Namespace) -> int:
+    result = run_convert(args)
+    summary = f"wrote {result['saved_to']} ({result['parameters']:,} parameters)"
+    print(json.dumps(result, indent=2) if args.json else summary)
+    return 0
+
+
+def register(commands) -> None:
+    models = commands.add_parser("models", help="list the released BiT checkpoints by name")
+    models.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    info = commands.add_parser("info", help="config, parameter count and input size of a model")
+    info.add_argument("model", help="MODEL (see below)")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    models.set_defaults(handler=handle_models)
+    info.set_defaults(handler=handle_info)
+
+    convert = commands.add_parser(
+        "convert",
+        help="write any MODEL as a transformers directory",
+        description="Write config.json, model.safetensors and preprocessor_config.json that transformers loads "
+        "(BitForImageClassification.from_pretrained) with identical outputs.",
+    )
+    convert.add_argument("source", help="MODEL to convert")
+    convert.add_argument("out_dir", help="directory to create")
+    convert.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
+    convert.add_argument("--json", action="store_true", help="print the summary as JSON")
+    convert.set_defaults(handler=handle_convert)
