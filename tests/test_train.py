@@ -295,7 +295,7 @@ def test_corrupt_training_images_are_skipped_and_counted(upstream, folder, tmp_p
 
 
 def test_too_many_shots_and_unknown_eval_classes_are_explained(upstream, folder, tmp_path):
-    with pytest.raises(ValueError, match="fewer than --shots 9"):
+    with pytest.raises(ValueError, match="Class 'a' has only 5 examples, fewer than --shots 9"):
         run(upstream, folder, tmp_path / "a", shots=9)
     other = make_folder(tmp_path / "other", classes=("a", "zebra"), per_class=2)
     with pytest.raises(ValueError, match="'zebra'"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def few_shot_subset(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+def few_shot_subset(labels: np.ndarray, shots: int, seed: int, class_names: list[str] | None = None) -> np.ndarray:
     """Indices of `shots` examples of every class, chosen by a seeded permutation within each class.
 
     NumPy's PCG64 generator gives identical streams on every platform, so (labels, shots, seed)
@@ -18,9 +18,8 @@ def few_shot_subset(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     for class_id in np.unique(labels):
         members = np.flatnonzero(labels == class_id)
         if len(members) < shots:
-            raise ValueError(
-                f"Class {int(class_id)} has only {len(members)} examples, fewer than --shots {shots}: lower --shots."
-            )
+            name = repr(class_names[int(class_id)]) if class_names else str(int(class_id))
+            raise ValueError(f"Class {name} has only {len(members)} examples, fewer than --shots {shots}: lower --shots.")
         rng = np.random.default_rng([seed, int(class_id)])
         chosen.append(members[rng.permutation(len(members))[:shots]])
     return np.concatenate(chosen)

@@ -80,7 +80,7 @@ def finetune(
     train_set = _as_dataset(data)
     train_set.check_trainable()
     if shots is not None:
-        train_set = train_set.subset(few_shot_subset(train_set.labels, shots, seed))
+        train_set = train_set.subset(few_shot_subset(train_set.labels, shots, seed, train_set.classes))
     rule = hyperrule(len(train_set), train_set.image_size(), preset, batch_size, base_lr, lr_scaling)
     rule = rescale_steps(rule, steps) if steps else rule
     overrides = {k: v for k, v in dict(resize=resize, crop=crop, mixup_alpha=mixup_alpha).items() if v is not None}
