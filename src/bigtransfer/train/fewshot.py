@@ -19,7 +19,9 @@ def few_shot_subset(labels: np.ndarray, shots: int, seed: int, class_names: list
         members = np.flatnonzero(labels == class_id)
         if len(members) < shots:
             name = repr(class_names[int(class_id)]) if class_names else str(int(class_id))
-            raise ValueError(f"Class {name} has only {len(members)} examples, fewer than --shots {shots}: lower --shots.")
+            raise ValueError(
+                f"Class {name} has only {len(members)} examples, fewer than --shots {shots}: lower --shots."
+            )
         rng = np.random.default_rng([seed, int(class_id)])
         chosen.append(members[rng.permutation(len(members))[:shots]])
     return np.concatenate(chosen)
