@@ -154,7 +154,8 @@ def test_fashion_mnist_from_the_debian_package_has_its_names():
 
 
 def test_hugging_face_saved_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="the [test] extra installs datasets")
+    import datasets  # part of the [test] extra: a missing install fails here rather than skipping
+
     images = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(4)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
     datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features).save_to_disk(

@@ -33,7 +33,7 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or "\\" in name
 
 
-def _hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any) -> Path | None:
+def hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any) -> Path | None:
     """Download (or find in the HF cache) one file; None when the repo has no such file."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -85,14 +85,29 @@ def resolve_file(
     name = str(name_or_path)
     if local.exists() or _looks_like_local_path(name):
         raise FileNotFoundError(f"{name} is not a directory: pass a directory holding {CONFIG_NAME} and the weights.")
-    return _hub_download(name, filename, subfolder, **hub_options)
+    return hub_download(name, filename, subfolder, **hub_options)
 
 
-def resolve_config_file(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> Path:
+HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
+
+
+def pop_hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the Hub download options out of `from_pretrained` keyword arguments."""
+    return {key: kwargs.pop(key) for key in HUB_OPTIONS if key in kwargs}
+
+
+def resolve_json(
+    name_or_path: str | os.PathLike, filename: str, subfolder: str = "", **hub_options: Any
+) -> Path | None:
+    """A checkpoint's settings file: the path itself when it is a .json file, else `filename` inside it."""
     local = Path(name_or_path).expanduser()
     if local.is_file() and local.suffix == ".json":
         return local
-    path = resolve_file(name_or_path, CONFIG_NAME, subfolder, **hub_options)
+    return resolve_file(name_or_path, filename, subfolder, **hub_options)
+
+
+def resolve_config_file(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> Path:
+    path = resolve_json(name_or_path, CONFIG_NAME, subfolder, **hub_options)
     if path is None:
         raise FileNotFoundError(
             f"{name_or_path} has no {CONFIG_NAME}: a BiT checkpoint needs one (save it with `save_pretrained`)."

@@ -262,13 +262,11 @@ class BitConfig:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> BitConfig:
         """Read `config.json` from a directory, a JSON file or a hub repo; kwargs override its values."""
-        from .checkpoints import resolve_config_file
+        from .checkpoints import pop_hub_options, resolve_config_file
 
-        hub_options = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
-        subfolder = kwargs.pop("subfolder", "")
-        config_file = resolve_config_file(name_or_path, subfolder=subfolder, **hub_options)
-        config_dict = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        return cls.from_dict(config_dict, **kwargs)
+        hub_options = pop_hub_options(kwargs)
+        config_file = resolve_config_file(name_or_path, kwargs.pop("subfolder", ""), **hub_options)
+        return cls.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **kwargs)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BitConfig) and self.to_dict() == other.to_dict()

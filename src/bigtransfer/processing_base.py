@@ -249,24 +249,20 @@ class ProcessorBase:
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
         """Settings from `preprocessor_config.json` (a directory, that file, or a Hub repo), or those a
         zoo name, an original BiT .npz file or a `timm/…` id implies; kwargs override them."""
-        from .checkpoints import resolve_file
+        from .checkpoints import pop_hub_options, resolve_json
         from .sources import preprocessing_for
 
-        hub_options = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+        hub_options = pop_hub_options(kwargs)
         implied = preprocessing_for(name_or_path, hub_options)
         if implied is not None:
             return cls.from_dict(implied, **kwargs)
-        path = Path(name_or_path)
-        if path.is_file() and path.suffix == ".json":
-            config_file = path
-        else:
-            config_file = resolve_file(name_or_path, PROCESSOR_CONFIG_NAME, kwargs.pop("subfolder", ""), **hub_options)
+        config_file = resolve_json(name_or_path, PROCESSOR_CONFIG_NAME, kwargs.pop("subfolder", ""), **hub_options)
         if config_file is None:
             raise FileNotFoundError(
                 f"{name_or_path} has no {PROCESSOR_CONFIG_NAME}: save one with `processor.save_pretrained(dir)`, "
                 f"or construct {cls.__name__}(...) with the model's resolution and mean/std."
             )
-        return cls.from_dict(json.loads(Path(config_file).read_text(encoding="utf-8")), **kwargs)
+        return cls.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

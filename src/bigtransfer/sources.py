@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import _hub_download, read_state_dict, resolve_config_file, resolve_weight_files
+from .checkpoints import hub_download, read_state_dict, resolve_config_file, resolve_weight_files
 from .config import BitConfig
 from .convert import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
 from .convert.npz import config_from_npz, npz_to_bit_state_dict, read_npz
@@ -63,7 +63,7 @@ def _from_state_dict_file(path: Path, config: BitConfig | None, overrides: dict)
 
 def _from_timm_hub(repo_id: str, config: BitConfig | None, overrides: dict, hub_options: dict) -> tuple:
     for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = _hub_download(repo_id, filename, "", **hub_options)
+        path = hub_download(repo_id, filename, "", **hub_options)
         if path is not None:
             return _from_state_dict_file(path, config, overrides)
     raise FileNotFoundError(f"{repo_id} has neither model.safetensors nor pytorch_model.bin.")
@@ -138,7 +138,7 @@ def preprocessing_for(name_or_path: str | os.PathLike, hub_options: dict[str, An
     if name.endswith(".npz"):  # an unnamed original checkpoint: BiT's upstream evaluation
         return UPSTREAM_224.processor_settings()
     if str(name_or_path).startswith(TIMM_PREFIX) and not Path(name_or_path).exists():
-        config_file = _hub_download(str(name_or_path), "config.json", "", **hub_options)
+        config_file = hub_download(str(name_or_path), "config.json", "", **hub_options)
         return timm_processor_settings(json.loads(config_file.read_text())) if config_file else None
     return None
 

@@ -13,14 +13,12 @@ import torch
 
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, hyperrule_augment
-from .data import ImageDataset, load_dataset
-from .distributed import shutdown
-from .evaluate import evaluate, plot_confusion, plot_curves, write_json
+from .data import ImageDataset
+from .evaluate import evaluate
 from .fewshot import few_shot_subset
 from .hyperrule import HyperRule, hyperrule
-from .loop import CHECKPOINT, METRICS, Recipe, append_metrics, train
-
-MODEL_DIR = "model"
+from .loop import Recipe, train
+from .run import as_dataset, finish_run, prepare_output
 
 
 def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
@@ -32,16 +30,6 @@ def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
         rule, steps=steps, warmup_steps=round(rule.warmup_steps * scale),
         decay_steps=[round(boundary * scale) for boundary in rule.decay_steps],
     )  # fmt: skip
-
-
-def prepare_output(out: Path, resume: bool) -> None:
-    """Never overwrite a run: an existing run directory needs --resume."""
-    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, METRICS, MODEL_DIR)) and not resume:
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out.")
-
-
-def _as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
-    return data if isinstance(data, ImageDataset) else load_dataset(data)
 
 
 def finetune(
@@ -77,7 +65,7 @@ def finetune(
     """
     out = Path(out)
     prepare_output(out, resume)
-    train_set = _as_dataset(data)
+    train_set = as_dataset(data)
     train_set.check_trainable()
     if shots is not None:
         train_set = train_set.subset(few_shot_subset(train_set.labels, shots, seed, train_set.classes))
@@ -97,7 +85,7 @@ def finetune(
     torch.manual_seed(seed)
     recipe = Recipe(rule, lambda image, rng: hyperrule_augment(image, rule.resize, rule.crop, flip, rng))
     processor = eval_processor(rule.crop)
-    eval_set = _as_dataset(eval_data) if eval_data is not None else None
+    eval_set = as_dataset(eval_data) if eval_data is not None else None
     fingerprint = {"model": str(model), "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                    "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
     on_eval = (lambda net, step: {"top1": evaluate(net, eval_set, processor)["top1"]}) if eval_set else None
@@ -105,25 +93,8 @@ def finetune(
         network, train_set, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
         save_every=save_every, fingerprint=fingerprint, on_eval=on_eval, eval_every=eval_every, progress=progress,
     )  # fmt: skip
-    if summary["rank"] != 0:
-        shutdown()
-        return summary
-    network.save_pretrained(out / MODEL_DIR)
-    processor.save_pretrained(out / MODEL_DIR)
-    metrics: dict[str, Any] = {
-        "train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule),
-        "skipped_images": summary["skipped_images"], "steps": summary["steps"], "seconds": summary["seconds"],
-        "model_dir": str(out / MODEL_DIR),
-    }  # fmt: skip
-    if eval_set is not None:
-        result = evaluate(network, eval_set, processor)
-        metrics["eval"] = result
-        append_metrics(out / METRICS, {"step": summary["steps"], "eval_top1": result["top1"]})
-        plot_confusion(result["confusion"], train_set.classes, out / "confusion.png")
-    plot_curves(out / METRICS, out / "curves.png")
-    write_json(out / "metrics.json", metrics)
-    shutdown()
-    return metrics
+    metrics = {"train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule)}
+    return finish_run(network, processor, out, summary, metrics, eval_set)
 
 
 def finetune_runs(runs: int, seed: int, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

@@ -12,11 +12,9 @@ import torch
 from ..config import BitConfig
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
-from .data import ImageDataset, load_dataset
-from .distributed import shutdown
-from .evaluate import evaluate, plot_curves, write_json
-from .finetune import MODEL_DIR, prepare_output
-from .loop import METRICS, Recipe, train
+from .data import ImageDataset
+from .loop import Recipe, train
+from .run import as_dataset, finish_run, prepare_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +67,7 @@ def pretrain(
     """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory."""
     out = Path(out)
     prepare_output(out, resume)
-    dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
+    dataset = as_dataset(data)
     dataset.check_trainable()
     config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)))
     torch.manual_seed(seed)
@@ -82,19 +80,6 @@ def pretrain(
         model, dataset, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
         save_every=save_every, fingerprint=fingerprint, progress=progress,
     )  # fmt: skip
-    if summary["rank"] != 0:
-        shutdown()
-        return summary
-    processor = eval_processor(crop)
-    model.save_pretrained(out / MODEL_DIR)
-    processor.save_pretrained(out / MODEL_DIR)
-    metrics: dict[str, Any] = {"train_examples": len(dataset), "classes": dataset.classes,
-                               "schedule": dataclasses.asdict(schedule), "steps": summary["steps"],
-                               "seconds": summary["seconds"], "model_dir": str(out / MODEL_DIR)}  # fmt: skip
-    if eval_data is not None:
-        eval_set = eval_data if isinstance(eval_data, ImageDataset) else load_dataset(eval_data)
-        metrics["eval"] = evaluate(model, eval_set, processor)
-    plot_curves(out / METRICS, out / "curves.png")
-    write_json(out / "metrics.json", metrics)
-    shutdown()
-    return metrics
+    metrics = {"train_examples": len(dataset), "classes": dataset.classes, "schedule": dataclasses.asdict(schedule)}
+    eval_set = as_dataset(eval_data) if eval_data is not None else None
+    return finish_run(model, eval_processor(crop), out, summary, metrics, eval_set)
