@@ -82,8 +82,29 @@ def channel_axis(shape: tuple[int, ...], input_data_format: str | None) -> int:
     return 0 if first else -1
 
 
+def decode_image(path: str | os.PathLike) -> Image.Image:
+    """The one way a file becomes RGB pixels, shared by training, evaluation, prediction and the processors:
+    EXIF orientation applied, transparency composited onto white, CMYK and 16-bit converted (`pil_to_rgb`)."""
+    return pil_to_rgb(load_image(path))
+
+
+def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
+    """Integer images holding values above 255 (16-bit PNG/TIFF) scaled to 8 bits, not clipped to white.
+
+    Pillow's own conversion (and so transformers') clips: a 16-bit photo turns almost all white.
+    Images whose values all fit in 8 bits (8-bit data stored as "I;16"/"I") are left as they are.
+    """
+    if not (image.mode == "I" or image.mode.startswith("I;16")):
+        return image
+    array = np.asarray(image.convert("I"))
+    if array.max() <= 255:
+        return image
+    return Image.fromarray(np.round(np.clip(array, 0, 65535) * (255 / 65535)).astype(np.uint8))
+
+
 def pil_to_rgb(image: Image.Image) -> Image.Image:
     """RGB, compositing transparency onto white (transformers 5.x), instead of dropping alpha."""
+    image = _sixteen_bit_to_8(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

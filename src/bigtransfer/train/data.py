@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ..image_inputs import IMAGE_SUFFIXES, load_image
+from ..image_inputs import IMAGE_SUFFIXES, decode_image, pil_to_rgb
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -41,10 +41,10 @@ class ImageDataset:
         return len(self.labels)
 
     def load(self, index: int) -> Image.Image:
-        """The image as RGB (grayscale expanded); raises ValueError/OSError for an unreadable file."""
+        """The image as RGB, decoded as prediction decodes it; raises ValueError/OSError for an unreadable file."""
         if self.arrays is not None:
-            return Image.fromarray(self.arrays[index]).convert("RGB")
-        return load_image(self.paths[index]).convert("RGB")
+            return pil_to_rgb(Image.fromarray(self.arrays[index]))
+        return decode_image(self.paths[index])
 
     def name_of(self, index: int) -> str:
         return str(self.paths[index]) if self.paths is not None else f"{self.source}[{index}]"
@@ -168,7 +168,7 @@ def from_hf_datasets(path: Path, split: str = "train") -> ImageDataset:
     feature = loaded.features[label_column]
     labels = np.array(loaded[label_column], dtype=np.int64)
     classes = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(int(labels.max()) + 1)]
-    arrays = np.stack([np.array(image.convert("RGB")) for image in loaded[image_column]])
+    arrays = np.stack([np.array(pil_to_rgb(ImageOps.exif_transpose(image))) for image in loaded[image_column]])
     return ImageDataset(labels, classes, str(path), arrays=arrays)
 
 
