@@ -1,11 +1,13 @@
 """Transfer: the HyperRule table, few-shot subsets, datasets, exact accumulation, resume, DDP, outputs, errors."""
 
 import errno
+import functools
 import gzip
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +17,11 @@ from safetensors.torch import load_file
 
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.cli import main as cli
+from bigtransfer.loading import LoaderWorkerError, model_input
 from bigtransfer.train import hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.data import from_csv, from_folder, load_dataset
+from bigtransfer.train.evaluate import evaluate
 from bigtransfer.train.fewshot import few_shot_subset
 from bigtransfer.train.finetune import finetune
 from bigtransfer.train.pretrain import upstream_schedule
@@ -189,7 +193,7 @@ def test_eval_transform_saved_with_the_model_equals_the_training_eval():
     pixels = processor(image, return_tensors="pt")["pixel_values"][0]
     assert pixels.shape == (3, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
     augmented = hyperrule_augment(image, 32, 32, flip=False, rng=np.random.default_rng(0))
-    assert torch.allclose(augmented, pixels, atol=1e-6)  # resize == crop, no flip: the same image
+    assert torch.allclose(model_input(torch.tensor(augmented)[None])[0], pixels, atol=1e-6)  # resize == crop
 
 
 # -- the loop --------------------------------------------------------------------------------------------
@@ -230,19 +234,18 @@ def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_p
     run(upstream, folder, tmp_path / "straight")
     import bigtransfer.train.loop as loop
 
-    original, calls = loop.BatchBuilder.micro_batch, []
+    original = loop.TrainingRun.train_step
 
-    def interrupt_at_step_4(self, step, *args):
-        calls.append(step)
-        if step == 4:
+    def interrupt_at_step_4(self, *args):
+        if self.step == 4:
             raise KeyboardInterrupt
-        return original(self, step, *args)
+        return original(self, *args)
 
-    monkeypatch.setattr(loop.BatchBuilder, "micro_batch", interrupt_at_step_4)
+    monkeypatch.setattr(loop.TrainingRun, "train_step", interrupt_at_step_4)
     with pytest.raises(SystemExit):
         run(upstream, folder, tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 4
-    monkeypatch.setattr(loop.BatchBuilder, "micro_batch", original)
+    monkeypatch.setattr(loop.TrainingRun, "train_step", original)
     with pytest.raises(FileExistsError, match="--resume"):
         run(upstream, folder, tmp_path / "resumed")
     run(upstream, folder, tmp_path / "resumed", resume=True)
@@ -353,3 +356,151 @@ def test_two_processes_equal_one_process(upstream, folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     single, ddp = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     assert max(max_abs_diff(single[k], ddp[k]) for k in single) < 1e-5
+
+
+# -- parallel loading --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_any_number_of_workers_gives_bit_identical_weights(upstream, folder, tmp_path, mixup, monkeypatch):
+    import bigtransfer.train.batches as batches
+
+    monkeypatch.setattr(batches, "IMAGES_PER_CHUNK", 2)  # several chunks per micro-batch, spread over workers
+    run(upstream, folder, tmp_path / "serial", mixup_alpha=mixup, workers=0)
+    run(upstream, folder, tmp_path / "parallel", mixup_alpha=mixup, workers=2)
+    serial, parallel = final_weights(tmp_path / "serial"), final_weights(tmp_path / "parallel")
+    assert all(torch.equal(serial[k], parallel[k]) for k in serial)
+
+
+def test_a_mixup_partner_in_the_same_micro_batch_is_decoded_once(folder, monkeypatch):
+    from bigtransfer.train.batches import Layout, TrainingExamples
+    from bigtransfer.train.data import ImageDataset
+
+    loads = []
+    original = ImageDataset.load
+    monkeypatch.setattr(ImageDataset, "load", lambda self, index: loads.append(index) or original(self, index))
+    augment = functools.partial(hyperrule_augment, resize=24, crop=20, flip=True)
+    examples = TrainingExamples(load_dataset(folder), augment, 0, Layout(8, batch_split=2), 0.4, 0, 1)
+    plan = examples.plan(0, 0)
+    loaded = examples[0]
+    partners = {plan.partner(p) for p in plan.positions}
+    assert len(loads) == len(set(plan.positions) | partners) < 2 * len(plan.positions)
+    assert sorted(loaded.ids) == sorted(set(plan.positions) | partners)
+
+
+def test_metrics_record_throughput_and_the_wait_for_data(upstream, folder, tmp_path):
+    run(upstream, folder, tmp_path / "run", workers=2, steps=3)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["images_per_s"] > 0 and 0 <= r["data_wait_s"] < 60 and np.isfinite(r["loss"]) for r in rows)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["workers"] == 2
+
+
+def test_channels_last_trains_to_the_same_weights(upstream, folder, tmp_path):
+    run(upstream, folder, tmp_path / "default", steps=3)
+    run(upstream, folder, tmp_path / "channels_last", steps=3, channels_last=True)
+    default, channels_last = final_weights(tmp_path / "default"), final_weights(tmp_path / "channels_last")
+    assert max(max_abs_diff(default[k], channels_last[k]) for k in default) < 1e-5
+
+
+def test_a_crashing_loading_worker_stops_training_with_a_clear_error(upstream, folder, tmp_path, monkeypatch):
+    import signal
+
+    from torch.utils.data import get_worker_info
+
+    import bigtransfer.train.finetune as finetune_module
+
+    def killed_in_worker(image, **kwargs):
+        if get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return hyperrule_augment(image, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "hyperrule_augment", killed_in_worker)
+    with pytest.raises(LoaderWorkerError, match="data-loading worker process failed"):
+        run(upstream, folder, tmp_path / "run", workers=2)
+    assert cli(["finetune", "--model", str(upstream), "--data", str(folder), "--steps", "2", "--batch-size", "6",
+                "--resize", "24", "--crop", "20", "--workers", "2", "--out", str(tmp_path / "cli"), "--quiet"]) == 2  # fmt: skip
+
+
+def test_unreadable_evaluation_images_are_skipped_and_listed(upstream, folder, tmp_path, caplog):
+    run(upstream, folder, tmp_path / "run", steps=2)
+    (folder / "b" / "broken.png").write_bytes(b"not a png")
+    model = BitForImageClassification.from_pretrained(tmp_path / "run" / "model")
+    metrics = evaluate(model, load_dataset(folder), eval_processor(20), workers=2)
+    assert metrics["examples"] == 15 and [name.endswith("broken.png") for name in metrics["skipped_images"]] == [True]
+    assert "broken.png" in caplog.text
+
+
+def test_ddp_rank_with_only_unreadable_images_still_joins_the_all_reduce(upstream, folder, tmp_path):
+    from bigtransfer.train.batches import batch_indices
+
+    paths = from_folder(folder).paths
+    seed = next(s for s in range(100) if 0 not in batch_indices(0, 8, len(paths), s)[4:])  # keep the first image
+    for index in batch_indices(0, 8, len(paths), seed)[4:]:  # positions 4-7: all of rank 1's micro-batch
+        paths[index].write_bytes(b"unreadable")
+    single = run(upstream, folder, tmp_path / "single", steps=1, seed=seed)
+    assert len(single["skipped_images"]) == 4
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+               "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
+               "--steps", "1", "--resize", "24", "--crop", "20", "--seed", str(seed), "--out", str(tmp_path / "ddp"),
+               "--quiet", "--device", "cpu", "--workers", "1"]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    single_weights, ddp = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
+    assert max(max_abs_diff(single_weights[k], ddp[k]) for k in single_weights) < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_training_and_evaluation_match_eager(upstream, folder, tmp_path):
+    eager = run(upstream, folder, tmp_path / "eager", steps=3, eval_data=str(folder))
+    compiled = run(upstream, folder, tmp_path / "compiled", steps=3, eval_data=str(folder), compile=True)
+    a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    assert max(max_abs_diff(a[k], b[k]) for k in a) < 1e-4
+    assert compiled["eval"]["top1"] == eager["eval"]["top1"]
+
+
+# -- one meaning per image -----------------------------------------------------------------------------
+
+
+def make_transparent_folder(root, per_class=5):
+    """RGBA, LA and palette PNGs whose transparent parts hide noise: only compositing onto white sees a plain background."""
+    rng = np.random.default_rng(1)
+    for label, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        (root / f"c{label}").mkdir(parents=True)
+        for i in range(per_class):
+            rgba = np.concatenate([rng.integers(0, 256, (24, 24, 3)), np.zeros((24, 24, 1))], -1).astype(np.uint8)
+            rgba[6:18, 6:18] = (*colour, 255)
+            image = Image.fromarray(rgba)
+            if i % 3 == 1:
+                image = image.convert("LA")
+            elif i % 3 == 2:
+                image = image.quantize(colors=64, dither=Image.Dither.NONE)  # palette with a transparent entry
+                image.info["transparency"] = image.getpixel((0, 0))
+            image.save(root / f"c{label}" / f"{i}.png", transparency=image.info.get("transparency"))
+    return root
+
+
+def test_training_evaluation_and_prediction_decode_every_image_alike(tmp_path):
+    folder = make_transparent_folder(tmp_path / "images")
+    dataset = from_folder(folder)
+    raw = BitImageProcessor(do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=False)
+    modes = set()
+    for index, path in enumerate(dataset.paths):
+        modes.add(Image.open(path).mode)
+        served = np.moveaxis(raw(str(path), return_tensors="np")["pixel_values"][0], 0, -1)
+        assert np.array_equal(np.asarray(dataset.load(index)), served.astype(np.uint8)), path
+    assert {"RGBA", "LA", "P"} <= modes
+
+
+def test_evaluate_and_predict_agree_on_transparent_photos(upstream, tmp_path, capsys):
+    folder = make_transparent_folder(tmp_path / "images")
+    run(upstream, folder, tmp_path / "run", steps=8, mixup_alpha=0.0)
+    model_dir = str(tmp_path / "run" / "model")
+    assert cli(["evaluate", "--model", model_dir, "--data", str(folder), "--json", "--workers", "2"]) == 0
+    top1 = json.loads(capsys.readouterr().out)["top1"]
+    assert cli(["predict", str(folder), "--model", model_dir, "--top-k", "1", "--json", "--workers", "2"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    correct = [r["predictions"][0]["label"] == Path(r["file"]).parent.name for r in results]
+    assert len(results) == 10 and sum(correct) / len(correct) == top1

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .loading import resolve_device
 from .modeling import BitForImageClassification
 from .processing_base import ProcessorBase
 from .processing_fast import BitImageProcessorFast
@@ -15,17 +16,35 @@ from .processing_fast import BitImageProcessorFast
 logger = logging.getLogger(__name__)
 
 
-def load_processor(model_name_or_path: str | os.PathLike) -> ProcessorBase:
+def load_processor(
+    model_name_or_path: str | os.PathLike, processor_class: type[ProcessorBase] = BitImageProcessorFast
+) -> ProcessorBase:
     """The checkpoint's own preprocessing, or BiT's defaults (with a warning) when it ships none."""
     try:
-        return BitImageProcessorFast.from_pretrained(model_name_or_path)
+        return processor_class.from_pretrained(model_name_or_path)
     except FileNotFoundError:
         logger.warning(
-            "%s has no preprocessor_config.json: using BitImageProcessorFast() defaults (224 px, bicubic, "
-            "CLIP mean/std); pass processor=… if the model was trained otherwise.",
+            "%s has no preprocessor_config.json: using %s() defaults (224 px, bicubic, CLIP mean/std); pass "
+            "processor=… if the model was trained otherwise.",
             model_name_or_path,
+            processor_class.__name__,
         )
-        return BitImageProcessorFast()
+        return processor_class()
+
+
+def class_scores(logits: torch.Tensor, config: Any) -> torch.Tensor:
+    """Softmax over the classes, or a sigmoid per class for multi-label heads."""
+    logits = logits.float()
+    return logits.sigmoid() if config.problem_type == "multi_label_classification" else logits.softmax(-1)
+
+
+def ranked(scores: torch.Tensor, top_k: int, id2label: dict[int, str]) -> list[list[dict[str, Any]]]:
+    """The `top_k` best labels of every row of scores, best first, as transformers' pipeline shapes them."""
+    top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+    return [
+        [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(values, indices)]
+        for values, indices in zip(top.values, top.indices)
+    ]
 
 
 class ImageClassificationPipeline:
@@ -34,7 +53,7 @@ class ImageClassificationPipeline:
     def __init__(
         self, model: BitForImageClassification, processor: ProcessorBase, device: Any = None, batch_size: int = 8
     ):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.batch_size = batch_size
@@ -45,22 +64,13 @@ class ImageClassificationPipeline:
         for start in range(0, len(images), self.batch_size):
             batch = self.processor(images[start : start + self.batch_size], return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
-                logits = self.model(batch.to(self.device, self.model.dtype)).logits.float()
-            multi_label = self.model.config.problem_type == "multi_label_classification"
-            chunks.append((logits.sigmoid() if multi_label else logits.softmax(-1)).cpu())
+                logits = self.model(batch.to(self.device, self.model.dtype)).logits
+            chunks.append(class_scores(logits, self.model.config).cpu())
         return torch.cat(chunks)
-
-    def ranked(self, scores: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
-        top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
-        id2label = self.model.config.id2label
-        return [
-            [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(values, indices)]
-            for values, indices in zip(top.values, top.indices)
-        ]
 
     def __call__(self, images: Any, top_k: int = 5) -> list:
         single = not isinstance(images, (list, tuple))
-        results = self.ranked(self.scores([images] if single else list(images)), top_k)
+        results = ranked(self.scores([images] if single else list(images)), top_k, self.model.config.id2label)
         return results[0] if single else results
 
 

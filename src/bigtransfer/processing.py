@@ -51,6 +51,16 @@ def center_crop(image: np.ndarray, crop_height: int, crop_width: int) -> np.ndar
     return image[:, top : top + crop_height, left : left + crop_width]
 
 
+def resize_and_crop(image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    """The geometric half of the processor on a C×H×W array: 8-bit images stay 8-bit (the values come after)."""
+    if settings["do_resize"]:
+        height, width = resize_output_size(*image.shape[-2:], settings["size"])
+        image = pil_resize(image, height, width, settings["resample"])
+    if settings["do_center_crop"]:
+        image = center_crop(image, settings["crop_size"]["height"], settings["crop_size"]["width"])
+    return image
+
+
 class BitImageProcessor(ProcessorBase):
     """Exact BiT preprocessing: equals transformers' PIL processor (`BitImageProcessorPil` in 5.x).
 
@@ -77,11 +87,7 @@ class BitImageProcessor(ProcessorBase):
         return BatchFeature(pixel_values=stack_output(processed, return_tensors))
 
     def process_one(self, image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-        if settings["do_resize"]:
-            height, width = resize_output_size(*image.shape[-2:], settings["size"])
-            image = pil_resize(image, height, width, settings["resample"])
-        if settings["do_center_crop"]:
-            image = center_crop(image, settings["crop_size"]["height"], settings["crop_size"]["width"])
+        image = resize_and_crop(image, settings)
         if settings["do_rescale"]:
             image = (image.astype(np.float64) * settings["rescale_factor"]).astype(np.float32)
         if settings["do_normalize"]:

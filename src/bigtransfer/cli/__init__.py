@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..loading import LoaderWorkerError
 from . import demo, predict, training, zoo_commands
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (OSError, ValueError, ImportError) as error:
+    except (OSError, ValueError, ImportError, LoaderWorkerError) as error:
         print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..image_inputs import IMAGE_SUFFIXES
+from .training import add_workers_argument
 
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
@@ -25,28 +26,28 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
 
 
 def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
-    from tqdm.auto import tqdm
+    """Decoded and preprocessed exactly as `evaluate` does (same workers, same code), so the two agree."""
+    import numpy as np
+    import torch
 
-    from ..image_inputs import load_image
-    from ..pipeline import pipeline
+    from ..loading import resolve_device
+    from ..modeling import BitForImageClassification
+    from ..pipeline import class_scores, load_processor, ranked
+    from ..processing import BitImageProcessor
+    from ..train.data import ImageDataset
+    from ..train.evaluate import predict_logits
 
-    classifier = pipeline("image-classification", model=args.model, device=args.device, batch_size=args.batch_size)
     files, errors = collect_images(args.inputs)
-    results = []
-    with tqdm(total=len(files), unit="img", disable=len(files) <= args.batch_size or args.quiet) as bar:
-        for start in range(0, len(files), args.batch_size):
-            batch, names = [], []
-            for path in files[start : start + args.batch_size]:
-                try:
-                    batch.append(load_image(path))
-                    names.append(str(path))
-                except (OSError, ValueError, ImportError) as error:
-                    errors.append({"file": str(path), "error": str(error)})
-            if batch:
-                ranked = classifier.ranked(classifier.scores(batch), args.top_k)
-                results += [{"file": name, "predictions": top} for name, top in zip(names, ranked)]
-            bar.update(len(files[start : start + args.batch_size]))
-    return results, errors
+    if not files:
+        return [], errors
+    model = BitForImageClassification.from_pretrained(args.model).to(resolve_device(args.device))
+    images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
+    predictions = predict_logits(model, images, load_processor(args.model, BitImageProcessor), args.batch_size,
+                                 workers=args.workers, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
+    errors += [{"file": name, "error": error} for name, error in predictions.failures]
+    scores = class_scores(torch.from_numpy(predictions.logits), model.config)
+    top = ranked(scores, args.top_k, model.config.id2label)
+    return [{"file": str(files[i]), "predictions": best} for i, best in zip(predictions.indices, top)], errors
 
 
 def _write_predictions_csv(path: str, results: list[dict]) -> None:
@@ -93,6 +94,7 @@ def register(commands) -> None:
     predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_workers_argument(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")

@@ -17,6 +17,20 @@ def _add_data_arguments(parser: argparse.ArgumentParser, eval_required: bool = F
     parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
 
 
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="image-loading processes (default: one per available core, at most 16; 0 = load in this process). "
+        "Raise it when metrics.jsonl's data_wait_s is large; lower it when memory is short",
+    )  # fmt: skip
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model: a slow first step (a minute or more), then faster steps")  # fmt: skip
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="run directory (refuses an existing run unless --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -24,7 +38,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-split", type=int, default=1, help="micro-batches per step (same update, less memory)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation, few-shot subsets")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass and evaluation")
+    add_speed_arguments(parser)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last memory layout (default: on with CUDA, off on CPU)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -59,8 +76,12 @@ def register(commands) -> None:
     evaluate.add_argument("--model", required=True, help="model directory (from finetune: RUN/model)")
     evaluate.add_argument("--data", required=True, help="labelled data, as for finetune --data")
     evaluate.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    add_speed_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -90,6 +111,10 @@ def _dataset(source: str, classes: str | None):
     return dataset.select_classes(classes.split(",")) if classes else dataset
 
 
+def _speed_options(args: argparse.Namespace) -> dict:
+    return {"workers": args.workers, "compile": args.compile, "channels_last": args.channels_last}
+
+
 def run_finetune(args: argparse.Namespace) -> dict:
     from ..train.finetune import finetune, finetune_runs
 
@@ -99,7 +124,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
         preset=args.preset, batch_size=args.batch_size, batch_split=args.batch_split, steps=args.steps,
         resize=args.resize, crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
         flip=not args.no_flip, resume=args.resume, save_every=args.save_every, eval_every=args.eval_every,
-        device=args.device, bf16=args.bf16, progress=not args.quiet,
+        device=args.device, bf16=args.bf16, progress=not args.quiet, **_speed_options(args),
     )  # fmt: skip
     out = args.out or "bigtransfer-finetune"
     if args.runs > 1:
@@ -129,18 +154,23 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         eval_data=_dataset(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
         seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,
-        progress=not args.quiet,
+        progress=not args.quiet, **_speed_options(args),
     )  # fmt: skip
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
+    import torch
+
     from .. import BitForImageClassification, BitImageProcessor
+    from ..loading import resolve_device
     from ..train.evaluate import evaluate
 
-    model = BitForImageClassification.from_pretrained(args.model)
+    model = BitForImageClassification.from_pretrained(args.model).to(resolve_device(args.device))
     return evaluate(
-        model, _dataset(args.data, args.classes), BitImageProcessor.from_pretrained(args.model), args.batch_size
-    )
+        torch.compile(model) if args.compile else model, _dataset(args.data, args.classes),
+        BitImageProcessor.from_pretrained(args.model), args.batch_size, workers=args.workers, bf16=args.bf16,
+        progress=not args.quiet,
+    )  # fmt: skip
 
 
 def _print_metrics(metrics: dict) -> None:

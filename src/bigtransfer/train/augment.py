@@ -1,33 +1,30 @@
-"""Per-example training transforms, driven by a given RNG so every step is reproducible (and resumable)."""
+"""Per-example training transforms, driven by a given RNG so every step is reproducible (and resumable).
+
+They return H×W×3 uint8 pixels: loading workers hand those over, and the values become [-1, 1]
+(BiT's normalisation: mean 0.5, std 0.5) on the model's device (`loading.model_input`).
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..processing import BitImageProcessor
 
 
-def to_unit_range(image: Image.Image) -> torch.Tensor:
-    """RGB uint8 → C×H×W float32 in [-1, 1] (BiT's normalisation: mean 0.5, std 0.5)."""
-    array = np.asarray(image, dtype=np.float32) * (1 / 255)
-    return torch.from_numpy((array - 0.5) / 0.5).permute(2, 0, 1)
-
-
-def hyperrule_augment(image: Image.Image, resize: int, crop: int, flip: bool, rng: np.random.Generator) -> torch.Tensor:
+def hyperrule_augment(image: Image.Image, resize: int, crop: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
     """BiT fine-tuning: square resize, random crop, random horizontal flip."""
     image = image.resize((resize, resize), Image.BILINEAR)
     top, left = rng.integers(0, resize - crop + 1, size=2)
     image = image.crop((int(left), int(top), int(left) + crop, int(top) + crop))
     if flip and rng.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return to_unit_range(image)
+    return np.asarray(image)
 
 
-def inception_augment(image: Image.Image, crop: int, flip: bool, rng: np.random.Generator) -> torch.Tensor:
+def inception_augment(image: Image.Image, crop: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
     """Upstream pre-training: Inception-style random-resized crop (8–100 % area, ratio 3/4–4/3) and flip."""
     width, height = image.size
     area = width * height
@@ -43,7 +40,7 @@ def inception_augment(image: Image.Image, crop: int, flip: bool, rng: np.random.
     image = image.resize((crop, crop), Image.BILINEAR, box=box)
     if flip and rng.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return to_unit_range(image)
+    return np.asarray(image)
 
 
 def eval_processor(crop: int) -> BitImageProcessor:

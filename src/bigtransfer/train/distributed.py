@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..loading import resolve_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -23,7 +25,7 @@ class Distributed:
 
 def setup(device: str | None) -> Distributed:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    wanted = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Distributed(device=wanted)

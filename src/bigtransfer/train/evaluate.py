@@ -1,31 +1,104 @@
-"""Evaluation metrics (top-1, top-5, per-class accuracy, confusion matrix) and the plots of a run."""
+"""Batched prediction over a dataset (parallel loading), evaluation metrics (top-1, top-5, per-class accuracy,
+confusion matrix) and the plots of a run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from ..io import atomic_path
-from ..processing import BitImageProcessor
+from ..loading import LoadedImages, gather_pixels, model_input, ordered_results, resolve_workers
+from ..processing import resize_and_crop
+from ..processing_base import ProcessorBase
+from .batches import load_examples
 from .data import ImageDataset
 
 logger = logging.getLogger(__name__)
 
 
+def fixed_output_size(settings: dict[str, Any]) -> None:
+    """Batches need one size: a center crop, or a resize to an exact height and width."""
+    if not (settings["do_center_crop"] or (settings["do_resize"] and "height" in settings["size"])):
+        raise ValueError(
+            "These preprocessing settings keep each image's own aspect ratio, so images cannot be batched: "
+            "enable center cropping (do_center_crop) or resize to a fixed {'height', 'width'}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatches:
+    """Item i: the i-th batch of a dataset, decoded, resized and cropped as `settings` say (8-bit pixels)."""
+
+    dataset: ImageDataset
+    settings: dict[str, Any]
+    batch_size: int
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __getitem__(self, item: int) -> LoadedImages:
+        indices = range(item * self.batch_size, min((item + 1) * self.batch_size, len(self.dataset)))
+        return load_examples(self.dataset, indices, indices, self.resize_and_crop)
+
+    def resize_and_crop(self, image: Image.Image, _: int) -> np.ndarray:
+        return np.moveaxis(resize_and_crop(np.moveaxis(np.asarray(image), -1, 0), self.settings), 0, -1)
+
+
+@dataclasses.dataclass
+class Predictions:
+    logits: np.ndarray  # float32, one row per readable image
+    indices: np.ndarray  # dataset index of each row
+    failures: list[tuple[str, str]]  # (image name, error) of the unreadable images
+
+
 @torch.inference_mode()
-def predict_logits(model, dataset: ImageDataset, processor: BitImageProcessor, batch_size: int = 64) -> np.ndarray:
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+def predict_logits(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int = 64,
+    *,
+    workers: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """Logits of every readable image: decoded, resized and cropped in worker processes (exactly as
+    BitImageProcessor does), rescaled and normalised on the model's device; unreadable images are reported."""
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    settings = processor.settings({})
+    fixed_output_size(settings)
+    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
+    values = dict(rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
+                  mean=None if mean is None else mean.tolist(), std=None if std is None else std.tolist(),
+                  channels_last=device.type == "cuda" if channels_last is None else channels_last)  # fmt: skip
     model.eval()
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        images = [dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))]
-        pixels = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype)
-        chunks.append(model(pixels).logits.float().cpu().numpy())
-    return np.concatenate(chunks)
+    task = EvalBatches(dataset, settings, batch_size)
+    logits, indices, failures = [], [], []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    with ordered_results(task, resolve_workers(workers), pin_memory=device.type == "cuda") as batches:
+        for batch in tqdm(batches, total=len(task), unit="batch", disable=not progress):
+            failures += batch.failures
+            pixels = gather_pixels([batch], device)
+            if pixels is None:
+                continue
+            with autocast:
+                logits.append(model(model_input(pixels, **values).to(dtype)).logits.float())
+            indices += batch.ids
+    for name, error in failures:
+        logger.warning("Skipping unreadable image %s: %s", name, error)
+    if not logits:
+        return Predictions(np.zeros((0, model.config.num_labels), np.float32), np.zeros(0, np.int64), failures)
+    return Predictions(torch.cat(logits).cpu().numpy(), np.array(indices, dtype=np.int64), failures)
 
 
 def accuracy_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
@@ -43,17 +116,35 @@ def accuracy_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str])
     return metrics
 
 
-def evaluate(model, dataset: ImageDataset, processor: BitImageProcessor, batch_size: int = 64) -> dict:
-    """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head."""
+def evaluate(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int = 64,
+    *,
+    workers: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = False,
+) -> dict:
+    """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head.
+
+    Unreadable images are skipped with a warning and listed under "skipped_images".
+    """
     label2id = {name: i for i, name in model.config.id2label.items()}
     unknown = [name for name in dataset.classes if name not in label2id]
     if unknown:
         raise ValueError(
             f"Evaluation classes {unknown} are not among the model's labels: evaluate on the same classes."
         )
-    labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels])
+    predictions = predict_logits(model, dataset, processor, batch_size, workers=workers, bf16=bf16,
+                                 channels_last=channels_last, progress=progress)  # fmt: skip
+    if not len(predictions.indices):
+        raise ValueError(f"None of the {len(dataset)} images of {dataset.source} could be read.")
+    labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels[predictions.indices]])
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return accuracy_metrics(predict_logits(model, dataset, processor, batch_size), labels, classes)
+    metrics = accuracy_metrics(predictions.logits, labels, classes)
+    return {**metrics, "skipped_images": [name for name, _ in predictions.failures]}
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 from pathlib import Path
@@ -14,11 +15,10 @@ import torch
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, hyperrule_augment
 from .data import ImageDataset
-from .evaluate import evaluate
 from .fewshot import few_shot_subset
 from .hyperrule import HyperRule, hyperrule
-from .loop import Recipe, train
-from .run import as_dataset, finish_run, prepare_output
+from .loop import Recipe, Speed, train
+from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
 
 def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
@@ -56,12 +56,16 @@ def finetune(
     device: str | None = None,
     bf16: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a pretrained BiT on `data` with the BiT-HyperRule; returns the final metrics.
 
     The run directory gets checkpoint.pt (resumable), metrics.jsonl, curves.png, and, at the end,
     model/ (a transformers-format model whose preprocessor_config.json is the eval transform),
-    metrics.json and confusion.png when `eval_data` is given.
+    metrics.json and confusion.png when `eval_data` is given. `workers` loading processes (default:
+    one per core), `compile` and `channels_last` change the speed, not the result.
     """
     out = Path(out)
     prepare_output(out, resume)
@@ -83,18 +87,21 @@ def finetune(
         torch.nn.init.zeros_(network.classifier[1].weight)
         torch.nn.init.zeros_(network.classifier[1].bias)
     torch.manual_seed(seed)
-    recipe = Recipe(rule, lambda image, rng: hyperrule_augment(image, rule.resize, rule.crop, flip, rng))
+    augment = functools.partial(hyperrule_augment, resize=rule.resize, crop=rule.crop, flip=flip)
+    recipe = Recipe(rule, augment, image_size=rule.crop)
     processor = eval_processor(rule.crop)
-    eval_set = as_dataset(eval_data) if eval_data is not None else None
+    speed = Speed(workers, compile, channels_last)
+    evaluation = evaluation_of(network, as_dataset(eval_data) if eval_data is not None else None, processor, speed,
+                               bf16)  # fmt: skip
     fingerprint = {"model": str(model), "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                    "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
-    on_eval = (lambda net, step: {"top1": evaluate(net, eval_set, processor)["top1"]}) if eval_set else None
     summary = train(
         network, train_set, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
-        save_every=save_every, fingerprint=fingerprint, on_eval=on_eval, eval_every=eval_every, progress=progress,
+        save_every=save_every, fingerprint=fingerprint, eval_every=eval_every, progress=progress, speed=speed,
+        on_eval=(lambda step: {"top1": evaluation()["top1"]}) if evaluation else None,
     )  # fmt: skip
     metrics = {"train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule)}
-    return finish_run(network, processor, out, summary, metrics, eval_set)
+    return finish_run(network, processor, out, summary, metrics, evaluation)
 
 
 def finetune_runs(runs: int, seed: int, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

@@ -1,35 +1,35 @@
-"""The training loop shared by fine-tuning and pre-training: batches, MixUp, accumulation, checkpoints, logging.
+"""The training loop shared by fine-tuning and pre-training: load, step, log, checkpoint — with the data for
+the next steps prepared by worker processes while the device trains on the current one.
 
-Every random choice (which images, which crop, which MixUp λ) is drawn from a generator seeded
-with (seed, step, position in the global batch). A step's data therefore depends on nothing but
-its number, so `--resume`, `--batch-split` and multi-process runs reproduce the same updates.
+Each step's data is a pure function of (seed, step) (`batches.py`), so resuming, splitting the
+batch, adding processes or loading workers changes no update.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
+from ..loading import LoadedImages, ordered_results, resolve_workers
+from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
 from .data import ImageDataset
 from .distributed import Distributed, barrier, setup, shutdown, sync_gradients, wrap
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-MIXUP_STREAM = 1 << 30  # generator key of a step's MixUp draw, beyond any batch position
 
 
 @dataclasses.dataclass
@@ -37,65 +37,32 @@ class Recipe:
     """What varies between fine-tuning and pre-training: the schedule and the per-example augmentation."""
 
     schedule: Any  # lr(step) → float | None, .steps, .batch_size, .momentum, .weight_decay, .mixup_alpha
-    augment: Callable[[Any, np.random.Generator], torch.Tensor]
+    augment: Augment  # picklable: it runs in loading worker processes
+    image_size: int  # side of the square images `augment` makes
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, size]).permutation(size)
+@dataclasses.dataclass(frozen=True)
+class Speed:
+    """Settings that change how fast a run goes, never its result (on CPU, bit for bit)."""
+
+    workers: int | None = None  # loading processes; None: `default_workers()`, 0: load in the main process
+    compile: bool = False  # torch.compile the model (a slow first step, then faster steps)
+    channels_last: bool | None = None  # None: on CUDA, where convolutions measure faster in that layout
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last if self.channels_last is not None else device.type == "cuda"
 
 
-def batch_indices(step: int, batch_size: int, size: int, seed: int) -> np.ndarray:
-    """Dataset indices of a step's global batch: consecutive slices of per-epoch seeded permutations."""
-    positions = np.arange(step * batch_size, (step + 1) * batch_size)
-    return np.array([_epoch_order(size, seed, int(p // size))[p % size] for p in positions])
-
-
-class BatchBuilder:
-    """Loads and augments the examples of one micro-batch (and their MixUp partners)."""
-
-    def __init__(self, dataset: ImageDataset, recipe: Recipe, seed: int):
-        self.dataset, self.recipe, self.seed = dataset, recipe, seed
-        self.skipped: set[str] = set()
-
-    def example(self, index: int, step: int, position: int) -> torch.Tensor | None:
-        try:
-            image = self.dataset.load(index)
-        except (OSError, ValueError) as error:
-            name = self.dataset.name_of(index)
-            if name not in self.skipped:
-                logger.warning("Skipping unreadable training image %s: %s", name, error)
-                self.skipped.add(name)
-            return None
-        return self.recipe.augment(image, np.random.default_rng([self.seed, step, position]))
-
-    def micro_batch(self, step: int, indices: np.ndarray, positions: range, mixup: tuple | None):
-        """(pixels, labels, partner labels, λ) for the global-batch positions given."""
-        images, labels, partner_labels = [], [], []
-        for position in positions:
-            image = self.example(int(indices[position]), step, position)
-            if image is None:
-                continue
-            if mixup is not None:
-                lam, partners = mixup
-                partner = self.example(int(indices[partners[position]]), step, int(partners[position]))
-                if partner is None:
-                    continue
-                image = lam * image + (1 - lam) * partner
-                partner_labels.append(int(self.dataset.labels[indices[partners[position]]]))
-            images.append(image)
-            labels.append(int(self.dataset.labels[indices[position]]))
-        if not images:
-            return None
-        return torch.stack(images), torch.tensor(labels), torch.tensor(partner_labels), (mixup[0] if mixup else 1.0)
-
-
-def mixup_draw(seed: int, step: int, alpha: float, batch_size: int) -> tuple[float, np.ndarray] | None:
-    """One λ ~ Beta(α, α) per optimiser step, and a partner permutation over the global batch."""
-    if alpha <= 0:
-        return None
-    rng = np.random.default_rng([seed, step, MIXUP_STREAM])
-    return float(rng.beta(alpha, alpha)), rng.permutation(batch_size)
+@contextlib.contextmanager
+def tuned_convolutions(device: torch.device) -> Iterator[None]:
+    """cuDNN times its algorithms once per shape and keeps the fastest (training shapes are fixed); the
+    process-wide setting is restored afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -128,6 +95,130 @@ def append_metrics(path: Path, row: dict) -> None:
         file.write(json.dumps(row) + "\n")
 
 
+class MetricsLog:
+    """One metrics.jsonl row per step, and the progress bar.
+
+    Reading a loss from a GPU waits for it, so a step's row is written during the next step, while
+    the device is busy with it: the host never stalls the device to log.
+    """
+
+    def __init__(self, path: Path, bar: tqdm, enabled: bool):
+        self.path, self.bar, self.enabled = path, bar, enabled
+        self.pending: tuple[dict, torch.Tensor] | None = None
+
+    def add(self, row: dict, loss_sum: torch.Tensor) -> None:
+        self.flush()
+        self.pending = (row, loss_sum)
+
+    def flush(self, **extra: Any) -> None:
+        if self.pending is None:
+            return
+        row, loss_sum = self.pending
+        self.pending = None
+        row = {"step": row["step"], "lr": row["lr"], "loss": float(loss_sum) / max(row.pop("examples"), 1),
+               **row, **extra}  # fmt: skip
+        if self.enabled:
+            append_metrics(self.path, row)
+        self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", img_s=f"{row['images_per_s']:.0f}")
+        self.bar.update(1)
+
+
+class TrainingRun:
+    """One run's state — model, optimiser, step, loaded-data stream — and its named steps."""
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, out: Path, context: Distributed, speed: Speed,
+                 bf16: bool, fingerprint: dict):  # fmt: skip
+        self.model, self.recipe, self.out, self.context, self.fingerprint = model, recipe, out, context, fingerprint
+        self.channels_last = speed.use_channels_last(context.device)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model.to(context.device, memory_format=memory_format)
+        schedule = recipe.schedule
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=0.0, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+        )
+        self.ddp = wrap(model, context)  # the module whose gradients DDP all-reduces
+        self.forward = torch.compile(self.ddp) if speed.compile else self.ddp
+        self.autocast = torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.step = 0
+        self.skipped: set[str] = set()
+
+    # -- restore and checkpoint --------------------------------------------------------------------
+    def restore(self) -> None:
+        state = load_checkpoint_state(self.out / CHECKPOINT, self.fingerprint)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+
+    def checkpoint(self) -> None:
+        if self.context.is_main:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                     "torch_rng": torch.get_rng_state(), "fingerprint": self.fingerprint}  # fmt: skip
+            save_checkpoint(self.out / CHECKPOINT, state)
+
+    # -- load -----------------------------------------------------------------------------------------
+    def next_micro_batch(self, examples: TrainingExamples, loaded: Iterator[LoadedImages], part: int):
+        """(micro-batch or None, seconds waited for the loading workers)."""
+        began = time.perf_counter()
+        chunks = [next(loaded) for _ in range(examples.layout.chunks)]
+        waited = time.perf_counter() - began
+        for chunk in chunks:
+            self.note_failures(chunk.failures)
+        plan = examples.plan(self.step, part)
+        return assemble(plan, chunks, self.context.device, self.channels_last), waited
+
+    def note_failures(self, failures: list[tuple[str, str]]) -> None:
+        for name, error in failures:
+            if name not in self.skipped:
+                logger.warning("Skipping unreadable training image %s: %s", name, error)
+                self.skipped.add(name)
+
+    # -- step -----------------------------------------------------------------------------------------
+    def train_step(self, examples: TrainingExamples, loaded: Iterator[LoadedImages], lr: float) -> dict:
+        """One optimiser step over this process's micro-batches; the loss stays on the device."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.forward.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        layout = examples.layout
+        loss_total, examples_seen, waited = torch.zeros((), device=self.context.device), 0, 0.0
+        for part in range(layout.batch_split):
+            batch, wait = self.next_micro_batch(examples, loaded, part)
+            waited += wait
+            last = part == layout.batch_split - 1
+            with sync_gradients(self.ddp, last_micro_batch=last):
+                if batch is not None:
+                    loss_sum = self.loss_sum(batch)
+                    # DDP averages over processes, so scale to the global-batch mean
+                    (loss_sum * layout.world_size / layout.batch_size).backward()
+                    loss_total += loss_sum.detach()
+                    examples_seen += len(batch)
+                elif last and layout.world_size > 1:
+                    self.join_gradient_all_reduce()
+        self.optimizer.step()
+        self.step += 1
+        return {"step": self.step, "lr": lr, "examples": examples_seen, "loss_sum": loss_total,
+                "data_wait_s": round(waited, 4)}  # fmt: skip
+
+    def loss_sum(self, batch: MicroBatch) -> torch.Tensor:
+        with self.autocast:
+            logits = self.forward(batch.pixels).logits.float()
+        loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum")
+        if batch.partner_labels is not None:
+            partner_sum = F.cross_entropy(logits, batch.partner_labels, reduction="sum")
+            loss_sum = batch.mixup_lambda * loss_sum + (1 - batch.mixup_lambda) * partner_sum
+        return loss_sum
+
+    def join_gradient_all_reduce(self) -> None:
+        """A process with no readable images still takes part in DDP's gradient all-reduce (else the others
+        wait forever), contributing zero: a forward pass on one blank image, times 0."""
+        size = self.recipe.image_size
+        blank = torch.zeros(1, 3, size, size, device=self.context.device)
+        with self.autocast:
+            logits = self.forward(blank).logits.float()
+        (logits.sum() * 0.0).backward()
+
+
 def train(
     model: torch.nn.Module,
     dataset: ImageDataset,
@@ -141,99 +232,64 @@ def train(
     resume: bool = False,
     save_every: int | None = None,
     fingerprint: dict | None = None,
-    on_eval: Callable[[torch.nn.Module, int], dict] | None = None,
+    on_eval: Callable[[int], dict] | None = None,
     eval_every: int | None = None,
     progress: bool = True,
+    speed: Speed = Speed(),
 ) -> dict:
-    """Run the schedule to its end; returns {"steps", "skipped_images", "seconds"}. Rank 0 writes files."""
+    """Run the schedule to its end; returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files."""
     context: Distributed = setup(device)
     schedule = recipe.schedule
-    shard = schedule.batch_size // context.world_size
-    if schedule.batch_size % (context.world_size * batch_split):
-        raise ValueError(
-            f"--batch-size {schedule.batch_size} must divide evenly into {context.world_size} processes × "
-            f"--batch-split {batch_split} micro-batches."
-        )
-    micro = shard // batch_split
-    model = model.to(context.device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=0.0, momentum=schedule.momentum, weight_decay=schedule.weight_decay
-    )
-    fingerprint = fingerprint or {}
-    checkpoint_path, metrics_path = out / CHECKPOINT, out / METRICS
-    start = 0
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint_state(checkpoint_path, fingerprint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
+    workers = resolve_workers(speed.workers)
+    layout = Layout(schedule.batch_size, context.world_size, context.rank, batch_split, chunks=1)
+    layout = dataclasses.replace(layout, chunks=chunks_per_micro_batch(layout.micro, workers))
+    run = TrainingRun(model, recipe, out, context, speed, bf16, fingerprint or {})
+    if resume and (out / CHECKPOINT).exists():
+        run.restore()
     elif resume:
         raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue from.")
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
     barrier(context)
-    trained = wrap(model, context)
-    builder = BatchBuilder(dataset, recipe, seed)
-    autocast = torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def checkpoint(step: int) -> None:
-        if context.is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint}  # fmt: skip
-            save_checkpoint(checkpoint_path, state)
-
-    bar = tqdm(total=schedule.steps, initial=start, disable=not (progress and context.is_main), unit="step")
-    step, began = start, time.perf_counter()
+    examples = TrainingExamples(dataset, recipe.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps)
+    bar = tqdm(total=schedule.steps, initial=run.step, disable=not (progress and context.is_main), unit="step")
+    log = MetricsLog(out / METRICS, bar, enabled=context.is_main)
+    began = time.perf_counter()
     try:
-        while (lr := schedule.lr(step)) is not None:
-            tick = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            indices = batch_indices(step, schedule.batch_size, len(dataset), seed)
-            mixup = mixup_draw(seed, step, schedule.mixup_alpha, schedule.batch_size)
-            trained.train()
-            optimizer.zero_grad(set_to_none=True)
-            total_loss, seen = 0.0, 0
-            for part in range(batch_split):
-                first = context.rank * shard + part * micro
-                batch = builder.micro_batch(step, indices, range(first, first + micro), mixup)
-                with sync_gradients(trained, last_micro_batch=part == batch_split - 1):
-                    if batch is None:
-                        continue
-                    pixels, labels, partner_labels, lam = batch
-                    with autocast:
-                        logits = trained(pixels.to(context.device)).logits.float()
-                    labels = labels.to(context.device)
-                    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-                    if len(partner_labels):
-                        partner_sum = F.cross_entropy(logits, partner_labels.to(context.device), reduction="sum")
-                        loss_sum = lam * loss_sum + (1 - lam) * partner_sum
-                    # DDP averages over processes, so scale to the global-batch mean
-                    (loss_sum * context.world_size / schedule.batch_size).backward()
-                    total_loss, seen = total_loss + loss_sum.item(), seen + len(labels)
-            optimizer.step()
-            step += 1
-            rate = seen * context.world_size / max(time.perf_counter() - tick, 1e-9)
-            row = {"step": step, "lr": lr, "loss": total_loss / max(seen, 1), "images_per_s": round(rate, 1)}
-            if on_eval and eval_every and step % eval_every == 0 and step < schedule.steps and context.is_main:
-                row.update({f"eval_{k}": v for k, v in on_eval(model, step).items()})
-            if context.is_main:
-                append_metrics(metrics_path, row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-            bar.update(1)
-            if save_every and step % save_every == 0:
-                checkpoint(step)
+        with (
+            tuned_convolutions(context.device),
+            ordered_results(examples, workers, context.device.type == "cuda") as loaded,
+        ):
+            # Step time is the loop's period: the host only queues work on a GPU, and the loop waits for
+            # the device once per step (reading a loss), so in steady state one period is one device step.
+            period_began = time.perf_counter()
+            while (lr := schedule.lr(run.step)) is not None:
+                row = run.train_step(examples, loaded, lr)
+                now = time.perf_counter()
+                row["images_per_s"] = round(row["examples"] * context.world_size / max(now - period_began, 1e-9), 1)
+                log.add(row, row.pop("loss_sum"))
+                period_began = now
+                if on_eval and eval_every and run.step % eval_every == 0 and run.step < schedule.steps:
+                    log.flush(**({f"eval_{k}": v for k, v in on_eval(run.step).items()} if context.is_main else {}))
+                    period_began = time.perf_counter()
+                if save_every and run.step % save_every == 0:
+                    log.flush()
+                    run.checkpoint()
+                    period_began = time.perf_counter()
     except KeyboardInterrupt:
-        checkpoint(step)
+        log.flush()
+        run.checkpoint()
         bar.close()
         if context.is_main:
-            print(f"\nInterrupted at step {step}: checkpoint saved to {checkpoint_path}; continue with --resume.")
+            print(f"\nInterrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume.")
         shutdown()
         raise SystemExit(130) from None
+    log.flush()
     bar.close()
-    checkpoint(step)
+    run.checkpoint()
     barrier(context)
-    result = {"steps": step, "skipped_images": sorted(builder.skipped), "seconds": round(time.perf_counter() - began, 1),
-              "rank": context.rank, "world_size": context.world_size}  # fmt: skip
-    return result
+    summary = {"steps": run.step, "skipped_images": sorted(run.skipped), "seconds": round(time.perf_counter() - began, 1),
+               "rank": context.rank, "world_size": context.world_size, "workers": workers}  # fmt: skip
+    if context.device.type == "cuda":
+        summary["cuda_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(context.device) / 2**30, 2)
+    return summary

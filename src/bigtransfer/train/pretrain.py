@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ from ..config import BitConfig
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
 from .data import ImageDataset
-from .loop import Recipe, train
-from .run import as_dataset, finish_run, prepare_output
+from .loop import Recipe, Speed, train
+from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +64,14 @@ def pretrain(
     device: str | None = None,
     bf16: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
-    """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory."""
+    """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory.
+
+    `workers`, `compile` and `channels_last` change the speed, not the result (as in `finetune`).
+    """
     out = Path(out)
     prepare_output(out, resume)
     dataset = as_dataset(data)
@@ -73,13 +80,15 @@ def pretrain(
     torch.manual_seed(seed)
     model = BitForImageClassification(config)
     schedule = upstream_schedule(len(dataset), epochs, batch_size, warmup_epochs)
-    recipe = Recipe(schedule, lambda image, rng: inception_augment(image, crop, True, rng))
+    recipe = Recipe(schedule, functools.partial(inception_augment, crop=crop, flip=True), image_size=crop)
+    speed = Speed(workers, compile, channels_last)
     fingerprint = {"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
                    "seed": seed, "schedule": dataclasses.asdict(schedule), "crop": crop}  # fmt: skip
     summary = train(
         model, dataset, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
-        save_every=save_every, fingerprint=fingerprint, progress=progress,
+        save_every=save_every, fingerprint=fingerprint, progress=progress, speed=speed,
     )  # fmt: skip
     metrics = {"train_examples": len(dataset), "classes": dataset.classes, "schedule": dataclasses.asdict(schedule)}
-    eval_set = as_dataset(eval_data) if eval_data is not None else None
-    return finish_run(model, eval_processor(crop), out, summary, metrics, eval_set)
+    processor = eval_processor(crop)
+    evaluation = evaluation_of(model, as_dataset(eval_data) if eval_data is not None else None, processor, speed, bf16)
+    return finish_run(model, processor, out, summary, metrics, evaluation)

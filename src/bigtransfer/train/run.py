@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..modeling import BitForImageClassification
 from ..processing import BitImageProcessor
 from .data import ImageDataset, load_dataset
 from .distributed import shutdown
 from .evaluate import evaluate, plot_confusion, plot_curves, write_json
-from .loop import CHECKPOINT, METRICS, append_metrics
+from .loop import CHECKPOINT, METRICS, Speed, append_metrics
 
 MODEL_DIR = "model"
 
@@ -32,7 +36,7 @@ def finish_run(
     out: Path,
     summary: dict[str, Any],
     metrics: dict[str, Any],
-    eval_set: ImageDataset | None,
+    evaluation: Callable[[], dict[str, Any]] | None,
 ) -> dict[str, Any]:
     """On rank 0: save model/ (with the eval transform), evaluate, write plots and metrics.json.
 
@@ -43,10 +47,10 @@ def finish_run(
         return summary
     model.save_pretrained(out / MODEL_DIR)
     processor.save_pretrained(out / MODEL_DIR)
-    metrics = {**metrics, "skipped_images": summary["skipped_images"], "steps": summary["steps"],
-               "seconds": summary["seconds"], "model_dir": str(out / MODEL_DIR)}  # fmt: skip
-    if eval_set is not None:
-        result = evaluate(model, eval_set, processor)
+    reported = ("skipped_images", "steps", "seconds", "workers", "cuda_peak_memory_gib")
+    metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
+    if evaluation is not None:
+        result = evaluation()
         metrics["eval"] = result
         append_metrics(out / METRICS, {"step": summary["steps"], "eval_top1": result["top1"]})
         plot_confusion(result["confusion"], [model.config.id2label[i] for i in range(model.config.num_labels)],
@@ -55,3 +59,14 @@ def finish_run(
     write_json(out / "metrics.json", metrics)
     shutdown()
     return metrics
+
+
+def evaluation_of(
+    model: torch.nn.Module, eval_set: ImageDataset | None, processor: BitImageProcessor, speed: Speed, bf16: bool
+) -> Callable[[], dict[str, Any]] | None:
+    """Evaluation during and after a run: same loading workers and precision as training, compiled once if asked."""
+    if eval_set is None:
+        return None
+    evaluated = torch.compile(model) if speed.compile else model
+    return functools.partial(evaluate, evaluated, eval_set, processor, workers=speed.workers, bf16=bf16,
+                             channels_last=speed.channels_last)  # fmt: skip

@@ -1,0 +1,131 @@
+"""Parallel loading: ordered results from worker processes, clear errors when a worker dies, one decoding path."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bigtransfer import BitImageProcessor
+from bigtransfer.image_inputs import decode_image
+from bigtransfer.loading import (
+    LoaderWorkerError,
+    default_workers,
+    model_input,
+    ordered_results,
+    resolve_device,
+    resolve_workers,
+    stack_images,
+)
+
+
+class Squares:
+    """A picklable task: item i is i², computed in whichever process runs it."""
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, index):
+        return index * index, os.getpid()
+
+
+class DiesAt:
+    def __init__(self, index):
+        self.index = index
+
+    def __len__(self):
+        return 50
+
+    def __getitem__(self, index):
+        if index == self.index:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+        return index
+
+
+class RaisesAt(DiesAt):
+    def __getitem__(self, index):
+        if index == self.index:
+            raise RuntimeError("a bug in the task")
+        return index
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_results_arrive_in_order_from_worker_processes(workers):
+    with ordered_results(Squares(), workers) as results:
+        values, pids = zip(*results)
+    assert list(values) == [i * i for i in range(20)]
+    assert (os.getpid() in pids) == (workers == 0)
+
+
+def test_a_worker_killed_by_the_system_gives_a_clear_error_not_a_hang():
+    with pytest.raises(LoaderWorkerError, match=r"data-loading worker process failed.*--workers 0"):  # noqa: SIM117
+        with ordered_results(DiesAt(5), 2) as results:
+            list(results)
+
+
+def test_an_exception_in_a_worker_reaches_the_caller_with_its_traceback():
+    with pytest.raises(RuntimeError, match="(?s)in DataLoader worker process.*a bug in the task") as raised:  # noqa: SIM117
+        with ordered_results(RaisesAt(3), 2) as results:
+            list(results)
+    assert not isinstance(raised.value, LoaderWorkerError)  # a bug is not blamed on memory
+
+
+def test_default_workers_follow_the_cores_and_the_local_world_size(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert default_workers() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers() == 1
+    assert resolve_workers(0) == 0
+    with pytest.raises(ValueError, match="--workers must be ≥ 0"):
+        resolve_workers(-1)
+
+
+def test_cuda_on_a_machine_without_it_is_explained(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA GPU; use --device cpu"):
+        resolve_device("cuda")
+    assert resolve_device(None).type == "cpu"
+
+
+class Stacked:
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        return stack_images([np.full((4, 5, 3), index + k, np.uint8) for k in range(2)])
+
+
+def test_stacked_images_made_in_workers_arrive_intact():
+    with ordered_results(Stacked(), 2) as results:
+        batches = list(results)
+    assert [tuple(b.shape) for b in batches] == [(2, 4, 5, 3)] * 3
+    assert [int(b[1, 0, 0, 0]) for b in batches] == [1, 2, 3]
+
+
+def test_model_input_equals_the_processor_values():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    processor = BitImageProcessor(do_resize=False, do_center_crop=False)  # CLIP mean/std, per channel
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    got = model_input(torch.from_numpy(np.asarray(image).copy())[None], processor.rescale_factor,
+                      processor.image_mean, processor.image_std)  # fmt: skip
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert torch.allclose(got, expected, atol=1e-6)  # rescaled in float32 here, float64 there
+    assert model_input(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), channels_last=True).is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    pixels = np.asarray(decode_image(tmp_path / "deep.png"))
+    assert pixels.shape == (64, 64, 3) and pixels.min() == 0 and pixels.max() == 255
+    assert abs(pixels.mean() - 127.5) < 1  # Pillow's own conversion makes 99.6 % of this image white
+    small = np.arange(64 * 64).reshape(64, 64).astype(np.uint16) % 256  # 8-bit values in a 16-bit file
+    Image.fromarray(small).save(tmp_path / "shallow.png")
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "shallow.png"))[..., 0], small)
