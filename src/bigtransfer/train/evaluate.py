@@ -117,19 +117,12 @@ def accuracy_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str])
 
 
 def evaluate(
-    model: torch.nn.Module,
-    dataset: ImageDataset,
-    processor: ProcessorBase,
-    batch_size: int = 64,
-    *,
-    workers: int | None = None,
-    bf16: bool = False,
-    channels_last: bool | None = None,
-    progress: bool = False,
+    model: torch.nn.Module, dataset: ImageDataset, processor: ProcessorBase, batch_size: int = 64, **options: Any
 ) -> dict:
     """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head.
 
-    Unreadable images are skipped with a warning and listed under "skipped_images".
+    `options` are `predict_logits`'s (workers, bf16, channels_last, progress). Unreadable images are
+    skipped with a warning and listed under "skipped_images".
     """
     label2id = {name: i for i, name in model.config.id2label.items()}
     unknown = [name for name in dataset.classes if name not in label2id]
@@ -137,8 +130,7 @@ def evaluate(
         raise ValueError(
             f"Evaluation classes {unknown} are not among the model's labels: evaluate on the same classes."
         )
-    predictions = predict_logits(model, dataset, processor, batch_size, workers=workers, bf16=bf16,
-                                 channels_last=channels_last, progress=progress)  # fmt: skip
+    predictions = predict_logits(model, dataset, processor, batch_size, **options)
     if not len(predictions.indices):
         raise ValueError(f"None of the {len(dataset)} images of {dataset.source} could be read.")
     labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels[predictions.indices]])
