@@ -253,7 +253,7 @@ def compile_comparison(upstream: Path, work: Path, preset: dict) -> dict:
         outcomes[name] = run_finetune(
             upstream, small, work / f"run-224-{name}", setting, None, ["--channels-last", *extra]
         )
-        print(f"224 px {name}: {outcomes[name]}", flush=True)
+        print(f"{crop} px {name}: {outcomes[name]}", flush=True)
     speedup = outcomes["compiled"]["img_s"] / outcomes["eager"]["img_s"]
     memory = (outcomes["compiled"]["peak_gib"] or 0) / max(outcomes["eager"]["peak_gib"] or 1e-9, 1e-9)
     return {**outcomes, "speedup": round(speedup, 2), "peak_memory_ratio": round(memory, 2)}
