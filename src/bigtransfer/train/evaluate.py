@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
-from ..loading import LoadedImages, gather_pixels, model_input, ordered_results, resolve_workers
+from ..loading import LoadedImages, gather_pixels, model_input, ordered_results, resolve_workers, use_channels_last
 from ..processing import resize_and_crop
 from ..processing_base import ProcessorBase
 from .batches import load_examples
@@ -80,7 +80,7 @@ def predict_logits(
     mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
     values = dict(rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
                   mean=None if mean is None else mean.tolist(), std=None if std is None else std.tolist(),
-                  channels_last=device.type == "cuda" if channels_last is None else channels_last)  # fmt: skip
+                  channels_last=use_channels_last(channels_last, device))  # fmt: skip
     model.eval()
     task = EvalBatches(dataset, settings, batch_size)
     logits, indices, failures = [], [], []

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
-from ..loading import LoadedImages, ordered_results, resolve_workers
+from ..loading import LoadedImages, ordered_results, resolve_workers, use_channels_last
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
 from .data import ImageDataset
 from .distributed import Distributed, barrier, setup, shutdown, sync_gradients, wrap
@@ -43,16 +43,12 @@ class Recipe:
 
 @dataclasses.dataclass(frozen=True)
 class Speed:
-    """Settings that change how fast a run goes, never its result (on CPU, bit for bit)."""
+    """Settings that change how fast a run goes: `workers` never changes a weight (on CPU, bit for bit);
+    `compile` and `channels_last` change only floating-point rounding."""
 
     workers: int | None = None  # loading processes; None: `default_workers()`, 0: load in the main process
     compile: bool = False  # torch.compile the model (a slow first step, then faster steps)
-    # None: on CUDA (the workers' 8-bit layout, what compiled kernels prefer; eager on an H200 within 1 %
-    # of contiguous), off on CPU (R50x1 trained slightly slower channels-last on 2 cores)
-    channels_last: bool | None = None
-
-    def use_channels_last(self, device: torch.device) -> bool:
-        return self.channels_last if self.channels_last is not None else device.type == "cuda"
+    channels_last: bool | None = None  # None: `loading.use_channels_last`'s default for the device
 
 
 @contextlib.contextmanager
@@ -131,7 +127,7 @@ class TrainingRun:
     def __init__(self, model: torch.nn.Module, recipe: Recipe, out: Path, context: Distributed, speed: Speed,
                  bf16: bool, fingerprint: dict):  # fmt: skip
         self.model, self.recipe, self.out, self.context, self.fingerprint = model, recipe, out, context, fingerprint
-        self.channels_last = speed.use_channels_last(context.device)
+        self.channels_last = use_channels_last(speed.channels_last, context.device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(context.device, memory_format=memory_format)
         schedule = recipe.schedule
