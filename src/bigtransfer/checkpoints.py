@@ -130,7 +130,13 @@ def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", *
         if missing:
             raise FileNotFoundError(f"{path} lists shards that are missing: {missing}; copy or download them too.")
         return shards
-    raise FileNotFoundError(f"{name_or_path} has no weights: expected one of {', '.join(WEIGHT_CANDIDATES)}.")
+    message = f"{name_or_path} has no weights: expected one of {', '.join(WEIGHT_CANDIDATES)}."
+    if (Path(name_or_path) / "export.json").is_file():
+        message += (
+            " It is an export directory (`bigtransfer export`): run it with predict, evaluate or pipeline(), "
+            "and load PyTorch weights from the model it was exported from."
+        )
+    raise FileNotFoundError(message)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

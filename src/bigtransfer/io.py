@@ -1,9 +1,11 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written checkpoint or config behind."""
+"""Atomic file and directory writes: a crash or Ctrl-C never leaves a half-written checkpoint, config or export
+behind."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,3 +39,28 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def atomic_write_text(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty directory beside `target` that becomes `target` only if the block succeeds.
+
+    An existing `target` is kept unless `overwrite`; then it is replaced only once the new one is whole.
+    """
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists: choose another output path, or pass --overwrite.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_UMASK)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .loading import resolve_device
+from .loading import resolve_device, use_channels_last
 from .modeling import BitForImageClassification
 from .processing_base import ProcessorBase
 from .processing_fast import BitImageProcessorFast
@@ -32,6 +32,25 @@ def load_processor(
         return processor_class()
 
 
+def load_classifier(
+    model: str | os.PathLike, device: Any = None, *, compile: bool = False, bf16: bool = False, **model_kwargs: Any
+) -> Any:
+    """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime or
+    torch.export, anything else loads as BitForImageClassification (torch.compile'd when asked)."""
+    from .deploy.runtime import ExportedClassifier, is_export_directory
+
+    device = resolve_device(device)
+    if is_export_directory(model):
+        if compile or bf16 or model_kwargs:
+            raise ValueError(
+                f"{model} is an export directory: its graph is fixed at export time, so compile, bf16 and config "
+                "overrides do not apply. Use the original model for those."
+            )
+        return ExportedClassifier(model, device)
+    loaded = BitForImageClassification.from_pretrained(model, **model_kwargs).to(device)
+    return torch.compile(loaded) if compile else loaded
+
+
 def class_scores(logits: torch.Tensor, config: Any) -> torch.Tensor:
     """Softmax over the classes, or a sigmoid per class for multi-label heads."""
     logits = logits.float()
@@ -51,20 +70,24 @@ class ImageClassificationPipeline:
     """Classify images with a BiT model; scores are softmax (sigmoid for multi-label heads)."""
 
     def __init__(
-        self, model: BitForImageClassification, processor: ProcessorBase, device: Any = None, batch_size: int = 8
+        self, model: Any, processor: ProcessorBase, device: Any = None, batch_size: int = 8, bf16: bool = False
     ):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.batch_size = batch_size
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def scores(self, images: list[Any]) -> torch.Tensor:
         """Class scores for a list of images (paths, PIL images, arrays), processed in batches."""
         chunks = []
         for start in range(0, len(images), self.batch_size):
             batch = self.processor(images[start : start + self.batch_size], return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
-                logits = self.model(batch.to(self.device, self.model.dtype)).logits
+            layout = (
+                torch.channels_last if use_channels_last(None, self.device, len(batch)) else torch.contiguous_format
+            )
+            with torch.inference_mode(), self.autocast:
+                logits = self.model(batch.to(self.device, self.model.dtype, memory_format=layout)).logits
             chunks.append(class_scores(logits, self.model.config).cpu())
         return torch.cat(chunks)
 
@@ -80,8 +103,14 @@ def pipeline(
     processor: ProcessorBase | None = None,
     device: Any = None,
     batch_size: int = 8,
+    *,
+    compile: bool = False,
+    bf16: bool = False,
     **model_kwargs: Any,
 ) -> ImageClassificationPipeline:
+    """model: anything `from_pretrained` takes, a BitForImageClassification (then also pass processor=), or an
+    export directory from `bigtransfer export` (run with ONNX Runtime). compile: torch.compile the model (the
+    first batch takes a minute or more); bf16: bfloat16 autocast."""
     if task != "image-classification":
         raise ValueError(f"Unsupported task {task!r}: bigtransfer pipelines do 'image-classification'.")
     if model is None:
@@ -89,6 +118,8 @@ def pipeline(
     if isinstance(model, BitForImageClassification):
         if processor is None:
             raise ValueError("With a model object, also pass processor= (its BitImageProcessor or …Fast).")
-        return ImageClassificationPipeline(model, processor, device, batch_size)
-    loaded = BitForImageClassification.from_pretrained(model, **model_kwargs)
-    return ImageClassificationPipeline(loaded, processor or load_processor(model), device, batch_size)
+        return ImageClassificationPipeline(
+            torch.compile(model) if compile else model, processor, device, batch_size, bf16
+        )
+    loaded = load_classifier(model, device, compile=compile, bf16=bf16, **model_kwargs)
+    return ImageClassificationPipeline(loaded, processor or load_processor(model), device, batch_size, bf16)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..image_inputs import IMAGE_SUFFIXES
-from .training import add_workers_argument
+from .training import add_inference_arguments
 
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
@@ -30,9 +30,7 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     import numpy as np
     import torch
 
-    from ..loading import resolve_device
-    from ..modeling import BitForImageClassification
-    from ..pipeline import class_scores, load_processor, ranked
+    from ..pipeline import class_scores, load_classifier, load_processor, ranked
     from ..processing import BitImageProcessor
     from ..train.data import ImageDataset
     from ..train.evaluate import predict_logits
@@ -40,10 +38,10 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     files, errors = collect_images(args.inputs)
     if not files:
         return [], errors
-    model = BitForImageClassification.from_pretrained(args.model).to(resolve_device(args.device))
+    model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
     predictions = predict_logits(model, images, load_processor(args.model, BitImageProcessor), args.batch_size,
-                                 workers=args.workers, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
+                                 workers=args.workers, bf16=args.bf16, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
     errors += [{"file": name, "error": error} for name, error in predictions.failures]
     scores = class_scores(torch.from_numpy(predictions.logits), model.config)
     top = ranked(scores, args.top_k, model.config.id2label)
@@ -90,11 +88,11 @@ def register(commands) -> None:
         "and skipped; the exit code is 1 when any input failed.",
     )
     predict.add_argument("inputs", nargs="+", help="image files and/or directories")
-    predict.add_argument("--model", required=True, help="MODEL: zoo name, .npz, directory, Hub id or timm weights")
+    predict.add_argument("--model", required=True,
+                         help="MODEL: zoo name, .npz, directory, Hub id, timm weights, or an export directory")  # fmt: skip
     predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    add_workers_argument(predict)
+    add_inference_arguments(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")

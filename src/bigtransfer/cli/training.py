@@ -31,6 +31,12 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the model: a slow first step (a minute or more), then faster steps")  # fmt: skip
 
 
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (PyTorch models)")
+    add_speed_arguments(parser)
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="run directory (refuses an existing run unless --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -73,13 +79,12 @@ def register(commands) -> None:
     _add_run_arguments(finetune)
 
     evaluate = commands.add_parser("evaluate", help="accuracy of a fine-tuned model on labelled data")
-    evaluate.add_argument("--model", required=True, help="model directory (from finetune: RUN/model)")
+    evaluate.add_argument("--model", required=True,
+                          help="model directory (from finetune: RUN/model), or an export directory (ONNX Runtime)")  # fmt: skip
     evaluate.add_argument("--data", required=True, help="labelled data, as for finetune --data")
     evaluate.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    add_speed_arguments(evaluate)
+    add_inference_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -104,7 +109,8 @@ def register(commands) -> None:
         command.set_defaults(handler=handle)
 
 
-def _dataset(source: str, classes: str | None):
+def load_data(source: str, classes: str | None):
+    """A --data argument as a dataset, restricted to --classes when given."""
     from ..train.data import load_dataset
 
     dataset = load_dataset(source)
@@ -119,8 +125,8 @@ def run_finetune(args: argparse.Namespace) -> dict:
     from ..train.finetune import finetune, finetune_runs
 
     options = dict(
-        model=args.model, data=_dataset(args.data, args.classes),
-        eval_data=_dataset(args.eval_data, args.classes) if args.eval_data else None, shots=args.shots,
+        model=args.model, data=load_data(args.data, args.classes),
+        eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, shots=args.shots,
         preset=args.preset, batch_size=args.batch_size, batch_split=args.batch_split, steps=args.steps,
         resize=args.resize, crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
         flip=not args.no_flip, resume=args.resume, save_every=args.save_every, eval_every=args.eval_every,
@@ -150,8 +156,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     else:
         raise ValueError(f"Unknown --arch {args.arch!r}: use one of {', '.join(ARCHITECTURES)} or 'custom'.")
     return pretrain(
-        _dataset(args.data, args.classes), config, out=args.out or "bigtransfer-upstream",
-        eval_data=_dataset(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
+        load_data(args.data, args.classes), config, out=args.out or "bigtransfer-upstream",
+        eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
         seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,
         progress=not args.quiet, **_speed_options(args),
@@ -159,17 +165,14 @@ def run_pretrain(args: argparse.Namespace) -> dict:
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
-    import torch
-
-    from .. import BitForImageClassification, BitImageProcessor
-    from ..loading import resolve_device
+    from .. import BitImageProcessor
+    from ..pipeline import load_classifier
     from ..train.evaluate import evaluate
 
-    model = BitForImageClassification.from_pretrained(args.model).to(resolve_device(args.device))
+    model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     return evaluate(
-        torch.compile(model) if args.compile else model, _dataset(args.data, args.classes),
-        BitImageProcessor.from_pretrained(args.model), args.batch_size, workers=args.workers, bf16=args.bf16,
-        progress=not args.quiet,
+        model, load_data(args.data, args.classes), BitImageProcessor.from_pretrained(args.model), args.batch_size,
+        workers=args.workers, bf16=args.bf16, progress=not args.quiet,
     )  # fmt: skip
 
 

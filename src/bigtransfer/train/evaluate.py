@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -59,9 +60,49 @@ class Predictions:
     failures: list[tuple[str, str]]  # (image name, error) of the unreadable images
 
 
+class InputBatch(NamedTuple):
+    pixel_values: torch.Tensor | None  # float model input on the device, None when no image of the batch loaded
+    indices: list[int]  # dataset index of each row
+    failures: list[tuple[str, str]]  # (image name, error) of the batch's unreadable images
+
+
+def input_batches(
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int,
+    device: torch.device,
+    *,
+    workers: int | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> Iterator[InputBatch]:
+    """The model input of every batch of `dataset`: decoded, resized and cropped in worker processes (exactly
+    as BitImageProcessor does), rescaled and normalised on `device`."""
+    settings = processor.settings({})
+    fixed_output_size(settings)
+    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
+    values = dict(rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
+                  mean=None if mean is None else mean.tolist(), std=None if std is None else std.tolist(),
+                  channels_last=channels_last)  # fmt: skip
+    task = EvalBatches(dataset, settings, batch_size)
+    with ordered_results(task, resolve_workers(workers), pin_memory=device.type == "cuda") as batches:
+        for batch in tqdm(batches, total=len(task), unit="batch", disable=not progress):
+            pixels = gather_pixels([batch], device)
+            inputs = None if pixels is None else model_input(pixels, **values)
+            yield InputBatch(inputs, batch.ids, batch.failures)
+
+
+def device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    """Where a torch model's parameters live; an exported model says so itself."""
+    if isinstance(model, torch.nn.Module):
+        parameter = next(model.parameters())
+        return parameter.device, parameter.dtype
+    return model.device, model.dtype
+
+
 @torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module,
+    model: Any,
     dataset: ImageDataset,
     processor: ProcessorBase,
     batch_size: int = 64,
@@ -71,29 +112,21 @@ def predict_logits(
     channels_last: bool | None = None,
     progress: bool = False,
 ) -> Predictions:
-    """Logits of every readable image: decoded, resized and cropped in worker processes (exactly as
-    BitImageProcessor does), rescaled and normalised on the model's device; unreadable images are reported."""
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    settings = processor.settings({})
-    fixed_output_size(settings)
-    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
-    values = dict(rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
-                  mean=None if mean is None else mean.tolist(), std=None if std is None else std.tolist(),
-                  channels_last=use_channels_last(channels_last, device))  # fmt: skip
+    """Logits of every readable image of `dataset` (a torch model, or an export directory's classifier);
+    unreadable images are reported, not fatal."""
+    device, dtype = device_and_dtype(model)
     model.eval()
-    task = EvalBatches(dataset, settings, batch_size)
     logits, indices, failures = [], [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    with ordered_results(task, resolve_workers(workers), pin_memory=device.type == "cuda") as batches:
-        for batch in tqdm(batches, total=len(task), unit="batch", disable=not progress):
-            failures += batch.failures
-            pixels = gather_pixels([batch], device)
-            if pixels is None:
-                continue
-            with autocast:
-                logits.append(model(model_input(pixels, **values).to(dtype)).logits.float())
-            indices += batch.ids
+    batches = input_batches(dataset, processor, batch_size, device, workers=workers,
+                            channels_last=use_channels_last(channels_last, device, batch_size), progress=progress)  # fmt: skip
+    for batch in batches:
+        failures += batch.failures
+        if batch.pixel_values is None:
+            continue
+        with autocast:
+            logits.append(model(batch.pixel_values.to(dtype)).logits.float())
+        indices += batch.indices
     for name, error in failures:
         logger.warning("Skipping unreadable image %s: %s", name, error)
     if not logits:

@@ -1,0 +1,167 @@
+"""`bigtransfer export`: a BiT classifier as a self-contained directory that needs no bigtransfer model code —
+model.onnx (or model.pt2) with weight standardisation folded and a dynamic batch axis, config.json (labels),
+preprocessor_config.json and export.json — checked against the eager model before it is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..io import atomic_directory
+from ..loading import model_input
+from ..processing_base import ProcessorBase
+from .fold import fold_weight_standardization
+from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, PT2_FILE, ExportedClassifier
+
+FORMATS = {"onnx": ONNX_FILE, "pt2": PT2_FILE}
+TOLERANCE = 1e-4  # largest |logit difference| to eager that an fp32 export may show
+CHECK_BATCHES = (1, 3)
+EXTERNAL_DATA_BYTES = 1 << 30  # beyond this the weights go to model.onnx.data (protobuf stops at 2 GiB)
+
+
+class ExportCheckError(ValueError):
+    """The exported program's logits differ from the eager model's by more than the tolerance."""
+
+
+class LogitsOnly(nn.Module):
+    """The classifier as a tensor-in, tensor-out function, which is what exporters take."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pixel_values, return_dict=True).logits
+
+
+def input_size(processor: ProcessorBase) -> tuple[int, int]:
+    """(height, width) of the processor's output, which the exported graph is specialised to."""
+    settings = processor.settings({})
+    if settings["do_center_crop"]:
+        return settings["crop_size"]["height"], settings["crop_size"]["width"]
+    if settings["do_resize"] and "height" in settings["size"]:
+        return settings["size"]["height"], settings["size"]["width"]
+    raise ValueError(
+        "An export needs one input size, but this preprocessing keeps each image's aspect ratio: enable "
+        "do_center_crop or resize to a fixed {'height', 'width'} in preprocessor_config.json."
+    )
+
+
+def sample_pixel_values(processor: ProcessorBase, batch: int, seed: int = 0) -> torch.Tensor:
+    """Smooth, image-like 8-bit pictures (random colour fields, upsampled) through the model's normalisation."""
+    height, width = input_size(processor)
+    generator = torch.Generator().manual_seed(seed + batch)
+    coarse = torch.randint(0, 256, (batch, 3, 8, 8), generator=generator).float()
+    pixels = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    settings = processor.settings({})
+    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
+    return model_input(
+        pixels.permute(0, 2, 3, 1),
+        rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
+        mean=None if mean is None else mean.tolist(),
+        std=None if std is None else std.tolist(),
+    )
+
+
+def _batch_axis() -> dict[str, dict[int, Any]]:
+    return {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=65536)}}
+
+
+def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ImportError(f"ONNX export needs onnx and onnxscript: {INSTALL_HINT}.") from None
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices from inside the exporter
+        program = torch.onnx.export(
+            LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME], output_names=["logits"],
+            dynamic_shapes=_batch_axis(), external_data=large, optimize=True, verbose=False,
+        )  # fmt: skip
+    program.save(str(path), external_data=large)
+
+
+def export_pt2(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+    torch.export.save(
+        torch.export.export(LogitsOnly(model).eval(), (example,), dynamic_shapes=_batch_axis()), str(path)
+    )
+
+
+def largest_difference(model: nn.Module, exported: ExportedClassifier, processor: ProcessorBase) -> float:
+    """max |eager − exported| over the logits of sample images, at several batch sizes."""
+    worst = 0.0
+    for batch in CHECK_BATCHES:
+        pixel_values = sample_pixel_values(processor, batch)
+        with torch.inference_mode():
+            expected = model(pixel_values).logits.float()
+        worst = max(worst, (exported(pixel_values).logits.float() - expected).abs().max().item())
+    return worst
+
+
+@dataclasses.dataclass
+class ExportReport:
+    directory: Path
+    format: str
+    precision: str
+    input_size: tuple[int, int]
+    max_abs_logit_difference: float
+    seconds: float
+    int8: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "directory": str(self.directory), "input_size": list(self.input_size)}
+
+
+def export(
+    model: nn.Module,
+    processor: ProcessorBase,
+    out: str | Path,
+    *,
+    format: str = "onnx",
+    tolerance: float = TOLERANCE,
+    overwrite: bool = False,
+    int8: Any = None,
+) -> ExportReport:
+    """Export `model` (a BitForImageClassification) with its `processor` to the directory `out`.
+
+    The directory appears only once the export has passed its check: logits within `tolerance` of the eager
+    model. `int8`, when given, is a `quantize.Calibration` and the saved model.onnx is quantized with it.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
+    if int8 is not None and format != "onnx":
+        raise ValueError("int8 quantization is done with ONNX Runtime: use --format onnx with --int8.")
+    start = time.perf_counter()
+    model = model.float().eval()
+    folded = fold_weight_standardization(model)
+    height, width = input_size(processor)
+    out = Path(out)
+    with atomic_directory(out, overwrite) as staging:
+        model.config.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        example = sample_pixel_values(processor, 2)
+        (export_onnx if format == "onnx" else export_pt2)(folded, staging / FORMATS[format], example)
+        difference = largest_difference(model, ExportedClassifier(staging), processor)
+        if not difference <= tolerance:
+            raise ExportCheckError(
+                f"The exported {format} model's logits differ from the eager model's by up to {difference:.3g} "
+                f"(allowed {tolerance:g}); nothing was written to {out}. Please report this with the model's "
+                "config.json; --format pt2 (or onnx) may export this layout faithfully meanwhile."
+            )
+        int8_report = int8.quantize_export(staging, model.config) if int8 is not None else None
+        report = ExportReport(out, format, "int8" if int8 is not None else "float32", (height, width),
+                              difference, round(time.perf_counter() - start, 1), int8_report)  # fmt: skip
+        info = {**report.to_dict(), "bigtransfer": __version__, "torch": torch.__version__}
+        info.pop("directory")
+        (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return report
