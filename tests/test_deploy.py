@@ -25,6 +25,7 @@ LAYOUTS = {
     "default": TINY,
     "hybrid_same": {**TINY, **HYBRID, "depths": [1, 1, 1], "out_features": None, "num_groups": 4},
     "width_factor_2": {**TINY, "width_factor": 2, "num_groups": 4},
+    "dilated": {**TINY, "output_stride": 8},
 }
 BUNDLED = Path(__import__("bigtransfer").__file__).parent / "bundled" / "bit-tiny-fashion5"
 FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
@@ -205,3 +206,39 @@ def test_large_models_keep_weights_beside_the_graph_and_still_quantize(monkeypat
     assert report.int8["top1_agreement"] >= 0.9
     pixel_values = processor([np.asarray(fashion.load(i)) for i in range(3)], return_tensors="pt")["pixel_values"]
     assert ExportedClassifier(tmp_path / "int8")(pixel_values).logits.shape == (3, 5)
+
+
+@pytest.mark.slow
+def test_predict_compiled_and_bf16_keep_the_eager_labels(saved_model, photo_folder, capsys):
+    labels = {}
+    for options in ([], ["--compile"], ["--bf16"]):
+        command = [
+            "predict",
+            str(photo_folder),
+            "--model",
+            str(saved_model),
+            "--top-k",
+            "1",
+            "--json",
+            "--workers",
+            "0",
+        ]
+        assert cli(command + options) == 0
+        results = json.loads(capsys.readouterr().out)["results"]
+        labels[tuple(options)] = [r["predictions"][0]["label"] for r in results]
+    assert labels[("--compile",)] == labels[()]
+    assert sum(a == b for a, b in zip(labels[("--bf16",)], labels[()])) >= 4
+
+
+def test_pipeline_bf16_autocasts_and_keeps_the_labels(saved_model, photo_folder, monkeypatch):
+    dtypes = []
+    files = sorted(str(p) for p in photo_folder.iterdir())
+    classify = pipeline("image-classification", model=saved_model, bf16=True, batch_size=4)
+    convolution = classify.model.bit.embedder.convolution
+    monkeypatch.setattr(
+        convolution, "forward", lambda x, forward=convolution.forward: dtypes.append(forward(x).dtype) or forward(x)
+    )
+    bf16 = classify(files, top_k=1)
+    float32 = pipeline("image-classification", model=saved_model)(files, top_k=1)
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # 4 images, then 1
+    assert sum(a[0]["label"] == b[0]["label"] for a, b in zip(bf16, float32)) >= 4

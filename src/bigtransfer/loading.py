@@ -132,14 +132,11 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
-def use_channels_last(channels_last: bool | None, device: torch.device, inference_batch: int | None = None) -> bool:
-    """The layout asked for; by default channels-last on CUDA (the workers' 8-bit layout, what compiled kernels
-    prefer; eager on an H200 within 1 % of contiguous) and for CPU inference on batches of several images
-    (R50x1 on 2 cores: 1.18× faster at batch 8 and 16, but slower at batch 1); contiguous for CPU training
-    (R50x1 trained slightly slower channels-last on 2 cores)."""
-    if channels_last is not None:
-        return channels_last
-    return device.type == "cuda" or (inference_batch is not None and inference_batch > 1)
+def use_channels_last(channels_last: bool | None, device: torch.device) -> bool:
+    """The layout asked for; by default channels-last on CUDA (the workers' 8-bit layout, what compiled
+    kernels prefer; eager on an H200 within 1 % of contiguous), contiguous on CPU (R50x1 trained slightly
+    slower channels-last on 2 cores)."""
+    return channels_last if channels_last is not None else device.type == "cuda"
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .loading import resolve_device, use_channels_last
+from .loading import resolve_device
 from .modeling import BitForImageClassification
 from .processing_base import ProcessorBase
 from .processing_fast import BitImageProcessorFast
@@ -83,11 +83,8 @@ class ImageClassificationPipeline:
         chunks = []
         for start in range(0, len(images), self.batch_size):
             batch = self.processor(images[start : start + self.batch_size], return_tensors="pt")["pixel_values"]
-            layout = (
-                torch.channels_last if use_channels_last(None, self.device, len(batch)) else torch.contiguous_format
-            )
             with torch.inference_mode(), self.autocast:
-                logits = self.model(batch.to(self.device, self.model.dtype, memory_format=layout)).logits
+                logits = self.model(batch.to(self.device, self.model.dtype)).logits
             chunks.append(class_scores(logits, self.model.config).cpu())
         return torch.cat(chunks)
 

@@ -119,7 +119,7 @@ def predict_logits(
     logits, indices, failures = [], [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     batches = input_batches(dataset, processor, batch_size, device, workers=workers,
-                            channels_last=use_channels_last(channels_last, device, batch_size), progress=progress)  # fmt: skip
+                            channels_last=use_channels_last(channels_last, device), progress=progress)  # fmt: skip
     for batch in batches:
         failures += batch.failures
         if batch.pixel_values is None:
