@@ -76,9 +76,9 @@ def register(commands) -> None:
     parser.add_argument("--calibration", metavar="DATA",
                         help="images to calibrate int8 on, in any form --data takes (folder, CSV, IDX, datasets dir)")  # fmt: skip
     parser.add_argument("--classes", help="calibrate on these classes of DATA only (comma-separated)")
-    parser.add_argument("--calibration-size", type=int, default=128,
+    parser.add_argument("--calibration-size", type=int, default=128, metavar="N",
                         help="calibration images, a seeded draw from DATA (default 128)")  # fmt: skip
-    parser.add_argument("--heldout-size", type=int, default=256,
+    parser.add_argument("--heldout-size", type=int, default=256, metavar="N",
                         help="other images of DATA on which int8 is compared with float32 (default 256)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     parser.add_argument("--tolerance", type=float, default=1e-4,
