@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bigtransfer import BitConfig, BitForImageClassification
-from bigtransfer.train.finetune import finetune
+from bigtransfer.train.fine_tuning import finetune
 
 
 def make_images(root: Path) -> Path:

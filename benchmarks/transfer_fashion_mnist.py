@@ -21,7 +21,7 @@ import torch
 
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.train.data import load_dataset
-from bigtransfer.train.finetune import finetune
+from bigtransfer.train.fine_tuning import finetune
 from bigtransfer.train.pretrain import pretrain
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -1,4 +1,5 @@
-"""Test-session setup: the torchvision operator shim that lets timm and transformers import here.
+"""Test-session setup: the torchvision operator shim that lets timm and transformers import here, and the
+local file server that download tests fetch from.
 
 The PyPI torchvision wheel (a dependency of timm, installed with --no-deps for the parity tests)
 cannot load its compiled operators beside the CPU torch, and fails at import with
@@ -6,11 +7,63 @@ cannot load its compiled operators beside the CPU torch, and fails at import wit
 enough for everything the tests use. Test-only: the library never imports torchvision or timm.
 """
 
+import http.server
 import importlib.util
+import threading
+from functools import partial
+from pathlib import Path
 
+import pytest
 import torch
 
 if importlib.util.find_spec("torchvision") is not None:
     _TORCHVISION_SHIM = torch.library.Library("torchvision", "DEF")
     _TORCHVISION_SHIM.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _TORCHVISION_SHIM.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+class FlakyFileHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory with Range support; the first full GET of each file breaks off half-way."""
+
+    broken: set = set()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            self.send_error(404)
+            return
+        range_header = self.headers.get("Range")
+        if range_header:
+            start = int(range_header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.path not in self.broken:
+            self.broken.add(self.path)
+            self.wfile.write(data[: len(data) // 2])  # then hang up: an interrupted transfer
+            self.wfile.flush()
+            self.connection.shutdown(1)
+            return
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    FlakyFileHandler.broken = set()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(FlakyFileHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -1,10 +1,7 @@
 """Original .npz checkpoints, timm weights, the named zoo (downloads served locally), labels, convert."""
 
-import http.server
 import json
-import threading
-from functools import partial
-from pathlib import Path
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ from safetensors.torch import save_file
 
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitImageProcessor, BitModel
 from bigtransfer.cli import main as cli
-from bigtransfer.download import download
 from bigtransfer.zoo import ZOO, find_entry, preactivation_parameter_count
 from helpers import TINY, import_timm, max_abs_diff, randomize_norms, write_bit_npz
 
@@ -141,81 +137,9 @@ def test_unknown_zoo_name_suggests_close_ones():
         BitModel.from_pretrained("BiT-M-R50x2")
 
 
-# -- downloads, from a server on this machine -----------------------------------------------------
+# -- zoo downloads, from a server on this machine (tests/conftest.py's file_server) ---------------
 
 
-class FlakyFileHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory with Range support; the first full GET of each file breaks off half-way."""
-
-    broken: set = set()
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        path = self.translate_path(self.path)
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            self.send_error(404)
-            return
-        range_header = self.headers.get("Range")
-        if range_header:
-            start = int(range_header.split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.send_header("Content-Length", str(len(data) - start))
-            self.end_headers()
-            self.wfile.write(data[start:])
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.path not in self.broken:
-            self.broken.add(self.path)
-            self.wfile.write(data[: len(data) // 2])  # then hang up: an interrupted transfer
-            self.wfile.flush()
-            self.connection.shutdown(1)
-            return
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    FlakyFileHandler.broken = set()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(FlakyFileHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_interrupted_download_resumes_to_the_exact_file(file_server, tmp_path):
-    root, url = file_server
-    payload = np.random.default_rng(0).bytes(3_000_000)
-    (root / "blob.bin").write_bytes(payload)
-    target = download(f"{url}/blob.bin", tmp_path / "cache" / "blob.bin", size=len(payload), progress=False)
-    assert target.read_bytes() == payload
-    assert not (tmp_path / "cache" / "blob.bin.part").exists()
-
-
-def test_download_with_wrong_size_keeps_nothing_named_like_the_target(file_server, tmp_path):
-    root, url = file_server
-    (root / "blob.bin").write_bytes(b"x" * 1000)
-    FlakyFileHandler.broken.add("/blob.bin")
-    with pytest.raises(OSError, match="has 1000 bytes, expected 999"):
-        download(f"{url}/blob.bin", tmp_path / "blob.bin", size=999, progress=False)
-    assert not (tmp_path / "blob.bin").exists() and not (tmp_path / "blob.bin.part").exists()
-
-
-def test_missing_remote_file_is_reported(file_server, tmp_path):
-    _, url = file_server
-    with pytest.raises(OSError, match="HTTP 404"):
-        download(f"{url}/nothing.npz", tmp_path / "nothing.npz", progress=False)
-
-
-@pytest.mark.slow
 def test_zoo_name_downloads_once_then_works_offline(file_server, tmp_path, monkeypatch):
     root, url = file_server
     write_bit_npz(root / "BiT-M-R50x1-CIFAR10.npz", R50, num_classes=10)
@@ -234,17 +158,6 @@ def test_offline_without_cache_names_the_url_and_the_place_to_put_it(tmp_path, m
     monkeypatch.setenv("BIGTRANSFER_OFFLINE", "1")
     with pytest.raises(OSError, match=r"bit_models/BiT-M-R50x1\.npz.*place it at .*cache/BiT-M-R50x1\.npz"):
         BitModel.from_pretrained("BiT-M-R50x1")
-
-
-def test_cache_location_follows_hf_home_and_xdg(monkeypatch, tmp_path):
-    from bigtransfer.download import cache_dir
-
-    monkeypatch.delenv("BIGTRANSFER_CACHE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert cache_dir() == tmp_path / "hf" / "bigtransfer"
-    monkeypatch.delenv("HF_HOME")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "bigtransfer"
 
 
 # -- predicting ------------------------------------------------------------------------------------
@@ -349,13 +262,18 @@ def test_timm_hub_id_is_converted_with_its_preprocessing(tmp_path):
 def test_info_describes_a_zoo_model_without_downloading_and_a_local_one_by_loading(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BIGTRANSFER_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("BIGTRANSFER_OFFLINE", "1")
-    assert cli(["info", "BiT-M-R50x1-CIFAR10"]) == 0
+    assert cli(["info", "BiT-M-R50x1-CIFAR10", "--json"]) == 0
     zoo = json.loads(capsys.readouterr().out)
     assert zoo["parameters"] == 23_520_842 and zoo["resolution"] == 128 and not zoo["cached"]
     BitForImageClassification(BitConfig(**TINY)).save_pretrained(tmp_path / "tiny")
-    assert cli(["info", str(tmp_path / "tiny")]) == 0
+    assert cli(["info", str(tmp_path / "tiny"), "--json"]) == 0
     local = json.loads(capsys.readouterr().out)
     assert local["num_labels"] == 3 and local["config"]["depths"] == TINY["depths"]
+    assert cli(["info", str(tmp_path / "tiny")]) == 0
+    text = capsys.readouterr().out
+    assert "num_labels: 3" in text and "config:\n" in text and "  depths: [1, 1, 2, 1]" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
 
 
 def test_demo_round_trips_a_model_and_classifies_a_photo(tmp_path, capsys):
@@ -366,3 +284,20 @@ def test_demo_round_trips_a_model_and_classifies_a_photo(tmp_path, capsys):
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1  # ranked probabilities, not logits
     with pytest.raises(SystemExit, match="already holds a model"):
         cli(["demo", "--out", str(tmp_path / "demo")])
+
+
+def test_damaged_or_missing_files_are_named_without_a_traceback(tmp_path, capsys):
+    for name in ("broken-config", "truncated-weights"):
+        BitForImageClassification(BitConfig(**TINY)).save_pretrained(tmp_path / name)
+    (tmp_path / "broken-config" / "config.json").write_text('{"depths": [1,')
+    weights = tmp_path / "truncated-weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    expected = {
+        "broken-config": r"broken-config/config\.json is not valid JSON",
+        "truncated-weights": r"truncated-weights/model\.safetensors \(.*\); the file is truncated",
+        "nowhere/BiT-M-R101x3.npz": r"nowhere/BiT-M-R101x3\.npz does not exist",
+    }
+    for name, message in expected.items():
+        assert cli(["info", str(tmp_path / name)]) == 2
+        error = capsys.readouterr().err
+        assert re.search(message, error) and "Traceback" not in error, error

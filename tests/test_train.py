@@ -23,7 +23,7 @@ from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.data import from_csv, from_folder, load_dataset
 from bigtransfer.train.evaluate import evaluate
 from bigtransfer.train.fewshot import few_shot_subset
-from bigtransfer.train.finetune import finetune
+from bigtransfer.train.fine_tuning import finetune
 from bigtransfer.train.pretrain import upstream_schedule
 from helpers import max_abs_diff
 
@@ -64,7 +64,7 @@ def test_code_preset_learning_rate(step, lr):
         ((96, 96), "code", None, (512, 480)),
         ((500, 375), "code", None, (512, 480)),
         ((500, 375), "paper", None, (448, 384)),
-        ((500, 375), "paper", "BiT-M-R152x4", (512, 480)),
+        ((500, 375), "paper", "R152x4", (512, 480)),  # as zoo.architecture_of names it
         ((32, 32), "paper", None, (160, 128)),
     ],
 )
@@ -242,7 +242,7 @@ def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_p
         return original(self, *args)
 
     monkeypatch.setattr(loop.TrainingRun, "train_step", interrupt_at_step_4)
-    with pytest.raises(SystemExit):
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 4: checkpoint saved .*--resume"):
         run(upstream, folder, tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 4
     monkeypatch.setattr(loop.TrainingRun, "train_step", original)
@@ -253,11 +253,78 @@ def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_p
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_kill_9_then_resume_gives_the_same_weights_and_each_metrics_step_once(upstream, folder, tmp_path):
+    import signal
+    import time
+
+    options = dict(steps=24, save_every=3, workers=0, resize=72, crop=64)  # steps slow enough to kill in between
+    run(upstream, folder, tmp_path / "straight", **options)
+    command = [sys.executable, "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder),
+               "--out", str(tmp_path / "killed"), "--batch-size", "8", "--steps", "24", "--resize", "72", "--crop",
+               "64", "--seed", "3", "--save-every", "3", "--workers", "0", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        rows = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        if rows >= 7 and rows % 3 == 1:  # one row past a checkpoint, two steps before the next one
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    checkpoint_step = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"]
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert checkpoint_step < max(logged) < 24  # rows after the checkpoint exist: the resumed run redoes them
+    run(upstream, folder, tmp_path / "killed", resume=True, **options)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == list(range(1, 25))
+
+
+def test_finetune_from_python_twice_and_from_a_model_object(upstream, folder, tmp_path):
+    import inspect
+
+    import bigtransfer.train
+
+    assert "preset" in inspect.signature(bigtransfer.train.finetune).parameters
+    bigtransfer.train.finetune(str(upstream), str(folder), out=tmp_path / "first", steps=1, progress=False)
+    loaded = BitForImageClassification.from_pretrained(upstream)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    options = dict(batch_size=8, steps=2, resize=24, crop=20, progress=False, seed=3)
+    finetune(loaded, str(folder), out=tmp_path / "second", **options)
+    finetune(loaded.bit, str(folder), out=tmp_path / "third", **options)
+    assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items()), "the caller's model changed"
+    by_path = run(upstream, folder, tmp_path / "by-path", steps=2)
+    assert final_weights(tmp_path / "second").keys() == final_weights(tmp_path / "by-path").keys()
+    assert all(torch.equal(final_weights(tmp_path / "second")[k], final_weights(tmp_path / "by-path")[k])
+               for k in final_weights(tmp_path / "by-path"))  # fmt: skip
+    assert by_path["classes"] == ["a", "b", "c"]
+    with pytest.raises(TypeError, match="name, a path or a BiT model object"):
+        finetune(12, str(folder), out=tmp_path / "bad", **options)
+
+
+def test_paper_preset_takes_r152x4_from_the_model_config(upstream, folder, tmp_path, monkeypatch):
+    import bigtransfer.train.fine_tuning as fine_tuning
+    from bigtransfer.zoo import architecture_of
+
+    assert architecture_of(BitConfig(depths=[3, 8, 36, 3], width_factor=4)) == "R152x4"
+    assert architecture_of(BitConfig(depths=[3, 4, 6, 3])) == "R50x1"
+    assert architecture_of(BitConfig(depths=[3, 4, 6, 3], layer_type="bottleneck")) is None
+    seen = []
+    monkeypatch.setattr(fine_tuning, "architecture_of", lambda config: seen.append(config.depths) or "R152x4")
+    metrics = run(upstream, make_folder(tmp_path / "big", classes=("a", "b"), per_class=2, size=(100, 100)), tmp_path / "run",
+                  preset="paper", steps=1, resize=None, crop=None, batch_size=2)  # fmt: skip
+    assert seen == [[1, 1, 1, 1]] and (metrics["rule"]["resize"], metrics["rule"]["crop"]) == (512, 480)
+
+
 def test_resume_refuses_a_run_of_another_model(upstream, folder, tmp_path):
     run(upstream, folder, tmp_path / "run", steps=2)
     (tmp_path / "run" / "model").rename(tmp_path / "other")
-    with pytest.raises(ValueError, match="different run .*model"):
+    with pytest.raises(ValueError, match=r"different run \(checkpoint → now: model: '.*upstream' → '.*other'\)"):
         run(tmp_path / "other", folder, tmp_path / "run", resume=True, steps=2)
+    with pytest.raises(ValueError, match=r"rule\.crop: 20 → 16; rule\.resize: 24 → 18"):
+        run(upstream, folder, tmp_path / "run", resume=True, steps=2, resize=18, crop=16)
 
 
 def test_outputs_of_a_run(upstream, folder, tmp_path):
@@ -272,12 +339,14 @@ def test_outputs_of_a_run(upstream, folder, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert any("eval_top1" in r for r in rows)
-    assert 0 <= metrics["eval"]["top1"] <= 1 and set(metrics["eval"]["per_class"]) == {"a", "b", "c"}
+    confusion = np.array(metrics["eval"]["confusion"])
+    assert confusion.sum() == 15 and metrics["eval"]["top1"] == np.trace(confusion) / 15
+    assert set(metrics["eval"]["per_class"]) == {"a", "b", "c"}
     assert Image.open(out / "curves.png").size[0] > 300
 
 
 def test_zero_initialised_head_starts_at_uniform_predictions(upstream, folder, tmp_path, monkeypatch):
-    import bigtransfer.train.finetune as finetune_module
+    import bigtransfer.train.fine_tuning as finetune_module
 
     seen = {}
 
@@ -408,7 +477,7 @@ def test_a_crashing_loading_worker_stops_training_with_a_clear_error(upstream, f
 
     from torch.utils.data import get_worker_info
 
-    import bigtransfer.train.finetune as finetune_module
+    import bigtransfer.train.fine_tuning as finetune_module
 
     def killed_in_worker(image, **kwargs):
         if get_worker_info() is not None:
@@ -440,7 +509,7 @@ def test_ddp_rank_with_only_unreadable_images_still_joins_the_all_reduce(upstrea
         paths[index].write_bytes(b"unreadable")
     single = run(upstream, folder, tmp_path / "single", steps=1, seed=seed)
     assert len(single["skipped_images"]) == 4
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
                "--steps", "1", "--resize", "24", "--crop", "20", "--seed", str(seed), "--out", str(tmp_path / "ddp"),
                "--quiet", "--device", "cpu", "--workers", "1"]  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -12,11 +11,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_NAME
-from .io import atomic_path
+from .io import atomic_path, read_json
 
 logger = logging.getLogger(__name__)
 
+CONFIG_NAME = "config.json"
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
@@ -123,7 +122,7 @@ def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", *
             continue
         if not filename.endswith(".index.json"):
             return [path]
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = read_json(path)["weight_map"]
         shard_names = sorted(set(weight_map.values()))
         shards = [resolve_file(name_or_path, shard, subfolder, **hub_options) for shard in shard_names]
         missing = [name for name, shard in zip(shard_names, shards) if shard is None]

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from .checkpoints import CONFIG_NAME, pop_hub_options, resolve_config_file
+from .io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
 
-CONFIG_NAME = "config.json"
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
@@ -241,16 +241,7 @@ class BitConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BitConfig:
-        path = Path(path)
-        try:
-            config_dict = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"No config file at {path}: a BiT checkpoint directory needs {CONFIG_NAME}."
-            ) from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); re-save the model or fix the file.") from None
-        return cls.from_dict(config_dict)
+        return cls.from_dict(read_json(Path(path)))
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         save_directory = Path(save_directory)
@@ -262,11 +253,9 @@ class BitConfig:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> BitConfig:
         """Read `config.json` from a directory, a JSON file or a hub repo; kwargs override its values."""
-        from .checkpoints import pop_hub_options, resolve_config_file
-
         hub_options = pop_hub_options(kwargs)
         config_file = resolve_config_file(name_or_path, kwargs.pop("subfolder", ""), **hub_options)
-        return cls.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **kwargs)
+        return cls.from_dict(read_json(config_file), **kwargs)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BitConfig) and self.to_dict() == other.to_dict()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 CHUNK = 1 << 20
 ATTEMPTS = 3
@@ -36,6 +43,29 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: file.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Holds `target`'s lock file: one process downloads it while the others (torchrun's ranks on a cold cache)
+    wait, then find it complete. The lock file stays, as huggingface_hub's do: removing it would let a
+    waiting process and a newcomer hold two different locks."""
+    with open(target.with_name(target.name + ".lock"), "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            else:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def _fetch_once(url: str, part: Path, progress: bool) -> int | None:
@@ -70,6 +100,15 @@ def download(url: str, target: Path, size: int | None = None, sha256: str | None
             _manual_download_message(url, target, "offline mode is on (BIGTRANSFER_OFFLINE / HF_HUB_OFFLINE)")
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(target):
+        if target.is_file():  # another process finished it while this one waited
+            return target
+        _download_to(url, target, size, sha256, progress)
+    return target
+
+
+def _download_to(url: str, target: Path, size: int | None, sha256: str | None, progress: bool) -> None:
+    """The transfer itself (the caller holds the lock): into target.part, verified, then renamed."""
     part = target.with_name(target.name + ".part")
     total = None
     for attempt in range(1, ATTEMPTS + 1):
@@ -102,7 +141,6 @@ def download(url: str, target: Path, size: int | None = None, sha256: str | None
             f"Download of {url} does not have the published SHA-256; the partial file was removed, try again."
         )
     os.replace(part, target)
-    return target
 
 
 def _manual_download_message(url: str, target: Path, reason: str) -> str:

@@ -4,11 +4,13 @@ behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _current_umask() -> int:
@@ -64,3 +66,13 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; a missing or damaged file raises an error that names it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): re-save the model or fix the file.") from None

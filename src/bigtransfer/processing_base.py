@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -262,7 +262,7 @@ class ProcessorBase:
                 f"{name_or_path} has no {PROCESSOR_CONFIG_NAME}: save one with `processor.save_pretrained(dir)`, "
                 f"or construct {cls.__name__}(...) with the model's resolution and mean/std."
             )
-        return cls.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **kwargs)
+        return cls.from_dict(read_json(config_file), **kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

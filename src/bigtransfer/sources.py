@@ -7,7 +7,6 @@ when the head's dataset is known.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 from importlib.resources import files
@@ -21,6 +20,7 @@ from .config import BitConfig
 from .convert import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
 from .convert.npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .download import cache_dir, download
+from .io import read_json
 from .labels import id2label_for
 from .zoo import UPSTREAM_224, ZOO, ZooEntry, entry_for_file, find_entry
 
@@ -57,7 +57,7 @@ def _from_state_dict_file(path: Path, config: BitConfig | None, overrides: dict)
                 f"{path} holds transformers-layout weights without a config.json beside it: pass its directory with "
                 "config.json, or pass config=BitConfig(...)."
             )
-        config = BitConfig.from_dict(json.loads(beside.read_text(encoding="utf-8")), **overrides)
+        config = BitConfig.from_dict(read_json(beside), **overrides)
     return config, state_dict
 
 
@@ -72,7 +72,7 @@ def _from_timm_hub(repo_id: str, config: BitConfig | None, overrides: dict, hub_
 def _from_transformers(name_or_path, config: BitConfig | None, overrides: dict, subfolder: str, hub_options: dict):
     if config is None:
         config_file = resolve_config_file(name_or_path, subfolder, **hub_options)
-        config = BitConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **overrides)
+        config = BitConfig.from_dict(read_json(config_file), **overrides)
     state_dict: dict[str, torch.Tensor] = {}
     for path in resolve_weight_files(name_or_path, subfolder, **hub_options):
         state_dict.update(read_state_dict(path))
@@ -114,6 +114,11 @@ def load_checkpoint(
     entry = find_entry(str(name_or_path)) if not path.exists() else None
     if entry is not None:
         return _from_npz(zoo_file(entry), entry, config, overrides)
+    if path.suffix in (".npz", *STATE_DICT_SUFFIXES) and not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: check the path (zoo models are named without a suffix, e.g. BiT-M-R50x1; "
+            "`bigtransfer models` lists them)."
+        )
     if str(name_or_path).lower().startswith("bit-"):
         close = difflib.get_close_matches(str(name_or_path), list(ZOO), n=3, cutoff=0.6)
         raise ValueError(
@@ -131,7 +136,7 @@ def preprocessing_for(name_or_path: str | os.PathLike, hub_options: dict[str, An
     name = str(name_or_path)
     bundled = bundled_model(name)
     if bundled is not None:
-        return json.loads((bundled / "preprocessor_config.json").read_text(encoding="utf-8"))
+        return read_json(bundled / "preprocessor_config.json")
     entry = find_entry(name) or (entry_for_file(name) if name.endswith(".npz") else None)
     if entry is not None:
         return entry.preprocessing.processor_settings()
@@ -139,7 +144,7 @@ def preprocessing_for(name_or_path: str | os.PathLike, hub_options: dict[str, An
         return UPSTREAM_224.processor_settings()
     if str(name_or_path).startswith(TIMM_PREFIX) and not Path(name_or_path).exists():
         config_file = hub_download(str(name_or_path), "config.json", "", **hub_options)
-        return timm_processor_settings(json.loads(config_file.read_text())) if config_file else None
+        return timm_processor_settings(read_json(config_file)) if config_file else None
     return None
 
 

@@ -15,6 +15,18 @@ ARCHITECTURES = {  # depths, width factor
     "R152x2": ([3, 8, 36, 3], 2),
     "R152x4": ([3, 8, 36, 3], 4),
 }
+
+
+def architecture_of(config) -> str | None:
+    """The BiT architecture (R50x1 … R152x4) a config builds, from its shape rather than its name; None for others."""
+    if config.layer_type != "preactivation":
+        return None
+    for name, (depths, width_factor) in ARCHITECTURES.items():
+        if list(config.depths) == depths and config.width_factor == width_factor:
+            return name
+    return None
+
+
 # Measured ILSVRC-2012 top-1 of the released BiT-M → ILSVRC-2012 fine-tunes (timm's results table).
 ILSVRC2012_TOP1 = {"R50x1": 80.39, "R101x1": 82.33, "R50x3": 83.98, "R101x3": 84.43, "R152x2": 84.47, "R152x4": 84.94}
 # Exact file sizes where published (timm's docs metadata for the ILSVRC-2012 fine-tunes).

@@ -23,13 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2."""
+    """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2, Ctrl-C 130."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (OSError, ValueError, ImportError, LoaderWorkerError) as error:
         print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: the library has cleaned up (a training run has checkpointed)
+        print(f"\nbigtransfer {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

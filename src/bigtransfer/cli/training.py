@@ -122,7 +122,7 @@ def _speed_options(args: argparse.Namespace) -> dict:
 
 
 def run_finetune(args: argparse.Namespace) -> dict:
-    from ..train.finetune import finetune, finetune_runs
+    from ..train.fine_tuning import finetune, finetune_runs
 
     options = dict(
         model=args.model, data=load_data(args.data, args.classes),

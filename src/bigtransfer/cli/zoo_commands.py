@@ -96,8 +96,21 @@ def handle_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def readable_lines(data: dict, indent: int = 0) -> list[str]:
+    """`key: value` lines, nested dicts indented under their key (the text form of `info`)."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            lines += [" " * indent + f"{key}:"] + readable_lines(value, indent + 2)
+        else:
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+            lines.append(" " * indent + f"{key}: {shown}")
+    return lines
+
+
 def handle_info(args: argparse.Namespace) -> int:
-    print(json.dumps(run_info(args), indent=2, default=str))
+    info = run_info(args)
+    print(json.dumps(info, indent=2, default=str) if args.json else "\n".join(readable_lines(info)))
     return 0
 
 

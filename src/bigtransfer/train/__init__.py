@@ -1,12 +1,11 @@
-"""Transfer learning with BiT: the BiT-HyperRule, data, few-shot subsets, the training loop, evaluation."""
+"""Transfer learning with BiT: the BiT-HyperRule, data, few-shot subsets, the training loop, evaluation.
 
-from .hyperrule import HyperRule, hyperrule
+Modules are named apart from the functions exported here (`fine_tuning.py` holds `finetune`,
+`hyper_rule.py` holds `hyperrule`): a package attribute that shares a submodule's name is replaced by
+the module as soon as the submodule is imported.
+"""
 
-__all__ = ["HyperRule", "finetune", "hyperrule"]
+from .fine_tuning import finetune, finetune_runs
+from .hyper_rule import HyperRule, hyperrule
 
-
-def finetune(*args, **kwargs):
-    """Fine-tune with the BiT-HyperRule; see `bigtransfer.train.finetune.finetune` for the arguments."""
-    from .finetune import finetune as _finetune
-
-    return _finetune(*args, **kwargs)
+__all__ = ["HyperRule", "finetune", "finetune_runs", "hyperrule"]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..io import atomic_path
+from ..io import atomic_path, atomic_write_text
 from ..loading import LoadedImages, ordered_results, resolve_workers, use_channels_last
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
 from .data import ImageDataset
@@ -76,16 +76,54 @@ def save_checkpoint(path: Path, state: dict) -> None:
         raise
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised once the checkpoint is saved; the message says how to continue."""
+
+
+def fingerprint_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """'field: checkpoint value → this run's value' for every field that differs, nested dicts by their keys."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        before, now = saved.get(key), current.get(key)
+        if isinstance(before, dict) and isinstance(now, dict):
+            differences += fingerprint_differences(before, now, f"{prefix}{key}.")
+        elif before != now:
+            differences.append(f"{prefix}{key}: {_short(before)} → {_short(now)}")
+    return differences
+
+
+def _short(value: Any) -> str:
+    """A value's repr, long ones cut in the middle (paths differ at their ends)."""
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:40]}…{text[-55:]}"
+
+
 def load_checkpoint_state(path: Path, fingerprint: dict) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state.get("fingerprint", {})
-    differing = sorted(key for key in set(saved) | set(fingerprint) if saved.get(key) != fingerprint.get(key))
-    if differing:
+    differences = fingerprint_differences(state.get("fingerprint", {}), fingerprint)
+    if differences:
         raise ValueError(
-            f"{path} comes from a different run ({', '.join(differing)} differ): --resume only continues the same "
-            "model, data and recipe; choose a new --out to start afresh."
+            f"{path} comes from a different run (checkpoint → now: {'; '.join(differences)}): --resume only "
+            "continues the same model, data and recipe; choose a new --out to start afresh."
         )
     return state
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Forget the rows a killed run logged after its last checkpoint: the resumed run logs those steps again."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):  # a row torn by the kill
+        return float("inf")
 
 
 def append_metrics(path: Path, row: dict) -> None:
@@ -147,6 +185,8 @@ class TrainingRun:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
+        if self.context.is_main:
+            drop_metrics_after(self.out / METRICS, self.step)
 
     def checkpoint(self) -> None:
         if self.context.is_main:
@@ -278,10 +318,9 @@ def train(
         log.flush()
         run.checkpoint()
         bar.close()
-        if context.is_main:
-            print(f"\nInterrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume.")
         shutdown()
-        raise SystemExit(130) from None
+        message = f"interrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume"
+        raise TrainingInterrupted(message if context.is_main else "") from None
     log.flush()
     bar.close()
     run.checkpoint()

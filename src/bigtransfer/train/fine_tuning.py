@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..modeling import BitForImageClassification
+from ..config import BitConfig
+from ..modeling import BitForImageClassification, BitModel, BitPreTrainedModel
+from ..zoo import architecture_of
 from .augment import eval_processor, hyperrule_augment
 from .data import ImageDataset
 from .fewshot import few_shot_subset
-from .hyperrule import HyperRule, hyperrule
+from .hyper_rule import HyperRule, hyperrule
 from .loop import Recipe, Speed, train
 from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
@@ -32,8 +34,29 @@ def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
     )  # fmt: skip
 
 
+def classifier_for(
+    model: str | os.PathLike | BitPreTrainedModel, id2label: dict[int, str]
+) -> BitForImageClassification:
+    """A new classifier for `id2label` on the pretrained body of `model` (a name or path `from_pretrained` takes,
+    or a loaded BitModel / BitForImageClassification, which is copied, not changed)."""
+    if isinstance(model, BitPreTrainedModel):
+        body = getattr(model, "bit", model)
+        if not isinstance(body, BitModel):
+            raise TypeError(f"finetune needs a classifier or a BitModel body, got {type(model).__name__}.")
+        settings = {**model.config.to_dict(), "num_labels": len(id2label), "id2label": id2label,
+                    "label2id": {name: i for i, name in id2label.items()}}  # fmt: skip
+        network = BitForImageClassification(BitConfig.from_dict(settings))
+        network.bit.load_state_dict(body.state_dict())
+        return network.to(body.dtype)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"finetune's model must be a name, a path or a BiT model object, got {type(model).__name__}.")
+    return BitForImageClassification.from_pretrained(
+        model, num_labels=len(id2label), id2label=id2label, ignore_mismatched_sizes=True
+    )
+
+
 def finetune(
-    model: str | os.PathLike,
+    model: str | os.PathLike | BitPreTrainedModel,
     data: str | os.PathLike | ImageDataset,
     eval_data: str | os.PathLike | ImageDataset | None = None,
     *,
@@ -73,16 +96,15 @@ def finetune(
     train_set.check_trainable()
     if shots is not None:
         train_set = train_set.subset(few_shot_subset(train_set.labels, shots, seed, train_set.classes))
-    rule = hyperrule(len(train_set), train_set.image_size(), preset, batch_size, base_lr, lr_scaling)
+    id2label = dict(enumerate(train_set.classes))
+    network = classifier_for(model, id2label)
+    rule = hyperrule(len(train_set), train_set.image_size(), preset, batch_size, base_lr, lr_scaling,
+                     architecture=architecture_of(network.config))  # fmt: skip
     rule = rescale_steps(rule, steps) if steps else rule
     overrides = {k: v for k, v in dict(resize=resize, crop=crop, mixup_alpha=mixup_alpha).items() if v is not None}
     rule = dataclasses.replace(rule, **overrides)
     if rule.crop > rule.resize:
         raise ValueError(f"--crop {rule.crop} is larger than --resize {rule.resize}: crop must fit inside the resize.")
-    id2label = dict(enumerate(train_set.classes))
-    network = BitForImageClassification.from_pretrained(
-        model, num_labels=len(id2label), id2label=id2label, ignore_mismatched_sizes=True
-    )
     if rule.zero_init_head:  # BiT: a zero head starts every class at equal odds and trains stably
         torch.nn.init.zeros_(network.classifier[1].weight)
         torch.nn.init.zeros_(network.classifier[1].bias)
@@ -93,7 +115,8 @@ def finetune(
     speed = Speed(workers, compile, channels_last)
     evaluation = evaluation_of(network, as_dataset(eval_data) if eval_data is not None else None, processor, speed,
                                bf16)  # fmt: skip
-    fingerprint = {"model": str(model), "classes": train_set.classes, "examples": len(train_set), "seed": seed,
+    name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
+    fingerprint = {"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                    "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
     summary = train(
         network, train_set, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,

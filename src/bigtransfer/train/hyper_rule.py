@@ -60,7 +60,7 @@ def resolution(image_size: tuple[int, int], preset: str, architecture: str | Non
     if height * width < SMALL_IMAGE_AREA:
         return 160, 128
     if preset == "paper":
-        return (512, 480) if architecture and architecture.upper().endswith("R152X4") else (448, 384)
+        return (512, 480) if architecture == "R152x4" else (448, 384)  # the paper's one exception
     return 512, 480
 
 
@@ -76,7 +76,8 @@ def hyperrule(
     """The BiT-HyperRule for a dataset of `dataset_size` labelled images of `image_size` (height, width).
 
     lr_scaling adapts base_lr to a batch other than 512: "linear" (×batch/512), "sqrt", or "none"
-    (the original recipe, which keeps 0.003 whatever the batch).
+    (the original recipe, which keeps 0.003 whatever the batch). architecture: "R50x1" … "R152x4" as
+    `zoo.architecture_of` derives it from the model's config (the paper preset trains R152x4 at 480 px).
     """
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}: use 'code' (the released code) or 'paper' (arXiv v3).")
