@@ -253,6 +253,23 @@ def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_p
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_ctrl_c_in_the_cli_checkpoints_and_exits_130(upstream, folder, tmp_path, monkeypatch, capsys):
+    import bigtransfer.train.loop as loop
+
+    def interrupt_at_step_2(self, *args):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    original = loop.TrainingRun.train_step
+    monkeypatch.setattr(loop.TrainingRun, "train_step", interrupt_at_step_2)
+    command = ["finetune", "--model", str(upstream), "--data", str(folder), "--out", str(tmp_path / "run"),
+               "--batch-size", "8", "--steps", "6", "--resize", "24", "--crop", "20", "--quiet", "--workers", "0"]  # fmt: skip
+    assert cli(command) == 130
+    assert "finetune: interrupted at step 2: checkpoint saved" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+
+
 def test_kill_9_then_resume_gives_the_same_weights_and_each_metrics_step_once(upstream, folder, tmp_path):
     import signal
     import time

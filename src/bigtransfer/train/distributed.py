@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,18 +24,26 @@ class Distributed:
         return self.rank == 0
 
 
-def setup(device: str | None) -> Distributed:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+@contextlib.contextmanager
+def process_group(device: str | None) -> Iterator[Distributed]:
+    """One run's place among torchrun's processes: the process group is joined when launched by torchrun (gloo on
+    CPU, NCCL on GPU) and left when the block ends, errors and Ctrl-C included. A group the caller had already
+    set up is used and left alone."""
     wanted = resolve_device(device)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(device=wanted)
-    if not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield Distributed(device=wanted)
+        return
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
-    if wanted.type == "cuda":
-        wanted = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(wanted)
-    return Distributed(dist.get_rank(), dist.get_world_size(), wanted)
+    try:
+        if wanted.type == "cuda":
+            wanted = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(wanted)
+        yield Distributed(dist.get_rank(), dist.get_world_size(), wanted)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, context: Distributed) -> torch.nn.Module:
@@ -54,8 +63,3 @@ def sync_gradients(model: torch.nn.Module, last_micro_batch: bool):
 def barrier(context: Distributed) -> None:
     if context.world_size > 1:
         dist.barrier()
-
-
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -17,6 +17,7 @@ from ..modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from ..zoo import architecture_of
 from .augment import eval_processor, hyperrule_augment
 from .data import ImageDataset
+from .distributed import process_group
 from .fewshot import few_shot_subset
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Recipe, Speed, train
@@ -118,13 +119,14 @@ def finetune(
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
     fingerprint = {"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                    "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
-    summary = train(
-        network, train_set, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
-        save_every=save_every, fingerprint=fingerprint, eval_every=eval_every, progress=progress, speed=speed,
-        on_eval=(lambda step: {"top1": evaluation()["top1"]}) if evaluation else None,
-    )  # fmt: skip
     metrics = {"train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule)}
-    return finish_run(network, processor, out, summary, metrics, evaluation)
+    with process_group(device) as context:
+        summary = train(
+            network, train_set, recipe, out, context=context, seed=seed, batch_split=batch_split, bf16=bf16,
+            resume=resume, save_every=save_every, fingerprint=fingerprint, eval_every=eval_every, progress=progress,
+            speed=speed, on_eval=(lambda step: {"top1": evaluation()["top1"]}) if evaluation else None,
+        )  # fmt: skip
+        return finish_run(network, processor, out, summary, metrics, evaluation)
 
 
 def finetune_runs(runs: int, seed: int, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,18 +25,31 @@ from ..io import atomic_path, atomic_write_text
 from ..loading import LoadedImages, ordered_results, resolve_workers, use_channels_last
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
 from .data import ImageDataset
-from .distributed import Distributed, barrier, setup, shutdown, sync_gradients, wrap
+from .distributed import Distributed, barrier, sync_gradients, wrap
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
+class Schedule(Protocol):
+    """What the loop asks of a schedule (the HyperRule, or pre-training's upstream schedule)."""
+
+    steps: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    mixup_alpha: float
+
+    def lr(self, step: int) -> float | None:
+        """The learning rate of `step`, None once the schedule is over."""
+
+
 @dataclasses.dataclass
 class Recipe:
     """What varies between fine-tuning and pre-training: the schedule and the per-example augmentation."""
 
-    schedule: Any  # lr(step) → float | None, .steps, .batch_size, .momentum, .weight_decay, .mixup_alpha
+    schedule: Schedule
     augment: Augment  # picklable: it runs in loading worker processes
     image_size: int  # side of the square images `augment` makes
 
@@ -263,9 +276,9 @@ def train(
     recipe: Recipe,
     out: Path,
     *,
+    context: Distributed,
     seed: int = 0,
     batch_split: int = 1,
-    device: str | None = None,
     bf16: bool = False,
     resume: bool = False,
     save_every: int | None = None,
@@ -275,8 +288,8 @@ def train(
     progress: bool = True,
     speed: Speed = Speed(),
 ) -> dict:
-    """Run the schedule to its end; returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files."""
-    context: Distributed = setup(device)
+    """Run the schedule to its end on `context` (this process's device and rank, from `distributed.process_group`);
+    returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files."""
     schedule = recipe.schedule
     workers = resolve_workers(speed.workers)
     layout = Layout(schedule.batch_size, context.world_size, context.rank, batch_split, chunks=1)
@@ -318,7 +331,6 @@ def train(
         log.flush()
         run.checkpoint()
         bar.close()
-        shutdown()
         message = f"interrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume"
         raise TrainingInterrupted(message if context.is_main else "") from None
     log.flush()

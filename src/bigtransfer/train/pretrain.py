@@ -14,6 +14,7 @@ from ..config import BitConfig
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
 from .data import ImageDataset
+from .distributed import process_group
 from .loop import Recipe, Speed, train
 from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
@@ -84,11 +85,12 @@ def pretrain(
     speed = Speed(workers, compile, channels_last)
     fingerprint = {"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
                    "seed": seed, "schedule": dataclasses.asdict(schedule), "crop": crop}  # fmt: skip
-    summary = train(
-        model, dataset, recipe, out, seed=seed, batch_split=batch_split, device=device, bf16=bf16, resume=resume,
-        save_every=save_every, fingerprint=fingerprint, progress=progress, speed=speed,
-    )  # fmt: skip
     metrics = {"train_examples": len(dataset), "classes": dataset.classes, "schedule": dataclasses.asdict(schedule)}
     processor = eval_processor(crop)
     evaluation = evaluation_of(model, as_dataset(eval_data) if eval_data is not None else None, processor, speed, bf16)
-    return finish_run(model, processor, out, summary, metrics, evaluation)
+    with process_group(device) as context:
+        summary = train(
+            model, dataset, recipe, out, context=context, seed=seed, batch_split=batch_split, bf16=bf16,
+            resume=resume, save_every=save_every, fingerprint=fingerprint, progress=progress, speed=speed,
+        )  # fmt: skip
+        return finish_run(model, processor, out, summary, metrics, evaluation)

@@ -13,7 +13,6 @@ import torch
 from ..modeling import BitForImageClassification
 from ..processing import BitImageProcessor
 from .data import ImageDataset, load_dataset
-from .distributed import shutdown
 from .evaluate import evaluate, plot_confusion, plot_curves, write_json
 from .loop import CHECKPOINT, METRICS, Speed, append_metrics
 
@@ -40,10 +39,9 @@ def finish_run(
 ) -> dict[str, Any]:
     """On rank 0: save model/ (with the eval transform), evaluate, write plots and metrics.json.
 
-    Other ranks only leave the process group; every rank returns what it has.
+    Every other rank returns what it has.
     """
     if summary["rank"] != 0:
-        shutdown()
         return summary
     model.save_pretrained(out / MODEL_DIR)
     processor.save_pretrained(out / MODEL_DIR)
@@ -57,7 +55,6 @@ def finish_run(
                        out / "confusion.png")  # fmt: skip
     plot_curves(out / METRICS, out / "curves.png")
     write_json(out / "metrics.json", metrics)
-    shutdown()
     return metrics
 
 
