@@ -242,3 +242,12 @@ def test_pipeline_bf16_autocasts_and_keeps_the_labels(saved_model, photo_folder,
     float32 = pipeline("image-classification", model=saved_model)(files, top_k=1)
     assert dtypes == [torch.bfloat16, torch.bfloat16]  # 4 images, then 1
     assert sum(a[0]["label"] == b[0]["label"] for a, b in zip(bf16, float32)) >= 4
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path):
+    model = tiny_classifier("default").to(torch.bfloat16).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = export(model, PROCESSOR, tmp_path / "out", format="pt2", tolerance=1.0)
+    assert model.training and next(model.parameters()).dtype == torch.bfloat16
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert report.precision == "float32" and report.seconds > 0

@@ -4,12 +4,13 @@ preprocessor_config.json and export.json — checked against the eager model bef
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ from ..loading import model_input
 from ..processing_base import ProcessorBase
 from .fold import fold_weight_standardization
 from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, PT2_FILE, ExportedClassifier
+
+if TYPE_CHECKING:
+    from .quantize import Calibration
 
 FORMATS = {"onnx": ONNX_FILE, "pt2": PT2_FILE}
 TOLERANCE = 1e-4  # largest |logit difference| to eager that an fp32 export may show
@@ -115,8 +119,8 @@ class ExportReport:
     precision: str
     input_size: tuple[int, int]
     max_abs_logit_difference: float
-    seconds: float
     int8: dict[str, Any] | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "directory": str(self.directory), "input_size": list(self.input_size)}
@@ -130,7 +134,7 @@ def export(
     format: str = "onnx",
     tolerance: float = TOLERANCE,
     overwrite: bool = False,
-    int8: Any = None,
+    int8: Calibration | None = None,
 ) -> ExportReport:
     """Export `model` (a BitForImageClassification) with its `processor` to the directory `out`.
 
@@ -142,10 +146,20 @@ def export(
     if int8 is not None and format != "onnx":
         raise ValueError("int8 quantization is done with ONNX Runtime: use --format onnx with --int8.")
     start = time.perf_counter()
-    model = model.float().eval()
+    if next(model.parameters()).dtype != torch.float32:  # export and check in float32, leaving the caller's model be
+        model = copy.deepcopy(model).float()
+    was_training = model.training
+    try:
+        report = _export_checked(model.eval(), processor, Path(out), format, tolerance, overwrite, int8)
+    finally:
+        model.train(was_training)
+    report.seconds = round(time.perf_counter() - start, 1)
+    return report
+
+
+def _export_checked(model, processor, out: Path, format: str, tolerance: float, overwrite: bool, int8) -> ExportReport:
     folded = fold_weight_standardization(model)
     height, width = input_size(processor)
-    out = Path(out)
     with atomic_directory(out, overwrite) as staging:
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -159,9 +173,10 @@ def export(
                 "config.json; --format pt2 (or onnx) may export this layout faithfully meanwhile."
             )
         int8_report = int8.quantize_export(staging, model.config) if int8 is not None else None
-        report = ExportReport(out, format, "int8" if int8 is not None else "float32", (height, width),
-                              difference, round(time.perf_counter() - start, 1), int8_report)  # fmt: skip
+        report = ExportReport(out, format, "int8" if int8 is not None else "float32", (height, width), difference,
+                              int8=int8_report)  # fmt: skip
         info = {**report.to_dict(), "bigtransfer": __version__, "torch": torch.__version__}
-        info.pop("directory")
+        for unknown_yet in ("directory", "seconds"):
+            info.pop(unknown_yet)
         (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return report
