@@ -20,6 +20,7 @@ from .. import __version__
 from ..io import atomic_directory
 from ..loading import model_input
 from ..processing_base import ProcessorBase
+from ..train.evaluate import fixed_output_size, normalisation
 from .fold import fold_weight_standardization
 from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, PT2_FILE, ExportedClassifier
 
@@ -49,30 +50,16 @@ class LogitsOnly(nn.Module):
 
 def input_size(processor: ProcessorBase) -> tuple[int, int]:
     """(height, width) of the processor's output, which the exported graph is specialised to."""
-    settings = processor.settings({})
-    if settings["do_center_crop"]:
-        return settings["crop_size"]["height"], settings["crop_size"]["width"]
-    if settings["do_resize"] and "height" in settings["size"]:
-        return settings["size"]["height"], settings["size"]["width"]
-    raise ValueError(
-        "An export needs one input size, but this preprocessing keeps each image's aspect ratio: enable "
-        "do_center_crop or resize to a fixed {'height', 'width'} in preprocessor_config.json."
-    )
+    return fixed_output_size(processor.settings({}))
 
 
 def sample_pixel_values(processor: ProcessorBase, batch: int, seed: int = 0) -> torch.Tensor:
     """Smooth, image-like 8-bit pictures (random colour fields, upsampled) through the model's normalisation."""
-    height, width = input_size(processor)
     generator = torch.Generator().manual_seed(seed + batch)
     coarse = torch.randint(0, 256, (batch, 3, 8, 8), generator=generator).float()
-    pixels = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False).round().to(torch.uint8)
-    settings = processor.settings({})
-    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
+    pixels = F.interpolate(coarse, size=input_size(processor), mode="bilinear", align_corners=False)
     return model_input(
-        pixels.permute(0, 2, 3, 1),
-        rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
-        mean=None if mean is None else mean.tolist(),
-        std=None if std is None else std.tolist(),
+        pixels.round().to(torch.uint8).permute(0, 2, 3, 1), **normalisation(processor, processor.settings({}))
     )
 
 

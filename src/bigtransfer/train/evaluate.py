@@ -25,13 +25,24 @@ from .data import ImageDataset
 logger = logging.getLogger(__name__)
 
 
-def fixed_output_size(settings: dict[str, Any]) -> None:
-    """Batches need one size: a center crop, or a resize to an exact height and width."""
-    if not (settings["do_center_crop"] or (settings["do_resize"] and "height" in settings["size"])):
-        raise ValueError(
-            "These preprocessing settings keep each image's own aspect ratio, so images cannot be batched: "
-            "enable center cropping (do_center_crop) or resize to a fixed {'height', 'width'}."
-        )
+def fixed_output_size(settings: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) every image comes out at: batches (and exported graphs) need one size, so a center
+    crop or a resize to an exact height and width."""
+    if settings["do_center_crop"]:
+        return settings["crop_size"]["height"], settings["crop_size"]["width"]
+    if settings["do_resize"] and "height" in settings["size"]:
+        return settings["size"]["height"], settings["size"]["width"]
+    raise ValueError(
+        "These preprocessing settings keep each image's own aspect ratio, so images cannot be batched: "
+        "enable center cropping (do_center_crop) or resize to a fixed {'height', 'width'}."
+    )
+
+
+def normalisation(processor: ProcessorBase, settings: dict[str, Any]) -> dict[str, Any]:
+    """`loading.model_input`'s rescale/mean/std arguments for these processor settings."""
+    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
+    return dict(rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
+                mean=None if mean is None else mean.tolist(), std=None if std is None else std.tolist())  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +91,7 @@ def input_batches(
     as BitImageProcessor does), rescaled and normalised on `device`."""
     settings = processor.settings({})
     fixed_output_size(settings)
-    mean, std = processor.mean_std(settings, 3) if settings["do_normalize"] else (None, None)
-    values = dict(rescale=settings["rescale_factor"] if settings["do_rescale"] else None,
-                  mean=None if mean is None else mean.tolist(), std=None if std is None else std.tolist(),
-                  channels_last=channels_last)  # fmt: skip
+    values = {**normalisation(processor, settings), "channels_last": channels_last}
     task = EvalBatches(dataset, settings, batch_size)
     with ordered_results(task, resolve_workers(workers), pin_memory=device.type == "cuda") as batches:
         for batch in tqdm(batches, total=len(task), unit="batch", disable=not progress):
