@@ -154,8 +154,17 @@ def test_directory_without_weights_lists_what_it_expected(tmp_path):
 
 @pytest.mark.parametrize("name", ["./no-such-dir", "/tmp/does/not/exist", "a/b/c"])
 def test_missing_local_paths_are_not_sent_to_the_hub(name):
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match=f"{name} does not exist: check the path"):
         BitModel.from_pretrained(name)
+
+
+def test_an_existing_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(ValueError, match="notes.txt is not a checkpoint file"):
+        BitModel.from_pretrained(notes)
+    with pytest.raises(FileNotFoundError, match="notes.txt is not a directory"):
+        BitConfig.from_pretrained(notes)
 
 
 def test_saving_onto_a_file_is_refused(tmp_path):

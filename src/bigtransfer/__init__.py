@@ -1,5 +1,6 @@
 """bigtransfer: BiT (Big Transfer) models, drop-in compatible with transformers' BiT API and checkpoints."""
 
+from . import sources  # noqa: F401  (tells the processors what zoo names, .npz files and timm ids imply)
 from .config import BitConfig
 from .modeling import BitBackbone, BitForImageClassification, BitModel, BitPreTrainedModel
 from .pipeline import pipeline

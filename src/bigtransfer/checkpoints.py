@@ -1,9 +1,8 @@
-"""Checkpoint IO: find files (local directory or Hugging Face Hub), read/write weights, match keys to a model."""
+"""Weights IO: read and write state dicts safely, and match their keys to a model."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,131 +10,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_path, read_json
+from .io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-SAFE_WEIGHTS = "model.safetensors"
-SAFE_INDEX = "model.safetensors.index.json"
-TORCH_WEIGHTS = "pytorch_model.bin"
-TORCH_INDEX = "pytorch_model.bin.index.json"
-WEIGHT_CANDIDATES = (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX)
 HEAD_PREFIX = "classifier."
-
-
-class HubUnavailableError(OSError):
-    """The Hub could not be reached and the file is not in the local cache."""
-
-
-def _looks_like_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or "\\" in name
-
-
-def hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any) -> Path | None:
-    """Download (or find in the HF cache) one file; None when the repo has no such file."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, subfolder=subfolder or None, **hub_options))
-    except GatedRepoError as error:
-        raise OSError(
-            f"{repo_id} is gated on the Hub: accept its terms and log in (`hf auth login`). {error}"
-        ) from None
-    except RepositoryNotFoundError:
-        raise OSError(
-            f"{repo_id!r} is neither a local directory nor a model repository on the Hugging Face Hub: "
-            "check the spelling, or pass the path of a directory holding config.json and model.safetensors."
-        ) from None
-    except RevisionNotFoundError:
-        raise OSError(
-            f"Revision {hub_options.get('revision')!r} does not exist in {repo_id}: pass an existing branch, tag or commit."
-        ) from None
-    except HFValidationError:
-        raise FileNotFoundError(
-            f"{repo_id!r} is not an existing local path, nor a valid Hub id ('org/name'): check the path."
-        ) from None
-    except LocalEntryNotFoundError:
-        raise HubUnavailableError(
-            f"Could not reach the Hugging Face Hub for {repo_id!r} ({filename} is not in the local cache either): "
-            f"download the model on a connected machine with `model.save_pretrained(dir)` or `hf download {repo_id} "
-            "--local-dir DIR`, copy DIR here, and pass that directory path instead of the Hub id."
-        ) from None
-    except EntryNotFoundError:
-        return None
-
-
-def resolve_file(
-    name_or_path: str | os.PathLike, filename: str, subfolder: str = "", **hub_options: Any
-) -> Path | None:
-    """Path of `filename` in a local directory or Hub repo, or None when that checkpoint lacks it."""
-    local = Path(name_or_path).expanduser()
-    if local.is_dir():
-        candidate = local / subfolder / filename
-        return candidate if candidate.is_file() else None
-    name = str(name_or_path)
-    if local.exists() or _looks_like_local_path(name):
-        raise FileNotFoundError(f"{name} is not a directory: pass a directory holding {CONFIG_NAME} and the weights.")
-    return hub_download(name, filename, subfolder, **hub_options)
-
-
-HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
-
-
-def pop_hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the Hub download options out of `from_pretrained` keyword arguments."""
-    return {key: kwargs.pop(key) for key in HUB_OPTIONS if key in kwargs}
-
-
-def resolve_json(
-    name_or_path: str | os.PathLike, filename: str, subfolder: str = "", **hub_options: Any
-) -> Path | None:
-    """A checkpoint's settings file: the path itself when it is a .json file, else `filename` inside it."""
-    local = Path(name_or_path).expanduser()
-    if local.is_file() and local.suffix == ".json":
-        return local
-    return resolve_file(name_or_path, filename, subfolder, **hub_options)
-
-
-def resolve_config_file(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> Path:
-    path = resolve_json(name_or_path, CONFIG_NAME, subfolder, **hub_options)
-    if path is None:
-        raise FileNotFoundError(
-            f"{name_or_path} has no {CONFIG_NAME}: a BiT checkpoint needs one (save it with `save_pretrained`)."
-        )
-    return path
-
-
-def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> list[Path]:
-    """The weight files of a checkpoint, preferring safetensors; shards are listed via their index."""
-    for filename in WEIGHT_CANDIDATES:
-        path = resolve_file(name_or_path, filename, subfolder, **hub_options)
-        if path is None:
-            continue
-        if not filename.endswith(".index.json"):
-            return [path]
-        weight_map = read_json(path)["weight_map"]
-        shard_names = sorted(set(weight_map.values()))
-        shards = [resolve_file(name_or_path, shard, subfolder, **hub_options) for shard in shard_names]
-        missing = [name for name, shard in zip(shard_names, shards) if shard is None]
-        if missing:
-            raise FileNotFoundError(f"{path} lists shards that are missing: {missing}; copy or download them too.")
-        return shards
-    message = f"{name_or_path} has no weights: expected one of {', '.join(WEIGHT_CANDIDATES)}."
-    if (Path(name_or_path) / "export.json").is_file():
-        message += (
-            " It is an export directory (`bigtransfer export`): run it with predict, evaluate or pipeline(), "
-            "and load PyTorch weights from the model it was exported from."
-        )
-    raise FileNotFoundError(message)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

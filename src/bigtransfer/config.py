@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import CONFIG_NAME, pop_hub_options, resolve_config_file
+from .hub import CONFIG_NAME, pop_hub_options, resolve_config_file
 from .io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from .checkpoints import SAFE_WEIGHTS, TORCH_WEIGHTS, match_state_dict, resolve_dtype, write_state_dict
+from .checkpoints import match_state_dict, resolve_dtype, write_state_dict
+from .hub import SAFE_WEIGHTS, TORCH_WEIGHTS
 from .sources import load_checkpoint
 
 

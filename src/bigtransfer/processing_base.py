@@ -14,9 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .hub import pop_hub_options, resolve_json
 from .io import atomic_write_text, read_json
 
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+
+# Names whose settings come from elsewhere than a preprocessor_config.json (zoo names, original .npz
+# files, timm ids): the sources layer registers how to read them, so the processors stay below it.
+IMPLIED_SETTINGS: list[Callable[[str | os.PathLike, dict[str, Any]], dict[str, Any] | None]] = []
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SIZE_KEY_SETS = (
@@ -249,13 +254,11 @@ class ProcessorBase:
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
         """Settings from `preprocessor_config.json` (a directory, that file, or a Hub repo), or those a
         zoo name, an original BiT .npz file or a `timm/…` id implies; kwargs override them."""
-        from .checkpoints import pop_hub_options, resolve_json
-        from .sources import preprocessing_for
-
         hub_options = pop_hub_options(kwargs)
-        implied = preprocessing_for(name_or_path, hub_options)
-        if implied is not None:
-            return cls.from_dict(implied, **kwargs)
+        for settings_for in IMPLIED_SETTINGS:
+            implied = settings_for(name_or_path, hub_options)
+            if implied is not None:
+                return cls.from_dict(implied, **kwargs)
         config_file = resolve_json(name_or_path, PROCESSOR_CONFIG_NAME, kwargs.pop("subfolder", ""), **hub_options)
         if config_file is None:
             raise FileNotFoundError(

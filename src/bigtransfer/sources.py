@@ -15,13 +15,15 @@ from typing import Any
 
 import torch
 
-from .checkpoints import hub_download, read_state_dict, resolve_config_file, resolve_weight_files
+from .checkpoints import read_state_dict
 from .config import BitConfig
 from .convert import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
 from .convert.npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .download import cache_dir, download
+from .hub import hub_download, resolve_config_file, resolve_weight_files
 from .io import read_json
 from .labels import id2label_for
+from .processing_base import IMPLIED_SETTINGS
 from .zoo import UPSTREAM_224, ZOO, ZooEntry, entry_for_file, find_entry
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -160,3 +162,6 @@ def timm_processor_settings(timm_config: dict[str, Any]) -> dict[str, Any]:
         image_mean=list(pretrained.get("mean", [0.5] * 3)),
         image_std=list(pretrained.get("std", [0.5] * 3)),
     )
+
+
+IMPLIED_SETTINGS.append(preprocessing_for)
