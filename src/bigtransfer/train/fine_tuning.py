@@ -20,7 +20,7 @@ from .data import ImageDataset
 from .distributed import process_group
 from .fewshot import few_shot_subset
 from .hyper_rule import HyperRule, hyperrule
-from .loop import Recipe, Speed, train
+from .loop import Monitor, Recipe, Saving, Speed, train
 from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
 
@@ -113,19 +113,18 @@ def finetune(
     augment = functools.partial(hyperrule_augment, resize=rule.resize, crop=rule.crop, flip=flip)
     recipe = Recipe(rule, augment, image_size=rule.crop)
     processor = eval_processor(rule.crop)
-    speed = Speed(workers, compile, channels_last)
+    speed = Speed(workers, compile, channels_last, batch_split)
     evaluation = evaluation_of(network, as_dataset(eval_data) if eval_data is not None else None, processor, speed,
                                bf16)  # fmt: skip
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
     fingerprint = {"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                    "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
     metrics = {"train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule)}
+    saving = Saving(fingerprint, resume, save_every)
+    monitor = Monitor(eval_every, lambda step: {"top1": evaluation()["top1"]}) if evaluation and eval_every else None
     with process_group(device) as context:
-        summary = train(
-            network, train_set, recipe, out, context=context, seed=seed, batch_split=batch_split, bf16=bf16,
-            resume=resume, save_every=save_every, fingerprint=fingerprint, eval_every=eval_every, progress=progress,
-            speed=speed, on_eval=(lambda step: {"top1": evaluation()["top1"]}) if evaluation else None,
-        )  # fmt: skip
+        summary = train(network, train_set, recipe, out, context=context, seed=seed, bf16=bf16, saving=saving,
+                        monitor=monitor, progress=progress, speed=speed)  # fmt: skip
         return finish_run(network, processor, out, summary, metrics, evaluation)
 
 

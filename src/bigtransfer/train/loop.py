@@ -57,11 +57,31 @@ class Recipe:
 @dataclasses.dataclass(frozen=True)
 class Speed:
     """Settings that change how fast a run goes: `workers` never changes a weight (on CPU, bit for bit);
-    `compile` and `channels_last` change only floating-point rounding."""
+    `compile`, `channels_last` and `batch_split` change only floating-point rounding."""
 
     workers: int | None = None  # loading processes; None: `default_workers()`, 0: load in the main process
     compile: bool = False  # torch.compile the model (a slow first step, then faster steps)
     channels_last: bool | None = None  # None: `loading.use_channels_last`'s default for the device
+    batch_split: int = 1  # micro-batches per step and process: less memory, same update
+
+
+@dataclasses.dataclass(frozen=True)
+class Saving:
+    """The run's checkpoint.pt: written every `every` steps and at the end, continued with `resume`
+    only when its `fingerprint` (model, data, recipe) equals this run's."""
+
+    fingerprint: dict = dataclasses.field(default_factory=dict)
+    resume: bool = False
+    every: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitor:
+    """A measurement taken every `every` steps on rank 0 (e.g. held-out top-1), logged in that step's
+    metrics row with its keys prefixed by eval_."""
+
+    every: int
+    measure: Callable[[int], dict]
 
 
 @contextlib.contextmanager
@@ -155,6 +175,10 @@ class MetricsLog:
         self.path, self.bar, self.enabled = path, bar, enabled
         self.pending: tuple[dict, torch.Tensor] | None = None
 
+    def close(self) -> None:
+        self.flush()
+        self.bar.close()
+
     def add(self, row: dict, loss_sum: torch.Tensor) -> None:
         self.flush()
         self.pending = (row, loss_sum)
@@ -176,8 +200,8 @@ class TrainingRun:
     """One run's state — model, optimiser, step, loaded-data stream — and its named steps."""
 
     def __init__(self, model: torch.nn.Module, recipe: Recipe, out: Path, context: Distributed, speed: Speed,
-                 bf16: bool, fingerprint: dict):  # fmt: skip
-        self.model, self.recipe, self.out, self.context, self.fingerprint = model, recipe, out, context, fingerprint
+                 bf16: bool, saving: Saving):  # fmt: skip
+        self.model, self.recipe, self.out, self.context, self.saving = model, recipe, out, context, saving
         self.channels_last = use_channels_last(speed.channels_last, context.device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(context.device, memory_format=memory_format)
@@ -192,8 +216,18 @@ class TrainingRun:
         self.skipped: set[str] = set()
 
     # -- restore and checkpoint --------------------------------------------------------------------
+    def begin(self) -> None:
+        """Continue from the checkpoint when resuming, and create the output folder."""
+        if self.saving.resume:
+            if not (self.out / CHECKPOINT).exists():
+                raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out} to continue from.")
+            self.restore()
+        if self.context.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier(self.context)
+
     def restore(self) -> None:
-        state = load_checkpoint_state(self.out / CHECKPOINT, self.fingerprint)
+        state = load_checkpoint_state(self.out / CHECKPOINT, self.saving.fingerprint)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -204,7 +238,7 @@ class TrainingRun:
     def checkpoint(self) -> None:
         if self.context.is_main:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                     "torch_rng": torch.get_rng_state(), "fingerprint": self.fingerprint}  # fmt: skip
+                     "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint}  # fmt: skip
             save_checkpoint(self.out / CHECKPOINT, state)
 
     # -- load -----------------------------------------------------------------------------------------
@@ -224,7 +258,40 @@ class TrainingRun:
                 logger.warning("Skipping unreadable training image %s: %s", name, error)
                 self.skipped.add(name)
 
-    # -- step -----------------------------------------------------------------------------------------
+    # -- the schedule ---------------------------------------------------------------------------------
+    def follow_schedule(
+        self, examples: TrainingExamples, loaded: Iterator[LoadedImages], log: MetricsLog, monitor: Monitor | None
+    ) -> None:
+        """Step until the schedule ends, logging each step, measuring and checkpointing when due.
+
+        Step time is the loop's period: the host only queues work on a GPU, and the loop waits for the
+        device once per step (reading a loss), so in steady state one period is one device step.
+        """
+        schedule, world_size = self.recipe.schedule, self.context.world_size
+        period_began = time.perf_counter()
+        while (lr := schedule.lr(self.step)) is not None:
+            row = self.train_step(examples, loaded, lr)
+            now = time.perf_counter()
+            row["images_per_s"] = round(row["examples"] * world_size / max(now - period_began, 1e-9), 1)
+            log.add(row, row.pop("loss_sum"))
+            period_began = now
+            if monitor and self.step % monitor.every == 0 and self.step < schedule.steps:
+                measured = monitor.measure(self.step) if self.context.is_main else {}
+                log.flush(**{f"eval_{key}": value for key, value in measured.items()})
+                period_began = time.perf_counter()
+            if self.saving.every and self.step % self.saving.every == 0:
+                log.flush()
+                self.checkpoint()
+                period_began = time.perf_counter()
+
+    def summary(self, seconds: float, workers: int) -> dict:
+        summary = {"steps": self.step, "skipped_images": sorted(self.skipped), "seconds": round(seconds, 1),
+                   "rank": self.context.rank, "world_size": self.context.world_size, "workers": workers}  # fmt: skip
+        if self.context.device.type == "cuda":
+            summary["cuda_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.context.device) / 2**30, 2)
+        return summary
+
+    # -- one step -------------------------------------------------------------------------------------
     def train_step(self, examples: TrainingExamples, loaded: Iterator[LoadedImages], lr: float) -> dict:
         """One optimiser step over this process's micro-batches; the loss stays on the device."""
         for group in self.optimizer.param_groups:
@@ -278,30 +345,21 @@ def train(
     *,
     context: Distributed,
     seed: int = 0,
-    batch_split: int = 1,
     bf16: bool = False,
-    resume: bool = False,
-    save_every: int | None = None,
-    fingerprint: dict | None = None,
-    on_eval: Callable[[int], dict] | None = None,
-    eval_every: int | None = None,
+    saving: Saving = Saving(),
+    monitor: Monitor | None = None,
     progress: bool = True,
     speed: Speed = Speed(),
 ) -> dict:
     """Run the schedule to its end on `context` (this process's device and rank, from `distributed.process_group`);
-    returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files."""
+    returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files. Ctrl-C saves the checkpoint
+    and raises TrainingInterrupted."""
     schedule = recipe.schedule
     workers = resolve_workers(speed.workers)
-    layout = Layout(schedule.batch_size, context.world_size, context.rank, batch_split, chunks=1)
+    layout = Layout(schedule.batch_size, context.world_size, context.rank, speed.batch_split, chunks=1)
     layout = dataclasses.replace(layout, chunks=chunks_per_micro_batch(layout.micro, workers))
-    run = TrainingRun(model, recipe, out, context, speed, bf16, fingerprint or {})
-    if resume and (out / CHECKPOINT).exists():
-        run.restore()
-    elif resume:
-        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue from.")
-    if context.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier(context)
+    run = TrainingRun(model, recipe, out, context, speed, bf16, saving)
+    run.begin()
     examples = TrainingExamples(dataset, recipe.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps)
     bar = tqdm(total=schedule.steps, initial=run.step, disable=not (progress and context.is_main), unit="step")
     log = MetricsLog(out / METRICS, bar, enabled=context.is_main)
@@ -311,34 +369,13 @@ def train(
             tuned_convolutions(context.device),
             ordered_results(examples, workers, context.device.type == "cuda") as loaded,
         ):
-            # Step time is the loop's period: the host only queues work on a GPU, and the loop waits for
-            # the device once per step (reading a loss), so in steady state one period is one device step.
-            period_began = time.perf_counter()
-            while (lr := schedule.lr(run.step)) is not None:
-                row = run.train_step(examples, loaded, lr)
-                now = time.perf_counter()
-                row["images_per_s"] = round(row["examples"] * context.world_size / max(now - period_began, 1e-9), 1)
-                log.add(row, row.pop("loss_sum"))
-                period_began = now
-                if on_eval and eval_every and run.step % eval_every == 0 and run.step < schedule.steps:
-                    log.flush(**({f"eval_{k}": v for k, v in on_eval(run.step).items()} if context.is_main else {}))
-                    period_began = time.perf_counter()
-                if save_every and run.step % save_every == 0:
-                    log.flush()
-                    run.checkpoint()
-                    period_began = time.perf_counter()
+            run.follow_schedule(examples, loaded, log, monitor)
     except KeyboardInterrupt:
-        log.flush()
+        log.close()
         run.checkpoint()
-        bar.close()
         message = f"interrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume"
         raise TrainingInterrupted(message if context.is_main else "") from None
-    log.flush()
-    bar.close()
+    log.close()
     run.checkpoint()
     barrier(context)
-    summary = {"steps": run.step, "skipped_images": sorted(run.skipped), "seconds": round(time.perf_counter() - began, 1),
-               "rank": context.rank, "world_size": context.world_size, "workers": workers}  # fmt: skip
-    if context.device.type == "cuda":
-        summary["cuda_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(context.device) / 2**30, 2)
-    return summary
+    return run.summary(time.perf_counter() - began, workers)

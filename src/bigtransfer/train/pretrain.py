@@ -15,7 +15,7 @@ from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
 from .data import ImageDataset
 from .distributed import process_group
-from .loop import Recipe, Speed, train
+from .loop import Recipe, Saving, Speed, train
 from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
 
@@ -82,15 +82,13 @@ def pretrain(
     model = BitForImageClassification(config)
     schedule = upstream_schedule(len(dataset), epochs, batch_size, warmup_epochs)
     recipe = Recipe(schedule, functools.partial(inception_augment, crop=crop, flip=True), image_size=crop)
-    speed = Speed(workers, compile, channels_last)
+    speed = Speed(workers, compile, channels_last, batch_split)
     fingerprint = {"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
                    "seed": seed, "schedule": dataclasses.asdict(schedule), "crop": crop}  # fmt: skip
     metrics = {"train_examples": len(dataset), "classes": dataset.classes, "schedule": dataclasses.asdict(schedule)}
     processor = eval_processor(crop)
     evaluation = evaluation_of(model, as_dataset(eval_data) if eval_data is not None else None, processor, speed, bf16)
     with process_group(device) as context:
-        summary = train(
-            model, dataset, recipe, out, context=context, seed=seed, batch_split=batch_split, bf16=bf16,
-            resume=resume, save_every=save_every, fingerprint=fingerprint, progress=progress, speed=speed,
-        )  # fmt: skip
+        summary = train(model, dataset, recipe, out, context=context, seed=seed, bf16=bf16,
+                        saving=Saving(fingerprint, resume, save_every), progress=progress, speed=speed)  # fmt: skip
         return finish_run(model, processor, out, summary, metrics, evaluation)
