@@ -6,6 +6,7 @@ import pytest
 import transformers
 
 from bigtransfer import BitConfig
+from bigtransfer.sources import bundled_model
 from helpers import TINY
 
 
@@ -155,6 +156,30 @@ def test_id2label_sets_num_labels_and_inverse_map():
     assert config.num_labels == 2
     assert config.id2label == {0: "cat", 1: "dog"}
     assert config.label2id == {"cat": 0, "dog": 1}
+
+
+def test_label2id_follows_id2label_however_it_is_changed():
+    """transformers leaves label2id stale in all three cases (measured with 5.24); a config we write never is."""
+    names = {0: "cat", 1: "dog", 2: "cup"}
+    assert BitConfig.from_dict(BitConfig().to_dict(), id2label=names).label2id == {"cat": 0, "dog": 1, "cup": 2}
+    config = BitConfig()
+    config.id2label = names
+    assert config.label2id == {"cat": 0, "dog": 1, "cup": 2}
+    assert BitConfig.from_dict(config.to_dict(), num_labels=2).label2id == {"LABEL_0": 0, "LABEL_1": 1}
+
+
+def test_a_stale_label2id_in_a_file_is_rebuilt_and_a_consistent_one_kept(tmp_path, caplog):
+    stale = {**BitConfig(id2label={0: "cat", 1: "dog"}).to_dict(), "label2id": {"LABEL_0": 0, "LABEL_1": 1}}
+    assert BitConfig.from_dict(stale).label2id == {"cat": 0, "dog": 1}
+    assert "label2id in the config disagrees with id2label" in caplog.text
+    duplicates = {0: "crane", 1: "dog", 2: "crane"}  # ImageNet-1k names two classes "crane"
+    kept = BitConfig(id2label=duplicates, label2id={"crane": 0, "dog": 1}).label2id
+    assert kept == {"crane": 0, "dog": 1}
+
+
+def test_the_bundled_model_has_consistent_labels():
+    config = BitConfig.from_pretrained(bundled_model("bit-tiny-fashion5"))
+    assert config.label2id == {name: i for i, name in config.id2label.items()} and len(config.label2id) == 5
 
 
 def test_json_round_trip_keeps_unknown_keys(tmp_path):

@@ -124,7 +124,6 @@ def saved_model(tmp_path_factory):
     directory = tmp_path_factory.mktemp("model")
     model = tiny_classifier("default")
     model.config.id2label = {0: "cat", 1: "cup", 2: "person"}
-    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     model.save_pretrained(directory)
     PROCESSOR.save_pretrained(directory)
     return directory

@@ -369,6 +369,7 @@ def test_outputs_of_a_run(upstream, folder, tmp_path):
     }
     model = BitForImageClassification.from_pretrained(out / "model")
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert json.loads((out / "model" / "config.json").read_text())["label2id"] == {"a": 0, "b": 1, "c": 2}
     assert BitImageProcessor.from_pretrained(out / "model").size == {"height": 20, "width": 20}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
@@ -445,6 +446,7 @@ def test_pretrain_command_makes_a_transferable_model(folder, tmp_path, capsys):
     assert code == 0 and json.loads(capsys.readouterr().out)["steps"] == 6
     model = BitForImageClassification.from_pretrained(tmp_path / "up" / "model")
     assert model.config.depths == [1, 1] and model.config.id2label[2] == "c"
+    assert json.loads((tmp_path / "up" / "model" / "config.json").read_text())["label2id"] == {"a": 0, "b": 1, "c": 2}
 
 
 def test_two_processes_equal_one_process(upstream, folder, tmp_path):

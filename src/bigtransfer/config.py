@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from .hub import CONFIG_NAME, pop_hub_options, resolve_config_file
 from .io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -156,7 +159,6 @@ class BitConfig:
     # -- labels -----------------------------------------------------------------------------
     def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:
         if id2label is not None:
-            id2label = {int(k): v for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(id2label):
                 raise ValueError(
                     f"num_labels={num_labels} disagrees with id2label, which has {len(id2label)} entries: "
@@ -165,11 +167,26 @@ class BitConfig:
             self.id2label = id2label
         else:
             self.num_labels = 2 if num_labels is None else num_labels
-        self.label2id = (
-            {str(k): int(v) for k, v in label2id.items()}
-            if label2id is not None
-            else {name: i for i, name in self.id2label.items()}
-        )
+        if label2id is not None:
+            self._keep_label2id_if_consistent({str(k): int(v) for k, v in label2id.items()})
+
+    def _keep_label2id_if_consistent(self, label2id: dict[str, int]) -> None:
+        """A given label2id is kept when it inverts id2label (with duplicate names either index will do);
+        otherwise it is stale, e.g. written by a tool that changed id2label alone, and is rebuilt."""
+        if set(label2id) == set(self.id2label.values()) and all(self.id2label.get(i) == n for n, i in label2id.items()):
+            self.label2id = label2id
+        else:
+            logger.warning("label2id in the config disagrees with id2label; rebuilt it from id2label.")
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self._id2label
+
+    @id2label.setter
+    def id2label(self, value: dict) -> None:
+        """Assigning id2label also sets label2id, so the two never disagree."""
+        self._id2label = {int(k): v for k, v in value.items()}
+        self.label2id = {name: i for i, name in self._id2label.items()}
 
     @property
     def num_labels(self) -> int:
@@ -179,9 +196,8 @@ class BitConfig:
     def num_labels(self, value: int) -> None:
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"num_labels must be an int ≥ 0 (0 gives a model without a head), got {value!r}.")
-        if getattr(self, "id2label", None) is None or len(self.id2label) != value:
+        if getattr(self, "_id2label", None) is None or len(self.id2label) != value:
             self.id2label = {i: f"LABEL_{i}" for i in range(value)}
-            self.label2id = {name: i for i, name in self.id2label.items()}
 
     @property
     def use_return_dict(self) -> bool:
@@ -230,6 +246,7 @@ class BitConfig:
         # An override replaces what the file derived from the old value (as attribute assignment would).
         if "num_labels" in overrides and "id2label" not in overrides:
             merged.pop("id2label", None)
+        if {"num_labels", "id2label"} & set(overrides) and "label2id" not in overrides:
             merged.pop("label2id", None)
         for given, derived in (("out_features", "out_indices"), ("out_indices", "out_features")):
             if given in overrides and derived not in overrides:
