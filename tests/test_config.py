@@ -5,7 +5,7 @@ import json
 import pytest
 import transformers
 
-from bigtransfer import BitConfig
+from bigtransfer import BitConfig, BitModel
 from bigtransfer.sources import bundled_model
 from helpers import TINY
 
@@ -43,6 +43,12 @@ def test_unknown_padding_is_rejected(padding):
 def test_unknown_layer_type_is_rejected():
     with pytest.raises(ValueError, match="is not one of preactivation,bottleneck"):
         BitConfig(layer_type="basic")
+
+
+@pytest.mark.parametrize("name, module", [("gelu", "GELU"), ("relu", "ReLU"), ("selu", "SELU"), ("gelu_new", "GELU")])
+def test_the_documented_activations_build(name, module):
+    model = BitModel(BitConfig(**TINY, hidden_act=name))
+    assert type(model.norm.activation).__name__ == module
 
 
 def test_unknown_activation_names_the_choices():

@@ -108,9 +108,14 @@ def resolve_json(
 def resolve_config_file(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> Path:
     path = resolve_json(name_or_path, CONFIG_NAME, subfolder, **hub_options)
     if path is None:
-        raise FileNotFoundError(
-            f"{name_or_path} has no {CONFIG_NAME}: a BiT checkpoint needs one (save it with `save_pretrained`)."
-        )
+        message = f"{name_or_path} has no {CONFIG_NAME}: a BiT checkpoint needs one (save it with `save_pretrained`)."
+        if any((Path(name_or_path) / subfolder / name).is_file() for name in WEIGHT_CANDIDATES):
+            message += (
+                " It holds weights only, as transformers.Trainer saves models that are not transformers' own classes: "
+                "pass the model's config too (`from_pretrained(path, config=model.config)`), or write it beside the "
+                "weights with `model.config.save_pretrained(path)`."
+            )
+        raise FileNotFoundError(message)
     return path
 
 

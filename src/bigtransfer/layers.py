@@ -136,6 +136,7 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
     "swish": nn.SiLU,
     "mish": nn.Mish,
+    "selu": nn.SELU,  # in the hidden_act list of transformers' docs, though its ACT2FN lacks it
     "hardswish": nn.Hardswish,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,

@@ -6,6 +6,8 @@ move between the two libraries unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -235,6 +237,9 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
                 nn.init.zeros_(module.bias)
 
     def _flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
+        """The output switches, from the call or else the config. `forward` also takes, and ignores, the keyword
+        arguments transformers passes to every model (output_attentions, num_items_in_batch, …), as
+        transformers' BiT does: a BiT has no attention, cache or token counts."""
         return (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
             self.config.return_dict if return_dict is None else return_dict,
@@ -262,6 +267,7 @@ class BitModel(BitPreTrainedModel):
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Any,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         stage_outputs = self.encoder(self.embedder(pixel_values))
@@ -312,6 +318,7 @@ class BitForImageClassification(BitPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Any,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         outputs = self.bit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
@@ -367,6 +374,7 @@ class BitBackbone(BitPreTrainedModel):
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Any,
     ) -> BackboneOutput | tuple:
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         indices = [self.stage_names.index(name) for name in self.out_features]

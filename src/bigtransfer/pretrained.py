@@ -73,8 +73,15 @@ class PretrainedMixin:
         )
         self.config.save_pretrained(save_directory)
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count, as transformers counts it; `exclude_embeddings` leaves out nn.Embedding tables,
+        which a BiT does not have (Trainer asks for it to estimate FLOPs)."""
+        embeddings = (
+            {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)} if exclude_embeddings else set()
+        )
+        return sum(
+            p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings
+        )
 
     @property
     def device(self) -> torch.device:
