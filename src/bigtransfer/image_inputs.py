@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,33 @@ def load_image_path(path: str | os.PathLike) -> Path:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file with its EXIF orientation applied (as a photo viewer shows it)."""
     path = load_image_path(path)
+    return _opened(path, path)
+
+
+def _opened(source: Any, name: Any) -> Image.Image:
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             opened.load()
             return ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"Cannot read {path} as an image ({error}); the file is corrupt or not an image.") from None
+        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+
+
+def is_url(image: Any) -> bool:
+    return isinstance(image, str) and image.startswith(("http://", "https://"))
+
+
+def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
+    """Download an image (as transformers' pipelines accept URLs), waiting at most `timeout` seconds."""
+    request = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read()
+    except (OSError, ValueError) as error:  # URLError, HTTPError and socket timeouts are OSErrors
+        raise OSError(
+            f"Could not fetch the image {url} ({error}): check the URL, or download it and pass the file."
+        ) from None
+    return _opened(io.BytesIO(data), url)
 
 
 def flatten_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:

@@ -121,9 +121,12 @@ def ordered_results(task: Task, workers: int, pin_memory: bool = False) -> Itera
             shutdown()
 
 
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """The device asked for, else CUDA when there is one; a clear error for CUDA where torch sees none."""
-    device = torch.device(name if name is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+def resolve_device(name: str | int | torch.device | None) -> torch.device:
+    """The device asked for (an int is a CUDA index, -1 the CPU, as in transformers' pipelines), else CUDA when
+    there is one; a clear error for CUDA where torch sees none."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cpu" if name == -1 else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use --device cpu, or install "
