@@ -261,3 +261,59 @@ def test_two_pass_resize_used_off_cpu_stays_within_one_level_of_pillow():
         expected = np.stack([np.array(image.resize((512, 512)).resize((300, 224), resample)) for image in images])
         got = _two_pass_uint8_resize(batch, 224, 300, mode).permute(0, 2, 3, 1).numpy()
         assert np.abs(expected.astype(int) - got.astype(int)).max() <= 1, mode
+
+
+# -- the documented layout arguments, the fast processor's device, and transformers' two processors -------------
+
+
+@pytest.mark.parametrize("processor_class", [BitImageProcessor, BitImageProcessorFast])
+def test_data_format_none_is_channels_first_as_in_transformers(processor_class):
+    image = photo("coffee", (200, 150))
+    expected = pixels(BitImageProcessorPil(), image, data_format=None)
+    one_level = 1 / 255 / min(BitImageProcessor().image_std)  # the fast processor is exact to one uint8 level
+    assert np.abs(pixels(processor_class(), image, data_format=None) - expected).max() <= one_level + 1e-6
+    assert np.array_equal(pixels(processor_class(), image, data_format=None), pixels(processor_class(), image))
+
+
+@pytest.mark.parametrize("processor_class", [BitImageProcessor, BitImageProcessorFast])
+def test_input_data_format_none_reads_images_without_a_channel_axis(processor_class):
+    gray = np.array(photo("camera", (90, 70)))
+    assert gray.ndim == 2
+    one = pixels(processor_class(), gray, input_data_format="none")
+    assert np.array_equal(one, pixels(processor_class(), gray[..., None], input_data_format="channels_last"))
+    batch = pixels(processor_class(), np.stack([gray, gray[::-1]]), input_data_format="none")
+    assert batch.shape == (2, 3, 224, 224) and np.array_equal(batch[:1], one)
+    with pytest.raises(ValueError, match="or pass input_data_format='none'"):
+        processor_class()(gray)
+
+
+def test_fast_processor_output_follows_the_tensor_inputs_device():
+    from bigtransfer.processing_fast import input_device
+
+    on_meta = [torch.empty(3, 8, 8, device="meta"), torch.empty(3, 9, 9, device="meta")]
+    assert input_device(on_meta) == torch.device("meta")
+    assert input_device([photo("coffee"), torch.zeros(3, 8, 8)]) == torch.device("cpu")
+    assert input_device([on_meta[0], torch.zeros(3, 8, 8)]) == torch.device("cpu")  # no single device
+    tensor = torch.from_numpy(np.moveaxis(np.array(photo("coffee", (64, 48))), -1, 0).copy())
+    assert BitImageProcessorFast()(tensor, return_tensors="pt")["pixel_values"].device == tensor.device
+
+
+@pytest.mark.parametrize("resample", [Image.NEAREST, Image.BILINEAR, Image.BICUBIC])
+def test_fast_processor_equals_transformers_torchvision_processor(resample):
+    """transformers 5's BitImageProcessor is its torchvision-based fast one; on ordinary inputs we agree exactly."""
+    from transformers import BitImageProcessor as TorchvisionBitImageProcessor
+
+    settings = dict(size={"shortest_edge": 96}, crop_size=80, resample=resample)
+    for image in (photo("chelsea"), photo("rocket", (61, 37))):
+        expected = pixels(TorchvisionBitImageProcessor(**settings), image)
+        assert np.abs(pixels(BitImageProcessorFast(**settings), image) - expected).max() <= 1e-6
+
+
+def test_odd_crop_padding_follows_the_exact_processor_in_both_of_ours():
+    """transformers' two processors disagree here (torchvision puts the odd padding pixel bottom/right, 3.0 apart
+    in normalised units); ours both follow the PIL one, so slow and fast give the same pixels (README table)."""
+    image = photo("chelsea", (27, 23))
+    settings = dict(do_resize=False, crop_size=32)
+    expected = pixels(BitImageProcessorPil(**settings), image)
+    assert np.abs(pixels(BitImageProcessor(**settings), image) - expected).max() <= 1e-6
+    assert np.abs(pixels(BitImageProcessorFast(**settings), image) - expected).max() <= 1e-6

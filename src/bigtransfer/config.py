@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .hub import CONFIG_NAME, pop_hub_options, resolve_config_file
+from .hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
 from .io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
 
@@ -69,7 +69,7 @@ def align_backbone_outputs(
     return list(out_features), list(out_indices)
 
 
-class BitConfig:
+class BitConfig(PushToHubMixin):
     """Arguments, defaults and validation of transformers' `BitConfig`, plus checks it lacks.
 
     Unknown keyword arguments are kept as attributes and serialised, as real hub configs carry

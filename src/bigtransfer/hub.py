@@ -7,6 +7,7 @@ nothing about what the files contain.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,42 @@ def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", *
             "and load PyTorch weights from the model it was exported from."
         )
     raise FileNotFoundError(message)
+
+
+class PushToHubMixin:
+    """`push_to_hub` as transformers' models, configs and processors have it: `save_pretrained` into a
+    temporary folder, then one commit to the repo (created when missing)."""
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload what `save_pretrained` writes; returns huggingface_hub's CommitInfo (its URL as a str)."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            try:
+                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+                return api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=folder,
+                    commit_message=commit_message or f"Upload {type(self).__name__}",
+                    commit_description=commit_description,
+                    revision=revision,
+                    create_pr=create_pr,
+                )
+            except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
+                raise OSError(
+                    f"Could not push to {repo_id!r} on the Hugging Face Hub ({type(error).__name__}: {error}): check "
+                    f"the connection and that your token may write there (`hf auth login`); or save with "
+                    f"`save_pretrained(DIR)` and upload later with `hf upload {repo_id} DIR`."
+                ) from error

@@ -57,17 +57,21 @@ def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
     return _opened(io.BytesIO(data), url)
 
 
-def flatten_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
-    """One list of single images: 4-D arrays/tensors split along the batch axis, nested lists flattened."""
+def flatten_images(images: ImageLike | Sequence[ImageLike], input_data_format: str | None = None) -> list[ImageLike]:
+    """One list of single images: 4-D arrays/tensors split along the batch axis, nested lists flattened.
+    With input_data_format="none" (no channel axis, transformers' ChannelDimension.NONE) an image is H×W
+    and a 3-D array a batch of them."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("Got an empty list of images: pass at least one image.")
-        return [single for item in images for single in flatten_images(item)]
+        return [single for item in images for single in flatten_images(item, input_data_format)]
     if isinstance(images, (str, os.PathLike)):
         return [images]
     if isinstance(images, Image.Image):
         return [images]
     if isinstance(images, (np.ndarray, torch.Tensor)):
+        if input_data_format == "none" and images.ndim in (2, 3):
+            return [images] if images.ndim == 2 else list(images)
         if images.ndim == 3:
             return [images]
         if images.ndim == 4:
@@ -75,7 +79,7 @@ def flatten_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
         raise ValueError(
             f"An image array must be 3-D (one image, with a channel axis) or 4-D (a batch); got shape "
             f"{tuple(images.shape)}. For a grayscale H×W array add a channel axis with `array[..., None]`; "
-            "split 5-D inputs into a list of batches."
+            "or pass input_data_format='none'; split 5-D inputs into a list of batches."
         )
     raise TypeError(
         f"Cannot use a {type(images).__name__} as an image: pass a file path, a PIL image, a numpy array, "
@@ -86,9 +90,10 @@ def flatten_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
 def channel_axis(shape: tuple[int, ...], input_data_format: str | None) -> int:
     """0 for channels-first, -1 for channels-last; guessing only when one reading is possible."""
     if input_data_format is not None:
-        if input_data_format not in ("channels_first", "channels_last"):
+        if input_data_format not in ("channels_first", "channels_last", "none"):
             raise ValueError(
-                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+                f"input_data_format must be 'channels_first', 'channels_last' or 'none' (H×W, no channel axis), "
+                f"got {input_data_format!r}."
             )
         return 0 if input_data_format == "channels_first" else -1
     first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
@@ -166,6 +171,12 @@ def to_channels_first(image: ImageLike, do_convert_rgb: bool, input_data_format:
         raise TypeError(f"Image arrays must hold numbers, got dtype {image.dtype}: convert with `.astype(np.uint8)`.")
     if min(image.shape) == 0:
         raise ValueError(f"Got an empty image of shape {tuple(image.shape)}.")
+    if input_data_format == "none":
+        if image.ndim != 2:
+            raise ValueError(
+                f"input_data_format='none' means H×W images without a channel axis, got shape {tuple(image.shape)}."
+            )
+        image, input_data_format = image[None], "channels_first"
     axis = channel_axis(image.shape, input_data_format)
     channels_last = np.moveaxis(image, axis, -1)
     if do_convert_rgb:

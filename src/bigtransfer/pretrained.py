@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from .checkpoints import match_state_dict, resolve_dtype, write_state_dict
-from .hub import SAFE_WEIGHTS, TORCH_WEIGHTS
+from .hub import SAFE_WEIGHTS, TORCH_WEIGHTS, PushToHubMixin
 from .sources import load_checkpoint
 
 
-class PretrainedMixin:
+class PretrainedMixin(PushToHubMixin):
     """`from_pretrained` / `save_pretrained` in the transformers style, for BiT models."""
 
     @classmethod

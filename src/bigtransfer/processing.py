@@ -8,7 +8,15 @@ import numpy as np
 from PIL import Image
 
 from .image_inputs import flatten_images, to_channels_first
-from .processing_base import BatchFeature, ProcessorBase, crop_window, parallel_map, resize_output_size, stack_output
+from .processing_base import (
+    BatchFeature,
+    ProcessorBase,
+    crop_window,
+    output_layout,
+    parallel_map,
+    resize_output_size,
+    stack_output,
+)
 
 
 def _pil_ready(image: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -72,16 +80,16 @@ class BitImageProcessor(ProcessorBase):
         self,
         images: Any,
         return_tensors: str | None = None,
-        data_format: str = "channels_first",
+        data_format: str | None = "channels_first",
         input_data_format: str | None = None,
         **overrides: Any,
     ) -> BatchFeature:
-        settings = self.settings(overrides, data_format)
+        settings, data_format = self.settings(overrides), output_layout(data_format)
 
         def process(image: Any) -> np.ndarray:
             return self.process_one(to_channels_first(image, settings["do_convert_rgb"], input_data_format), settings)
 
-        processed = parallel_map(process, flatten_images(images))
+        processed = parallel_map(process, flatten_images(images, input_data_format))
         if data_format == "channels_last":
             processed = [np.moveaxis(image, 0, -1) for image in processed]
         return BatchFeature(pixel_values=stack_output(processed, return_tensors))

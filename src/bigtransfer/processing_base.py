@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .hub import pop_hub_options, resolve_json
+from .hub import PushToHubMixin, pop_hub_options, resolve_json
 from .io import atomic_write_text, read_json
 
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
@@ -89,6 +89,13 @@ def resize_output_size(height: int, width: int, size: dict[str, int]) -> tuple[i
     )
 
 
+def output_layout(data_format: str | None) -> str:
+    """The output's channel layout: channels_first, also for None (transformers' default, as 5.x treats it)."""
+    if data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(f"data_format must be 'channels_first', 'channels_last' or None, got {data_format!r}.")
+    return data_format or "channels_first"
+
+
 def crop_window(height: int, width: int, crop_height: int, crop_width: int) -> tuple[int, int, int, int]:
     """(pad_top, pad_left, top, left) of a center crop; an image smaller than the crop is zero-padded first,
     the odd padding pixel going top/left (transformers' slow processor; its fast one puts it bottom/right).
@@ -145,7 +152,7 @@ def stack_output(images: list | torch.Tensor, return_tensors: str | None) -> Any
     return torch.from_numpy(stacked) if return_tensors == "pt" else stacked
 
 
-class ProcessorBase:
+class ProcessorBase(PushToHubMixin):
     """Settings with transformers' names and defaults; per-call keyword arguments override them."""
 
     model_input_names = ["pixel_values"]
@@ -186,10 +193,8 @@ class ProcessorBase:
         self.extra = kwargs  # e.g. fields a newer transformers writes; kept for the JSON round trip
 
     # -- per-call settings ---------------------------------------------------------------------
-    def settings(self, overrides: dict[str, Any], data_format: str = "channels_first") -> dict[str, Any]:
+    def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """This call's settings: instance values with the per-call overrides, validated."""
-        if data_format not in ("channels_first", "channels_last"):
-            raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
         unknown = sorted(set(overrides) - set(self._setting_names) - set(self._call_options()))
         if unknown:
             warnings.warn(

@@ -17,6 +17,7 @@ from .processing_base import (
     ProcessorBase,
     Resampling,
     crop_window,
+    output_layout,
     parallel_map,
     resize_output_size,
     size_dict,
@@ -54,6 +55,13 @@ def _decode(image: Any, settings: dict[str, Any], input_data_format: str | None,
     channels_last = np.moveaxis(to_channels_first(image, settings["do_convert_rgb"], input_data_format), 0, -1)
     # Other integer widths (uint16, int32 …) have few torch kernels: work on them as float32
     return channels_last if channels_last.dtype in (np.uint8, np.float32) else channels_last.astype(np.float32)
+
+
+def input_device(images: list[Any]) -> torch.device:
+    """Where the tensor inputs live, when they share one device (transformers' fast processors return
+    their output there); the CPU otherwise."""
+    devices = {image.device for image in images if isinstance(image, torch.Tensor)}
+    return devices.pop() if len(devices) == 1 else torch.device("cpu")
 
 
 def _needs_decoding(images: list[Any]) -> bool:
@@ -103,9 +111,9 @@ class BitImageProcessorFast(ProcessorBase):
 
     Images are decoded and converted in a thread pool (Pillow releases the GIL), images of equal
     size are resized together with torch's antialiased kernels, rescale+normalize is one fused op,
-    and `device="cuda"` runs the tensor work on a GPU. `draft=True` additionally decodes large JPEG
-    files at a reduced scale (much faster, slightly further from the exact output).
-    """
+    and `device="cuda"` runs the tensor work on a GPU (by default: the device of tensor inputs, else the CPU).
+    `draft=True` additionally decodes large JPEG files at a reduced scale (much faster, slightly further from
+    the exact output)."""
 
     def __init__(
         self, *args: Any, do_pad: bool = False, pad_size: Any = None, device: Any = None, draft: bool = False, **kwargs
@@ -126,7 +134,7 @@ class BitImageProcessorFast(ProcessorBase):
         self,
         images: Any,
         return_tensors: str | None = None,
-        data_format: str = "channels_first",
+        data_format: str | None = "channels_first",
         input_data_format: str | None = None,
         device: Any = None,
         do_pad: bool | None = None,
@@ -135,9 +143,9 @@ class BitImageProcessorFast(ProcessorBase):
         draft: bool | None = None,
         **overrides: Any,
     ) -> BatchFeature:
-        settings = self.settings(overrides, data_format)
-        device = torch.device(device or self.device or "cpu")
-        flat = flatten_images(images)
+        settings, data_format = self.settings(overrides), output_layout(data_format)
+        flat = flatten_images(images, input_data_format)
+        device = torch.device(device or self.device or input_device(flat))
         use_draft = self.draft if draft is None else draft
         workers = num_workers or (None if _needs_decoding(flat) else 1)
         decoded = parallel_map(lambda image: _decode(image, settings, input_data_format, use_draft), flat, workers)
