@@ -23,7 +23,7 @@ from bigtransfer.train import hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.data import from_csv, from_folder, load_dataset
 from bigtransfer.train.evaluate import evaluate
-from bigtransfer.train.fewshot import few_shot_subset
+from bigtransfer.train.few_shot import few_shot_subset
 from bigtransfer.train.fine_tuning import finetune
 from bigtransfer.train.pretrain import upstream_schedule
 from helpers import max_abs_diff

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import BitConfig
 from .layers import (
@@ -182,8 +183,14 @@ class BitStage(nn.Module):
             )
         )
 
+        self.checkpointing: dict[str, Any] | None = None  # torch.utils.checkpoint options while enabled
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        if self.checkpointing is None or not (self.training and torch.is_grad_enabled()):
+            return self.layers(x)
+        for layer in self.layers:  # keep each block's input only; recompute its inside during backward
+            x = checkpoint(layer, x, **self.checkpointing)
+        return x
 
 
 class BitEncoder(nn.Module):
@@ -235,6 +242,26 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
             elif isinstance(module, nn.GroupNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    # -- gradient checkpointing (transformers' names; Trainer calls them for gradient_checkpointing=True) --------
+    supports_gradient_checkpointing = True
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Trade compute for memory in training: each residual block keeps only its input and recomputes
+        its activations during backward (same gradients; DropPath's randomness is replayed)."""
+        options = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        for stage in self.modules():
+            if isinstance(stage, BitStage):
+                stage.checkpointing = options
+
+    def gradient_checkpointing_disable(self) -> None:
+        for stage in self.modules():
+            if isinstance(stage, BitStage):
+                stage.checkpointing = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(isinstance(m, BitStage) and m.checkpointing is not None for m in self.modules())
 
     def _flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
         """The output switches, from the call or else the config. `forward` also takes, and ignores, the keyword

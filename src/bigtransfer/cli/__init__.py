@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..loading import LoaderWorkerError
-from . import demo, export, predict, training, zoo_commands
+from . import demo, export, features, predict, training, zoo_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         "directory or Hub id, or a timm checkpoint (file or timm/… Hub id).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (demo, zoo_commands, predict, training, export):
+    for module in (demo, zoo_commands, predict, training, features, export):
         module.register(commands)
     return parser
 

@@ -48,6 +48,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_speed_arguments(parser)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels-last memory layout (default: on with CUDA, off on CPU)")  # fmt: skip
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute each block's activations in backward: less memory, ~30%% more compute, "
+                        "same gradients")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -118,7 +121,8 @@ def load_data(source: str, classes: str | None):
 
 
 def _speed_options(args: argparse.Namespace) -> dict:
-    return {"workers": args.workers, "compile": args.compile, "channels_last": args.channels_last}
+    return {"workers": args.workers, "compile": args.compile, "channels_last": args.channels_last,
+            "grad_checkpointing": args.grad_checkpointing}  # fmt: skip
 
 
 def run_finetune(args: argparse.Namespace) -> dict:

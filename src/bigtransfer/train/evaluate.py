@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,7 +66,7 @@ class EvalBatches:
 
 @dataclasses.dataclass
 class Predictions:
-    logits: np.ndarray  # float32, one row per readable image
+    logits: np.ndarray  # float32, one row per readable image (pooled features for `pooled_features`)
     indices: np.ndarray  # dataset index of each row
     failures: list[tuple[str, str]]  # (image name, error) of the unreadable images
 
@@ -109,8 +109,9 @@ def device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.inference_mode()
-def predict_logits(
+def predict_rows(
     model: Any,
+    rows_of: Callable[[Any, torch.Tensor], torch.Tensor],
     dataset: ImageDataset,
     processor: ProcessorBase,
     batch_size: int = 64,
@@ -120,11 +121,11 @@ def predict_logits(
     channels_last: bool | None = None,
     progress: bool = False,
 ) -> Predictions:
-    """Logits of every readable image of `dataset` (a torch model, or an export directory's classifier);
-    unreadable images are reported, not fatal."""
+    """`rows_of(model, pixel_values)` for every readable image of `dataset`, as float32 rows; unreadable images
+    are reported, not fatal (none readable: zero rows)."""
     device, dtype = device_and_dtype(model)
     model.eval()
-    logits, indices, failures = [], [], []
+    rows, indices, failures = [], [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     batches = input_batches(dataset, processor, batch_size, device, workers=workers,
                             channels_last=use_channels_last(channels_last, device), progress=progress)  # fmt: skip
@@ -133,13 +134,29 @@ def predict_logits(
         if batch.pixel_values is None:
             continue
         with autocast:
-            logits.append(model(batch.pixel_values.to(dtype)).logits.float())
+            rows.append(rows_of(model, batch.pixel_values.to(dtype)).float())
         indices += batch.indices
     for name, error in failures:
         logger.warning("Skipping unreadable image %s: %s", name, error)
-    if not logits:
-        return Predictions(np.zeros((0, model.config.num_labels), np.float32), np.zeros(0, np.int64), failures)
-    return Predictions(torch.cat(logits).cpu().numpy(), np.array(indices, dtype=np.int64), failures)
+    if not rows:
+        return Predictions(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failures)
+    return Predictions(torch.cat(rows).cpu().numpy(), np.array(indices, dtype=np.int64), failures)
+
+
+def predict_logits(model: Any, dataset: ImageDataset, processor: ProcessorBase, batch_size: int = 64, **options: Any):
+    """Logits of every readable image (a torch model, or an export directory's classifier); `options` are
+    `predict_rows`'."""
+    return predict_rows(
+        model, lambda network, pixels: network(pixels).logits, dataset, processor, batch_size, **options
+    )
+
+
+def pooled_features(model: Any, dataset: ImageDataset, processor: ProcessorBase, batch_size: int = 64, **options: Any):
+    """Pooled pre-logit features (BitModel's `pooler_output`, flattened) of every readable image; `model` is a
+    BitModel or a classifier, whose head is then skipped."""
+    base = getattr(model, "bit", model)
+    return predict_rows(base, lambda network, pixels: network(pixels).pooler_output.flatten(1), dataset, processor,
+                        batch_size, **options)  # fmt: skip
 
 
 def accuracy_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:

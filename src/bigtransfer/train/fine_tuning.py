@@ -18,7 +18,7 @@ from ..zoo import architecture_of
 from .augment import eval_processor, hyperrule_augment
 from .data import ImageDataset
 from .distributed import process_group
-from .fewshot import few_shot_subset
+from .few_shot import few_shot_subset
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Monitor, Recipe, Saving, Speed, train
 from .run import as_dataset, evaluation_of, finish_run, prepare_output
@@ -83,13 +83,15 @@ def finetune(
     workers: int | None = None,
     compile: bool = False,
     channels_last: bool | None = None,
+    grad_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a pretrained BiT on `data` with the BiT-HyperRule; returns the final metrics.
 
     The run directory gets checkpoint.pt (resumable), metrics.jsonl, curves.png, and, at the end,
     model/ (a transformers-format model whose preprocessor_config.json is the eval transform),
     metrics.json and confusion.png when `eval_data` is given. `workers` loading processes (default:
-    one per core), `compile` and `channels_last` change the speed, not the result.
+    one per core), `compile` and `channels_last` change the speed, not the result; `grad_checkpointing` trades
+    compute for memory, with the same gradients.
     """
     out = Path(out)
     prepare_output(out, resume)
@@ -109,6 +111,8 @@ def finetune(
     if rule.zero_init_head:  # BiT: a zero head starts every class at equal odds and trains stably
         torch.nn.init.zeros_(network.classifier[1].weight)
         torch.nn.init.zeros_(network.classifier[1].bias)
+    if grad_checkpointing:
+        network.gradient_checkpointing_enable()
     torch.manual_seed(seed)
     augment = functools.partial(hyperrule_augment, resize=rule.resize, crop=rule.crop, flip=flip)
     recipe = Recipe(rule, augment, image_size=rule.crop)

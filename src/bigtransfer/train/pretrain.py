@@ -68,10 +68,12 @@ def pretrain(
     workers: int | None = None,
     compile: bool = False,
     channels_last: bool | None = None,
+    grad_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory.
 
-    `workers`, `compile` and `channels_last` change the speed, not the result (as in `finetune`).
+    `workers`, `compile`, `channels_last` and `grad_checkpointing` change speed or memory, not the result (as in
+    `finetune`).
     """
     out = Path(out)
     prepare_output(out, resume)
@@ -80,6 +82,8 @@ def pretrain(
     config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)))
     torch.manual_seed(seed)
     model = BitForImageClassification(config)
+    if grad_checkpointing:
+        model.gradient_checkpointing_enable()
     schedule = upstream_schedule(len(dataset), epochs, batch_size, warmup_epochs)
     recipe = Recipe(schedule, functools.partial(inception_augment, crop=crop, flip=True), image_size=crop)
     speed = Speed(workers, compile, channels_last, batch_split)
