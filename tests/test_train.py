@@ -231,6 +231,13 @@ def test_batch_split_gives_the_same_update(upstream, folder, tmp_path, mixup):
     assert max(max_abs_diff(whole[k], split[k]) for k in whole) < 1e-6
 
 
+def test_grad_checkpointing_gives_the_same_weights(upstream, folder, tmp_path):
+    run(upstream, folder, tmp_path / "plain")
+    run(upstream, folder, tmp_path / "checkpointed", grad_checkpointing=True)
+    plain, checkpointed = final_weights(tmp_path / "plain"), final_weights(tmp_path / "checkpointed")
+    assert max(max_abs_diff(plain[k], checkpointed[k]) for k in plain) < 1e-6
+
+
 def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_path, monkeypatch):
     run(upstream, folder, tmp_path / "straight")
     import bigtransfer.train.loop as loop

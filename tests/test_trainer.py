@@ -65,6 +65,14 @@ def test_gradient_accumulation_gives_the_larger_batchs_update(tmp_path):
     assert (weights(accumulated) - weights(whole)).abs().max() < 1e-6
 
 
+def test_trainer_gradient_checkpointing_switches_ours_on(tmp_path):
+    model = classifier()
+    Trainer(
+        model=model, args=arguments(tmp_path, max_steps=1, gradient_checkpointing=True), train_dataset=Images()
+    ).train()
+    assert model.is_gradient_checkpointing
+
+
 def test_what_trainer_saves_loads_back_with_the_config(tmp_path):
     model = classifier()
     trainer = Trainer(model=model, args=arguments(tmp_path, max_steps=1), train_dataset=Images())

@@ -6,6 +6,8 @@ move between the two libraries unchanged.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -183,14 +185,21 @@ class BitStage(nn.Module):
             )
         )
 
-        self.checkpointing: dict[str, Any] | None = None  # torch.utils.checkpoint options while enabled
+        self.checkpointed: frozenset[int] = frozenset()  # blocks whose activations are recomputed in backward
+        self.checkpoint_call: Callable[..., torch.Tensor] = checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing is None or not (self.training and torch.is_grad_enabled()):
+        if not self.checkpointed or not (self.training and torch.is_grad_enabled()):
             return self.layers(x)
-        for layer in self.layers:  # keep each block's input only; recompute its inside during backward
-            x = checkpoint(layer, x, **self.checkpointing)
+        for index, layer in enumerate(self.layers):  # a checkpointed block keeps only its input
+            x = self.checkpoint_call(layer, x) if index in self.checkpointed else layer(x)
         return x
+
+
+def _checkpoint_offloaded(function: Callable[..., torch.Tensor], *args: Any, **options: Any) -> torch.Tensor:
+    """Checkpoint, holding the saved block inputs in (pinned) host memory instead of the accelerator's."""
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return checkpoint(function, *args, **options)
 
 
 class BitEncoder(nn.Module):
@@ -243,25 +252,48 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    # -- gradient checkpointing (transformers' names; Trainer calls them for gradient_checkpointing=True) --------
+    # -- activation (gradient) checkpointing, under transformers' names: Trainer calls them --------------------
     supports_gradient_checkpointing = True
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
-        """Trade compute for memory in training: each residual block keeps only its input and recomputes
-        its activations during backward (same gradients; DropPath's randomness is replayed)."""
-        options = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        for stage in self.modules():
-            if isinstance(stage, BitStage):
-                stage.checkpointing = options
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:  # fmt: skip
+        """Trade compute for memory in training: every `every_n_layers`-th residual block keeps only its input
+        and recomputes its activations during backward (same gradients; DropPath's draws are replayed).
+        `offload` holds those inputs in host memory; the kwargs go to torch.utils.checkpoint."""
+        if every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be ≥ 1, got {every_n_layers}.")
+        options = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        call = functools.partial(_checkpoint_offloaded if offload else checkpoint, **options)
+        block = 0
+        for stage in self._stages():
+            chosen = [index for index in range(len(stage.layers)) if (block + index) % every_n_layers == 0]
+            stage.checkpointed, stage.checkpoint_call = frozenset(chosen), call
+            block += len(stage.layers)
+
+    def activation_checkpointing_disable(self) -> None:
+        for stage in self._stages():
+            stage.checkpointed = frozenset()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(stage.checkpointed for stage in self._stages())
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      **options: Any) -> None:  # fmt: skip
+        """transformers' earlier name for `activation_checkpointing_enable` (still the one most code calls)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
     def gradient_checkpointing_disable(self) -> None:
-        for stage in self.modules():
-            if isinstance(stage, BitStage):
-                stage.checkpointing = None
+        self.activation_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return any(isinstance(m, BitStage) and m.checkpointing is not None for m in self.modules())
+        return self.is_activation_checkpointing
+
+    def _stages(self) -> list[BitStage]:
+        return [module for module in self.modules() if isinstance(module, BitStage)]
 
     def _flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
         """The output switches, from the call or else the config. `forward` also takes, and ignores, the keyword

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .predict import collect_images
-from .training import add_inference_arguments, load_data
+from .training import add_inference_arguments, load_data, shot_counts
 
 
 def run_fewshot(args: argparse.Namespace) -> dict:
@@ -93,16 +93,6 @@ def handle_embed(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _shot_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shots {text!r}: give comma-separated counts, e.g. 1,5,10") from None
-    if min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"--shots {text!r}: counts must be ≥ 1")
-    return counts
-
-
 def register(commands) -> None:
     fewshot = commands.add_parser(
         "fewshot",
@@ -115,7 +105,7 @@ def register(commands) -> None:
     fewshot.add_argument("--data", required=True, help="images to draw the few shots from, as for finetune --data")
     fewshot.add_argument("--eval-data", required=True, help="labelled test images with the same class names")
     fewshot.add_argument("--classes", help="use only these classes (comma-separated names or indices of --data)")
-    fewshot.add_argument("--shots", type=_shot_counts, default=[1, 5, 10], help="images per class (default 1,5,10)")
+    fewshot.add_argument("--shots", type=shot_counts, default=[1, 5, 10], help="images per class (default 1,5,10)")
     fewshot.add_argument("--seeds", type=int, default=3, help="subsets per shot count, seeds 0…N−1 (default 3)")
     fewshot.add_argument("--l2-reg", type=float, default=2.0**10, help="ridge strength (default 1024, as big_vision)")
     fewshot.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")

@@ -49,10 +49,20 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels-last memory layout (default: on with CUDA, off on CPU)")  # fmt: skip
     parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="recompute each block's activations in backward: less memory, ~30%% more compute, "
-                        "same gradients")  # fmt: skip
+                        help="recompute each block's activations in backward: same gradients, less memory "
+                        "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def shot_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots {text!r}: give comma-separated counts, e.g. 1,5,10") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"--shots {text!r}: counts must be ≥ 1")
+    return counts
 
 
 def register(commands) -> None:
@@ -107,6 +117,13 @@ def register(commands) -> None:
     pretrain.add_argument("--warmup-epochs", type=float, default=5)
     pretrain.add_argument("--batch-size", type=int, default=256)
     pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution")
+    check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
+                                        "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
+    check.add_argument("--fewshot-every", type=int, metavar="N", help="measure every N steps and at the end")
+    check.add_argument("--fewshot-data", help="downstream images to draw the shots from (any --data form)")
+    check.add_argument("--fewshot-eval-data", help="downstream test images")
+    check.add_argument("--fewshot-classes", help="downstream classes to use (comma-separated)")
+    check.add_argument("--fewshot-shots", type=shot_counts, default=[1, 5, 10], help="default 1,5,10")
     _add_run_arguments(pretrain)
     for command in (finetune, evaluate, pretrain):
         command.set_defaults(handler=handle)
@@ -144,6 +161,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
 
 def run_pretrain(args: argparse.Namespace) -> dict:
     from ..config import BitConfig
+    from ..train.few_shot import FewShotCheck
     from ..train.pretrain import pretrain
     from ..zoo import ARCHITECTURES
 
@@ -159,8 +177,15 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         config = BitConfig(depths=depths, width_factor=width_factor, num_groups=args.num_groups)
     else:
         raise ValueError(f"Unknown --arch {args.arch!r}: use one of {', '.join(ARCHITECTURES)} or 'custom'.")
+    check = None
+    if args.fewshot_every:
+        if not (args.fewshot_data and args.fewshot_eval_data):
+            raise ValueError("--fewshot-every needs --fewshot-data and --fewshot-eval-data (a downstream dataset).")
+        classes = args.fewshot_classes.split(",") if args.fewshot_classes else None
+        check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
+                             tuple(args.fewshot_shots))  # fmt: skip
     return pretrain(
-        load_data(args.data, args.classes), config, out=args.out or "bigtransfer-upstream",
+        load_data(args.data, args.classes), config, out=args.out or "bigtransfer-upstream", fewshot_check=check,
         eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
         seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,

@@ -3,6 +3,7 @@ big_vision's linear few-shot evaluation of frozen features — accuracy in secon
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from ..modeling import BitModel, BitPreTrainedModel
 from ..processing_base import ProcessorBase
 from .data import ImageDataset
 from .evaluate import pooled_features
+from .loop import Monitor
 
 
 def few_shot_subset(labels: np.ndarray, shots: int, seed: int, class_names: list[str] | None = None) -> np.ndarray:
@@ -110,7 +112,8 @@ def fewshot(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Linear few-shot top-1 of `model`'s frozen pooled features on `eval_data`, trained on `shots` images per
-    class of `data` (`classes` of both, by name; default all of `data`'s), for seeds 0 … `seeds`−1.
+    class of `data` (`classes` of both, by name; default all of `data`'s), for seeds 0 … `seeds`−1. A model
+    given by name loads onto `device`; a model object is used where it is.
 
     Returns {"shots": {"<k>": {"mean", "std", "runs"}}, "classes", "feature_dim", "l2_reg", …}. The
     features are computed once per image, with the model's own evaluation preprocessing (or `processor`);
@@ -121,11 +124,13 @@ def fewshot(
     from .run import as_dataset
 
     began = time.perf_counter()
-    if isinstance(model, BitPreTrainedModel) and processor is None:
-        raise ValueError("With a model object, also pass processor= (the BitImageProcessor it was trained with).")
-    network = model if isinstance(model, BitPreTrainedModel) else BitModel.from_pretrained(model)
-    processor = processor or load_processor(model, BitImageProcessor)
-    network.to(resolve_device(device))
+    if isinstance(model, BitPreTrainedModel):  # used where it is, as it is (e.g. during training)
+        if processor is None:
+            raise ValueError("With a model object, also pass processor= (the BitImageProcessor it was trained with).")
+        network = model
+    else:
+        network = BitModel.from_pretrained(model).to(resolve_device(device))
+        processor = processor or load_processor(model, BitImageProcessor)
     network = torch.compile(network) if compile else network
     train_set, test_set = as_dataset(data), as_dataset(eval_data)
     train_set = train_set.select_classes(classes) if classes else train_set
@@ -147,3 +152,30 @@ def fewshot(
             "feature_dim": int(test.logits.shape[1]), "train_images_used": len(pool),
             "eval_examples": len(test.indices), "skipped_eval_images": [name for name, _ in test.failures],
             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShotCheck:
+    """Linear few-shot accuracy measured every `every` steps of pre-training (on rank 0), as big_vision
+    monitors an upstream: how well its features transfer to `eval_data`'s classes, long before a fine-tuning
+    run could say."""
+
+    data: str | os.PathLike | ImageDataset
+    eval_data: str | os.PathLike | ImageDataset
+    every: int
+    classes: list[str] | None = None
+    shots: tuple[int, ...] = (1, 5, 10)
+    seeds: int = 3
+
+    def monitor(self, model: BitPreTrainedModel, processor: ProcessorBase, **options: Any) -> Monitor:
+        """A loop Monitor logging fewshot_<k>shot (the mean over seeds); `options` go to `fewshot`."""
+        from .run import as_dataset
+
+        train_set, test_set = as_dataset(self.data), as_dataset(self.eval_data)  # read once, measured often
+
+        def measure(step: int) -> dict[str, float]:
+            result = fewshot(model, train_set, test_set, classes=self.classes, shots=self.shots, seeds=self.seeds,
+                             processor=processor, progress=False, **options)  # fmt: skip
+            return {f"fewshot_{shots}shot": row["mean"] for shots, row in result["shots"].items()}
+
+        return Monitor(self.every, measure)

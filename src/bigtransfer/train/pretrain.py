@@ -15,7 +15,8 @@ from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
 from .data import ImageDataset
 from .distributed import process_group
-from .loop import Recipe, Saving, Speed, train
+from .few_shot import FewShotCheck
+from .loop import METRICS, Recipe, Saving, Speed, append_metrics, train
 from .run import as_dataset, evaluation_of, finish_run, prepare_output
 
 
@@ -69,8 +70,12 @@ def pretrain(
     compile: bool = False,
     channels_last: bool | None = None,
     grad_checkpointing: bool = False,
+    fewshot_check: FewShotCheck | None = None,
 ) -> dict[str, Any]:
     """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory.
+
+    `fewshot_check` adds linear few-shot accuracy on a downstream dataset to the metrics every N steps and at
+    the end (metrics.json "fewshot", and the curves).
 
     `workers`, `compile`, `channels_last` and `grad_checkpointing` change speed or memory, not the result (as in
     `finetune`).
@@ -92,7 +97,13 @@ def pretrain(
     metrics = {"train_examples": len(dataset), "classes": dataset.classes, "schedule": dataclasses.asdict(schedule)}
     processor = eval_processor(crop)
     evaluation = evaluation_of(model, as_dataset(eval_data) if eval_data is not None else None, processor, speed, bf16)
+    monitor = fewshot_check.monitor(model, processor, workers=workers, bf16=bf16) if fewshot_check else None
     with process_group(device) as context:
-        summary = train(model, dataset, recipe, out, context=context, seed=seed, bf16=bf16,
+        summary = train(model, dataset, recipe, out, context=context, seed=seed, bf16=bf16, monitor=monitor,
                         saving=Saving(fingerprint, resume, save_every), progress=progress, speed=speed)  # fmt: skip
+        if monitor and context.is_main:
+            metrics["fewshot"] = monitor.measure(summary["steps"])
+            append_metrics(
+                out / METRICS, {"step": summary["steps"], **{f"eval_{k}": v for k, v in metrics["fewshot"].items()}}
+            )
         return finish_run(model, processor, out, summary, metrics, evaluation)
