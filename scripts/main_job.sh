@@ -21,4 +21,12 @@ for label, name in enumerate(held_out.classes):  # one test image per class, nev
     held_out.load(index).save(f"{sys.argv[2]}/{index:04d}-{name.replace(' ', '_')}.png")
 PY
 bigtransfer predict "$out/held-out" --model "$out/model" --top-k 2
+
+echo
+echo "Beside the fine-tuned top-1 above: the upstream's frozen features with a linear classifier, on"
+echo "10 photos per class (big_vision's few-shot evaluator; seed 0 draws the photos fine-tuning used; random features and"
+echo "raw pixels for comparison are in benchmarks/RESULTS.md):"
+bigtransfer fewshot --model bit-tiny-fashion5 \
+  --data "$data/train-images-idx3-ubyte.gz" --eval-data "$data/t10k-images-idx3-ubyte.gz" --classes "$classes" \
+  --shots 10 --seeds 3 --quiet
 echo "model, metrics.json, curves.png and confusion.png are in $out"
