@@ -1,20 +1,25 @@
-"""Test-session setup: the torchvision operator shim that lets timm and transformers import here, and the
-local file server that download tests fetch from.
+"""Test-session setup: the timm/torchvision parity oracles with the operator shim that lets them (and
+transformers) import here, and the local file server that download tests fetch from.
 
-The PyPI torchvision wheel (a dependency of timm, installed with --no-deps for the parity tests)
-cannot load its compiled operators beside the CPU torch, and fails at import with
+`scripts/setup.sh test` installs timm and torchvision into .oracles/ (not site-packages): the PyPI
+torchvision wheel cannot load its compiled operators beside the CPU torch, and fails at import with
 "operator torchvision::nms does not exist". Declaring the two schemas it registers first is
 enough for everything the tests use. Test-only: the library never imports torchvision or timm.
 """
 
 import http.server
 import importlib.util
+import sys
 import threading
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+
+ORACLES = Path(__file__).resolve().parents[1] / ".oracles"
+if ORACLES.is_dir():
+    sys.path.insert(0, str(ORACLES))
 
 if importlib.util.find_spec("torchvision") is not None:
     _TORCHVISION_SHIM = torch.library.Library("torchvision", "DEF")
