@@ -2,10 +2,13 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import bigtransfer
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.cli import main as cli
 from helpers import TINY, write_bit_npz
@@ -110,3 +113,25 @@ def test_damaged_or_missing_files_are_named_without_a_traceback(tmp_path, capsys
         assert cli(["info", str(tmp_path / name)]) == 2
         error = capsys.readouterr().err
         assert re.search(message, error) and "Traceback" not in error, error
+
+
+def test_bigtransfer_alone_prints_the_command_overview_and_version(capsys):
+    assert cli([]) == 0
+    overview = capsys.readouterr().out
+    assert "COMMAND" in overview and all(name in overview for name in ("finetune", "fewshot", "embed", "export"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"bigtransfer {bigtransfer.__version__}"
+
+
+def test_models_lists_the_bundled_model_first(capsys):
+    assert cli(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["name"] == "bit-tiny-fashion5" and rows[0]["head"] == 5 and rows[0]["parameters"] == 510_693
+    assert rows[0]["url"] is None and rows[1]["name"].startswith("BiT-")
+
+
+def test_output_piped_into_head_is_not_an_error():
+    done = subprocess.run(f"{sys.executable} -m bigtransfer models | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.stdout.startswith("name") and done.stderr == ""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from .. import __version__
 from ..loading import LoaderWorkerError
 from . import demo, export, features, predict, training, zoo_commands
 
@@ -16,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A MODEL is a zoo name (see `bigtransfer models`), an original BiT .npz file, a transformers "
         "directory or Hub id, or a timm checkpoint (file or timm/… Hub id).",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"bigtransfer {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (demo, zoo_commands, predict, training, features, export):
         module.register(commands)
     return parser
@@ -24,9 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2, Ctrl-C 130."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `bigtransfer` alone: the overview of commands
+        parser.print_help()
+        return 0
     try:
         return args.handler(args)
+    except BrokenPipeError:  # the reader went away (`bigtransfer models | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        return 0
     except (OSError, ValueError, ImportError, LoaderWorkerError) as error:
         print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+MODEL_HELP = (
+    "a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-fashion5), an original BiT .npz "
+    "file, a transformers model directory or Hub id, or timm weights (a file or a timm/… Hub id)"
+)
+
 
 def _add_data_arguments(parser: argparse.ArgumentParser, eval_required: bool = False) -> None:
     parser.add_argument(
@@ -91,7 +96,12 @@ def register(commands) -> None:
     finetune.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (curve in the PNG)")
     _add_run_arguments(finetune)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy of a fine-tuned model on labelled data")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy of a fine-tuned model on labelled data",
+        description="Top-1, top-5 (with more than 5 classes) and per-class accuracy, read and preprocessed exactly "
+        "as `predict` does; the data's class names must be among the model's labels.",
+    )
     evaluate.add_argument("--model", required=True,
                           help="model directory (from finetune: RUN/model), or an export directory (ONNX Runtime)")  # fmt: skip
     evaluate.add_argument("--data", required=True, help="labelled data, as for finetune --data")
@@ -113,9 +123,9 @@ def register(commands) -> None:
     pretrain.add_argument("--hidden-sizes", help="custom: stage widths, e.g. 64,128,256,512")
     pretrain.add_argument("--embedding-size", type=int, default=64, help="custom: stem width")
     pretrain.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups")
-    pretrain.add_argument("--epochs", type=float, default=90)
-    pretrain.add_argument("--warmup-epochs", type=float, default=5)
-    pretrain.add_argument("--batch-size", type=int, default=256)
+    pretrain.add_argument("--epochs", type=float, default=90, help="passes over --data (default 90, as BiT-S)")
+    pretrain.add_argument("--warmup-epochs", type=float, default=5, help="linear learning-rate warm-up (default 5)")
+    pretrain.add_argument("--batch-size", type=int, default=256, help="images per step, all processes (default 256)")
     pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution")
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip

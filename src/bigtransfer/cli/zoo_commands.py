@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+from .training import MODEL_HELP
 
 
 def run_models(args: argparse.Namespace) -> list[dict]:
     from ..download import cache_dir
     from ..zoo import ZOO
 
-    return [
+    return _bundled_rows() + [
         {
             "name": entry.name,
             "parameters": entry.parameters,
@@ -27,11 +30,30 @@ def run_models(args: argparse.Namespace) -> list[dict]:
     ]
 
 
+def _bundled_rows() -> list[dict]:
+    """The models shipped inside the package (no download), described from their own files."""
+    from safetensors import safe_open
+
+    from ..io import read_json
+    from ..sources import BUNDLED_MODELS, bundled_model
+
+    rows = []
+    for name in BUNDLED_MODELS:
+        directory = bundled_model(name)
+        with safe_open(directory / "model.safetensors", "pt") as weights:
+            parameters = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
+        config, processor = read_json(directory / "config.json"), read_json(directory / "preprocessor_config.json")
+        rows.append({"name": name, "parameters": parameters, "upstream": "Fashion-MNIST, 5 classes (in the package)",
+                     "head": len(config["id2label"]), "resolution": processor["crop_size"]["height"], "top1": None,
+                     "cached": True, "url": None})  # fmt: skip
+    return rows
+
+
 def _print_models(rows: list[dict]) -> None:
     print(f"{'name':28} {'params':>8} {'head':>6} {'res':>4} {'top-1':>6}  upstream")
     for row in rows:
         top1 = f"{row['top1']:.2f}" if row["top1"] else "–"
-        cached = "  (cached)" if row["cached"] else ""
+        cached = "  (cached)" if row["cached"] and row["url"] else ""
         print(
             f"{row['name']:28} {row['parameters'] / 1e6:7.1f}M {row['head']:>6} {row['resolution']:>4} {top1:>6}  "
             f"{row['upstream']}{cached}"
@@ -122,11 +144,22 @@ def handle_convert(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    models = commands.add_parser("models", help="list the released BiT checkpoints by name")
-    models.add_argument("--json", action="store_true", help="print the list as JSON")
+    models = commands.add_parser(
+        "models",
+        help="list the models that load by name",
+        description="The models that load by name: the one shipped in the package, and Google's released BiT "
+        "checkpoints (downloaded on first use into the cache; '(cached)' marks those already there). top-1 is "
+        "the ILSVRC-2012 validation accuracy Google reports for the fine-tuned heads.",
+    )
+    models.add_argument("--json", action="store_true", help="print the list as JSON (with URLs)")
 
-    info = commands.add_parser("info", help="config, parameter count and input size of a model")
-    info.add_argument("model", help="MODEL (see below)")
+    info = commands.add_parser(
+        "info",
+        help="config, parameter count and input size of a model",
+        description="What a model is: parameters, head, input size, preprocessing and config. A zoo name not yet "
+        "downloaded is described from the catalogue, without downloading it.",
+    )
+    info.add_argument("model", help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print as JSON")
     models.set_defaults(handler=handle_models)
     info.set_defaults(handler=handle_info)
@@ -137,7 +170,7 @@ def register(commands) -> None:
         description="Write config.json, model.safetensors and preprocessor_config.json that transformers loads "
         "(BitForImageClassification.from_pretrained) with identical outputs.",
     )
-    convert.add_argument("source", help="MODEL to convert")
+    convert.add_argument("source", help="the model to convert: " + MODEL_HELP)
     convert.add_argument("out_dir", help="directory to create")
     convert.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
     convert.add_argument("--json", action="store_true", help="print the summary as JSON")
