@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: Fashion-MNIST (Debian package) when missing, the CPU torch pinned first, then the package.
+# Set up a machine: Fashion-MNIST (Debian package) when missing, torch 2.13 first, then the package.
 #   bash scripts/setup.sh demo   → what the main job needs
 #   bash scripts/setup.sh test   → what the test suite needs (adds transformers/timm/torchvision as oracles)
+# An installed torch 2.13 of any build (CPU or CUDA) is kept, and pinned so that no later install replaces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-demo}"
 pip_install() { python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
 
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  if [ "$(id -u)" = 0 ]; then as_root=(); elif command -v sudo >/dev/null; then as_root=(sudo); else
+    echo "The main job needs the Debian package dataset-fashion-mnist: install it as root" \
+         "(apt-get install dataset-fashion-mnist), then run this again." >&2
+    exit 1
+  fi
+  "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
-pip_install torch==2.13.0          # the CPU build from this machine's disk; a bare `torch` would pull CUDA
+
+torch_version() { python -c "import torch; print(torch.__version__)" 2>/dev/null || true; }
+case "$(torch_version)" in
+  2.13.0*) ;;                       # keep it, CPU or CUDA build
+  *) pip_install torch==2.13.0 ;;   # this project's machines: the CPU build from the local disk
+esac
+installed=$(torch_version)
+case "$installed" in 2.13.0*) ;; *) echo "torch is '$installed', not 2.13.0: install torch 2.13 first" >&2; exit 1 ;; esac
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==$installed" > "$constraints"
+export PIP_CONSTRAINT="$constraints"  # nothing below may upgrade or swap the torch build
+
 pip_install -e ".[${extra}]"
 if [ "$extra" = "test" ]; then
   # timm (a parity oracle) needs torchvision, whose PyPI wheel cannot load its operators beside the CPU torch;
@@ -23,5 +41,4 @@ if [ "$extra" = "test" ]; then
     python -m pip uninstall --quiet --yes torchvision   # a broken copy left by an earlier set-up
   fi
 fi
-torch_version=$(python -c "import torch; print(torch.__version__)")
-[ "$torch_version" = "2.13.0+cpu" ] || { echo "torch is $torch_version, not the CPU 2.13.0 build" >&2; exit 1; }
+[ "$(torch_version)" = "$installed" ] || { echo "torch changed from $installed to $(torch_version)" >&2; exit 1; }
