@@ -3,7 +3,9 @@
 import json
 import logging
 import os
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -215,12 +217,29 @@ def test_unknown_repo_says_how_to_use_a_local_path(hub, tmp_path):
     assert "neither a local directory nor a model repository" in result.stderr
 
 
-def test_unreachable_hub_says_how_to_use_a_local_path(tmp_path):
+def test_unreachable_hub_fails_fast_and_says_how_to_use_a_local_path(tmp_path):
+    began = time.perf_counter()
     result = run_python(LOAD, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
-    assert result.returncode != 0
+    assert time.perf_counter() - began < 15  # huggingface_hub's own retries took 25 s
+    assert result.returncode != 0 and "Retrying" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert "HubUnavailableError: Could not reach the Hugging Face Hub for 'org/tiny-bit'" in message
-    assert "pass that directory path instead" in message
+    assert "pass that directory path instead" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_hub_reachability_check(monkeypatch):
+    from bigtransfer.hub import hub_reachable
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    listening = socket.create_server(("127.0.0.1", 0))
+    try:
+        assert hub_reachable(f"http://127.0.0.1:{listening.getsockname()[1]}")
+    finally:
+        listening.close()
+    assert not hub_reachable("http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # reached through the proxy: not checked
+    assert hub_reachable("https://hub.example:443")
 
 
 def test_offline_without_cache_says_how_to_use_a_local_path(tmp_path):

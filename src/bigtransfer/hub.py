@@ -6,8 +6,11 @@ nothing about what the files contain.
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,27 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or "\\" in name
 
 
+@functools.cache
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host opens within `timeout` seconds, asked once per process.
+
+    Without it an absent network costs ~25 s of huggingface_hub's retries before any message. Behind an
+    HTTP(S) proxy the host is not reached directly, so the check is skipped there.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any) -> Path | None:
-    """Download (or find in the HF cache) one file; None when the repo has no such file."""
-    from huggingface_hub import hf_hub_download
+    """Download (or find in the HF cache) one file; None when the repo has no such file. When the Hub
+    cannot be reached, only the cache is used (as with HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -41,6 +62,8 @@ def hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any
         RevisionNotFoundError,
     )
 
+    if not (constants.HF_HUB_OFFLINE or hub_options.get("local_files_only") or hub_reachable(constants.ENDPOINT)):
+        hub_options = {**hub_options, "local_files_only": True}
     try:
         return Path(hf_hub_download(repo_id, filename, subfolder=subfolder or None, **hub_options))
     except GatedRepoError as error:
@@ -64,7 +87,8 @@ def hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any
         raise HubUnavailableError(
             f"Could not reach the Hugging Face Hub for {repo_id!r} ({filename} is not in the local cache either): "
             f"download the model on a connected machine with `model.save_pretrained(dir)` or `hf download {repo_id} "
-            "--local-dir DIR`, copy DIR here, and pass that directory path instead of the Hub id."
+            "--local-dir DIR`, copy DIR here, and pass that directory path instead of the Hub id. Working offline, "
+            "set HF_HUB_OFFLINE=1 to use only the cache without trying the network."
         ) from None
     except EntryNotFoundError:
         return None
