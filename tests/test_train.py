@@ -6,6 +6,7 @@ import functools
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,39 @@ def test_resume_after_interrupt_reaches_the_same_weights(upstream, folder, tmp_p
     run(upstream, folder, tmp_path / "resumed", resume=True)
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_console_shows_plain_lines_when_redirected_eval_results_and_the_resume_step(upstream, folder, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    run(upstream, folder, tmp_path / "run", progress=True, eval_data=str(folder), eval_every=3, steps=4, save_every=2)
+    console = capsys.readouterr().err  # not a terminal here: lines, not a bar
+    assert "\r" not in console and re.search(r"step 3: top1 \d\.\d{4}", console)
+    assert re.search(r"step 4/4  loss \d+\.\d{4}  lr .*img/s  0m\d\ds elapsed, 0m00s left", console)
+    (tmp_path / "run" / "model").rename(tmp_path / "first-model")  # continue the finished run: nothing left
+    run(upstream, folder, tmp_path / "run", progress=True, steps=4, resume=True)
+    assert f"resuming at step 4 of 4 from {tmp_path / 'run' / 'checkpoint.pt'}" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_writes_nothing_and_warns_when_slow(upstream, tmp_path, capsys):
+    photos = make_folder(tmp_path / "photos", size=(120, 100))  # area ≥ 96²: the rule picks 512 → 480
+    out = tmp_path / "never"
+    assert cli(["finetune", "--model", str(upstream), "--data", str(photos), "--dry-run", "--out", str(out),
+                "--device", "cpu", "--workers", "0"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.startswith("plan: fine-tune") and "on 12 images of 2 classes" in printed
+    assert "resize 512 → crop 480, 500 steps (warm-up 100, ÷10 at 200, 300, 400), batch 512" in printed
+    assert "cpu, float32, 0 loading workers → " + str(out) in printed
+    assert "note: 480-px crops on a CPU take minutes per step" in printed and not out.exists()
+
+
+def test_several_runs_save_their_mean_and_std(upstream, folder, tmp_path):
+    from bigtransfer.train import finetune_runs
+
+    summary = finetune_runs(2, 0, tmp_path / "runs", model=str(upstream), data=str(folder), eval_data=str(folder),
+                            batch_size=8, steps=2, resize=24, crop=20, progress=False)  # fmt: skip
+    saved = json.loads((tmp_path / "runs" / "runs.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["eval_top1_mean"] == summary["eval_top1_mean"]
+    assert saved["eval_top1_mean"] == pytest.approx(np.mean(saved["eval_top1"]))
 
 
 def test_ctrl_c_in_the_cli_checkpoints_and_exits_130(upstream, folder, tmp_path, monkeypatch, capsys):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
+import time
 
 MODEL_HELP = (
     "a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-fashion5), an original BiT .npz "
@@ -43,7 +46,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, help="run directory (refuses an existing run unless --resume)")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default: a new runs/<command>-<date>-<time>; an existing run is refused "
+                        "unless --resume)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
     parser.add_argument("--batch-split", type=int, default=1, help="micro-batches per step (same update, less memory)")
@@ -77,7 +82,7 @@ def register(commands) -> None:
         description="Fine-tune with the BiT-HyperRule: resolution, schedule and MixUp follow from the dataset; "
         "SGD momentum 0.9, zero-initialised head. Multi-process: torchrun --nproc_per_node N -m bigtransfer finetune …",
     )
-    finetune.add_argument("--model", required=True, help="pretrained MODEL (zoo name, .npz, directory, Hub id)")
+    finetune.add_argument("--model", required=True, help="the pretrained model: " + MODEL_HELP)
     _add_data_arguments(finetune)
     finetune.add_argument("--shots", type=int, default=None, help="K examples per class (balanced, seeded)")
     finetune.add_argument("--runs", type=int, default=1, help="repeat over this many seeds; report mean ± std")
@@ -94,6 +99,7 @@ def register(commands) -> None:
     finetune.add_argument("--mixup", type=float, default=None, help="override the MixUp alpha (0 = off)")
     finetune.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     finetune.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (curve in the PNG)")
+    finetune.add_argument("--dry-run", action="store_true", help="print the plan (data, rule, device) and stop")
     _add_run_arguments(finetune)
 
     evaluate = commands.add_parser(
@@ -163,10 +169,40 @@ def run_finetune(args: argparse.Namespace) -> dict:
         flip=not args.no_flip, resume=args.resume, save_every=args.save_every, eval_every=args.eval_every,
         device=args.device, bf16=args.bf16, progress=not args.quiet, **_speed_options(args),
     )  # fmt: skip
-    out = args.out or "bigtransfer-finetune"
-    if args.runs > 1:
+    out = args.out or default_out("finetune")
+    options |= {"on_plan": functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
+                "dry_run": args.dry_run}  # fmt: skip
+    if args.runs > 1 and not args.dry_run:  # a dry run shows the first run's plan
         return finetune_runs(args.runs, args.seed, out, **options)
     return finetune(out=out, seed=args.seed, **options)
+
+
+def default_out(command: str) -> str:
+    """A new run directory per run, so that a second run without --out does not meet the first one."""
+    return f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def print_plan(plan: dict, stream) -> None:
+    """What a fine-tuning run is about to do, and a hint when that looks slow for the device."""
+    rule = plan["rule"]
+    decays = ", ".join(map(str, rule["decay_steps"])) or "none"
+    micro = rule["batch_size"] // plan["batch_split"]
+    shots = f", {plan['shots']} per class" if plan["shots"] else ""
+    lines = [
+        f"plan: fine-tune {plan['model']} on {plan['images']} images of {len(plan['classes'])} classes{shots}"
+        + (f"; evaluate on {plan['eval_images']}" if plan["eval_images"] else ""),
+        f"  HyperRule ({rule['preset']}): resize {rule['resize']} → crop {rule['crop']}, {rule['steps']} steps "
+        f"(warm-up {rule['warmup_steps']}, ÷10 at {decays}), batch {rule['batch_size']} "
+        f"(micro-batch {micro}), MixUp α {rule['mixup_alpha']:g}, lr {rule['base_lr']:g}",
+        f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} loading "
+        f"workers → {plan['out']}",
+    ]
+    if plan["device"] == "cpu" and rule["crop"] >= 256:
+        lines.append(
+            f"  note: {rule['crop']}-px crops on a CPU take minutes per step; for a quicker run pass e.g. "
+            "--resize 160 --crop 128 --batch-size 64 (or --steps N), or use a GPU (--device cuda)"
+        )
+    print("\n".join(lines), file=stream, flush=True)
 
 
 def run_pretrain(args: argparse.Namespace) -> dict:
@@ -195,7 +231,7 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
                              tuple(args.fewshot_shots))  # fmt: skip
     return pretrain(
-        load_data(args.data, args.classes), config, out=args.out or "bigtransfer-upstream", fewshot_check=check,
+        load_data(args.data, args.classes), config, out=args.out or default_out("pretrain"), fewshot_check=check,
         eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
         seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ import numpy as np
 import torch
 
 from ..config import BitConfig
+from ..loading import resolve_device, resolve_workers
 from ..modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from ..zoo import architecture_of
 from .augment import eval_processor, hyperrule_augment
 from .data import ImageDataset
 from .distributed import process_group
+from .evaluate import write_json
 from .few_shot import few_shot_subset
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Monitor, Recipe, Saving, Speed, train
@@ -84,6 +87,8 @@ def finetune(
     compile: bool = False,
     channels_last: bool | None = None,
     grad_checkpointing: bool = False,
+    on_plan: Callable[[dict[str, Any]], None] | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a pretrained BiT on `data` with the BiT-HyperRule; returns the final metrics.
 
@@ -91,7 +96,8 @@ def finetune(
     model/ (a transformers-format model whose preprocessor_config.json is the eval transform),
     metrics.json and confusion.png when `eval_data` is given. `workers` loading processes (default:
     one per core), `compile` and `channels_last` change the speed, not the result; `grad_checkpointing` trades
-    compute for memory, with the same gradients.
+    compute for memory, with the same gradients. Before training, `on_plan` receives what the run will do
+    (data, rule, device, precision, workers, output); `dry_run` returns {"plan": …} right there.
     """
     out = Path(out)
     prepare_output(out, resume)
@@ -118,9 +124,17 @@ def finetune(
     recipe = Recipe(rule, augment, image_size=rule.crop)
     processor = eval_processor(rule.crop)
     speed = Speed(workers, compile, channels_last, batch_split)
-    evaluation = evaluation_of(network, as_dataset(eval_data) if eval_data is not None else None, processor, speed,
-                               bf16)  # fmt: skip
+    eval_set = as_dataset(eval_data) if eval_data is not None else None
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
+    plan = {"model": name, "images": len(train_set), "classes": train_set.classes, "shots": shots,
+            "eval_images": len(eval_set) if eval_set is not None else None, "rule": dataclasses.asdict(rule),
+            "batch_split": batch_split, "device": str(resolve_device(device)), "bf16": bf16,
+            "workers": resolve_workers(workers), "out": str(out)}  # fmt: skip
+    if on_plan is not None and int(os.environ.get("RANK", "0")) == 0:
+        on_plan(plan)
+    if dry_run:
+        return {"plan": plan}
+    evaluation = evaluation_of(network, eval_set, processor, speed, bf16)
     fingerprint = {"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                    "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
     metrics = {"train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule)}
@@ -133,11 +147,15 @@ def finetune(
 
 
 def finetune_runs(runs: int, seed: int, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds; mean ± std of eval top-1."""
+    """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds; mean ± std of eval top-1, also written to
+    `out`/runs.json."""
     results = [finetune(seed=seed + k, out=Path(out) / f"seed-{seed + k}", **kwargs) for k in range(runs)]
     accuracies = [r["eval"]["top1"] for r in results if "eval" in r]
     summary: dict[str, Any] = {"runs": results, "seeds": list(range(seed, seed + runs))}
     if accuracies:
         summary["eval_top1_mean"] = float(np.mean(accuracies))
         summary["eval_top1_std"] = float(statistics.pstdev(accuracies)) if len(accuracies) > 1 else 0.0
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_json(Path(out) / "runs.json", {"seeds": summary["seeds"], "eval_top1": accuracies,
+                       "eval_top1_mean": summary["eval_top1_mean"], "eval_top1_std": summary["eval_top1_std"]})  # fmt: skip
     return summary

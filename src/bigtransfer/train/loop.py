@@ -19,13 +19,13 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..io import atomic_path, atomic_write_text
 from ..loading import LoadedImages, ordered_results, resolve_workers, use_channels_last
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
 from .data import ImageDataset
 from .distributed import Distributed, barrier, sync_gradients, wrap
+from .progress import StepProgress
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -165,19 +165,19 @@ def append_metrics(path: Path, row: dict) -> None:
 
 
 class MetricsLog:
-    """One metrics.jsonl row per step, and the progress bar.
+    """One metrics.jsonl row per step, and the console's progress (measurements are also printed).
 
     Reading a loss from a GPU waits for it, so a step's row is written during the next step, while
     the device is busy with it: the host never stalls the device to log.
     """
 
-    def __init__(self, path: Path, bar: tqdm, enabled: bool):
-        self.path, self.bar, self.enabled = path, bar, enabled
+    def __init__(self, path: Path, progress: StepProgress, enabled: bool):
+        self.path, self.progress, self.enabled = path, progress, enabled
         self.pending: tuple[dict, torch.Tensor] | None = None
 
     def close(self) -> None:
         self.flush()
-        self.bar.close()
+        self.progress.close()
 
     def add(self, row: dict, loss_sum: torch.Tensor) -> None:
         self.flush()
@@ -192,8 +192,10 @@ class MetricsLog:
                **row, **extra}  # fmt: skip
         if self.enabled:
             append_metrics(self.path, row)
-        self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", img_s=f"{row['images_per_s']:.0f}")
-        self.bar.update(1)
+        self.progress.update(row)
+        if extra:
+            shown = ", ".join(f"{key.removeprefix('eval_')} {value:.4f}" for key, value in extra.items())
+            self.progress.note(f"step {row['step']}: {shown}")
 
 
 class TrainingRun:
@@ -361,8 +363,10 @@ def train(
     run = TrainingRun(model, recipe, out, context, speed, bf16, saving)
     run.begin()
     examples = TrainingExamples(dataset, recipe.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps)
-    bar = tqdm(total=schedule.steps, initial=run.step, disable=not (progress and context.is_main), unit="step")
-    log = MetricsLog(out / METRICS, bar, enabled=context.is_main)
+    console = StepProgress(schedule.steps, run.step, enabled=progress and context.is_main)
+    if saving.resume:
+        console.note(f"resuming at step {run.step} of {schedule.steps} from {out / CHECKPOINT}")
+    log = MetricsLog(out / METRICS, console, enabled=context.is_main)
     began = time.perf_counter()
     try:
         with (
