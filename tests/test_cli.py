@@ -135,3 +135,12 @@ def test_output_piped_into_head_is_not_an_error():
     done = subprocess.run(f"{sys.executable} -m bigtransfer models | head -1", shell=True, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert done.stdout.startswith("name") and done.stderr == ""
+
+
+def test_demo_without_out_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cli(["demo", "--json", "--num-labels", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["saved_to"].startswith("a temporary directory, removed")
+    assert list(tmp_path.iterdir()) == []

@@ -232,6 +232,17 @@ def test_batch_split_gives_the_same_update(upstream, folder, tmp_path, mixup):
     assert max(max_abs_diff(whole[k], split[k]) for k in whole) < 1e-6
 
 
+def test_top5_is_reported_only_when_it_can_differ_from_top1_certainty():
+    from bigtransfer.train.evaluate import accuracy_metrics
+
+    rng = np.random.default_rng(0)
+    for classes, has_top5 in ((5, False), (6, True)):
+        metrics = accuracy_metrics(
+            rng.normal(size=(20, classes)), rng.integers(0, classes, 20), list("abcdef")[:classes]
+        )
+        assert ("top5" in metrics) is has_top5
+
+
 def test_grad_checkpointing_gives_the_same_weights(upstream, folder, tmp_path):
     run(upstream, folder, tmp_path / "plain")
     run(upstream, folder, tmp_path / "checkpointed", grad_checkpointing=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -26,10 +27,16 @@ def _demo_image(path: str | None):
 
 def run_demo(args: argparse.Namespace) -> dict:
     """Build a BiT-R50x1, save it, reload it, check both agree, and classify a photo."""
+    with contextlib.ExitStack() as cleanup:  # without --out the saved model is removed at the end (≈100 MB)
+        out = Path(args.out or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bigtransfer-demo-")))
+        result = _save_reload_classify(args, out)
+    return result | {"saved_to": str(out) if args.out else "a temporary directory, removed (keep it with --out DIR)"}
+
+
+def _save_reload_classify(args: argparse.Namespace, out: Path) -> dict:
     from .. import BitConfig, BitForImageClassification, BitImageProcessor
 
     torch.manual_seed(args.seed)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bigtransfer-demo-"))
     config = BitConfig(num_labels=args.num_labels)
     model = BitForImageClassification(config).eval()
     model.save_pretrained(out)
@@ -48,7 +55,6 @@ def run_demo(args: argparse.Namespace) -> dict:
     return {
         "model": f"BiT-R50x1 (random weights, seed {args.seed}: no pretrained checkpoint is needed offline)",
         "parameters": reloaded.num_parameters(),
-        "saved_to": str(out),
         "reloaded_logits_identical": same,
         "image": image_name,
         "input_shape": list(pixel_values.shape),
@@ -82,7 +88,7 @@ def register(commands) -> None:
         description="Build a BiT-R50x1 (random weights), save it with its preprocessor config, reload both, "
         "verify the reload gives identical logits and print the top-k classes of a photo.",
     )
-    demo.add_argument("--out", help="directory to save the model into (default: a new temporary directory)")
+    demo.add_argument("--out", help="directory to save the model into (default: a temporary one, removed afterwards)")
     demo.add_argument("--image", help="photo to classify (default: scikit-image's cat)")
     demo.add_argument("--num-labels", type=int, default=1000, help="head size (default 1000)")
     demo.add_argument("--top-k", type=int, default=5, help="how many classes to print (default 5)")

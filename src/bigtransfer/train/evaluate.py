@@ -167,7 +167,7 @@ def accuracy_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str])
         name: float(confusion[i, i] / confusion[i].sum()) for i, name in enumerate(classes) if confusion[i].sum() > 0
     }
     metrics = {"examples": len(labels), "top1": float((predictions == labels).mean()), "per_class": per_class}
-    if len(classes) >= 5:
+    if len(classes) > 5:  # with five classes or fewer top-5 is always 1
         top5 = np.argsort(-logits, axis=-1)[:, :5]
         metrics["top5"] = float((top5 == labels[:, None]).any(-1).mean())
     metrics["confusion"] = confusion.tolist()
@@ -226,7 +226,8 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="step")
-    axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
+    warm = [r for r in train if r["lr"] > 0]  # the warm-up's first step has lr 0, which a log scale cannot show
+    axes[1].plot([r["step"] for r in warm], [r["lr"] for r in warm])
     axes[1].set(title="learning rate", xlabel="step", yscale="log")
     for key in series:  # eval top-1, and the linear few-shot accuracies of pre-training's --fewshot-every
         points = [r for r in rows if key in r]
