@@ -51,7 +51,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "unless --resume)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
-    parser.add_argument("--batch-split", type=int, default=1, help="micro-batches per step (same update, less memory)")
+    parser.add_argument(
+        "--batch-split", type=int, default=1, help="micro-batches per step: same update, less memory (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation, few-shot subsets")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass and evaluation")
@@ -85,7 +87,9 @@ def register(commands) -> None:
     finetune.add_argument("--model", required=True, help="the pretrained model: " + MODEL_HELP)
     _add_data_arguments(finetune)
     finetune.add_argument("--shots", type=int, default=None, help="K examples per class (balanced, seeded)")
-    finetune.add_argument("--runs", type=int, default=1, help="repeat over this many seeds; report mean ± std")
+    finetune.add_argument(
+        "--runs", type=int, default=1, help="repeat over this many seeds; report mean ± std (default 1)"
+    )
     finetune.add_argument(
         "--preset", choices=["code", "paper"], default="code", help="HyperRule variant (default code)"
     )
@@ -124,15 +128,17 @@ def register(commands) -> None:
         "÷10 at 1/3, 2/3 and 8/9 of training, Inception crop + flip.",
     )
     _add_data_arguments(pretrain)
-    pretrain.add_argument("--arch", default="R50x1", help="R50x1 … R152x4, or 'custom' with the options below")
+    pretrain.add_argument(
+        "--arch", default="R50x1", help="R50x1 … R152x4, or 'custom' with the options below (default R50x1)"
+    )
     pretrain.add_argument("--depths", help="custom: blocks per stage, e.g. 1,1,1,1")
     pretrain.add_argument("--hidden-sizes", help="custom: stage widths, e.g. 64,128,256,512")
-    pretrain.add_argument("--embedding-size", type=int, default=64, help="custom: stem width")
-    pretrain.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups")
+    pretrain.add_argument("--embedding-size", type=int, default=64, help="custom: stem width (default 64)")
+    pretrain.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups (default 32)")
     pretrain.add_argument("--epochs", type=float, default=90, help="passes over --data (default 90, as BiT-S)")
     pretrain.add_argument("--warmup-epochs", type=float, default=5, help="linear learning-rate warm-up (default 5)")
     pretrain.add_argument("--batch-size", type=int, default=256, help="images per step, all processes (default 256)")
-    pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution")
+    pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution (default 224)")
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
     check.add_argument("--fewshot-every", type=int, metavar="N", help="measure every N steps and at the end")
