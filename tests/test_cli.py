@@ -1,17 +1,20 @@
 """The commands a user types first: predict, models, info, demo, and what they say about damaged files."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from PIL import Image
 
 import bigtransfer
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.cli import main as cli
-from helpers import TINY, write_bit_npz
+from helpers import TINY, run_python, write_bit_npz
 
 R50 = [3, 4, 6, 3]
 
@@ -144,3 +147,22 @@ def test_demo_without_out_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
     assert cli(["demo", "--json", "--num-labels", "10"]) == 0
     assert json.loads(capsys.readouterr().out)["saved_to"].startswith("a temporary directory, removed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_with_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    photo = tmp_path / "x.jpg"
+    Image.new("RGB", (32, 32)).save(photo)
+    began = time.perf_counter()
+    environment = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-m", "bigtransfer", "predict", "--model", "google/bit-50", str(photo)],
+                          capture_output=True, text=True, env=environment, timeout=60)  # fmt: skip
+    assert time.perf_counter() - began < 10
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (
+        "Could not reach the Hugging Face Hub for 'google/bit-50'" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
+    )
+
+
+def test_transformers_imports_in_a_fresh_interpreter_after_set_up():
+    done = run_python("from transformers import BitForImageClassification, Trainer; print('ok')")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]

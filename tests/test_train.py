@@ -296,6 +296,20 @@ def test_dry_run_prints_the_plan_writes_nothing_and_warns_when_slow(upstream, tm
     assert "note: 480-px crops on a CPU take minutes per step" in printed and not out.exists()
 
 
+def test_pretrain_dry_run_prints_its_plan(folder, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli(["pretrain", "--data", str(folder), "--arch", "custom", "--depths", "1,1", "--hidden-sizes", "16,32",
+                "--embedding-size", "8", "--num-groups", "4", "--epochs", "3", "--batch-size", "5", "--device", "cpu",
+                "--workers", "0", "--out", str(out),
+                "--dry-run"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert re.match(
+        r"plan: pre-train a BiT \(1-1, 0\.\d M parameters\) from scratch on 15 images of 3 classes", printed
+    )
+    assert "Inception crop 224 + flip, 9 steps" in printed and "note: 224-px crops on a CPU" in printed
+    assert not out.exists()
+
+
 def test_several_runs_save_their_mean_and_std(upstream, folder, tmp_path):
     from bigtransfer.train import finetune_runs
 

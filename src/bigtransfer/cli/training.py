@@ -63,6 +63,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute each block's activations in backward: same gradients, less memory "
                         "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (data, schedule, device) and stop")
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -103,7 +104,6 @@ def register(commands) -> None:
     finetune.add_argument("--mixup", type=float, default=None, help="override the MixUp alpha (0 = off)")
     finetune.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     finetune.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (curve in the PNG)")
-    finetune.add_argument("--dry-run", action="store_true", help="print the plan (data, rule, device) and stop")
     _add_run_arguments(finetune)
 
     evaluate = commands.add_parser(
@@ -189,25 +189,29 @@ def default_out(command: str) -> str:
 
 
 def print_plan(plan: dict, stream) -> None:
-    """What a fine-tuning run is about to do, and a hint when that looks slow for the device."""
-    rule = plan["rule"]
-    decays = ", ".join(map(str, rule["decay_steps"])) or "none"
-    micro = rule["batch_size"] // plan["batch_split"]
+    """What a training run is about to do, and a hint when that looks slow for the device."""
     shots = f", {plan['shots']} per class" if plan["shots"] else ""
-    lines = [
-        f"plan: fine-tune {plan['model']} on {plan['images']} images of {len(plan['classes'])} classes{shots}"
-        + (f"; evaluate on {plan['eval_images']}" if plan["eval_images"] else ""),
-        f"  HyperRule ({rule['preset']}): resize {rule['resize']} → crop {rule['crop']}, {rule['steps']} steps "
-        f"(warm-up {rule['warmup_steps']}, ÷10 at {decays}), batch {rule['batch_size']} "
-        f"(micro-batch {micro}), MixUp α {rule['mixup_alpha']:g}, lr {rule['base_lr']:g}",
-        f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} loading "
-        f"workers → {plan['out']}",
-    ]
-    if plan["device"] == "cpu" and rule["crop"] >= 256:
-        lines.append(
-            f"  note: {rule['crop']}-px crops on a CPU take minutes per step; for a quicker run pass e.g. "
-            "--resize 160 --crop 128 --batch-size 64 (or --steps N), or use a GPU (--device cuda)"
-        )
+    lines = [f"plan: {plan['what']} on {plan['images']} images of {len(plan['classes'])} classes{shots}"
+             + (f"; evaluate on {plan['eval_images']}" if plan["eval_images"] else "")]  # fmt: skip
+    if "rule" in plan:
+        rule, crop = plan["rule"], plan["rule"]["crop"]
+        decays = ", ".join(map(str, rule["decay_steps"])) or "none"
+        lines.append(f"  HyperRule ({rule['preset']}): resize {rule['resize']} → crop {crop}, {rule['steps']} steps "
+                     f"(warm-up {rule['warmup_steps']}, ÷10 at {decays}), batch {rule['batch_size']} (micro-batch "
+                     f"{rule['batch_size'] // plan['batch_split']}), MixUp α {rule['mixup_alpha']:g}, lr {rule['base_lr']:g}")  # fmt: skip
+        quicker = "--resize 160 --crop 128 --batch-size 64 (or --steps N)"
+    else:
+        schedule, crop = plan["schedule"], plan["crop"]
+        lines.append(f"  upstream recipe: Inception crop {crop} + flip, {schedule['steps']} steps (warm-up "
+                     f"{schedule['warmup_steps']}, ÷10 at 1/3, 2/3, 8/9), batch {schedule['batch_size']} (micro-batch "
+                     f"{schedule['batch_size'] // plan['batch_split']}), lr {schedule['base_lr']:g}, weight decay "
+                     f"{schedule['weight_decay']:g}")  # fmt: skip
+        quicker = "--crop 128 --batch-size 64 (or fewer --epochs)"
+    lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
+                 f"loading workers → {plan['out']}")  # fmt: skip
+    if plan["device"] == "cpu" and crop >= 224:
+        lines.append(f"  note: {crop}-px crops on a CPU take minutes per step; for a quicker run pass e.g. {quicker}, "
+                     "or use a GPU (--device cuda)")  # fmt: skip
     print("\n".join(lines), file=stream, flush=True)
 
 
@@ -238,6 +242,7 @@ def run_pretrain(args: argparse.Namespace) -> dict:
                              tuple(args.fewshot_shots))  # fmt: skip
     return pretrain(
         load_data(args.data, args.classes), config, out=args.out or default_out("pretrain"), fewshot_check=check,
+        on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout), dry_run=args.dry_run,
         eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
         seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,

@@ -126,7 +126,7 @@ def finetune(
     speed = Speed(workers, compile, channels_last, batch_split)
     eval_set = as_dataset(eval_data) if eval_data is not None else None
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
-    plan = {"model": name, "images": len(train_set), "classes": train_set.classes, "shots": shots,
+    plan = {"what": f"fine-tune {name}", "images": len(train_set), "classes": train_set.classes, "shots": shots,
             "eval_images": len(eval_set) if eval_set is not None else None, "rule": dataclasses.asdict(rule),
             "batch_split": batch_split, "device": str(resolve_device(device)), "bf16": bf16,
             "workers": resolve_workers(workers), "out": str(out)}  # fmt: skip

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import BitConfig
+from ..loading import resolve_device, resolve_workers
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
 from .data import ImageDataset
@@ -71,11 +73,13 @@ def pretrain(
     channels_last: bool | None = None,
     grad_checkpointing: bool = False,
     fewshot_check: FewShotCheck | None = None,
+    on_plan: Callable[[dict[str, Any]], None] | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Train `config`'s architecture from scratch on `data`; the result is saved as a model directory.
 
     `fewshot_check` adds linear few-shot accuracy on a downstream dataset to the metrics every N steps and at
-    the end (metrics.json "fewshot", and the curves).
+    the end (metrics.json "fewshot", and the curves). `on_plan` and `dry_run` as in `finetune`.
 
     `workers`, `compile`, `channels_last` and `grad_checkpointing` change speed or memory, not the result (as in
     `finetune`).
@@ -96,7 +100,18 @@ def pretrain(
                    "seed": seed, "schedule": dataclasses.asdict(schedule), "crop": crop}  # fmt: skip
     metrics = {"train_examples": len(dataset), "classes": dataset.classes, "schedule": dataclasses.asdict(schedule)}
     processor = eval_processor(crop)
-    evaluation = evaluation_of(model, as_dataset(eval_data) if eval_data is not None else None, processor, speed, bf16)
+    eval_set = as_dataset(eval_data) if eval_data is not None else None
+    layout = "-".join(map(str, config.depths)) + f", width ×{config.width_factor}" * (config.width_factor != 1)
+    plan = {"what": f"pre-train a BiT ({layout}, {model.num_parameters() / 1e6:.1f} M parameters) from scratch",
+            "images": len(dataset), "classes": dataset.classes, "shots": None,
+            "eval_images": len(eval_set) if eval_set is not None else None, "schedule": dataclasses.asdict(schedule),
+            "crop": crop, "batch_split": batch_split, "device": str(resolve_device(device)), "bf16": bf16,
+            "workers": resolve_workers(workers), "out": str(out)}  # fmt: skip
+    if on_plan is not None and int(os.environ.get("RANK", "0")) == 0:
+        on_plan(plan)
+    if dry_run:
+        return {"plan": plan}
+    evaluation = evaluation_of(model, eval_set, processor, speed, bf16)
     monitor = fewshot_check.monitor(model, processor, workers=workers, bf16=bf16) if fewshot_check else None
     with process_group(device) as context:
         summary = train(model, dataset, recipe, out, context=context, seed=seed, bf16=bf16, monitor=monitor,
