@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .predict import collect_images
+from .predict import collect_images, report_skipped
 from .training import add_inference_arguments, load_data, shot_counts
 
 
@@ -88,9 +87,7 @@ def handle_embed(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "errors": errors}, indent=2))
     else:
         print(f"wrote {summary['rows']} × {summary['dim']} features to {summary['out']} (paths: {summary['paths']})")
-    for error in errors:
-        print(f"skipped {error['file']}: {error['error']}", file=sys.stderr)
-    return 1 if errors else 0
+    return report_skipped(errors)
 
 
 def register(commands) -> None:

@@ -75,6 +75,11 @@ def handle(args: argparse.Namespace) -> int:
             print(result["file"])
             for prediction in result["predictions"]:
                 print(f"  {prediction['score']:7.2%}  {prediction['label']}")
+    return report_skipped(errors)
+
+
+def report_skipped(errors: list[dict]) -> int:
+    """Each input that could not be used, on stderr; the exit code: 1 when there were any."""
     for error in errors:
         print(f"skipped {error['file']}: {error['error']}", file=sys.stderr)
     return 1 if errors else 0

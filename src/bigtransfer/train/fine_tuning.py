@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..config import BitConfig
-from ..loading import resolve_device, resolve_workers
 from ..modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from ..zoo import architecture_of
 from .augment import eval_processor, hyperrule_augment
@@ -24,7 +23,7 @@ from .evaluate import write_json
 from .few_shot import few_shot_subset
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Monitor, Recipe, Saving, Speed, train
-from .run import as_dataset, evaluation_of, finish_run, prepare_output
+from .run import as_dataset, evaluation_of, finish_run, plan_of, prepare_output, show_plan
 
 
 def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
@@ -126,12 +125,9 @@ def finetune(
     speed = Speed(workers, compile, channels_last, batch_split)
     eval_set = as_dataset(eval_data) if eval_data is not None else None
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
-    plan = {"what": f"fine-tune {name}", "images": len(train_set), "classes": train_set.classes, "shots": shots,
-            "eval_images": len(eval_set) if eval_set is not None else None, "rule": dataclasses.asdict(rule),
-            "batch_split": batch_split, "device": str(resolve_device(device)), "bf16": bf16,
-            "workers": resolve_workers(workers), "out": str(out)}  # fmt: skip
-    if on_plan is not None and int(os.environ.get("RANK", "0")) == 0:
-        on_plan(plan)
+    plan = plan_of(f"fine-tune {name}", train_set, eval_set, shots=shots, batch_split=batch_split, device=device,
+                   bf16=bf16, workers=workers, out=out, rule=dataclasses.asdict(rule))  # fmt: skip
+    show_plan(plan, on_plan)
     if dry_run:
         return {"plan": plan}
     evaluation = evaluation_of(network, eval_set, processor, speed, bf16)

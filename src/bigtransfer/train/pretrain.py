@@ -12,14 +12,13 @@ from typing import Any
 import torch
 
 from ..config import BitConfig
-from ..loading import resolve_device, resolve_workers
 from ..modeling import BitForImageClassification
 from .augment import eval_processor, inception_augment
 from .data import ImageDataset
 from .distributed import process_group
 from .few_shot import FewShotCheck
 from .loop import METRICS, Recipe, Saving, Speed, append_metrics, train
-from .run import as_dataset, evaluation_of, finish_run, prepare_output
+from .run import as_dataset, evaluation_of, finish_run, plan_of, prepare_output, show_plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +101,10 @@ def pretrain(
     processor = eval_processor(crop)
     eval_set = as_dataset(eval_data) if eval_data is not None else None
     layout = "-".join(map(str, config.depths)) + f", width ×{config.width_factor}" * (config.width_factor != 1)
-    plan = {"what": f"pre-train a BiT ({layout}, {model.num_parameters() / 1e6:.1f} M parameters) from scratch",
-            "images": len(dataset), "classes": dataset.classes, "shots": None,
-            "eval_images": len(eval_set) if eval_set is not None else None, "schedule": dataclasses.asdict(schedule),
-            "crop": crop, "batch_split": batch_split, "device": str(resolve_device(device)), "bf16": bf16,
-            "workers": resolve_workers(workers), "out": str(out)}  # fmt: skip
-    if on_plan is not None and int(os.environ.get("RANK", "0")) == 0:
-        on_plan(plan)
+    what = f"pre-train a BiT ({layout}, {model.num_parameters() / 1e6:.1f} M parameters) from scratch"
+    plan = plan_of(what, dataset, eval_set, shots=None, batch_split=batch_split, device=device, bf16=bf16,
+                   workers=workers, out=out, schedule=dataclasses.asdict(schedule), crop=crop)  # fmt: skip
+    show_plan(plan, on_plan)
     if dry_run:
         return {"plan": plan}
     evaluation = evaluation_of(model, eval_set, processor, speed, bf16)

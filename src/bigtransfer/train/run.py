@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..loading import resolve_device, resolve_workers
 from ..modeling import BitForImageClassification
 from ..processing import BitImageProcessor
 from .data import ImageDataset, load_dataset
@@ -23,6 +24,21 @@ def prepare_output(out: Path, resume: bool) -> None:
     """Never overwrite a run: an existing run directory needs --resume."""
     if out.exists() and any((out / name).exists() for name in (CHECKPOINT, METRICS, MODEL_DIR)) and not resume:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out.")
+
+
+def plan_of(what: str, dataset: ImageDataset, eval_set: ImageDataset | None, *, shots: int | None, batch_split: int,
+            device: Any, bf16: bool, workers: int | None, out: Path, **recipe: Any) -> dict[str, Any]:  # fmt: skip
+    """What a training run is about to do (`recipe`: its "rule" or "schedule" and crop), for `on_plan`."""
+    return {"what": what, "images": len(dataset), "classes": dataset.classes, "shots": shots,
+            "eval_images": len(eval_set) if eval_set is not None else None, **recipe, "batch_split": batch_split,
+            "device": str(resolve_device(device)), "bf16": bf16, "workers": resolve_workers(workers),
+            "out": str(out)}  # fmt: skip
+
+
+def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:
+    """Hand the plan to `on_plan` once: on the first process of a multi-process run."""
+    if on_plan is not None and int(os.environ.get("RANK", "0")) == 0:
+        on_plan(plan)
 
 
 def as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
