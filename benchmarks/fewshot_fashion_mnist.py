@@ -1,10 +1,11 @@
 """Does an upstream's representation transfer? Linear few-shot accuracy (big_vision's evaluator,
-`bigtransfer fewshot`) on the five Fashion-MNIST classes `bit-tiny-fashion5` never saw, for the
-upstream's frozen features, the same architecture with random weights, and the raw pixels.
+`bigtransfer fewshot`) on a downstream task (benchmarks/downstreams.py: by default the five Fashion-MNIST
+classes `bit-tiny-fashion5` never saw; `--downstream mnist5k` for real digits), for the upstream's frozen
+features, the same architecture with random weights, and the raw pixels.
 
-    python benchmarks/fewshot_fashion_mnist.py [--upstream DIR ...] [--shots 1 5 10] [--seeds 5]
+    python benchmarks/fewshot_fashion_mnist.py [--upstream DIR ...] [--downstream mnist5k] [--shots 1 5 10] [--seeds 5]
 
-Prints a Markdown table of mean ± std top-1 (%) over the seeds, on all 5,000 test images of those classes.
+Prints a Markdown table of mean ± std top-1 (%) over the seeds, on all of the task's test images.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import torch
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.sources import bundled_model
 from bigtransfer.train import fewshot
-from bigtransfer.train.data import ImageDataset, load_dataset
+from bigtransfer.train.data import ImageDataset
 from bigtransfer.train.few_shot import fewshot_pool, linear_fewshot
-
-DATA = Path("/usr/share/datasets/fashion-mnist")
-DOWNSTREAM_CLASSES = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+from downstreams import DOWNSTREAMS
 
 
 def pixels(dataset: ImageDataset, indices) -> np.ndarray:
@@ -37,12 +36,12 @@ def row(name: str, shots: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--upstream", nargs="+", default=[str(bundled_model("bit-tiny-fashion5"))])
+    parser.add_argument("--downstream", choices=sorted(DOWNSTREAMS), default="fashion5")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
 
-    train = load_dataset(DATA / "train-images-idx3-ubyte.gz").select_classes(DOWNSTREAM_CLASSES)
-    test = load_dataset(DATA / "t10k-images-idx3-ubyte.gz").select_classes(DOWNSTREAM_CLASSES)
+    train, test = DOWNSTREAMS[args.downstream]()
     options = dict(shots=args.shots, seeds=args.seeds, progress=False)
     print("| features | " + " | ".join(f"{s}-shot" for s in args.shots) + " |")
     print("|---|" + "---|" * len(args.shots))

@@ -1,11 +1,13 @@
 """A miniature of BiT's claim, offline: pre-train upstream on five Fashion-MNIST classes, transfer with the
-BiT-HyperRule to the other five at 1/5/10/100 shots (several seeds), and compare with the same architecture
-trained from scratch by the same rule.
+BiT-HyperRule to a downstream task (benchmarks/downstreams.py: the other five classes, or with
+`--downstream mnist5k` real digits) at 1/5/10/100 shots (several seeds), and compare with the same
+architecture trained from scratch by the same rule.
 
-    python benchmarks/transfer_fashion_mnist.py [--pretrain [--arch wide] | --upstream DIR] [--seeds 5] [--shots 1 5 10 100]
+    python benchmarks/transfer_fashion_mnist.py [--pretrain [--arch wide] | --upstream DIR] [--downstream mnist5k]
+        [--seeds 5] [--shots 1 5 10 100]
 
 --pretrain first re-creates the upstream model into --work/upstream (`--arch small`: the one shipped as
-`bit-tiny-fashion5`; `--arch wide`: twice its depth and width); without it the shipped one (or --upstream) is used. Prints a Markdown table of mean ± std test top-1 (5,000 test images).
+`bit-tiny-fashion5`; `--arch wide`: twice its depth and width); without it the shipped one (or --upstream) is used. Prints a Markdown table of mean ± std test top-1 on all of the task's test images.
 """
 
 from __future__ import annotations
@@ -20,13 +22,10 @@ from pathlib import Path
 import torch
 
 from bigtransfer import BitConfig, BitForImageClassification
-from bigtransfer.train.data import load_dataset
 from bigtransfer.train.fine_tuning import finetune
 from bigtransfer.train.pretrain import pretrain
+from downstreams import DOWNSTREAMS, UPSTREAM_CLASSES, fashion
 
-DATA = Path("/usr/share/datasets/fashion-mnist")
-UPSTREAM_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
-DOWNSTREAM_CLASSES = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 UPSTREAM_CONFIGS = {
     # the shipped upstream: ~0.5 M parameters, 32 px, 20 epochs on 30,000 images (≈5 min on 2 CPU cores)
     "small": dict(depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512], embedding_size=32, num_groups=8),
@@ -37,8 +36,7 @@ PRETRAIN = dict(epochs=20, batch_size=128, crop=32, seed=0)
 
 
 def make_upstream(work: Path, arch: str) -> Path:
-    train = load_dataset(DATA / "train-images-idx3-ubyte.gz").select_classes(UPSTREAM_CLASSES)
-    test = load_dataset(DATA / "t10k-images-idx3-ubyte.gz").select_classes(UPSTREAM_CLASSES)
+    train, test = fashion(UPSTREAM_CLASSES)
     metrics = pretrain(train, BitConfig(**UPSTREAM_CONFIGS[arch]), out=work / "upstream", eval_data=test, **PRETRAIN)
     print(f"upstream: top-1 {metrics['eval']['top1']:.4f} on its own five classes ({metrics['seconds']} s)")
     return work / "upstream" / "model"
@@ -58,6 +56,7 @@ def main() -> None:
     parser.add_argument("--pretrain", action="store_true", help="re-create the upstream model first")
     parser.add_argument("--arch", choices=sorted(UPSTREAM_CONFIGS), default="small", help="with --pretrain")
     parser.add_argument("--upstream", help="an upstream model directory to transfer from (default: the shipped one)")
+    parser.add_argument("--downstream", choices=sorted(DOWNSTREAMS), default="fashion5")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 100])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32, help="HyperRule batch (512 in the paper; CPU: 32)")
@@ -65,8 +64,7 @@ def main() -> None:
 
     work = Path(args.work)
     upstream = make_upstream(work, args.arch) if args.pretrain else Path(args.upstream) if args.upstream else _bundled()
-    train = load_dataset(DATA / "train-images-idx3-ubyte.gz").select_classes(DOWNSTREAM_CLASSES)
-    test = load_dataset(DATA / "t10k-images-idx3-ubyte.gz").select_classes(DOWNSTREAM_CLASSES)
+    train, test = DOWNSTREAMS[args.downstream]()
     results: dict[str, dict[int, list[float]]] = {"BiT transfer": {}, "from scratch": {}}
     started = time.perf_counter()
     for shots in args.shots:
