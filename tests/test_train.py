@@ -3,7 +3,6 @@
 import contextlib
 import errno
 import functools
-import gzip
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from bigtransfer.cli import main as cli
 from bigtransfer.loading import LoaderWorkerError, model_input
 from bigtransfer.train import hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
-from bigtransfer.train.data import from_csv, from_folder, load_dataset
+from bigtransfer.train.data import from_csv, from_folder, load_dataset, write_idx
 from bigtransfer.train.evaluate import evaluate
 from bigtransfer.train.few_shot import few_shot_subset
 from bigtransfer.train.fine_tuning import finetune
@@ -128,12 +127,6 @@ def make_folder(root, classes=("cat", "dog"), per_class=6, size=(20, 24), seed=0
             pixels = np.clip(rng.normal(60 + 120 * index, 30, size + (3,)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
-
-
-def write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as file:
-        file.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_folder_csv_and_idx_datasets(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..image_inputs import IMAGE_SUFFIXES, decode_image, pil_to_rgb
+from ..io import atomic_path
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -134,6 +135,15 @@ def _read_idx(path: Path) -> np.ndarray:
     if body.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} bytes of data.")
     return body.reshape(shape)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write unsigned bytes as an MNIST-style IDX file (gzip-compressed when `path` ends in .gz), atomically."""
+    path = Path(path)
+    data = np.ascontiguousarray(array, dtype=np.uint8)
+    body = bytes([0, 0, 0x08, data.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in data.shape) + data.tobytes()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip.compress(body) if path.suffix == ".gz" else body)
 
 
 def from_idx(images_path: Path) -> ImageDataset:
