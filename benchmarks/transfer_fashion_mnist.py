@@ -33,7 +33,7 @@ UPSTREAM_CONFIGS = {
     "small": dict(depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512], embedding_size=32, num_groups=8),
     # twice the depth and width (3.5 M parameters, 15-25 min): its features beat raw pixels at 10 shots
     "wide": dict(depths=[2, 2, 2, 2], hidden_sizes=[128, 256, 512, 1024], embedding_size=64, num_groups=8),
-    # 1.5× the wide one's widths (7.8 M parameters, ~25 min): features 8 points above pixels at 10-shot digits
+    # 1.5× the wide one's widths (7.9 M parameters, ~25 min): features 8 points above pixels at 10-shot digits
     "wider": dict(depths=[2, 2, 2, 2], hidden_sizes=[192, 384, 768, 1536], embedding_size=96, num_groups=8),
 }
 PRETRAIN = dict(epochs=20, batch_size=128, crop=32, seed=0)
