@@ -187,6 +187,7 @@ def test_eval_transform_saved_with_the_model_equals_the_training_eval():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8))
     pixels = processor(image, return_tensors="pt")["pixel_values"][0]
     assert pixels.shape == (3, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
+    assert processor.crop_size == {"height": 32, "width": 32}  # the resolution it records, not the default 224
     augmented = hyperrule_augment(image, 32, 32, flip=False, rng=np.random.default_rng(0))
     assert torch.allclose(model_input(torch.tensor(augmented)[None])[0], pixels, atol=1e-6)  # resize == crop
 

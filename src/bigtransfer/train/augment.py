@@ -44,9 +44,11 @@ def inception_augment(image: Image.Image, crop: int, flip: bool, rng: np.random.
 
 
 def eval_processor(crop: int) -> BitImageProcessor:
-    """BiT's evaluation transform (square resize to the crop size, [-1, 1]); saved beside the model."""
+    """BiT's evaluation transform (square resize to the crop size, [-1, 1]); saved beside the model. `crop_size`
+    is unused by the transform but records the resolution (`bigtransfer models` reads it) instead of 224."""
     return BitImageProcessor(
         size={"height": crop, "width": crop},
+        crop_size={"height": crop, "width": crop},
         do_center_crop=False,
         resample=2,
         image_mean=[0.5] * 3,
