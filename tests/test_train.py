@@ -139,6 +139,8 @@ def test_folder_csv_and_idx_datasets(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 1]))
     idx = load_dataset(tmp_path / "train-images-idx3-ubyte.gz")
     assert len(idx) == 4 and idx.classes == ["0", "1", "2"] and idx.load(3).size == (28, 28)
+    gzip_header = (tmp_path / "train-labels-idx1-ubyte.gz").read_bytes()[:10]
+    assert gzip_header[4:8] == bytes(4)  # no time stamp: a regenerated file is byte-identical
 
 
 def test_fashion_mnist_from_the_debian_package_has_its_names():

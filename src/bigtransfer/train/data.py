@@ -143,7 +143,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     data = np.ascontiguousarray(array, dtype=np.uint8)
     body = bytes([0, 0, 0x08, data.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in data.shape) + data.tobytes()
     with atomic_path(path) as tmp:
-        tmp.write_bytes(gzip.compress(body) if path.suffix == ".gz" else body)
+        tmp.write_bytes(gzip.compress(body, mtime=0) if path.suffix == ".gz" else body)  # same bytes each time
 
 
 def from_idx(images_path: Path) -> ImageDataset:
