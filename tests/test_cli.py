@@ -127,11 +127,13 @@ def test_bigtransfer_alone_prints_the_command_overview_and_version(capsys):
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"bigtransfer {bigtransfer.__version__}"
 
 
-def test_models_lists_the_bundled_model_first(capsys):
+def test_models_lists_the_bundled_models_first(capsys):
     assert cli(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["name"] == "bit-tiny-fashion5" and rows[0]["head"] == 5 and rows[0]["parameters"] == 510_693
-    assert rows[0]["url"] is None and rows[1]["name"].startswith("BiT-")
+    assert rows[1]["name"] == "bit-tiny-glyphs" and rows[1]["head"] == 39 and rows[1]["resolution"] == 32
+    assert rows[1]["upstream"].startswith("printed letters") and rows[1]["parameters"] == 528_135
+    assert rows[0]["url"] is rows[1]["url"] is None and rows[2]["name"].startswith("BiT-")
 
 
 def test_output_piped_into_head_is_not_an_error():

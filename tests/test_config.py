@@ -183,9 +183,10 @@ def test_a_stale_label2id_in_a_file_is_rebuilt_and_a_consistent_one_kept(tmp_pat
     assert kept == {"crane": 0, "dog": 1}
 
 
-def test_the_bundled_model_has_consistent_labels():
-    config = BitConfig.from_pretrained(bundled_model("bit-tiny-fashion5"))
-    assert config.label2id == {name: i for i, name in config.id2label.items()} and len(config.label2id) == 5
+@pytest.mark.parametrize("name, classes", [("bit-tiny-fashion5", 5), ("bit-tiny-glyphs", 39)])
+def test_the_bundled_models_have_consistent_labels(name, classes):
+    config = BitConfig.from_pretrained(bundled_model(name))
+    assert config.label2id == {name: i for i, name in config.id2label.items()} and len(config.label2id) == classes
 
 
 def test_json_round_trip_keeps_unknown_keys(tmp_path):

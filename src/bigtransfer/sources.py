@@ -27,7 +27,10 @@ from .processing_base import IMPLIED_SETTINGS
 from .zoo import UPSTREAM_224, ZOO, ZooEntry, entry_for_file, find_entry
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-BUNDLED_MODELS = ("bit-tiny-fashion5",)
+BUNDLED_MODELS = {  # name: what it was pre-trained on (bigtransfer/bundled/README.md)
+    "bit-tiny-fashion5": "Fashion-MNIST, 5 classes (in the package)",
+    "bit-tiny-glyphs": "printed letters, 39 classes (in the package)",
+}
 TIMM_PREFIX = "timm/"
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 MODEL_HELP = (
-    "a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-fashion5), an original BiT .npz "
+    "a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-glyphs or bit-tiny-fashion5), an original BiT .npz "
     "file, a transformers model directory or Hub id, or timm weights (a file or a timm/… Hub id)"
 )
 

@@ -38,12 +38,12 @@ def _bundled_rows() -> list[dict]:
     from ..sources import BUNDLED_MODELS, bundled_model
 
     rows = []
-    for name in BUNDLED_MODELS:
+    for name, upstream in BUNDLED_MODELS.items():
         directory = bundled_model(name)
         with safe_open(directory / "model.safetensors", "pt") as weights:
             parameters = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
         config, processor = read_json(directory / "config.json"), read_json(directory / "preprocessor_config.json")
-        rows.append({"name": name, "parameters": parameters, "upstream": "Fashion-MNIST, 5 classes (in the package)",
+        rows.append({"name": name, "parameters": parameters, "upstream": upstream,
                      "head": len(config["id2label"]), "resolution": processor["crop_size"]["height"], "top1": None,
                      "cached": True, "url": None})  # fmt: skip
     return rows
