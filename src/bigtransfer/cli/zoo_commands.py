@@ -36,6 +36,7 @@ def _bundled_rows() -> list[dict]:
 
     from ..io import read_json
     from ..sources import BUNDLED_MODELS, bundled_model
+    from ..train.evaluate import fixed_output_size
 
     rows = []
     for name, upstream in BUNDLED_MODELS.items():
@@ -44,7 +45,7 @@ def _bundled_rows() -> list[dict]:
             parameters = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
         config, processor = read_json(directory / "config.json"), read_json(directory / "preprocessor_config.json")
         rows.append({"name": name, "parameters": parameters, "upstream": upstream,
-                     "head": len(config["id2label"]), "resolution": processor["crop_size"]["height"], "top1": None,
+                     "head": len(config["id2label"]), "resolution": fixed_output_size(processor)[0], "top1": None,
                      "cached": True, "url": None})  # fmt: skip
     return rows
 
