@@ -106,5 +106,5 @@ DOWNSTREAMS = {"fashion5": lambda: fashion(UNSEEN_CLASSES), "mnist5k": mnist_5k}
 
 if __name__ == "__main__":  # `bash scripts/setup.sh demo`: the main job's digits, written once
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/mnist-5k")
-    mnist_5k(folder)
-    print(f"MNIST-5k: 3,000 training and 2,000 test digits as IDX files in {folder}")
+    train, test = mnist_5k(folder)
+    print(f"MNIST-5k: {len(train):,} training and {len(test):,} test digits as IDX files in {folder}")

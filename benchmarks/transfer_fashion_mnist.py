@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--arch", choices=sorted(UPSTREAM_CONFIGS), default="small", help="with --pretrain")
     parser.add_argument("--upstream-data", choices=sorted(UPSTREAMS), default="garments", help="with --pretrain")
     parser.add_argument("--upstream-seed", type=int, default=0, help="with --pretrain: its initialisation and order")
-    parser.add_argument("--upstream", help="an upstream model directory to transfer from (default: the shipped one)")
+    parser.add_argument("--upstream", help="upstream model directory (default: the bundled bit-tiny-fashion5)")
     parser.add_argument("--downstream", choices=sorted(DOWNSTREAMS), default="fashion5")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 100])
     parser.add_argument("--seeds", type=int, default=5)
