@@ -60,7 +60,7 @@ def sample_photos(directory: Path):
     import skimage.data
     from PIL import Image
 
-    from bigtransfer.train.data import ImageDataset
+    from bigtransfer.data.datasets import ImageDataset
 
     names = ["astronaut", "camera", "cat", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina",
              "rocket", "colorwheel", "logo", "coins", "moon", "brick", "grass", "gravel", "stereo_motorcycle"]  # fmt: skip
@@ -80,7 +80,7 @@ def reference_models(device: str):
     import transformers
 
     from bigtransfer import BitConfig, BitForImageClassification
-    from bigtransfer.convert import timm_to_bit_state_dict
+    from bigtransfer.checkpoints.timm import timm_to_bit_state_dict
     from helpers import randomize_norms
 
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ def main() -> None:
     import transformers
 
     from bigtransfer import BitConfig, BitForImageClassification
-    from bigtransfer.convert import timm_to_bit_state_dict
+    from bigtransfer.checkpoints.timm import timm_to_bit_state_dict
 
     torch.manual_seed(0)
     timm_model = timm.create_model("resnetv2_50x1_bit", pretrained=False).eval().to(args.device)

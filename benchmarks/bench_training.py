@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from bigtransfer import BitConfig, BitForImageClassification
-from bigtransfer.loading import available_cores, default_workers
+from bigtransfer.data.datasets import load_dataset
+from bigtransfer.data.workers import available_cores, default_workers
 from bigtransfer.train.augment import hyperrule_augment
-from bigtransfer.train.data import load_dataset
 
 PRESETS = {
     # decode-bound on 2 cores: camera-size JPEGs, a small model at 128 px

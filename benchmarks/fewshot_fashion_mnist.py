@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
-from bigtransfer.sources import bundled_model
+from bigtransfer.checkpoints.sources import bundled_model
+from bigtransfer.data.datasets import ImageDataset
+from bigtransfer.inference.few_shot import fewshot_pool, linear_fewshot
 from bigtransfer.train import fewshot
-from bigtransfer.train.data import ImageDataset
-from bigtransfer.train.few_shot import fewshot_pool, linear_fewshot
 from downstreams import DOWNSTREAMS
 
 

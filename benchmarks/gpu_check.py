@@ -34,7 +34,7 @@ def main() -> None:
     import transformers
 
     from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitImageProcessor, BitImageProcessorFast
-    from bigtransfer.convert import timm_to_bit_state_dict
+    from bigtransfer.checkpoints.timm import timm_to_bit_state_dict
 
     device = torch.device("cuda")
     print(torch.__version__, transformers.__version__, timm.__version__, torch.cuda.get_device_name())

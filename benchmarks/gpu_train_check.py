@@ -9,6 +9,7 @@ run equals the plain CUDA run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bigtransfer import BitConfig, BitForImageClassification
-from bigtransfer.train.fine_tuning import finetune
+from bigtransfer.train import FineTuning, RunOptions, finetune
 
 
 def make_images(root: Path) -> Path:
@@ -40,9 +41,12 @@ def main() -> None:
     torch.manual_seed(0)
     BitForImageClassification(BitConfig(hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], num_groups=8,
                                          embedding_size=32, num_labels=3)).save_pretrained(work / "up")  # fmt: skip
-    options = dict(batch_size=32, steps=30, resize=40, crop=32, progress=False, device="cuda", seed=1)
-    fp32 = finetune(str(work / "up"), str(images), str(images), out=work / "fp32", **options)
-    bf16 = finetune(str(work / "up"), str(images), str(images), out=work / "bf16", bf16=True, **options)
+    recipe = FineTuning(batch_size=32, steps=30, resize=40, crop=32)
+    options = RunOptions(progress=False, device="cuda", seed=1)
+    fp32 = finetune(str(work / "up"), str(images), str(images), recipe=recipe,
+                    run=dataclasses.replace(options, out=work / "fp32"))  # fmt: skip
+    bf16 = finetune(str(work / "up"), str(images), str(images), recipe=recipe,
+                    run=dataclasses.replace(options, out=work / "bf16", bf16=True))  # fmt: skip
     print(f"cuda fp32: top-1 {fp32['eval']['top1']:.3f}; bf16 autocast: top-1 {bf16['eval']['top1']:.3f}")
     a, b = load_file(work / "fp32/model/model.safetensors"), load_file(work / "bf16/model/model.safetensors")
     print(f"max |weights fp32 - bf16| {max((a[k] - b[k]).abs().max().item() for k in a):.4f}")

@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from bigtransfer import BitConfig, BitForImageClassification
-from bigtransfer.train.fine_tuning import finetune
-from bigtransfer.train.pretrain import pretrain
+from bigtransfer.train import FineTuning, Pretraining, RunOptions, finetune, pretrain
 from downstreams import DOWNSTREAMS, UPSTREAMS
 
 UPSTREAM_CONFIGS = {
@@ -37,13 +36,13 @@ UPSTREAM_CONFIGS = {
     # 1.5× the wide one's widths (7.9 M parameters, ~25 min): features 8 points above pixels at 10-shot digits
     "wider": dict(depths=[2, 2, 2, 2], hidden_sizes=[192, 384, 768, 1536], embedding_size=96, num_groups=8),
 }
-PRETRAIN = dict(epochs=20, batch_size=128, crop=32)
+PRETRAIN = Pretraining(epochs=20, batch_size=128, crop=32)
 
 
 def make_upstream(work: Path, arch: str, data: str, seed: int) -> Path:
     train, test = UPSTREAMS[data]()
     config = BitConfig(**UPSTREAM_CONFIGS[arch])
-    metrics = pretrain(train, config, out=work / "upstream", eval_data=test, seed=seed, **PRETRAIN)
+    metrics = pretrain(train, config, test, recipe=PRETRAIN, run=RunOptions(out=work / "upstream", seed=seed))
     top1, seconds = metrics["eval"]["top1"], metrics["seconds"]
     print(f"upstream: top-1 {top1:.4f} on its own {len(train.classes)} classes ({seconds} s)")
     return work / "upstream" / "model"
@@ -84,10 +83,9 @@ def main() -> None:
             for name, start in (("BiT transfer", upstream), ("from scratch", make_scratch(work, upstream, seed))):
                 out = work / f"{name.split()[0].lower()}-{shots}shot-seed{seed}"
                 shutil.rmtree(out, ignore_errors=True)
-                metrics = finetune(
-                    str(start), train, test, out=out, shots=shots, seed=seed, batch_size=args.batch_size,
-                    resize=36, crop=32, progress=False,
-                )  # fmt: skip
+                recipe = FineTuning(shots=shots, batch_size=args.batch_size, resize=36, crop=32)
+                metrics = finetune(str(start), train, test, recipe=recipe,
+                                   run=RunOptions(out=out, seed=seed, progress=False))  # fmt: skip
                 results[name].setdefault(shots, []).append(metrics["eval"]["top1"])
                 print(f"{name:13s} {shots:3d}-shot seed {seed}: top-1 {metrics['eval']['top1']:.4f}", flush=True)
     print(f"\n{len(args.shots) * args.seeds * 2} fine-tuning runs in {time.perf_counter() - started:.0f} s\n")
@@ -100,7 +98,7 @@ def main() -> None:
 
 
 def _bundled() -> Path:
-    from bigtransfer.sources import bundled_model
+    from bigtransfer.checkpoints.sources import bundled_model
 
     return bundled_model("bit-tiny-fashion5")
 

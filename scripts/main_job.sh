@@ -16,7 +16,7 @@ bigtransfer finetune --model bit-tiny-glyphs "${rule[@]}" --eval-every 100 --out
 mkdir -p "$out/held-out"
 python - "$data/t10k-images-idx3-ubyte.gz" "$out/held-out" <<'PY'
 import sys
-from bigtransfer.train.data import load_dataset
+from bigtransfer.data.datasets import load_dataset
 held_out = load_dataset(sys.argv[1])
 for label, name in enumerate(held_out.classes):  # one test digit per class, never seen in training
     index = int((held_out.labels == label).nonzero()[0][0])
@@ -35,7 +35,7 @@ BitForImageClassification(config).save_pretrained(sys.argv[1])
 " "$out/scratch-init"
 bigtransfer finetune --model "$out/scratch-init" "${rule[@]}" --out "$out/scratch" --quiet > "$out/scratch.log"
 echo "...and the upstream's frozen features with a linear classifier (big_vision's few-shot evaluator, 3 draws):"
-bigtransfer fewshot --model bit-tiny-glyphs "${rule[@]:0:4}" --shots 10 --seeds 3 --quiet
+bigtransfer fewshot --model bit-tiny-glyphs "${rule[@]:0:4}" --shots 10 --runs 3 --quiet
 
 python - "$out" <<'PY'
 import json, sys

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-import bigtransfer.checkpoints as checkpoints
+import bigtransfer.checkpoints.weights as checkpoints
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitModel
 from helpers import TINY, FakeHub, max_abs_diff, randomize_norms, run_python
 
@@ -228,7 +228,7 @@ def test_unreachable_hub_fails_fast_and_says_how_to_use_a_local_path(tmp_path):
 
 
 def test_hub_reachability_check(monkeypatch):
-    from bigtransfer.hub import hub_reachable
+    from bigtransfer.checkpoints.hub import hub_reachable
 
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)

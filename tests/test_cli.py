@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,68 @@ def test_predict_with_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
 def test_transformers_imports_in_a_fresh_interpreter_after_set_up():
     done = run_python("from transformers import BitForImageClassification, Trainer; print('ok')")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+def test_an_unreadable_input_is_reported_once(tmp_path, photo_dir, capsys):
+    model = write_bit_npz(tmp_path / "model.npz", [1, 1, 1, 1], num_classes=10)
+    assert cli(["predict", str(photo_dir), "--model", str(model), "--quiet"]) == 1
+    assert len([line for line in capsys.readouterr().err.splitlines() if "broken.jpg" in line]) == 1
+    assert cli(["embed", str(photo_dir), "--model", str(model), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 1
+    assert len([line for line in capsys.readouterr().err.splitlines() if "broken.jpg" in line]) == 1
+
+
+@pytest.mark.parametrize(
+    "command", ["predict", "evaluate", "finetune", "fewshot", "embed", "export", "convert", "info"]
+)
+def test_every_command_names_the_model_with_model(command, capsys):
+    with pytest.raises(SystemExit):
+        cli([command, "--help"])
+    assert "--model MODEL" in capsys.readouterr().out
+
+
+def test_old_positional_spellings_still_work(tmp_path, capsys):
+    tiny = tmp_path / "tiny"
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained(tiny)
+    BitImageProcessor(size=32, crop_size=32).save_pretrained(tiny)
+    assert cli(["convert", str(tiny), str(tmp_path / "a")]) == 0
+    assert cli(["convert", "--model", str(tiny), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "b" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert cli(["info", str(tiny), "--json"]) == 0 and json.loads(capsys.readouterr().out)["num_labels"] == 3
+    with pytest.raises(SystemExit):
+        cli(["convert", str(tiny), "--model", str(tmp_path / "a"), "--out", str(tmp_path / "c")])
+    assert "give MODEL once" in capsys.readouterr().err
+
+
+def test_fewshot_repeats_are_runs_like_finetunes_with_seeds_kept(capsys):
+    for spelling in ("--runs", "--seeds"):
+        args = bigtransfer.cli.build_parser().parse_args(
+            ["fewshot", "--model", "m", "--data", "d", "--eval-data", "e", spelling, "4"]
+        )
+        assert args.runs == 4
+
+
+def test_workers_help_mentions_metrics_jsonl_only_where_one_is_written(capsys):
+    for command, writes_metrics in (("finetune", True), ("pretrain", True), ("predict", False), ("embed", False),
+                                    ("evaluate", False), ("fewshot", False), ("export", False)):  # fmt: skip
+        with pytest.raises(SystemExit):
+            cli([command, "--help"])
+        assert ("metrics.jsonl" in " ".join(capsys.readouterr().out.split())) is writes_metrics, command
+
+
+def test_inference_commands_share_one_batch_size_default_with_its_reason(capsys):
+    for command in ("predict", "evaluate", "fewshot", "embed"):
+        with pytest.raises(SystemExit):
+            cli([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "images per forward pass (default 32: about 2 GB of activations" in text, command
+
+
+def test_commands_import_options_from_one_module_not_from_each_other():
+    import ast
+
+    cli_dir = Path(bigtransfer.__file__).parent / "cli"
+    for path in cli_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "_options"):
+                assert path.name == "__init__.py", f"{path.name} imports from cli.{node.module}"

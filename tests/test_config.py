@@ -6,7 +6,7 @@ import pytest
 import transformers
 
 from bigtransfer import BitConfig, BitModel
-from bigtransfer.sources import bundled_model
+from bigtransfer.checkpoints.sources import bundled_model
 from helpers import TINY
 
 

@@ -17,7 +17,7 @@ from bigtransfer.cli import main as cli
 from bigtransfer.deploy.export import ExportCheckError, export
 from bigtransfer.deploy.fold import fold_weight_standardization
 from bigtransfer.deploy.runtime import ExportedClassifier
-from bigtransfer.layers import WeightStandardizedConv2d
+from bigtransfer.models.layers import WeightStandardizedConv2d
 from helpers import HYBRID, TINY, randomize_norms
 
 PHOTOS = ["chelsea", "coffee", "astronaut"]
@@ -189,8 +189,8 @@ def test_int8_bundled_model_keeps_fashion_mnist_top1_within_one_point(tmp_path, 
 
 def test_large_models_keep_weights_beside_the_graph_and_still_quantize(monkeypatch, tmp_path):
     import bigtransfer.deploy.export as export_module
+    from bigtransfer.data.datasets import load_dataset
     from bigtransfer.deploy.quantize import Calibration
-    from bigtransfer.train.data import load_dataset
 
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)  # as if it were beyond protobuf's 2 GiB
     model = BitForImageClassification.from_pretrained(BUNDLED)

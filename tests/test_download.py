@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from bigtransfer.download import download
+from bigtransfer.checkpoints.download import download
 from conftest import FlakyFileHandler
 
 
@@ -60,7 +60,7 @@ def test_concurrent_first_downloads_share_one_intact_file(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/model.npz"
     target = tmp_path / "cache" / "model.npz"
-    code = f"from pathlib import Path; from bigtransfer.download import download; download({url!r}, Path({str(target)!r}), size={len(payload)}, progress=False)"
+    code = f"from pathlib import Path; from bigtransfer.checkpoints.download import download; download({url!r}, Path({str(target)!r}), size={len(payload)}, progress=False)"
     processes = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
     errors = [process.communicate(timeout=120)[1] for process in processes]
     server.shutdown()
@@ -70,7 +70,7 @@ def test_concurrent_first_downloads_share_one_intact_file(tmp_path):
 
 
 def test_cache_location_follows_hf_home_and_xdg(monkeypatch, tmp_path):
-    from bigtransfer.download import cache_dir
+    from bigtransfer.checkpoints.download import cache_dir
 
     monkeypatch.delenv("BIGTRANSFER_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -11,10 +11,9 @@ from PIL import Image
 
 from bigtransfer import BitConfig, BitForImageClassification, BitModel
 from bigtransfer.cli import main as cli
-from bigtransfer.train import fewshot
-from bigtransfer.train.data import load_dataset
-from bigtransfer.train.few_shot import FewShotCheck, ridge_accuracy
-from bigtransfer.train.pretrain import pretrain
+from bigtransfer.data.datasets import load_dataset
+from bigtransfer.inference.few_shot import ridge_accuracy
+from bigtransfer.train import FewShotCheck, Pretraining, RunOptions, Speed, fewshot, pretrain
 from helpers import TINY, randomize_norms
 
 FASHION = "/usr/share/datasets/fashion-mnist/"
@@ -98,8 +97,9 @@ def test_pretraining_measures_fewshot_accuracy_during_and_after(tmp_path, fashio
     upstream = upstream.subset(np.arange(0, len(upstream), 25))  # 120 images
     config = BitConfig(hidden_sizes=[8, 16], depths=[1, 1], num_groups=4, embedding_size=8, layer_type="preactivation")
     check = FewShotCheck(fashion_test_subset, fashion_test_subset, every=2, shots=(1, 5), seeds=2)
-    metrics = pretrain(upstream, config, out=tmp_path / "up", epochs=4, warmup_epochs=1, batch_size=40, crop=28,
-                       progress=False, workers=0, fewshot_check=check)  # fmt: skip
+    metrics = pretrain(upstream, config, recipe=Pretraining(epochs=4, warmup_epochs=1, batch_size=40, crop=28),
+                       run=RunOptions(out=tmp_path / "up", progress=False, speed=Speed(workers=0)),
+                       fewshot_check=check)  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "up" / "metrics.jsonl").read_text().splitlines()]
     measured = [r["step"] for r in rows if "eval_fewshot_5shot" in r]
     assert measured == [2, 4, 6, 8, 10, 12]  # every 2 steps, and once at the end (step 12)

@@ -8,17 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bigtransfer import BitImageProcessor
-from bigtransfer.image_inputs import decode_image
-from bigtransfer.loading import (
-    LoaderWorkerError,
-    default_workers,
-    model_input,
-    ordered_results,
-    resolve_device,
-    resolve_workers,
-    stack_images,
-)
+from bigtransfer.data.device import resolve_device
+from bigtransfer.data.workers import LoaderWorkerError, default_workers, ordered_results, resolve_workers, stack_images
+from bigtransfer.processing.decoding import decode_image
 
 
 class Squares:
@@ -104,19 +96,6 @@ def test_stacked_images_made_in_workers_arrive_intact():
         batches = list(results)
     assert [tuple(b.shape) for b in batches] == [(2, 4, 5, 3)] * 3
     assert [int(b[1, 0, 0, 0]) for b in batches] == [1, 2, 3]
-
-
-def test_model_input_equals_the_processor_values():
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
-    processor = BitImageProcessor(do_resize=False, do_center_crop=False)  # CLIP mean/std, per channel
-    expected = processor(image, return_tensors="pt")["pixel_values"]
-    got = model_input(torch.from_numpy(np.asarray(image).copy())[None], processor.rescale_factor,
-                      processor.image_mean, processor.image_std)  # fmt: skip
-    assert got.shape == expected.shape and got.is_contiguous()
-    assert torch.allclose(got, expected, atol=1e-6)  # rescaled in float32 here, float64 there
-    assert model_input(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), channels_last=True).is_contiguous(
-        memory_format=torch.channels_last
-    )
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):

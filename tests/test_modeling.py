@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitModel
-from bigtransfer.convert import config_from_timm_state_dict, timm_to_bit_state_dict
+from bigtransfer.checkpoints.timm import config_from_timm_state_dict, timm_to_bit_state_dict
 from helpers import TINY, import_timm, max_abs_diff, randomize_norms
 
 
@@ -228,7 +228,7 @@ def test_real_wide_layouts_have_timm_shapes(name):
     timm = import_timm()
     with torch.device("meta"):
         reference = timm_to_bit_state_dict(timm.create_model(name, pretrained=False).state_dict())
-        config = config_from_timm_state_dict(timm.create_model(name, pretrained=False).state_dict())
+        config = BitConfig(**config_from_timm_state_dict(timm.create_model(name, pretrained=False).state_dict()))
         ours = BitForImageClassification(config).state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
 
@@ -239,7 +239,7 @@ def test_r50x3_forward_matches_timm():
     torch.manual_seed(0)
     theirs = randomize_norms(timm.create_model("resnetv2_50x3_bit", pretrained=False)).eval()
     state = theirs.state_dict()
-    ours = BitForImageClassification(config_from_timm_state_dict(state)).eval()
+    ours = BitForImageClassification(BitConfig(**config_from_timm_state_dict(state))).eval()
     ours.load_state_dict(timm_to_bit_state_dict(state))
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():

@@ -9,8 +9,8 @@ import transformers
 from safetensors.torch import save_file
 
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitImageProcessor, BitModel
+from bigtransfer.checkpoints.catalogue import ZOO, find_entry, preactivation_parameter_count
 from bigtransfer.cli import main as cli
-from bigtransfer.zoo import ZOO, find_entry, preactivation_parameter_count
 from helpers import TINY, import_timm, max_abs_diff, randomize_norms, write_bit_npz
 
 R50, R101 = [3, 4, 6, 3], [3, 4, 23, 3]

@@ -253,7 +253,7 @@ def test_fuzzed_pil_images_match_transformers(mode, width, height):
 
 
 def test_two_pass_resize_used_off_cpu_stays_within_one_level_of_pillow():
-    from bigtransfer.processing_fast import _two_pass_uint8_resize
+    from bigtransfer.processing.fast import _two_pass_uint8_resize
 
     images = [photo("astronaut"), photo("chelsea", (512, 512)), photo("rocket", (512, 512))]
     batch = torch.stack([torch.from_numpy(np.array(image.resize((512, 512)))).permute(2, 0, 1) for image in images])
@@ -288,7 +288,7 @@ def test_input_data_format_none_reads_images_without_a_channel_axis(processor_cl
 
 
 def test_fast_processor_output_follows_the_tensor_inputs_device():
-    from bigtransfer.processing_fast import input_device
+    from bigtransfer.processing.fast import input_device
 
     on_meta = [torch.empty(3, 8, 8, device="meta"), torch.empty(3, 9, 9, device="meta")]
     assert input_device(on_meta) == torch.device("meta")

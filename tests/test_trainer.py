@@ -82,9 +82,10 @@ def test_what_trainer_saves_loads_back_with_the_config(tmp_path):
     pixels = Images()[0]["pixel_values"][None]
     with torch.no_grad():
         expected = model.eval()(pixels).logits
-    with pytest.raises(FileNotFoundError, match="holds weights only, as transformers.Trainer saves"):
+    # weights only, of a model with one GroupNorm group: not readable from the tensors (BiT-shaped ones are,
+    # tests/test_sources.py), so refused with the fix rather than guessed
+    with pytest.raises(ValueError, match="model.config.save_pretrained"):
         BitForImageClassification.from_pretrained(saved)
-    with torch.no_grad():
         given_config = BitForImageClassification.from_pretrained(saved, config=model.config)
         assert torch.equal(given_config(pixels).logits, expected)
         model.config.save_pretrained(saved)

@@ -1,12 +1,15 @@
 """bigtransfer: BiT (Big Transfer) models, drop-in compatible with transformers' BiT API and checkpoints."""
 
-from . import sources  # noqa: F401  (tells the processors what zoo names, .npz files and timm ids imply)
-from .config import BitConfig
-from .modeling import BitBackbone, BitForImageClassification, BitModel, BitPreTrainedModel
-from .pipeline import pipeline
-from .processing import BitImageProcessor
-from .processing_base import BatchFeature
-from .processing_fast import BitImageProcessorFast
+from . import _moved
+from .checkpoints.hub import package_version
+from .inference.pipelines import pipeline
+from .models.config import BitConfig
+from .models.modeling import BitBackbone, BitForImageClassification, BitModel, BitPreTrainedModel
+from .processing.base import BatchFeature
+from .processing.exact import BitImageProcessor
+from .processing.fast import BitImageProcessorFast
+
+_moved.install()
 
 __all__ = [
     "BatchFeature",
@@ -19,4 +22,4 @@ __all__ = [
     "BitPreTrainedModel",
     "pipeline",
 ]
-__version__ = "0.1.0"
+__version__ = package_version()

@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 
-from .. import __version__
-from ..loading import LoaderWorkerError
+from ..checkpoints.hub import package_version
+from ..data.workers import LoaderWorkerError
 from . import demo, export, features, predict, training, zoo_commands
+from ._options import resolve_positionals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A MODEL is a zoo name (see `bigtransfer models`), an original BiT .npz file, a transformers "
         "directory or Hub id, or a timm checkpoint (file or timm/… Hub id).",
     )
-    parser.add_argument("--version", action="version", version=f"bigtransfer {__version__}")
+    parser.add_argument("--version", action="version", version=f"bigtransfer {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (demo, zoo_commands, predict, training, features, export):
         module.register(commands)
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2, Ctrl-C 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_positionals(args, parser)
     if args.command is None:  # `bigtransfer` alone: the overview of commands
         parser.print_help()
         return 0

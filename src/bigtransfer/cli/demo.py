@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from ._options import emit
 
 
 def _demo_image(path: str | None):
@@ -34,7 +35,9 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def _save_reload_classify(args: argparse.Namespace, out: Path) -> dict:
-    from .. import BitConfig, BitForImageClassification, BitImageProcessor
+    from ..models.config import BitConfig
+    from ..models.modeling import BitForImageClassification
+    from ..processing.exact import BitImageProcessor
 
     torch.manual_seed(args.seed)
     config = BitConfig(num_labels=args.num_labels)
@@ -77,7 +80,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.out and (Path(args.out) / "model.safetensors").exists():
         sys.exit(f"{args.out} already holds a model: choose another --out (nothing was overwritten).")
     result = run_demo(args)
-    print(json.dumps(result, indent=2)) if args.json else _print_demo(result)
+    emit(result, args.json, _print_demo)
     return 0
 
 

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from .training import add_workers_argument
+from ._options import add_model_argument, add_out_argument, add_output_arguments, add_workers_argument, emit, load_data
 
 
 def run_export(args: argparse.Namespace) -> dict:
     from ..deploy.export import export
-    from ..modeling import BitForImageClassification
-    from ..pipeline import load_processor
-    from ..processing import BitImageProcessor
+    from ..models.modeling import BitForImageClassification
+    from ..processing.exact import BitImageProcessor
 
     if args.int8 != bool(args.calibration):
         raise ValueError("--int8 needs --calibration DATA (real images to calibrate on), and vice versa.")
     model = BitForImageClassification.from_pretrained(args.model)
-    processor = load_processor(args.model, BitImageProcessor)
+    processor = BitImageProcessor.from_pretrained(args.model)
     calibration = None
     if args.int8:
         from ..deploy.quantize import Calibration
-        from .training import load_data
 
         calibration = Calibration(load_data(args.calibration, args.classes), processor, size=args.calibration_size,
                                   heldout=args.heldout_size, seed=args.seed, workers=args.workers)  # fmt: skip
@@ -51,8 +48,7 @@ def describe(report: dict) -> list[str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    report = run_export(args)
-    print(json.dumps(report, indent=2) if args.json else "\n".join(describe(report)))
+    emit(run_export(args), args.json, lambda report: print("\n".join(describe(report))))
     return 0
 
 
@@ -64,12 +60,12 @@ def register(commands) -> None:
         "convolutions and a dynamic batch axis, plus config.json (labels), preprocessor_config.json and "
         "export.json. The export is checked against the eager model on sample images and is written only if "
         "its logits agree within --tolerance. predict, evaluate and pipeline() run OUT with ONNX Runtime.",
-        epilog="int8: bigtransfer export MODEL OUT --int8 --calibration DATA quantizes convolutions and the head "
+        epilog="int8: bigtransfer export --model MODEL --out OUT --int8 --calibration DATA quantizes convolutions and the head "
         "(static, per-channel, u8 activations / s8 weights: fast on CPUs with AVX-512 VNNI or AVX-VNNI), "
         "calibrated on real images and checked against float32 on held-out images of DATA.",
     )
-    parser.add_argument("model", help="MODEL: zoo name, .npz, directory, Hub id or timm weights")
-    parser.add_argument("out", help="output directory (refused if it exists, unless --overwrite)")
+    add_model_argument(parser, "the model to export", positional=True)
+    add_out_argument(parser, "output directory (refused if it exists, unless --overwrite)", positional=True)
     parser.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
                         help="onnx (run with ONNX Runtime; default) or pt2 (a torch.export program)")  # fmt: skip
     parser.add_argument("--int8", action="store_true", help="quantize to int8 (ONNX only; needs --calibration)")
@@ -87,5 +83,5 @@ def register(commands) -> None:
         "--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is whole)"
     )
     add_workers_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print the export report as JSON")
+    add_output_arguments(parser, "print the export report as JSON", progress=False)
     parser.set_defaults(handler=handle)

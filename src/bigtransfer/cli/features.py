@@ -4,19 +4,26 @@ and the features themselves for retrieval or clustering."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .predict import collect_images, report_skipped
-from .training import add_inference_arguments, load_data, shot_counts
+from ._options import (
+    add_inference_arguments,
+    add_model_argument,
+    add_output_arguments,
+    collect_images,
+    emit,
+    load_data,
+    report_skipped,
+    shot_counts,
+)
 
 
 def run_fewshot(args: argparse.Namespace) -> dict:
-    from ..train.few_shot import fewshot
+    from ..inference.few_shot import fewshot
 
     return fewshot(
         args.model, load_data(args.data, None), load_data(args.eval_data, None),
-        classes=args.classes.split(",") if args.classes else None, shots=args.shots, seeds=args.seeds,
+        classes=args.classes.split(",") if args.classes else None, shots=args.shots, seeds=args.runs,
         l2_reg=args.l2_reg, batch_size=args.batch_size, device=args.device, workers=args.workers, bf16=args.bf16,
         compile=args.compile, progress=not args.quiet,
     )  # fmt: skip
@@ -40,13 +47,12 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     import numpy as np
     import torch
 
-    from ..io import atomic_path
-    from ..loading import resolve_device
-    from ..modeling import BitModel
-    from ..pipeline import load_processor
-    from ..processing import BitImageProcessor
-    from ..train.data import ImageDataset
-    from ..train.evaluate import pooled_features
+    from ..checkpoints.io import atomic_path
+    from ..data.datasets import ImageDataset
+    from ..data.device import resolve_device
+    from ..inference.predict import pooled_features
+    from ..models.modeling import BitModel
+    from ..processing.exact import BitImageProcessor
 
     out = Path(args.out)
     if out.suffix != ".npy":
@@ -61,7 +67,7 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     model = BitModel.from_pretrained(args.model).to(resolve_device(args.device))
     model = torch.compile(model) if args.compile else model
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
-    pooled = pooled_features(model, images, load_processor(args.model, BitImageProcessor), args.batch_size,
+    pooled = pooled_features(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
                              workers=args.workers, bf16=args.bf16, progress=not args.quiet)  # fmt: skip
     errors += [{"file": name, "error": error} for name, error in pooled.failures]
     if not len(pooled.indices):
@@ -76,17 +82,17 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
 
 
 def handle_fewshot(args: argparse.Namespace) -> int:
-    result = run_fewshot(args)
-    print(json.dumps(result, indent=2)) if args.json else print_fewshot_table(result)
+    emit(run_fewshot(args), args.json, print_fewshot_table)
     return 0
+
+
+def _print_embedding(summary: dict) -> None:
+    print(f"wrote {summary['rows']} × {summary['dim']} features to {summary['out']} (paths: {summary['paths']})")
 
 
 def handle_embed(args: argparse.Namespace) -> int:
     summary, errors = run_embed(args)
-    if args.json:
-        print(json.dumps({**summary, "errors": errors}, indent=2))
-    else:
-        print(f"wrote {summary['rows']} × {summary['dim']} features to {summary['out']} (paths: {summary['paths']})")
+    emit({**summary, "errors": errors} if args.json else summary, args.json, _print_embedding)
     return report_skipped(errors)
 
 
@@ -98,17 +104,16 @@ def register(commands) -> None:
         "subset of --data; the model's pooled pre-logit features (computed once per image); closed-form "
         "L2-regularised least squares onto ±1 one-hot targets; top-1 on all of --eval-data.",
     )
-    fewshot.add_argument("--model", required=True, help="MODEL (a classifier's head is ignored)")
+    add_model_argument(fewshot, "the model whose features are measured (a classifier's head is ignored)")
     fewshot.add_argument("--data", required=True, help="images to draw the few shots from, as for finetune --data")
     fewshot.add_argument("--eval-data", required=True, help="labelled test images with the same class names")
     fewshot.add_argument("--classes", help="use only these classes (comma-separated names or indices of --data)")
     fewshot.add_argument("--shots", type=shot_counts, default=[1, 5, 10], help="images per class (default 1,5,10)")
-    fewshot.add_argument("--seeds", type=int, default=3, help="subsets per shot count, seeds 0…N−1 (default 3)")
+    fewshot.add_argument("--runs", "--seeds", type=int, default=3, dest="runs",
+                         help="subsets per shot count, seeds 0…N−1, as finetune --runs repeats (default 3)")  # fmt: skip
     fewshot.add_argument("--l2-reg", type=float, default=2.0**10, help="ridge strength (default 1024, as big_vision)")
-    fewshot.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     add_inference_arguments(fewshot)
-    fewshot.add_argument("--json", action="store_true", help="print the result as JSON")
-    fewshot.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_arguments(fewshot, "print the result as JSON")
     fewshot.set_defaults(handler=handle_fewshot)
 
     embed = commands.add_parser(
@@ -119,11 +124,9 @@ def register(commands) -> None:
         "(exit code 1); both files appear whole or not at all.",
     )
     embed.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
-    embed.add_argument("--model", required=True, help="MODEL (a classifier's head is ignored)")
-    embed.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the features")
+    add_model_argument(embed, "the model whose features are written (a classifier's head is ignored)")
+    embed.add_argument("--out", required=True, metavar="FILE.npy", help="the features file to write")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing FILE.npy")
-    embed.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     add_inference_arguments(embed)
-    embed.add_argument("--json", action="store_true", help="print a JSON summary")
-    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_arguments(embed, "print a JSON summary")
     embed.set_defaults(handler=handle_embed)

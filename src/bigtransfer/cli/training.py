@@ -4,48 +4,29 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
-MODEL_HELP = (
-    "a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-glyphs or bit-tiny-fashion5), an original BiT .npz "
-    "file, a transformers model directory or Hub id, or timm weights (a file or a timm/… Hub id)"
+from ._options import (
+    add_compile_argument,
+    add_data_arguments,
+    add_device_arguments,
+    add_inference_arguments,
+    add_model_argument,
+    add_output_arguments,
+    add_workers_argument,
+    emit,
+    load_data,
+    shot_counts,
 )
 
-
-def _add_data_arguments(parser: argparse.ArgumentParser, eval_required: bool = False) -> None:
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="training data: image folder (one sub-folder per class), "
-        "CSV (path,label), IDX images file (MNIST/Fashion-MNIST, .gz or not) or a saved `datasets` dir",
-    )
-    parser.add_argument("--eval-data", required=eval_required, help="evaluation data, in any of the same forms")
-    parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
-
-
-def add_workers_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--workers", type=int, default=None, metavar="N",
-        help="image-loading processes (default: one per available core, at most 16; 0 = load in this process). "
-        "Raise it when metrics.jsonl's data_wait_s is large; lower it when memory is short",
-    )  # fmt: skip
-
-
-def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    add_workers_argument(parser)
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model: a slow first step (a minute or more), then faster steps")  # fmt: skip
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (PyTorch models)")
-    add_speed_arguments(parser)
+if TYPE_CHECKING:
+    from ..train import RunOptions
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `RunOptions`, which every training command shares."""
     parser.add_argument("--out", default=None,
                         help="run directory (default: a new runs/<command>-<date>-<time>; an existing run is refused "
                         "unless --resume)")  # fmt: skip
@@ -55,27 +36,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-split", type=int, default=1, help="micro-batches per step: same update, less memory (default 1)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation, few-shot subsets")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass and evaluation")
-    add_speed_arguments(parser)
+    add_device_arguments(parser)
+    add_workers_argument(parser, training=True)
+    add_compile_argument(parser)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels-last memory layout (default: on with CUDA, off on CPU)")  # fmt: skip
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute each block's activations in backward: same gradients, less memory "
                         "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan (data, schedule, device) and stop")
-    parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def shot_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shots {text!r}: give comma-separated counts, e.g. 1,5,10") from None
-    if min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"--shots {text!r}: counts must be ≥ 1")
-    return counts
+    add_output_arguments(parser, "print the final metrics as JSON")
 
 
 def register(commands) -> None:
@@ -85,16 +55,16 @@ def register(commands) -> None:
         description="Fine-tune with the BiT-HyperRule: resolution, schedule and MixUp follow from the dataset; "
         "SGD momentum 0.9, zero-initialised head. Multi-process: torchrun --nproc_per_node N -m bigtransfer finetune …",
     )
-    finetune.add_argument("--model", required=True, help="the pretrained model: " + MODEL_HELP)
-    _add_data_arguments(finetune)
+    add_model_argument(finetune, "the pretrained model")
+    add_data_arguments(finetune, "training data", "evaluation data, in any of the same forms")
     finetune.add_argument("--shots", type=int, default=None, help="K examples per class (balanced, seeded)")
-    finetune.add_argument(
-        "--runs", type=int, default=1, help="repeat over this many seeds; report mean ± std (default 1)"
-    )
+    finetune.add_argument("--runs", type=int, default=1,
+                          help="repeat over this many consecutive seeds from --seed; report mean ± std (default 1)")  # fmt: skip
     finetune.add_argument(
         "--preset", choices=["code", "paper"], default="code", help="HyperRule variant (default code)"
     )
-    finetune.add_argument("--batch-size", type=int, default=512, help="global batch (default 512)")
+    finetune.add_argument("--batch-size", type=int, default=512,
+                          help="global batch (default 512, the HyperRule's; --batch-split if it does not fit)")  # fmt: skip
     finetune.add_argument("--base-lr", type=float, default=0.003, help="learning rate at batch 512 (default 0.003)")
     finetune.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="none",
                           help="adapt base-lr to the batch size (default none, as the original)")  # fmt: skip
@@ -112,14 +82,10 @@ def register(commands) -> None:
         description="Top-1, top-5 (with more than 5 classes) and per-class accuracy, read and preprocessed exactly "
         "as `predict` does; the data's class names must be among the model's labels.",
     )
-    evaluate.add_argument("--model", required=True,
-                          help="model directory (from finetune: RUN/model), or an export directory (ONNX Runtime)")  # fmt: skip
-    evaluate.add_argument("--data", required=True, help="labelled data, as for finetune --data")
-    evaluate.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    add_model_argument(evaluate, "the classifier (from finetune: RUN/model; or an export directory)")
+    add_data_arguments(evaluate, "labelled data")
     add_inference_arguments(evaluate)
-    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_arguments(evaluate, "print the metrics as JSON")
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -127,7 +93,7 @@ def register(commands) -> None:
         description="Upstream BiT training: SGD momentum 0.9, lr 0.03·batch/256, weight decay 1e-4, linear warm-up, "
         "÷10 at 1/3, 2/3 and 8/9 of training, Inception crop + flip.",
     )
-    _add_data_arguments(pretrain)
+    add_data_arguments(pretrain, "training data", "evaluation data (its classes), in any of the same forms")
     pretrain.add_argument(
         "--arch", default="R50x1", help="R50x1 … R152x4, or 'custom' with the options below (default R50x1)"
     )
@@ -137,7 +103,8 @@ def register(commands) -> None:
     pretrain.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups (default 32)")
     pretrain.add_argument("--epochs", type=float, default=90, help="passes over --data (default 90, as BiT-S)")
     pretrain.add_argument("--warmup-epochs", type=float, default=5, help="linear learning-rate warm-up (default 5)")
-    pretrain.add_argument("--batch-size", type=int, default=256, help="images per step, all processes (default 256)")
+    pretrain.add_argument("--batch-size", type=int, default=256,
+                          help="images per step, all processes (default 256: lr 0.03·batch/256 is BiT's rule)")  # fmt: skip
     pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution (default 224)")
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
@@ -145,42 +112,40 @@ def register(commands) -> None:
     check.add_argument("--fewshot-data", help="downstream images to draw the shots from (any --data form)")
     check.add_argument("--fewshot-eval-data", help="downstream test images")
     check.add_argument("--fewshot-classes", help="downstream classes to use (comma-separated)")
-    check.add_argument("--fewshot-shots", type=shot_counts, default=[1, 5, 10], help="default 1,5,10")
+    check.add_argument("--fewshot-shots", type=shot_counts, default=[1, 5, 10],
+                       help="images per class (default 1,5,10)")  # fmt: skip
     _add_run_arguments(pretrain)
     for command in (finetune, evaluate, pretrain):
         command.set_defaults(handler=handle)
 
 
-def load_data(source: str, classes: str | None):
-    """A --data argument as a dataset, restricted to --classes when given."""
-    from ..train.data import load_dataset
+def run_options(args: argparse.Namespace, command: str) -> RunOptions:
+    """The options every training command shares, from its arguments."""
+    from ..train import RunOptions, Speed
 
-    dataset = load_dataset(source)
-    return dataset.select_classes(classes.split(",")) if classes else dataset
-
-
-def _speed_options(args: argparse.Namespace) -> dict:
-    return {"workers": args.workers, "compile": args.compile, "channels_last": args.channels_last,
-            "grad_checkpointing": args.grad_checkpointing}  # fmt: skip
+    return RunOptions(
+        out=args.out or default_out(command), seed=args.seed, resume=args.resume, save_every=args.save_every,
+        device=args.device, bf16=args.bf16, progress=not args.quiet,
+        speed=Speed(args.workers, args.compile, args.channels_last, args.batch_split),
+        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run,
+        on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
+    )  # fmt: skip
 
 
 def run_finetune(args: argparse.Namespace) -> dict:
-    from ..train.fine_tuning import finetune, finetune_runs
+    from ..train import FineTuning, finetune, finetune_runs
 
-    options = dict(
-        model=args.model, data=load_data(args.data, args.classes),
-        eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, shots=args.shots,
-        preset=args.preset, batch_size=args.batch_size, batch_split=args.batch_split, steps=args.steps,
-        resize=args.resize, crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
-        flip=not args.no_flip, resume=args.resume, save_every=args.save_every, eval_every=args.eval_every,
-        device=args.device, bf16=args.bf16, progress=not args.quiet, **_speed_options(args),
+    recipe = FineTuning(
+        shots=args.shots, preset=args.preset, batch_size=args.batch_size, steps=args.steps, resize=args.resize,
+        crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
+        flip=not args.no_flip, eval_every=args.eval_every,
     )  # fmt: skip
-    out = args.out or default_out("finetune")
-    options |= {"on_plan": functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
-                "dry_run": args.dry_run}  # fmt: skip
+    data = load_data(args.data, args.classes)
+    eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
+    run = run_options(args, "finetune")
     if args.runs > 1 and not args.dry_run:  # a dry run shows the first run's plan
-        return finetune_runs(args.runs, args.seed, out, **options)
-    return finetune(out=out, seed=args.seed, **options)
+        return finetune_runs(args.runs, args.model, data, eval_data, recipe=recipe, run=run)
+    return finetune(args.model, data, eval_data, recipe=recipe, run=run)
 
 
 def default_out(command: str) -> str:
@@ -194,8 +159,9 @@ def print_plan(plan: dict, stream) -> None:
     lines = [f"plan: {plan['what']} on {plan['images']} images of {len(plan['classes'])} classes{shots}"
              + (f"; evaluate on {plan['eval_images']}" if plan["eval_images"] else "")]  # fmt: skip
     if "rule" in plan:
-        rule, crop = plan["rule"], plan["rule"]["crop"]
+        rule, crop, typical = plan["rule"], plan["rule"]["crop"], plan["image_size"]
         decays = ", ".join(map(str, rule["decay_steps"])) or "none"
+        lines.append(f"  images {typical['height']}×{typical['width']} ({typical['statistic']})")
         lines.append(f"  HyperRule ({rule['preset']}): resize {rule['resize']} → crop {crop}, {rule['steps']} steps "
                      f"(warm-up {rule['warmup_steps']}, ÷10 at {decays}), batch {rule['batch_size']} (micro-batch "
                      f"{rule['batch_size'] // plan['batch_split']}), MixUp α {rule['mixup_alpha']:g}, lr {rule['base_lr']:g}")  # fmt: skip
@@ -216,10 +182,9 @@ def print_plan(plan: dict, stream) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> dict:
-    from ..config import BitConfig
-    from ..train.few_shot import FewShotCheck
-    from ..train.pretrain import pretrain
-    from ..zoo import ARCHITECTURES
+    from ..checkpoints.catalogue import ARCHITECTURES
+    from ..models.config import BitConfig
+    from ..train import FewShotCheck, Pretraining, pretrain
 
     if args.arch == "custom":
         if not (args.depths and args.hidden_sizes):
@@ -240,20 +205,18 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         classes = args.fewshot_classes.split(",") if args.fewshot_classes else None
         check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
                              tuple(args.fewshot_shots))  # fmt: skip
-    return pretrain(
-        load_data(args.data, args.classes), config, out=args.out or default_out("pretrain"), fewshot_check=check,
-        on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout), dry_run=args.dry_run,
-        eval_data=load_data(args.eval_data, args.classes) if args.eval_data else None, epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, batch_split=args.batch_split, crop=args.crop,
-        seed=args.seed, resume=args.resume, save_every=args.save_every, device=args.device, bf16=args.bf16,
-        progress=not args.quiet, **_speed_options(args),
-    )  # fmt: skip
+    recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                         crop=args.crop)  # fmt: skip
+    eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
+    return pretrain(load_data(args.data, args.classes), config, eval_data, recipe=recipe,
+                    run=run_options(args, "pretrain"), fewshot_check=check)  # fmt: skip
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
-    from .. import BitImageProcessor
-    from ..pipeline import load_classifier
-    from ..train.evaluate import evaluate
+    """Read and preprocessed exactly as predict does."""
+    from ..inference.pipelines import load_classifier
+    from ..inference.predict import evaluate
+    from ..processing.exact import BitImageProcessor
 
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     return evaluate(
@@ -279,6 +242,8 @@ def _print_metrics(metrics: dict) -> None:
     if result:
         line = f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if "top5" in result else "")
         print(f"{line} on {result['examples']} images")
+        for name in result.get("skipped_images", []):
+            print(f"  skipped unreadable image {name}", file=sys.stderr)
         for name, accuracy in result["per_class"].items():
             print(f"  {accuracy:7.2%}  {name}")
 
@@ -296,5 +261,5 @@ def handle(args: argparse.Namespace) -> int:
     runner = {"finetune": run_finetune, "pretrain": run_pretrain, "evaluate": run_evaluate}[args.command]
     metrics = runner(args)
     if metrics.get("rank", 0) == 0:
-        print(json.dumps(_without_confusion(metrics), indent=2)) if args.json else _print_metrics(metrics)
+        emit(_without_confusion(metrics), args.json, _print_metrics)
     return 0

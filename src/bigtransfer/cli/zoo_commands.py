@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-from .training import MODEL_HELP
+from ._options import add_model_argument, add_out_argument, add_output_arguments, emit
 
 
 def run_models(args: argparse.Namespace) -> list[dict]:
-    from ..download import cache_dir
-    from ..zoo import ZOO
+    from ..checkpoints.catalogue import ZOO
+    from ..checkpoints.download import cache_dir
 
     return _bundled_rows() + [
         {
@@ -34,18 +33,19 @@ def _bundled_rows() -> list[dict]:
     """The models shipped inside the package (no download), described from their own files."""
     from safetensors import safe_open
 
-    from ..io import read_json
-    from ..sources import BUNDLED_MODELS, bundled_model
-    from ..train.evaluate import fixed_output_size
+    from ..checkpoints.catalogue import BUNDLED_MODELS, bundled_model
+    from ..checkpoints.io import read_json
+    from ..processing import BitImageProcessor
 
     rows = []
     for name, upstream in BUNDLED_MODELS.items():
         directory = bundled_model(name)
         with safe_open(directory / "model.safetensors", "pt") as weights:
             parameters = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
-        config, processor = read_json(directory / "config.json"), read_json(directory / "preprocessor_config.json")
+        config, processor = read_json(directory / "config.json"), BitImageProcessor.from_pretrained(directory)
         rows.append({"name": name, "parameters": parameters, "upstream": upstream,
-                     "head": len(config["id2label"]), "resolution": fixed_output_size(processor)[0], "top1": None,
+                     "head": len(config["id2label"]), "resolution": processor.eval_transform().fixed_size()[0],
+                     "top1": None,
                      "cached": True, "url": None})  # fmt: skip
     return rows
 
@@ -62,16 +62,16 @@ def _print_models(rows: list[dict]) -> None:
 
 
 def run_info(args: argparse.Namespace) -> dict:
-    from .. import BitForImageClassification, BitImageProcessor
-    from ..download import cache_dir
-    from ..zoo import find_entry
+    from ..checkpoints.catalogue import find_entry
+    from ..checkpoints.download import cache_dir
+    from ..models.modeling import BitForImageClassification
 
     entry = find_entry(args.model)
     if entry is not None and not (cache_dir() / entry.file).is_file():  # describe it without a download
         row = next(row for row in run_models(args) if row["name"] == entry.name)
         return row | {"preprocessing": entry.preprocessing.processor_settings(), "notes": entry.notes}
     model = BitForImageClassification.from_pretrained(args.model)
-    processor = BitImageProcessor.from_pretrained(args.model) if _has_preprocessing(args.model) else None
+    processor = _own_preprocessing(args.model)
     crop = processor.crop_size if processor and processor.do_center_crop else (processor.size if processor else None)
     return {
         "model": args.model,
@@ -83,39 +83,38 @@ def run_info(args: argparse.Namespace) -> dict:
     }
 
 
-def _has_preprocessing(name: str) -> bool:
-    from .. import BitImageProcessor
+def _own_preprocessing(name: str):
+    """The model's own evaluation processor, or None when it has none (nothing is guessed)."""
+    from ..processing.exact import BitImageProcessor
 
     try:
-        BitImageProcessor.from_pretrained(name)
+        return BitImageProcessor.from_pretrained(name)
     except FileNotFoundError:
-        return False
-    return True
+        return None
 
 
 def run_convert(args: argparse.Namespace) -> dict:
-    from .. import BitForImageClassification, BitImageProcessor
+    from ..models.modeling import BitForImageClassification
 
-    out = Path(args.out_dir)
+    out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         sys.exit(f"{out} is not empty: choose a new directory or pass --overwrite (nothing was written).")
-    model = BitForImageClassification.from_pretrained(args.source)
-    processor = (
-        BitImageProcessor.from_pretrained(args.source) if _has_preprocessing(args.source) else BitImageProcessor()
-    )
+    model = BitForImageClassification.from_pretrained(args.model)
+    processor = _own_preprocessing(args.model)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
     return {
-        "source": args.source,
+        "source": args.model,
         "saved_to": str(out),
         "parameters": model.num_parameters(),
         "num_labels": model.config.num_labels,
+        "preprocessing": processor.to_dict() if processor is not None else None,
     }
 
 
 def handle_models(args: argparse.Namespace) -> int:
-    rows = run_models(args)
-    print(json.dumps(rows, indent=2)) if args.json else _print_models(rows)
+    emit(run_models(args), args.json, _print_models)
     return 0
 
 
@@ -132,15 +131,21 @@ def readable_lines(data: dict, indent: int = 0) -> list[str]:
 
 
 def handle_info(args: argparse.Namespace) -> int:
-    info = run_info(args)
-    print(json.dumps(info, indent=2, default=str) if args.json else "\n".join(readable_lines(info)))
+    emit(run_info(args), args.json, lambda info: print("\n".join(readable_lines(info))))
     return 0
 
 
+def _print_conversion(result: dict) -> None:
+    print(f"wrote {result['saved_to']} ({result['parameters']:,} parameters)")
+    if result["preprocessing"] is None:
+        print(
+            f"{result['source']} names no preprocessing, so none was written: save the processor the model was "
+            f"trained with into {result['saved_to']} (`processor.save_pretrained(DIR)`) before predicting with it."
+        )
+
+
 def handle_convert(args: argparse.Namespace) -> int:
-    result = run_convert(args)
-    summary = f"wrote {result['saved_to']} ({result['parameters']:,} parameters)"
-    print(json.dumps(result, indent=2) if args.json else summary)
+    emit(run_convert(args), args.json, _print_conversion)
     return 0
 
 
@@ -152,7 +157,7 @@ def register(commands) -> None:
         "checkpoints (downloaded on first use into the cache; '(cached)' marks those already there). top-1 is "
         "the ILSVRC-2012 validation accuracy Google reports for the fine-tuned heads.",
     )
-    models.add_argument("--json", action="store_true", help="print the list as JSON (with URLs)")
+    add_output_arguments(models, "print the list as JSON (with URLs)", progress=False)
 
     info = commands.add_parser(
         "info",
@@ -160,8 +165,8 @@ def register(commands) -> None:
         description="What a model is: parameters, head, input size, preprocessing and config. A zoo name not yet "
         "downloaded is described from the catalogue, without downloading it.",
     )
-    info.add_argument("model", help=MODEL_HELP)
-    info.add_argument("--json", action="store_true", help="print as JSON")
+    add_model_argument(info, "the model to describe", positional=True)
+    add_output_arguments(info, "print as JSON", progress=False)
     models.set_defaults(handler=handle_models)
     info.set_defaults(handler=handle_info)
 
@@ -171,8 +176,8 @@ def register(commands) -> None:
         description="Write config.json, model.safetensors and preprocessor_config.json that transformers loads "
         "(BitForImageClassification.from_pretrained) with identical outputs.",
     )
-    convert.add_argument("source", help="the model to convert: " + MODEL_HELP)
-    convert.add_argument("out_dir", help="directory to create")
+    add_model_argument(convert, "the model to convert", positional=True)
+    add_out_argument(convert, "directory to create", positional=True)
     convert.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
-    convert.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_output_arguments(convert, "print the summary as JSON", progress=False)
     convert.set_defaults(handler=handle_convert)

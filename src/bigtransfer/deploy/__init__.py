@@ -1,2 +1,2 @@
-"""Deployment: export to ONNX or torch.export (weight standardisation folded), int8 quantization, and
-running an export directory with ONNX Runtime."""
+"""Deployment: export to ONNX and torch.export (weight standardisation folded), int8 quantisation, and running
+the exported graphs."""

@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
-from ..io import atomic_directory
-from ..loading import model_input
-from ..processing_base import ProcessorBase
-from ..train.evaluate import fixed_output_size, normalisation
+from ..checkpoints.hub import package_version
+from ..checkpoints.io import atomic_directory
+from ..processing.base import ProcessorBase
 from .fold import fold_weight_standardization
 from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, PT2_FILE, ExportedClassifier
 
@@ -50,7 +48,7 @@ class LogitsOnly(nn.Module):
 
 def input_size(processor: ProcessorBase) -> tuple[int, int]:
     """(height, width) of the processor's output, which the exported graph is specialised to."""
-    return fixed_output_size(processor.settings({}))
+    return processor.eval_transform().fixed_size()
 
 
 def sample_pixel_values(processor: ProcessorBase, batch: int, seed: int = 0) -> torch.Tensor:
@@ -58,9 +56,7 @@ def sample_pixel_values(processor: ProcessorBase, batch: int, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed + batch)
     coarse = torch.randint(0, 256, (batch, 3, 8, 8), generator=generator).float()
     pixels = F.interpolate(coarse, size=input_size(processor), mode="bilinear", align_corners=False)
-    return model_input(
-        pixels.round().to(torch.uint8).permute(0, 2, 3, 1), **normalisation(processor, processor.settings({}))
-    )
+    return processor.eval_transform().normalise(pixels.round().to(torch.uint8))
 
 
 def _batch_axis() -> dict[str, dict[int, Any]]:
@@ -162,7 +158,7 @@ def _export_checked(model, processor, out: Path, format: str, tolerance: float, 
         int8_report = int8.quantize_export(staging, model.config) if int8 is not None else None
         report = ExportReport(out, format, "int8" if int8 is not None else "float32", (height, width), difference,
                               int8=int8_report)  # fmt: skip
-        info = {**report.to_dict(), "bigtransfer": __version__, "torch": torch.__version__}
+        info = {**report.to_dict(), "bigtransfer": package_version(), "torch": torch.__version__}
         for unknown_yet in ("directory", "seconds"):
             info.pop(unknown_yet)
         (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

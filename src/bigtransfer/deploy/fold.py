@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from ..layers import WeightStandardizedConv2d
+from ..models.layers import WeightStandardizedConv2d
 
 
 def plain_convolution(conv: WeightStandardizedConv2d) -> nn.Module:

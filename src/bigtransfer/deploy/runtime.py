@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import BitConfig
-from ..outputs import ImageClassifierOutputWithNoAttention
+from ..models.config import BitConfig
+from ..models.outputs import ImageClassifierOutputWithNoAttention
 
 ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"

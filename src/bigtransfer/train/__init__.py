@@ -1,13 +1,28 @@
-"""Transfer learning with BiT: the BiT-HyperRule, data, few-shot subsets and linear evaluation, the training
-loop, evaluation.
+"""Transfer learning with BiT: the BiT-HyperRule, the shared schedule, batches, the training loop, and the
+fine-tuning and pre-training recipes that one run function (`run.run_training`) carries out.
 
 Modules are named apart from the functions exported here (`fine_tuning.py` holds `finetune`,
 `hyper_rule.py` holds `hyperrule`): a package attribute that shares a submodule's name is replaced by
 the module as soon as the submodule is imported.
 """
 
-from .few_shot import fewshot
-from .fine_tuning import finetune, finetune_runs
+from ..inference.few_shot import fewshot  # re-exported where 0.1 had it
+from .fine_tuning import FineTuning, finetune, finetune_runs
 from .hyper_rule import HyperRule, hyperrule
+from .loop import Speed
+from .pretrain import FewShotCheck, Pretraining, pretrain
+from .run import RunOptions
 
-__all__ = ["HyperRule", "fewshot", "finetune", "finetune_runs", "hyperrule"]
+__all__ = [
+    "FewShotCheck",
+    "FineTuning",
+    "HyperRule",
+    "Pretraining",
+    "RunOptions",
+    "Speed",
+    "fewshot",
+    "finetune",
+    "finetune_runs",
+    "hyperrule",
+    "pretrain",
+]

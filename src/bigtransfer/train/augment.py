@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from ..processing import BitImageProcessor
+from ..processing.exact import BitImageProcessor
 
 
 def hyperrule_augment(image: Image.Image, resize: int, crop: int, flip: bool, rng: np.random.Generator) -> np.ndarray:

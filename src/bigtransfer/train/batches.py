@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..loading import LoadedImages, gather_pixels, model_input, stack_images, to_device
-from .data import ImageDataset
+from ..data.datasets import ImageDataset
+from ..data.device import gather_pixels, to_device
+from ..data.workers import LoadedImages, load_examples
+from ..processing.transform import EvalTransform
 
 MIXUP_STREAM = 1 << 30  # generator key of a step's MixUp draw, beyond any batch position
 # Images a worker loads per hand-over. Each hand-over has a fixed cost in the main process (a
@@ -127,26 +129,6 @@ class TrainingExamples:
         )  # fmt: skip
 
 
-def load_examples(
-    dataset: ImageDataset,
-    indices: Sequence[int],
-    ids: Sequence[int],
-    transform: Callable[[object, int], np.ndarray],
-) -> LoadedImages:
-    """Decode and transform images; the unreadable are reported by name, not raised."""
-    pixels, loaded, labels, failures = [], [], [], []
-    for index, image_id in zip(indices, ids):
-        try:
-            image = dataset.load(index)
-        except (OSError, ValueError) as error:
-            failures.append((dataset.name_of(index), str(error)))
-            continue
-        pixels.append(transform(image, image_id))
-        loaded.append(image_id)
-        labels.append(int(dataset.labels[index]))
-    return LoadedImages(stack_images(pixels) if pixels else None, loaded, labels, failures)
-
-
 @dataclasses.dataclass
 class MicroBatch:
     pixels: torch.Tensor  # float32 N×3×H×W on the device, MixUp applied
@@ -159,7 +141,11 @@ class MicroBatch:
 
 
 def assemble(
-    plan: MicroBatchPlan, loaded: Sequence[LoadedImages], device: torch.device, channels_last: bool
+    plan: MicroBatchPlan,
+    loaded: Sequence[LoadedImages],
+    device: torch.device,
+    channels_last: bool,
+    transform: EvalTransform,
 ) -> MicroBatch | None:
     """The micro-batch on `device` from its loaded chunks, without a host synchronisation.
 
@@ -169,7 +155,7 @@ def assemble(
     keep = [p for p in plan.positions if p in slot and (plan.mixup is None or plan.partner(p) in slot)]
     if not keep:
         return None
-    pixels = model_input(gather_pixels(loaded, device), channels_last=channels_last)
+    pixels = transform.normalise_pixels(gather_pixels(loaded, device), channels_last)
     labels = to_device(torch.tensor([label for item in loaded for label in item.labels]), device)
     first = [slot[p] for p in keep]
     if first != list(range(len(slot))):  # some loaded images are only partners, or some examples dropped

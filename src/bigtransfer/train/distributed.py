@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..loading import resolve_device
+from ..data.device import resolve_device
+
+PATIENT_TIMEOUT = datetime.timedelta(days=1)  # how long the other processes wait while rank 0 measures
 
 
 @dataclass(frozen=True)
@@ -18,10 +22,17 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     device: torch.device | None = None
+    patient_group: Any = None  # a gloo group with a long timeout, for waiting on rank-0-only work
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def wait_for_main(self) -> None:
+        """Hold every process here until rank 0 arrives, however long its work takes: NCCL's collectives (and
+        DDP's gradient all-reduce) time out after 10 minutes, this group's barrier after a day."""
+        if self.world_size > 1:
+            dist.barrier(group=self.patient_group)
 
 
 @contextlib.contextmanager
@@ -40,7 +51,8 @@ def process_group(device: str | None) -> Iterator[Distributed]:
         if wanted.type == "cuda":
             wanted = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(wanted)
-        yield Distributed(dist.get_rank(), dist.get_world_size(), wanted)
+        patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
+        yield Distributed(dist.get_rank(), dist.get_world_size(), wanted, patient)
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()

@@ -6,24 +6,22 @@ import dataclasses
 import functools
 import os
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import BitConfig
-from ..modeling import BitForImageClassification, BitModel, BitPreTrainedModel
-from ..zoo import architecture_of
+from ..checkpoints.catalogue import architecture_of
+from ..checkpoints.io import write_json
+from ..data.datasets import ImageDataset, as_dataset
+from ..inference.few_shot import few_shot_subset
+from ..models.config import BitConfig
+from ..models.modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from .augment import eval_processor, hyperrule_augment
-from .data import ImageDataset
-from .distributed import process_group
-from .evaluate import write_json
-from .few_shot import few_shot_subset
 from .hyper_rule import HyperRule, hyperrule
-from .loop import Monitor, Recipe, Saving, Speed, train
-from .run import as_dataset, evaluation_of, finish_run, plan_of, prepare_output, show_plan
+from .loop import Recipe
+from .run import RunOptions, TrainingJob, run_training
 
 
 def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
@@ -58,100 +56,101 @@ def classifier_for(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class FineTuning:
+    """What a fine-tuning run learns from and how: the BiT-HyperRule's inputs, and overrides of what it decides
+    (None keeps the rule's choice)."""
+
+    shots: int | None = None  # K examples per class (balanced, seeded by the run's seed)
+    preset: str = "code"  # "code": the released big_transfer code; "paper": arXiv 1912.11370 v3
+    batch_size: int = 512
+    steps: int | None = None  # the schedule's length (its boundaries scale along)
+    resize: int | None = None
+    crop: int | None = None
+    base_lr: float = 0.003  # at batch 512
+    lr_scaling: str = "none"  # "linear" or "sqrt" adapt base_lr to another batch size
+    mixup_alpha: float | None = None
+    flip: bool = True
+    eval_every: int | None = None  # held-out top-1 every N steps (needs eval_data)
+
+
 def finetune(
     model: str | os.PathLike | BitPreTrainedModel,
     data: str | os.PathLike | ImageDataset,
     eval_data: str | os.PathLike | ImageDataset | None = None,
     *,
-    out: str | os.PathLike = "bigtransfer-run",
-    shots: int | None = None,
-    seed: int = 0,
-    preset: str = "code",
-    batch_size: int = 512,
-    batch_split: int = 1,
-    steps: int | None = None,
-    resize: int | None = None,
-    crop: int | None = None,
-    base_lr: float = 0.003,
-    lr_scaling: str = "none",
-    mixup_alpha: float | None = None,
-    flip: bool = True,
-    resume: bool = False,
-    save_every: int | None = None,
-    eval_every: int | None = None,
-    device: str | None = None,
-    bf16: bool = False,
-    progress: bool = True,
-    workers: int | None = None,
-    compile: bool = False,
-    channels_last: bool | None = None,
-    grad_checkpointing: bool = False,
-    on_plan: Callable[[dict[str, Any]], None] | None = None,
-    dry_run: bool = False,
+    recipe: FineTuning = FineTuning(),
+    run: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Fine-tune a pretrained BiT on `data` with the BiT-HyperRule; returns the final metrics.
 
-    The run directory gets checkpoint.pt (resumable), metrics.jsonl, curves.png, and, at the end,
-    model/ (a transformers-format model whose preprocessor_config.json is the eval transform),
-    metrics.json and confusion.png when `eval_data` is given. `workers` loading processes (default:
-    one per core), `compile` and `channels_last` change the speed, not the result; `grad_checkpointing` trades
-    compute for memory, with the same gradients. Before training, `on_plan` receives what the run will do
-    (data, rule, device, precision, workers, output); `dry_run` returns {"plan": …} right there.
+    The run directory (`run.out`) gets checkpoint.pt (resumable), metrics.jsonl, curves.png, and, at the end,
+    model/ (a transformers-format model whose preprocessor_config.json is the eval transform), metrics.json and
+    confusion.png when `eval_data` is given. Before training, `run.on_plan` receives what the run will do (data,
+    rule, device, precision, workers, output); `run.dry_run` returns {"plan": …} right there.
     """
-    out = Path(out)
-    prepare_output(out, resume)
+    return run_training(fine_tuning_job(model, data, eval_data, recipe, run.seed), run)
+
+
+def fine_tuning_job(
+    model: str | os.PathLike | BitPreTrainedModel,
+    data: str | os.PathLike | ImageDataset,
+    eval_data: str | os.PathLike | ImageDataset | None,
+    recipe: FineTuning,
+    seed: int,
+) -> TrainingJob:
+    """The data, the HyperRule for it, and a zero-initialised head on the pretrained body."""
     train_set = as_dataset(data)
     train_set.check_trainable()
-    if shots is not None:
-        train_set = train_set.subset(few_shot_subset(train_set.labels, shots, seed, train_set.classes))
-    id2label = dict(enumerate(train_set.classes))
-    network = classifier_for(model, id2label)
-    rule = hyperrule(len(train_set), train_set.image_size(), preset, batch_size, base_lr, lr_scaling,
-                     architecture=architecture_of(network.config))  # fmt: skip
-    rule = rescale_steps(rule, steps) if steps else rule
-    overrides = {k: v for k, v in dict(resize=resize, crop=crop, mixup_alpha=mixup_alpha).items() if v is not None}
-    rule = dataclasses.replace(rule, **overrides)
+    if recipe.shots is not None:
+        train_set = train_set.subset(few_shot_subset(train_set.labels, recipe.shots, seed, train_set.classes))
+    network = classifier_for(model, dict(enumerate(train_set.classes)))
+    typical = train_set.typical_image_size(seed=seed)
+    rule = hyperrule(len(train_set), typical[:2], recipe.preset, recipe.batch_size, recipe.base_lr,
+                     recipe.lr_scaling, architecture=architecture_of(network.config))  # fmt: skip
+    rule = rescale_steps(rule, recipe.steps) if recipe.steps else rule
+    chosen = dict(resize=recipe.resize, crop=recipe.crop, mixup_alpha=recipe.mixup_alpha)
+    rule = dataclasses.replace(rule, **{key: value for key, value in chosen.items() if value is not None})
     if rule.crop > rule.resize:
         raise ValueError(f"--crop {rule.crop} is larger than --resize {rule.resize}: crop must fit inside the resize.")
     if rule.zero_init_head:  # BiT: a zero head starts every class at equal odds and trains stably
         torch.nn.init.zeros_(network.classifier[1].weight)
         torch.nn.init.zeros_(network.classifier[1].bias)
-    if grad_checkpointing:
-        network.gradient_checkpointing_enable()
     torch.manual_seed(seed)
-    augment = functools.partial(hyperrule_augment, resize=rule.resize, crop=rule.crop, flip=flip)
-    recipe = Recipe(rule, augment, image_size=rule.crop)
     processor = eval_processor(rule.crop)
-    speed = Speed(workers, compile, channels_last, batch_split)
-    eval_set = as_dataset(eval_data) if eval_data is not None else None
+    augment = functools.partial(hyperrule_augment, resize=rule.resize, crop=rule.crop, flip=recipe.flip)
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
-    plan = plan_of(f"fine-tune {name}", train_set, eval_set, shots=shots, batch_split=batch_split, device=device,
-                   bf16=bf16, workers=workers, out=out, rule=dataclasses.asdict(rule))  # fmt: skip
-    show_plan(plan, on_plan)
-    if dry_run:
-        return {"plan": plan}
-    evaluation = evaluation_of(network, eval_set, processor, speed, bf16)
-    fingerprint = {"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
-                   "shots": shots, "rule": dataclasses.asdict(rule), "flip": flip}  # fmt: skip
-    metrics = {"train_examples": len(train_set), "classes": train_set.classes, "rule": dataclasses.asdict(rule)}
-    saving = Saving(fingerprint, resume, save_every)
-    monitor = Monitor(eval_every, lambda step: {"top1": evaluation()["top1"]}) if evaluation and eval_every else None
-    with process_group(device) as context:
-        summary = train(network, train_set, recipe, out, context=context, seed=seed, bf16=bf16, saving=saving,
-                        monitor=monitor, progress=progress, speed=speed)  # fmt: skip
-        return finish_run(network, processor, out, summary, metrics, evaluation)
+    return TrainingJob(
+        what=f"fine-tune {name}", network=network, train_set=train_set,
+        eval_set=as_dataset(eval_data) if eval_data is not None else None,
+        recipe=Recipe(rule, augment, image_size=rule.crop, transform=processor.eval_transform()), processor=processor,
+        fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
+                     "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip},
+        report={"rule": dataclasses.asdict(rule)}, shots=recipe.shots, eval_every=recipe.eval_every,
+        plan_details={"image_size": {"height": typical.height, "width": typical.width, "statistic": typical.statistic}},
+    )  # fmt: skip
 
 
-def finetune_runs(runs: int, seed: int, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds; mean ± std of eval top-1, also written to
-    `out`/runs.json."""
-    results = [finetune(seed=seed + k, out=Path(out) / f"seed-{seed + k}", **kwargs) for k in range(runs)]
+def finetune_runs(
+    runs: int,
+    model: str | os.PathLike | BitPreTrainedModel,
+    data: str | os.PathLike | ImageDataset,
+    eval_data: str | os.PathLike | ImageDataset | None = None,
+    *,
+    recipe: FineTuning = FineTuning(),
+    run: RunOptions = RunOptions(),
+) -> dict[str, Any]:
+    """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds from `run.seed`, each in `run.out`/seed-N;
+    mean ± std of eval top-1, also written to `run.out`/runs.json."""
+    seeds = list(range(run.seed, run.seed + runs))
+    results = [finetune(model, data, eval_data, recipe=recipe,
+                        run=dataclasses.replace(run, seed=seed, out=Path(run.out) / f"seed-{seed}")) for seed in seeds]  # fmt: skip
     accuracies = [r["eval"]["top1"] for r in results if "eval" in r]
-    summary: dict[str, Any] = {"runs": results, "seeds": list(range(seed, seed + runs))}
+    summary: dict[str, Any] = {"runs": results, "seeds": seeds}
     if accuracies:
         summary["eval_top1_mean"] = float(np.mean(accuracies))
         summary["eval_top1_std"] = float(statistics.pstdev(accuracies)) if len(accuracies) > 1 else 0.0
         if int(os.environ.get("RANK", "0")) == 0:
-            write_json(Path(out) / "runs.json", {"seeds": summary["seeds"], "eval_top1": accuracies,
+            write_json(Path(run.out) / "runs.json", {"seeds": seeds, "eval_top1": accuracies,
                        "eval_top1_mean": summary["eval_top1_mean"], "eval_top1_std": summary["eval_top1_std"]})  # fmt: skip
     return summary

@@ -7,7 +7,9 @@ Two presets. "code" is what Google's released `big_transfer` code does (bit_hype
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .schedules import StepSchedule
 
 SMALL_IMAGE_AREA = 96 * 96
 PRESETS = ("code", "paper")
@@ -29,29 +31,16 @@ def paper_steps(dataset_size: int) -> int:
     return 10_000 if dataset_size < 500_000 else 20_000
 
 
-@dataclass(frozen=True)
-class HyperRule:
-    """One fine-tuning recipe. `lr(step)` is the learning rate before that step, None once training is over."""
+@dataclass(frozen=True, kw_only=True)
+class HyperRule(StepSchedule):
+    """One fine-tuning recipe: the schedule, the resolution and the head's initialisation."""
 
     preset: str
     resize: int
     crop: int
-    steps: int
-    warmup_steps: int
-    decay_steps: list[int] = field(default_factory=list)
-    mixup_alpha: float = 0.0
     base_lr: float = 0.003
     batch_size: int = 512
-    momentum: float = 0.9
-    weight_decay: float = 0.0
     zero_init_head: bool = True
-
-    def lr(self, step: int) -> float | None:
-        if step >= self.steps:
-            return None
-        if step < self.warmup_steps:
-            return self.base_lr * step / self.warmup_steps
-        return self.base_lr / 10 ** sum(1 for boundary in self.decay_steps if boundary < step)
 
 
 def resolution(image_size: tuple[int, int], preset: str, architecture: str | None = None) -> tuple[int, int]:
@@ -91,12 +80,12 @@ def hyperrule(
     if preset == "code":
         boundaries = code_boundaries(dataset_size)
         return HyperRule(
-            "code", resize, crop, steps=boundaries[-1], warmup_steps=boundaries[0], decay_steps=boundaries[1:-1],
+            preset="code", resize=resize, crop=crop, steps=boundaries[-1], warmup_steps=boundaries[0], decay_steps=boundaries[1:-1],
             mixup_alpha=mixup, base_lr=base_lr * factor, batch_size=batch_size,
         )  # fmt: skip
     steps = paper_steps(dataset_size)
     decays = [int(steps * fraction) for fraction in (0.3, 0.6, 0.9)]
     return HyperRule(
-        "paper", resize, crop, steps=steps, warmup_steps=0, decay_steps=decays, mixup_alpha=mixup,
+        preset="paper", resize=resize, crop=crop, steps=steps, warmup_steps=0, decay_steps=decays, mixup_alpha=mixup,
         base_lr=base_lr * factor, batch_size=batch_size,
     )  # fmt: skip

@@ -15,43 +15,35 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_path, atomic_write_text
-from ..loading import LoadedImages, ordered_results, resolve_workers, use_channels_last
+from ..checkpoints.io import atomic_path, atomic_write_text
+from ..data.datasets import ImageDataset
+from ..data.device import use_channels_last
+from ..data.workers import LoadedImages, ordered_results, resolve_workers
+from ..processing.transform import EvalTransform
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
-from .data import ImageDataset
 from .distributed import Distributed, barrier, sync_gradients, wrap
+from .interrupts import StopRequest
 from .progress import StepProgress
+from .schedules import StepSchedule
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-class Schedule(Protocol):
-    """What the loop asks of a schedule (the HyperRule, or pre-training's upstream schedule)."""
-
-    steps: int
-    batch_size: int
-    momentum: float
-    weight_decay: float
-    mixup_alpha: float
-
-    def lr(self, step: int) -> float | None:
-        """The learning rate of `step`, None once the schedule is over."""
-
-
 @dataclasses.dataclass
 class Recipe:
     """What varies between fine-tuning and pre-training: the schedule and the per-example augmentation."""
 
-    schedule: Schedule
+    schedule: StepSchedule
     augment: Augment  # picklable: it runs in loading worker processes
     image_size: int  # side of the square images `augment` makes
+    transform: EvalTransform  # the evaluation transform saved with the model: its `normalise` makes model input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +69,14 @@ class Saving:
 
 @dataclasses.dataclass(frozen=True)
 class Monitor:
-    """A measurement taken every `every` steps on rank 0 (e.g. held-out top-1), logged in that step's
-    metrics row with its keys prefixed by eval_."""
+    """A measurement taken every `every` steps (e.g. held-out top-1), logged in that step's metrics row with its
+    keys prefixed by eval_. A `sharded` measurement is called on every process and shares the work out itself;
+    otherwise rank 0 measures while the other processes wait for it (`Distributed.wait_for_main`)."""
 
     every: int
     measure: Callable[[int], dict]
+    sharded: bool = False
+    name: str = "eval"  # the key of its final measurement in metrics.json
 
 
 @contextlib.contextmanager
@@ -252,7 +247,7 @@ class TrainingRun:
         for chunk in chunks:
             self.note_failures(chunk.failures)
         plan = examples.plan(self.step, part)
-        return assemble(plan, chunks, self.context.device, self.channels_last), waited
+        return assemble(plan, chunks, self.context.device, self.channels_last, self.recipe.transform), waited
 
     def note_failures(self, failures: list[tuple[str, str]]) -> None:
         for name, error in failures:
@@ -262,9 +257,15 @@ class TrainingRun:
 
     # -- the schedule ---------------------------------------------------------------------------------
     def follow_schedule(
-        self, examples: TrainingExamples, loaded: Iterator[LoadedImages], log: MetricsLog, monitor: Monitor | None
-    ) -> None:
-        """Step until the schedule ends, logging each step, measuring and checkpointing when due.
+        self,
+        examples: TrainingExamples,
+        loaded: Iterator[LoadedImages],
+        log: MetricsLog,
+        monitor: Monitor | None,
+        stop: StopRequest,
+    ) -> bool:
+        """Step until the schedule ends or a stop is requested (then True, at a step boundary), logging each step,
+        measuring and checkpointing when due.
 
         Step time is the loop's period: the host only queues work on a GPU, and the loop waits for the
         device once per step (reading a loss), so in steady state one period is one device step.
@@ -278,13 +279,18 @@ class TrainingRun:
             log.add(row, row.pop("loss_sum"))
             period_began = now
             if monitor and self.step % monitor.every == 0 and self.step < schedule.steps:
-                measured = monitor.measure(self.step) if self.context.is_main else {}
+                measured = monitor.measure(self.step) if monitor.sharded or self.context.is_main else {}
+                if not monitor.sharded:
+                    self.context.wait_for_main()
                 log.flush(**{f"eval_{key}": value for key, value in measured.items()})
                 period_began = time.perf_counter()
             if self.saving.every and self.step % self.saving.every == 0:
                 log.flush()
                 self.checkpoint()
                 period_began = time.perf_counter()
+            if stop.agreed(world_size, self.context.device):
+                return True
+        return False
 
     def summary(self, seconds: float, workers: int) -> dict:
         summary = {"steps": self.step, "skipped_images": sorted(self.skipped), "seconds": round(seconds, 1),
@@ -354,8 +360,8 @@ def train(
     speed: Speed = Speed(),
 ) -> dict:
     """Run the schedule to its end on `context` (this process's device and rank, from `distributed.process_group`);
-    returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files. Ctrl-C saves the checkpoint
-    and raises TrainingInterrupted."""
+    returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files. Ctrl-C finishes the step under way,
+    saves the checkpoint and raises TrainingInterrupted (`interrupts.StopRequest`)."""
     schedule = recipe.schedule
     workers = resolve_workers(speed.workers)
     layout = Layout(schedule.batch_size, context.world_size, context.rank, speed.batch_split, chunks=1)
@@ -368,17 +374,17 @@ def train(
         console.note(f"resuming at step {run.step} of {schedule.steps} from {out / CHECKPOINT}")
     log = MetricsLog(out / METRICS, console, enabled=context.is_main)
     began = time.perf_counter()
-    try:
-        with (
-            tuned_convolutions(context.device),
-            ordered_results(examples, workers, context.device.type == "cuda") as loaded,
-        ):
-            run.follow_schedule(examples, loaded, log, monitor)
-    except KeyboardInterrupt:
+    with (
+        StopRequest().listening() as stop,
+        tuned_convolutions(context.device),
+        ordered_results(examples, workers, context.device.type == "cuda") as loaded,
+    ):
+        stopped = run.follow_schedule(examples, loaded, log, monitor, stop)
+    if stopped:
         log.close()
         run.checkpoint()
         message = f"interrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume"
-        raise TrainingInterrupted(message if context.is_main else "") from None
+        raise TrainingInterrupted(message if context.is_main else "")
     log.close()
     run.checkpoint()
     barrier(context)

@@ -1,7 +1,10 @@
-"""A run directory: never overwritten without --resume, and closed with the saved model and its report."""
+"""One training run, whichever the recipe: its options, its plan, the loop, and the run directory it leaves —
+never overwritten without resume, and closed with the saved model and its report. Fine-tuning and pre-training
+prepare a `TrainingJob` and hand it to `run_training`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -10,14 +13,54 @@ from typing import Any
 
 import torch
 
-from ..loading import resolve_device, resolve_workers
-from ..modeling import BitForImageClassification
-from ..processing import BitImageProcessor
-from .data import ImageDataset, load_dataset
-from .evaluate import evaluate, plot_confusion, plot_curves, write_json
-from .loop import CHECKPOINT, METRICS, Speed, append_metrics
+from ..checkpoints.io import write_json
+from ..data.datasets import ImageDataset
+from ..data.device import resolve_device
+from ..data.workers import resolve_workers
+from ..inference.plots import plot_confusion, plot_curves
+from ..inference.predict import evaluate
+from ..models.modeling import BitForImageClassification
+from ..processing.exact import BitImageProcessor
+from .distributed import Distributed, process_group
+from .loop import CHECKPOINT, METRICS, Monitor, Recipe, Saving, Speed, append_metrics, train
 
 MODEL_DIR = "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What every training run takes besides its recipe: where it writes and how it resumes, where it runs, and
+    settings that change its speed or memory but not its result."""
+
+    out: str | os.PathLike = "bigtransfer-run"
+    seed: int = 0  # data order, augmentation, MixUp and few-shot subsets
+    resume: bool = False  # continue the run in `out` from its checkpoint
+    save_every: int | None = None  # also checkpoint every N steps (always at the end)
+    device: str | None = None  # None: CUDA when available
+    bf16: bool = False  # bfloat16 autocast for the forward pass and evaluation
+    progress: bool = True
+    speed: Speed = Speed()
+    grad_checkpointing: bool = False  # recompute block activations in backward: same gradients, less memory
+    on_plan: Callable[[dict[str, Any]], None] | None = None  # receives the plan before step 1 (rank 0)
+    dry_run: bool = False  # return {"plan": …} instead of training
+
+
+@dataclasses.dataclass
+class TrainingJob:
+    """What a recipe prepares for `run_training`: the network, the data, how it trains, and what it reports."""
+
+    what: str  # e.g. "fine-tune BiT-M-R50x1", for the plan
+    network: BitForImageClassification
+    train_set: ImageDataset
+    eval_set: ImageDataset | None
+    recipe: Recipe
+    processor: BitImageProcessor  # the evaluation transform, saved beside the model
+    fingerprint: dict[str, Any]  # what a resumed run must share with this one
+    report: dict[str, Any]  # the recipe's entries of the plan and of metrics.json
+    plan_details: dict[str, Any] = dataclasses.field(default_factory=dict)  # plan-only entries
+    shots: int | None = None
+    eval_every: int | None = None  # held-out top-1 every N steps
+    extra_monitor: Callable[..., Monitor] | None = None  # (network, processor, run options) → a Monitor
 
 
 def prepare_output(out: Path, resume: bool) -> None:
@@ -26,13 +69,12 @@ def prepare_output(out: Path, resume: bool) -> None:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out.")
 
 
-def plan_of(what: str, dataset: ImageDataset, eval_set: ImageDataset | None, *, shots: int | None, batch_split: int,
-            device: Any, bf16: bool, workers: int | None, out: Path, **recipe: Any) -> dict[str, Any]:  # fmt: skip
-    """What a training run is about to do (`recipe`: its "rule" or "schedule" and crop), for `on_plan`."""
-    return {"what": what, "images": len(dataset), "classes": dataset.classes, "shots": shots,
-            "eval_images": len(eval_set) if eval_set is not None else None, **recipe, "batch_split": batch_split,
-            "device": str(resolve_device(device)), "bf16": bf16, "workers": resolve_workers(workers),
-            "out": str(out)}  # fmt: skip
+def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
+    """What a training run is about to do, for `on_plan`."""
+    return {"what": job.what, "images": len(job.train_set), "classes": job.train_set.classes, "shots": job.shots,
+            "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
+            "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
+            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out)}  # fmt: skip
 
 
 def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:
@@ -41,8 +83,34 @@ def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | 
         on_plan(plan)
 
 
-def as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
-    return data if isinstance(data, ImageDataset) else load_dataset(data)
+def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
+    """Plan, then train on this process's share (torchrun), evaluate, save model/ and the report; returns the
+    final metrics (on ranks other than 0, the loop's summary)."""
+    out = Path(options.out)
+    prepare_output(out, options.resume)
+    plan = plan_of(job, options)
+    show_plan(plan, options.on_plan)
+    if options.dry_run:
+        return {"plan": plan}
+    if options.grad_checkpointing:
+        job.network.gradient_checkpointing_enable()
+    saving = Saving(job.fingerprint, options.resume, options.save_every)
+    with process_group(options.device) as context:
+        evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
+        monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
+        if evaluation is not None and job.eval_every:
+            monitor = Monitor(job.eval_every, lambda step: {"top1": evaluation()["top1"]}, sharded=True)
+        summary = train(job.network, job.train_set, job.recipe, out, context=context, seed=options.seed,
+                        bf16=options.bf16, saving=saving, monitor=monitor, progress=options.progress,
+                        speed=options.speed)  # fmt: skip
+        metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}
+        if monitor is not None and not monitor.sharded:  # a rank-0 measurement (few-shot), once more at the end
+            metrics[monitor.name] = monitor.measure(summary["steps"]) if context.is_main else {}
+            context.wait_for_main()
+            if context.is_main:
+                row = {f"eval_{key}": value for key, value in metrics[monitor.name].items()}
+                append_metrics(out / METRICS, {"step": summary["steps"], **row})
+        return finish_run(job.network, job.processor, out, summary, metrics, evaluation)
 
 
 def finish_run(
@@ -53,18 +121,17 @@ def finish_run(
     metrics: dict[str, Any],
     evaluation: Callable[[], dict[str, Any]] | None,
 ) -> dict[str, Any]:
-    """On rank 0: save model/ (with the eval transform), evaluate, write plots and metrics.json.
-
-    Every other rank returns what it has.
+    """Evaluate (every process takes its share), then on rank 0: save model/ (with the eval transform), write plots
+    and metrics.json. Every other rank returns what it has.
     """
+    result = evaluation() if evaluation is not None else None
     if summary["rank"] != 0:
         return summary
     model.save_pretrained(out / MODEL_DIR)
     processor.save_pretrained(out / MODEL_DIR)
     reported = ("skipped_images", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
-    if evaluation is not None:
-        result = evaluation()
+    if result is not None:
         metrics["eval"] = result
         append_metrics(out / METRICS, {"step": summary["steps"], "eval_top1": result["top1"]})
         plot_confusion(result["confusion"], [model.config.id2label[i] for i in range(model.config.num_labels)],
@@ -75,11 +142,18 @@ def finish_run(
 
 
 def evaluation_of(
-    model: torch.nn.Module, eval_set: ImageDataset | None, processor: BitImageProcessor, speed: Speed, bf16: bool
+    model: torch.nn.Module,
+    eval_set: ImageDataset | None,
+    processor: BitImageProcessor,
+    options: RunOptions,
+    context: Distributed,
 ) -> Callable[[], dict[str, Any]] | None:
-    """Evaluation during and after a run: same loading workers and precision as training, compiled once if asked."""
+    """Evaluation during and after a run: same loading workers and precision as training, compiled once if asked,
+    shared out over the run's processes."""
     if eval_set is None:
         return None
+    speed = options.speed
     evaluated = torch.compile(model) if speed.compile else model
-    return functools.partial(evaluate, evaluated, eval_set, processor, workers=speed.workers, bf16=bf16,
-                             channels_last=speed.channels_last)  # fmt: skip
+    return functools.partial(evaluate, evaluated, eval_set, processor, workers=speed.workers, bf16=options.bf16,
+                             channels_last=speed.channels_last, rank=context.rank,
+                             world_size=context.world_size)  # fmt: skip

@@ -17,11 +17,22 @@ from typing import Any
 from .io import read_json
 
 CONFIG_NAME = "config.json"
+PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_CANDIDATES = (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX)
+
+
+def package_version() -> str:
+    """bigtransfer's installed version (pyproject.toml is its one source), as checkpoints and exports record it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bigtransfer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
 class HubUnavailableError(OSError):

@@ -76,3 +76,9 @@ def read_json(path: Path) -> Any:
         raise FileNotFoundError(f"{path} does not exist.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}): re-save the model or fix the file.") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON (indented) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")

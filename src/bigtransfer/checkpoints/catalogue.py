@@ -1,9 +1,15 @@
-"""The released BiT checkpoints by name: where they live, what they expect, and how well they do."""
+"""The models that load by name, as plain data: Google's released BiT checkpoints (where they live, their
+architecture, label set and evaluation preprocessing, how well they do) and the models shipped in the package.
+
+Both the weight loaders and the image processors read this table explicitly; nothing registers itself here.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
 
 BASE_URL_ENV = "BIGTRANSFER_BIT_BASE_URL"
 DEFAULT_BASE_URL = "https://storage.googleapis.com/bit_models/"
@@ -82,14 +88,13 @@ class ZooEntry:
 
 
 def preactivation_parameter_count(depths: list[int], width_factor: int, num_labels: int) -> int:
-    """Parameters of a BiT ResNet-v2 (3-channel input), counted without building it (the zoo lists 30)."""
-    from .layers import make_div
-
+    """Parameters of a BiT ResNet-v2 (3-channel input), counted without building it (the zoo lists 30). BiT's
+    widths are multiples of 64, so no rounding to a multiple of 8 is needed."""
     in_channels = 64 * width_factor
     total = 7 * 7 * 3 * in_channels
     for stage, depth in enumerate(depths):
-        out = make_div(256 * 2**stage * width_factor)
-        mid = make_div(out * 0.25)
+        out = 256 * 2**stage * width_factor
+        mid = out // 4
         total += in_channels * out  # projection shortcut of the first block
         for block in range(depth):
             block_in = in_channels if block == 0 else out
@@ -156,3 +161,21 @@ def entry_for_file(path: str) -> ZooEntry | None:
     """Zoo entry whose file name a local path carries (e.g. '~/Downloads/BiT-M-R50x1.npz')."""
     name = os.path.basename(str(path))
     return next((entry for entry in ZOO.values() if os.path.basename(entry.file) == name), None)
+
+
+BUNDLED_MODELS = {  # name: what it was pre-trained on (bigtransfer/bundled/README.md)
+    "bit-tiny-fashion5": "Fashion-MNIST, 5 classes (in the package)",
+    "bit-tiny-glyphs": "printed letters, 39 classes (in the package)",
+}
+
+
+def bundled_model(name: str) -> Path | None:
+    """A model shipped inside the package (see bigtransfer/bundled/README.md), by name."""
+    if name not in BUNDLED_MODELS:
+        return None
+    return Path(str(files("bigtransfer") / "bundled" / name))
+
+
+def known_names() -> list[str]:
+    """Every name that loads without a path: the bundled models and the zoo."""
+    return [*BUNDLED_MODELS, *ZOO]

@@ -3,7 +3,6 @@ big_vision's linear few-shot evaluation of frozen features — accuracy in secon
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -11,12 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..loading import resolve_device
-from ..modeling import BitModel, BitPreTrainedModel
-from ..processing_base import ProcessorBase
-from .data import ImageDataset
-from .evaluate import pooled_features
-from .loop import Monitor
+from ..data.datasets import ImageDataset, as_dataset
+from ..data.device import resolve_device
+from ..models.modeling import BitModel, BitPreTrainedModel
+from ..processing.base import ProcessorBase
+from .predict import pooled_features
 
 
 def few_shot_subset(labels: np.ndarray, shots: int, seed: int, class_names: list[str] | None = None) -> np.ndarray:
@@ -119,9 +117,7 @@ def fewshot(
     features are computed once per image, with the model's own evaluation preprocessing (or `processor`);
     `workers`, `bf16` and `compile` as in `evaluate`.
     """
-    from ..pipeline import load_processor  # the pipeline layer sits above training
-    from ..processing import BitImageProcessor
-    from .run import as_dataset
+    from ..processing.exact import BitImageProcessor
 
     began = time.perf_counter()
     if isinstance(model, BitPreTrainedModel):  # used where it is, as it is (e.g. during training)
@@ -130,21 +126,22 @@ def fewshot(
         network = model
     else:
         network = BitModel.from_pretrained(model).to(resolve_device(device))
-        processor = processor or load_processor(model, BitImageProcessor)
+        processor = processor or BitImageProcessor.from_pretrained(model)
     network = torch.compile(network) if compile else network
     train_set, test_set = as_dataset(data), as_dataset(eval_data)
     train_set = train_set.select_classes(classes) if classes else train_set
     test_set = test_set.select_classes(train_set.classes)
     shots = sorted({int(count) for count in shots})
     pool = fewshot_pool(train_set.labels, shots, seeds)
-    options = dict(workers=workers, bf16=bf16, progress=progress)
-    pooled = pooled_features(network, train_set.subset(pool), processor, batch_size, **options)
+    pooled = pooled_features(
+        network, train_set.subset(pool), processor, batch_size, workers=workers, bf16=bf16, progress=progress
+    )
     if pooled.failures:
         names = ", ".join(name for name, _ in pooled.failures[:5])
         raise ValueError(
             f"{len(pooled.failures)} few-shot training images could not be read ({names}): fix or remove them."
         )
-    test = pooled_features(network, test_set, processor, batch_size, **options)
+    test = pooled_features(network, test_set, processor, batch_size, workers=workers, bf16=bf16, progress=progress)
     features = {int(pool[row]): vector for row, vector in zip(pooled.indices, pooled.logits)}
     results = linear_fewshot(features, train_set.labels, test.logits, test_set.labels[test.indices], shots, seeds,
                              l2_reg)  # fmt: skip
@@ -152,30 +149,3 @@ def fewshot(
             "feature_dim": int(test.logits.shape[1]), "train_images_used": len(pool),
             "eval_examples": len(test.indices), "skipped_eval_images": [name for name, _ in test.failures],
             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class FewShotCheck:
-    """Linear few-shot accuracy measured every `every` steps of pre-training (on rank 0), as big_vision
-    monitors an upstream: how well its features transfer to `eval_data`'s classes, long before a fine-tuning
-    run could say."""
-
-    data: str | os.PathLike | ImageDataset
-    eval_data: str | os.PathLike | ImageDataset
-    every: int
-    classes: list[str] | None = None
-    shots: tuple[int, ...] = (1, 5, 10)
-    seeds: int = 3
-
-    def monitor(self, model: BitPreTrainedModel, processor: ProcessorBase, **options: Any) -> Monitor:
-        """A loop Monitor logging fewshot_<k>shot (the mean over seeds); `options` go to `fewshot`."""
-        from .run import as_dataset
-
-        train_set, test_set = as_dataset(self.data), as_dataset(self.eval_data)  # read once, measured often
-
-        def measure(step: int) -> dict[str, float]:
-            result = fewshot(model, train_set, test_set, classes=self.classes, shots=self.shots, seeds=self.seeds,
-                             processor=processor, progress=False, **options)  # fmt: skip
-            return {f"fewshot_{shots}shot": row["mean"] for shots, row in result["shots"].items()}
-
-        return Monitor(self.every, measure)

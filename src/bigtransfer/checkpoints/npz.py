@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import BitConfig
-
 ROOT_KERNEL = "root_block/standardized_conv2d/kernel"
 BASE_WIDTHS = [256, 512, 1024, 2048]
 # Some released files number their conv scopes ("standardized_conv2d_3"); the rest of the name is standard.
@@ -37,8 +35,9 @@ def _prefix(arrays: dict[str, np.ndarray]) -> str:
     return next(key[: -len(ROOT_KERNEL)] for key in arrays if key.endswith(ROOT_KERNEL))
 
 
-def config_from_npz(arrays: dict[str, np.ndarray], **overrides) -> BitConfig:
-    """Infer the architecture from the arrays: units per block → depths, root width → width factor, head → labels."""
+def config_from_npz(arrays: dict[str, np.ndarray]) -> dict:
+    """BitConfig settings inferred from the arrays: units per block → depths, root width → width factor, head →
+    labels."""
     prefix = _prefix(arrays)
     depths: dict[int, int] = {}
     for key in arrays:
@@ -48,14 +47,13 @@ def config_from_npz(arrays: dict[str, np.ndarray], **overrides) -> BitConfig:
     stem_width = arrays[prefix + ROOT_KERNEL].shape[-1]
     width_factor = max(1, stem_width // 64)
     head = arrays.get(prefix + "head/conv2d/kernel")
-    arguments = dict(
+    return dict(
         depths=[depths[block] for block in sorted(depths)],
         hidden_sizes=BASE_WIDTHS[: len(depths)],
         embedding_size=stem_width // width_factor,
         width_factor=width_factor,
         num_labels=0 if head is None else head.shape[-1],
     )
-    return BitConfig(**{**arguments, **overrides})
 
 
 def _to_torch(array: np.ndarray) -> torch.Tensor:

@@ -108,6 +108,13 @@ class WeightStandardizedConv2d(nn.Conv2d):
             x = self.pad(x)
         return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
 
+    def train(self, mode: bool = True) -> WeightStandardizedConv2d:
+        """Back to training, a kernel cached for an evaluation is dropped: it would hold device memory for the
+        rest of the run, and the next optimiser step makes it stale anyway."""
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
     def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half() invalidate the cached kernel
         self._cache = None
         return super()._apply(fn, recurse)

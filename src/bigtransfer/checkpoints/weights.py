@@ -1,8 +1,9 @@
-"""Weights IO: read and write state dicts safely, and match their keys to a model."""
+"""Weights IO: read and write state dicts safely, infer the architecture they hold, and match their keys to a model."""
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from .io import atomic_path
 logger = logging.getLogger(__name__)
 
 HEAD_PREFIX = "classifier."
+BASE_PREFIX = "bit."
+BIT_GROUPS = 32  # BitConfig.num_groups, which GroupNorm weights do not record
+_STAGE_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -38,6 +42,51 @@ def write_state_dict(state_dict: dict[str, torch.Tensor], path: Path, safe: bool
             save_file(tensors, tmp, metadata={"format": "pt"})
         else:
             torch.save(tensors, tmp)
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """BitConfig settings that a transformers-layout state dict implies (blocks per stage, widths, layout, head).
+
+    GroupNorm weights do not record their group count, so `num_groups` is BiT's 32, and weights whose norms
+    cannot be split into 32 groups are refused rather than guessed; the bottleneck layout is the
+    ViT/DPT-hybrid one (SAME padding, dynamic stem padding), as for timm weights.
+    """
+    body = {key.removeprefix(BASE_PREFIX): value for key, value in state_dict.items()}
+    if "embedder.convolution.weight" not in body:
+        raise ValueError(
+            "These weights are not a BiT state dict in transformers' layout (no embedder.convolution.weight): save "
+            "the model's config.json beside them, or pass config=BitConfig(...)."
+        )
+    norm_widths = sorted({value.shape[0] for key, value in body.items() if ".norm" in f".{key}" and value.ndim == 1})
+    if any(width % BIT_GROUPS for width in norm_widths):
+        raise ValueError(
+            f"These weights come without a config, and their GroupNorm widths {norm_widths} do not split into BiT's "
+            f"{BIT_GROUPS} groups, so the architecture cannot be read from them: pass config=BitConfig(...) (the "
+            "model's own), or save it beside the weights with `model.config.save_pretrained(DIR)`."
+        )
+    depths: dict[int, int] = {}
+    for key in body:
+        match = _STAGE_BLOCK.match(key)
+        if match:
+            depths[int(match[1])] = max(depths.get(int(match[1]), 0), int(match[2]) + 1)
+    stem_width = body["embedder.convolution.weight"].shape[0]
+    width_factor = max(1, stem_width // 64)
+    preactivation = "norm.weight" in body
+    head = body.get("classifier.1.weight")
+    settings = dict(
+        depths=[depths[stage] for stage in sorted(depths)],
+        embedding_size=stem_width // width_factor,
+        hidden_sizes=[
+            body[f"encoder.stages.{s}.layers.0.conv3.weight"].shape[0] // width_factor for s in sorted(depths)
+        ],
+        width_factor=width_factor,
+        num_channels=body["embedder.convolution.weight"].shape[1],
+        layer_type="preactivation" if preactivation else "bottleneck",
+        num_labels=0 if head is None else head.shape[0],
+    )
+    if not preactivation:
+        settings.update(global_padding="same", embedding_dynamic_padding=True)
+    return settings
 
 
 def adapt_prefix(
@@ -66,18 +115,20 @@ def _summarise(keys: list[str], limit: int = 8) -> str:
 
 def match_state_dict(
     model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ignore_mismatched_sizes: bool, source: str
-) -> dict[str, torch.Tensor]:
-    """Check a checkpoint against a model; return what to load, raising on any real disagreement."""
+) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    """Check a checkpoint against a model; return what to load and transformers' loading info (missing,
+    unexpected and mismatched keys), raising on any real disagreement."""
     expected = model.state_dict()
     state_dict, dropped_head = adapt_prefix(state_dict, set(expected), getattr(model, "base_model_prefix", "bit"))
     unexpected = [key for key in state_dict if key not in expected]
     unexpected_outside_head = [key for key in unexpected if not key.startswith(HEAD_PREFIX)]
     missing = [key for key in expected if key not in state_dict]
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+    shapes = {
+        key: (state_dict[key].shape, expected[key].shape)
         for key in expected
         if key in state_dict and state_dict[key].shape != expected[key].shape
-    ]
+    }
+    mismatched = [f"{key}: checkpoint {tuple(ours)} vs model {tuple(theirs)}" for key, (ours, theirs) in shapes.items()]
     missing_outside_head = [key for key in missing if not key.startswith(HEAD_PREFIX)]
     if unexpected_outside_head or missing_outside_head:
         raise ValueError(
@@ -101,7 +152,9 @@ def match_state_dict(
         logger.warning("Newly initialised (absent from %s): %s", source, _summarise(missing))
     if dropped_head or unexpected:
         logger.info("Unused head weights in %s: %s", source, _summarise(dropped_head + unexpected))
-    return {key: value for key, value in state_dict.items() if key in expected}
+    info = {"missing_keys": missing, "unexpected_keys": dropped_head + unexpected, "error_msgs": [],
+            "mismatched_keys": [(key, tuple(shapes[key][0]), tuple(shapes[key][1])) for key in shapes]}  # fmt: skip
+    return {key: value for key, value in state_dict.items() if key in expected}, info
 
 
 def resolve_dtype(torch_dtype: Any, state_dict: dict[str, torch.Tensor], config: Any) -> torch.dtype | None:

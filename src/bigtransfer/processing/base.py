@@ -14,16 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .hub import PushToHubMixin, pop_hub_options, resolve_json
-from .io import atomic_write_text, read_json
+from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options
+from ..checkpoints.io import atomic_write_text
+from ..checkpoints.sources import preprocessing_settings
+from .transform import EvalTransform
 
-PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
-
-# Names whose settings come from elsewhere than a preprocessor_config.json (zoo names, original .npz
-# files, timm ids): the sources layer registers how to read them, so the processors stay below it.
-IMPLIED_SETTINGS: list[Callable[[str | os.PathLike, dict[str, Any]], dict[str, Any] | None]] = []
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # tuples: a processor gets its own list of them
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIZE_KEY_SETS = (
     {"height", "width"},
     {"shortest_edge"},
@@ -65,46 +62,11 @@ def size_dict(size: Any, param_name: str, default_to_square: bool) -> dict[str, 
     raise ValueError(f"{param_name} must be an int, a (height, width) pair or a dict, got {size!r}.")
 
 
-def resize_output_size(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
-    """Target (height, width) exactly as transformers computes it (the long side truncated, not rounded)."""
-    if "shortest_edge" in size:
-        shortest, longest = size["shortest_edge"], size.get("longest_edge")
-        raw = None
-        if longest is not None and max(height, width) / min(height, width) * shortest > longest:
-            raw = longest * min(height, width) / max(height, width)
-            shortest = round(raw)
-        if (height <= width and height == shortest) or (width <= height and width == shortest):
-            return height, width
-        scale_from = raw if raw is not None else shortest
-        if width < height:
-            return int(scale_from * height / width), shortest
-        return shortest, int(scale_from * width / height)
-    if "max_height" in size:
-        scale = min(size["max_height"] / height, size["max_width"] / width)
-        return int(height * scale), int(width * scale)
-    if "height" in size:
-        return size["height"], size["width"]
-    raise ValueError(
-        f"Size must contain 'height' and 'width', 'max_height' and 'max_width', or 'shortest_edge'; got {size}."
-    )
-
-
 def output_layout(data_format: str | None) -> str:
     """The output's channel layout: channels_first, also for None (transformers' default, as 5.x treats it)."""
     if data_format not in (None, "channels_first", "channels_last"):
         raise ValueError(f"data_format must be 'channels_first', 'channels_last' or None, got {data_format!r}.")
     return data_format or "channels_first"
-
-
-def crop_window(height: int, width: int, crop_height: int, crop_width: int) -> tuple[int, int, int, int]:
-    """(pad_top, pad_left, top, left) of a center crop; an image smaller than the crop is zero-padded first,
-    the odd padding pixel going top/left (transformers' slow processor; its fast one puts it bottom/right).
-    """
-    pad_top = -(-max(crop_height - height, 0) // 2)
-    pad_left = -(-max(crop_width - width, 0) // 2)
-    top = pad_top + (height - crop_height) // 2
-    left = pad_left + (width - crop_width) // 2
-    return pad_top, pad_left, top, left
 
 
 def parallel_map(function: Callable[[Any], Any], items: list[Any], workers: int | None = None) -> list[Any]:
@@ -114,6 +76,11 @@ def parallel_map(function: Callable[[Any], Any], items: list[Any], workers: int 
         return [function(item) for item in items]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(function, items))
+
+
+def _own_copy(value: Any) -> Any:
+    """A list of its own for every processor: changing one processor's mean never changes another's."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 class BatchFeature(dict):
@@ -185,8 +152,8 @@ class ProcessorBase(PushToHubMixin):
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = OPENAI_CLIP_MEAN if image_mean is None else image_mean
-        self.image_std = OPENAI_CLIP_STD if image_std is None else image_std
+        self.image_mean = _own_copy(OPENAI_CLIP_MEAN if image_mean is None else image_mean)
+        self.image_std = _own_copy(OPENAI_CLIP_STD if image_std is None else image_std)
         self.do_convert_rgb = do_convert_rgb
         kwargs.pop("image_processor_type", None)
         kwargs.pop("processor_class", None)
@@ -216,22 +183,9 @@ class ProcessorBase(PushToHubMixin):
     def _call_options(self) -> tuple[str, ...]:
         return ("return_tensors", "data_format", "input_data_format")
 
-    @staticmethod
-    def mean_std(settings: dict[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std as float32, checked against the image's channel count."""
-        arrays = []
-        for name in ("image_mean", "image_std"):
-            value = np.asarray(settings[name], dtype=np.float32).reshape(-1)
-            if value.size == 1:
-                value = np.repeat(value, channels)
-            if value.size != channels:
-                raise ValueError(
-                    f"{name} has {value.size} values but the images have {channels} channels: give one per channel."
-                )
-            arrays.append(value)
-        if (arrays[1] == 0).any():
-            raise ValueError("image_std contains 0: normalisation would divide by zero.")
-        return arrays[0], arrays[1]
+    def eval_transform(self, **overrides: Any) -> EvalTransform:
+        """These settings (with per-call overrides) as the evaluation transform every inference path runs."""
+        return EvalTransform.from_settings(self.settings(overrides))
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -246,10 +200,12 @@ class ProcessorBase(PushToHubMixin):
     def to_json_file(self, path: str | os.PathLike) -> None:
         atomic_write_text(Path(path), self.to_json_string())
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> list[str]:
+        """Write preprocessor_config.json (atomically); returns the files written, as transformers does."""
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         self.to_json_file(save_directory / PROCESSOR_CONFIG_NAME)
+        return [str(save_directory / PROCESSOR_CONFIG_NAME)]
 
     @classmethod
     def from_dict(cls, processor_dict: dict[str, Any], **overrides: Any):
@@ -257,20 +213,12 @@ class ProcessorBase(PushToHubMixin):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
-        """Settings from `preprocessor_config.json` (a directory, that file, or a Hub repo), or those a
-        zoo name, an original BiT .npz file or a `timm/…` id implies; kwargs override them."""
+        """The checkpoint's own settings, by the rule its weights load by (`checkpoints.sources`): an existing
+        local path's preprocessor_config.json (or that file itself); else what a bundled model, zoo name, original
+        BiT .npz or timm weights imply, or a Hub repo's file. kwargs override them."""
         hub_options = pop_hub_options(kwargs)
-        for settings_for in IMPLIED_SETTINGS:
-            implied = settings_for(name_or_path, hub_options)
-            if implied is not None:
-                return cls.from_dict(implied, **kwargs)
-        config_file = resolve_json(name_or_path, PROCESSOR_CONFIG_NAME, kwargs.pop("subfolder", ""), **hub_options)
-        if config_file is None:
-            raise FileNotFoundError(
-                f"{name_or_path} has no {PROCESSOR_CONFIG_NAME}: save one with `processor.save_pretrained(dir)`, "
-                f"or construct {cls.__name__}(...) with the model's resolution and mean/std."
-            )
-        return cls.from_dict(read_json(config_file), **kwargs)
+        settings = preprocessing_settings(name_or_path, kwargs.pop("subfolder", ""), hub_options)
+        return cls.from_dict(settings, **kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

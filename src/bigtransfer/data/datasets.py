@@ -7,12 +7,13 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..image_inputs import IMAGE_SUFFIXES, decode_image, pil_to_rgb
-from ..io import atomic_path
+from ..checkpoints.io import atomic_path
+from ..processing.decoding import IMAGE_SUFFIXES, decode_image, pil_to_rgb
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -26,6 +27,15 @@ FASHION_MNIST = [
     "Bag",
     "Ankle boot",
 ]
+
+
+SIZE_SAMPLE = 64  # images whose headers decide the typical size: enough for a stable median, read in milliseconds
+
+
+class ImageSize(NamedTuple):
+    height: int
+    width: int
+    statistic: str  # how it was measured, for the plan
 
 
 @dataclass
@@ -50,12 +60,23 @@ class ImageDataset:
     def name_of(self, index: int) -> str:
         return str(self.paths[index]) if self.paths is not None else f"{self.source}[{index}]"
 
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the first image, which the HyperRule's resolution rule keys on."""
+    def typical_image_size(self, sample: int = SIZE_SAMPLE, seed: int = 0) -> ImageSize:
+        """The median height and width over a seeded sample of the images, read from their headers (no decoding):
+        what the HyperRule's resolution rule keys on. Unreadable headers are left out of the sample."""
         if self.arrays is not None:
-            return tuple(self.arrays.shape[1:3])
-        with Image.open(self.paths[0]) as first:
-            return first.height, first.width
+            return ImageSize(*self.arrays.shape[1:3], f"all {len(self)} images (one array)")
+        chosen = np.random.default_rng([seed, len(self)]).permutation(len(self))[:sample]
+        sizes = []
+        for index in sorted(chosen):
+            try:
+                with Image.open(self.paths[index]) as opened:
+                    sizes.append((opened.height, opened.width))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
+        if not sizes:
+            raise ValueError(f"None of {len(chosen)} sampled images of {self.source} could be read.")
+        height, width = (int(np.median([size[axis] for size in sizes])) for axis in (0, 1))
+        return ImageSize(height, width, f"median of {len(sizes)} of {len(self)} images (headers, seed {seed})")
 
     def subset(self, indices: np.ndarray) -> ImageDataset:
         return ImageDataset(
@@ -180,6 +201,11 @@ def from_hf_datasets(path: Path, split: str = "train") -> ImageDataset:
     classes = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(int(labels.max()) + 1)]
     arrays = np.stack([np.array(pil_to_rgb(ImageOps.exif_transpose(image))) for image in loaded[image_column]])
     return ImageDataset(labels, classes, str(path), arrays=arrays)
+
+
+def as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
+    """A dataset object as it is; anything else through `load_dataset`."""
+    return data if isinstance(data, ImageDataset) else load_dataset(data)
 
 
 def load_dataset(source: str | os.PathLike, split: str = "train") -> ImageDataset:

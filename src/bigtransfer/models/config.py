@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
-from .io import atomic_write_text, read_json
+from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
+from ..checkpoints.io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
 
 logger = logging.getLogger(__name__)

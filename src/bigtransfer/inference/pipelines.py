@@ -9,29 +9,13 @@ from typing import Any
 
 import torch
 
-from .image_inputs import fetch_image, is_url
-from .loading import resolve_device
-from .modeling import BitForImageClassification, BitModel
-from .processing_base import ProcessorBase
-from .processing_fast import BitImageProcessorFast
+from ..data.device import resolve_device
+from ..models.modeling import BitForImageClassification, BitModel
+from ..processing.base import ProcessorBase
+from ..processing.decoding import fetch_image, is_url
+from ..processing.fast import BitImageProcessorFast
 
 logger = logging.getLogger(__name__)
-
-
-def load_processor(
-    model_name_or_path: str | os.PathLike, processor_class: type[ProcessorBase] = BitImageProcessorFast
-) -> ProcessorBase:
-    """The checkpoint's own preprocessing, or BiT's defaults (with a warning) when it ships none."""
-    try:
-        return processor_class.from_pretrained(model_name_or_path)
-    except FileNotFoundError:
-        logger.warning(
-            "%s has no preprocessor_config.json: using %s() defaults (224 px, bicubic, CLIP mean/std); pass "
-            "processor=… if the model was trained otherwise.",
-            model_name_or_path,
-            processor_class.__name__,
-        )
-        return processor_class()
 
 
 def load_classifier(
@@ -39,7 +23,7 @@ def load_classifier(
 ) -> Any:
     """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime or
     torch.export, anything else loads as BitForImageClassification (torch.compile'd when asked)."""
-    from .deploy.runtime import ExportedClassifier, is_export_directory
+    from ..deploy.runtime import ExportedClassifier, is_export_directory
 
     device = resolve_device(device)
     if is_export_directory(model):
@@ -174,7 +158,7 @@ def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, mo
     if isinstance(model, (BitModel, BitForImageClassification)):
         base = model.bit if isinstance(model, BitForImageClassification) else model
     else:
-        from .deploy.runtime import is_export_directory
+        from ..deploy.runtime import is_export_directory
 
         if is_export_directory(model):
             raise ValueError(
@@ -216,4 +200,6 @@ def pipeline(
     if processor is None and isinstance(model, torch.nn.Module):
         raise ValueError("With a model object, also pass image_processor= (its BitImageProcessor or …Fast).")
     network = _model_for(task, model, resolve_device(device), compile, bf16, model_kwargs or {})
-    return PIPELINES[task](network, processor or load_processor(model), device, batch_size, bf16, **options)
+    return PIPELINES[task](
+        network, processor or BitImageProcessorFast.from_pretrained(model), device, batch_size, bf16, **options
+    )

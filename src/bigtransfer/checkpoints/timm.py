@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from ..config import BitConfig
+from .weights import config_from_state_dict
 
 
 def is_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -34,27 +32,7 @@ def timm_to_bit_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return converted
 
 
-def config_from_timm_state_dict(state_dict: dict[str, torch.Tensor], **overrides) -> BitConfig:
-    """Infer depths, width factor, layout and head size from the tensors themselves."""
-    depths: dict[int, int] = {}
-    for key in state_dict:
-        match = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", key)
-        if match:
-            stage, block = int(match[1]), int(match[2])
-            depths[stage] = max(depths.get(stage, 0), block + 1)
-    stem_width = state_dict["stem.conv.weight"].shape[0]
-    stage_widths = [state_dict[f"stages.{s}.blocks.0.conv3.weight"].shape[0] for s in sorted(depths)]
-    width_factor = max(1, stem_width // 64)
-    preact = "norm.weight" in state_dict
-    head = state_dict.get("head.fc.weight")
-    arguments = dict(
-        depths=[depths[s] for s in sorted(depths)],
-        embedding_size=stem_width // width_factor,
-        hidden_sizes=[w // width_factor for w in stage_widths],
-        width_factor=width_factor,
-        layer_type="preactivation" if preact else "bottleneck",
-        num_labels=0 if head is None else head.shape[0],
-    )
-    if not preact:
-        arguments.update(global_padding="same", embedding_dynamic_padding=True)
-    return BitConfig(**{**arguments, **overrides})
+def config_from_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict:
+    """BitConfig settings inferred from the tensors themselves: depths, width factor, layout and head size (read
+    after renaming the keys to ours, as for a weights-only transformers directory)."""
+    return config_from_state_dict(timm_to_bit_state_dict(state_dict))

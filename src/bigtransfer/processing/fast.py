@@ -10,19 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .image_inputs import flatten_images, load_image, load_image_path, pil_to_rgb, to_channels_first
-from .processing import pil_resize
-from .processing_base import (
-    BatchFeature,
-    ProcessorBase,
-    Resampling,
-    crop_window,
-    output_layout,
-    parallel_map,
-    resize_output_size,
-    size_dict,
-    stack_output,
-)
+from .base import BatchFeature, ProcessorBase, Resampling, output_layout, parallel_map, size_dict, stack_output
+from .decoding import flatten_images, load_image, load_image_path, pil_to_rgb, to_channels_first
+from .transform import EvalTransform, crop_window, pil_resize, resize_output_size
 
 # Pillow filters with a torch kernel of the same shape; the others run through Pillow itself.
 TORCH_MODES = {Resampling.BILINEAR: "bilinear", Resampling.BICUBIC: "bicubic"}
@@ -176,6 +166,7 @@ class BitImageProcessorFast(ProcessorBase):
         return output
 
     def _process_batch(self, batch: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+        """Geometry with torch's kernels on the whole batch, then the evaluation transform's `normalise`."""
         if settings["do_resize"]:
             height, width = resize_output_size(*batch.shape[-2:], settings["size"])
             if batch.dtype != torch.uint8:
@@ -183,16 +174,7 @@ class BitImageProcessorFast(ProcessorBase):
             batch = _resize_batch(batch, height, width, settings["resample"])
         if settings["do_center_crop"]:
             batch = _center_crop_batch(batch, settings["crop_size"]["height"], settings["crop_size"]["width"])
-        scale = settings["rescale_factor"] if settings["do_rescale"] else 1.0
-        if settings["do_normalize"]:
-            mean, std = self.mean_std(settings, batch.shape[1])
-            # (x·s − m) / d  ==  x·(s/d) − m/d: cast, rescale and normalize in one pass into NCHW float32
-            multiplier = torch.from_numpy(scale / std).to(batch.device)[:, None, None]
-            offset = torch.from_numpy(-mean / std).to(batch.device)[:, None, None]
-            output = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
-            return torch.addcmul(offset, batch, multiplier, out=output)
-        batch = batch.to(torch.float32, memory_format=torch.contiguous_format)
-        return batch.mul_(scale) if settings["do_rescale"] else batch
+        return EvalTransform.from_settings(settings).normalise(batch)
 
     @staticmethod
     def _pad(images: list[torch.Tensor], pad_size: dict[str, int] | None) -> list[torch.Tensor]:

@@ -1,9 +1,9 @@
-"""Parallel input: worker processes prepare images ahead of the model, and 8-bit batches become model input
-on the model's device (pinned, asynchronous copies; rescale and normalise where the model runs).
+"""Parallel input: worker processes prepare images ahead of the model, in order, reporting unreadable ones.
 
 Workers hand over uint8 H×W×C pixels — a quarter of the bytes of float32, and already the
 channels-last layout that convolutions on a GPU prefer — so inter-process and host-to-device
-traffic stays small, and the float work happens once, on the device.
+traffic stays small, and the float work happens once, on the device (`device.py`, then the
+evaluation transform's `normalise`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
+
+from .datasets import ImageDataset
 
 MAX_DEFAULT_WORKERS = 16
 PREFETCH_PER_WORKER = 2
@@ -88,6 +92,12 @@ def _as_is(item: Any) -> Any:  # the loader's collate_fn: task items are already
     return item
 
 
+def _leave_interrupts_to_the_parent(_: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the workers ignore it, so the main process decides
+    (a training run finishes its step and saves) and shuts them down when the block ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _explain(error: RuntimeError) -> LoaderWorkerError:
     return LoaderWorkerError(
         f"A data-loading worker process failed ({error}). This is usually memory: the system's or the shared "
@@ -106,7 +116,7 @@ def ordered_results(task: Task, workers: int, pin_memory: bool = False) -> Itera
     """
     loader = DataLoader(
         task, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory, collate_fn=_as_is,
-        prefetch_factor=PREFETCH_PER_WORKER if workers else None,
+        prefetch_factor=PREFETCH_PER_WORKER if workers else None, worker_init_fn=_leave_interrupts_to_the_parent,
     )  # fmt: skip
     iterator = iter(loader)
     try:
@@ -121,61 +131,22 @@ def ordered_results(task: Task, workers: int, pin_memory: bool = False) -> Itera
             shutdown()
 
 
-def resolve_device(name: str | int | torch.device | None) -> torch.device:
-    """The device asked for (an int is a CUDA index, -1 the CPU, as in transformers' pipelines), else CUDA when
-    there is one; a clear error for CUDA where torch sees none."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device("cpu" if name == -1 else name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use --device cpu, or install "
-            "a CUDA build of PyTorch on a machine with an NVIDIA driver."
-        )
-    return device
-
-
-def use_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """The layout asked for; by default channels-last on CUDA (the workers' 8-bit layout, what compiled
-    kernels prefer; eager on an H200 within 1 % of contiguous), contiguous on CPU (R50x1 trained slightly
-    slower channels-last on 2 cores)."""
-    return channels_last if channels_last is not None else device.type == "cuda"
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without blocking the host: pinned first when the target is a GPU."""
-    if device.type == "cuda":
-        if not tensor.is_pinned():
-            tensor = tensor.pin_memory()
-        return tensor.to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def gather_pixels(loaded: Sequence[LoadedImages], device: torch.device) -> torch.Tensor | None:
-    """The uint8 pixels of several worker results as one N×H×W×3 batch on `device` (joined there)."""
-    parts = [to_device(item.pixels, device) for item in loaded if item.pixels is not None]
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def model_input(
-    pixels: torch.Tensor,
-    rescale: float | None = 1 / 255,
-    mean: Sequence[float] | float | None = 0.5,
-    std: Sequence[float] | float | None = 0.5,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """uint8 N×H×W×C → float32 N×C×H×W: × rescale, then (x − mean) / std, as the processors compute it."""
-    values = pixels.permute(0, 3, 1, 2).float()
-    if rescale is not None:
-        values = values * rescale
-    if mean is not None and std is not None:
-        values = (values - _per_channel(mean, values)) / _per_channel(std, values)
-    return values.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def _per_channel(value: Sequence[float] | float, like: torch.Tensor) -> torch.Tensor | float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    return to_device(torch.tensor(value, dtype=like.dtype), like.device).view(1, -1, 1, 1)
+def load_examples(
+    dataset: ImageDataset,
+    indices: Sequence[int],
+    ids: Sequence[int],
+    transform: Callable[[Image.Image, int], np.ndarray],
+) -> LoadedImages:
+    """Decode and transform images (`transform(image, id)` → H×W×3 uint8); the unreadable are reported by name,
+    not raised."""
+    pixels, loaded, labels, failures = [], [], [], []
+    for index, image_id in zip(indices, ids):
+        try:
+            image = dataset.load(index)
+        except (OSError, ValueError) as error:
+            failures.append((dataset.name_of(index), str(error)))
+            continue
+        pixels.append(transform(image, image_id))
+        loaded.append(image_id)
+        labels.append(int(dataset.labels[index]))
+    return LoadedImages(stack_images(pixels) if pixels else None, loaded, labels, failures)

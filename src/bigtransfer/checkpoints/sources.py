@@ -1,0 +1,220 @@
+"""Where a checkpoint comes from: transformers directories and Hub repos, original .npz files, timm weights, and the
+names of the catalogue.
+
+Every source ends as (config settings, state dict in transformers' key layout): plain data, which the model
+classes above turn into a BitConfig and weights. Labels are attached when the head's dataset is known. The same
+rule decides for weights and for preprocessing: an existing local path always wins, and a name is looked up
+(bundled model, zoo, timm id, Hub repo) only when no such path exists, as transformers does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .catalogue import UPSTREAM_224, ZooEntry, bundled_model, entry_for_file, find_entry, known_names
+from .download import cache_dir, download
+from .hub import CONFIG_NAME, PROCESSOR_CONFIG_NAME, hub_download, resolve_json, resolve_weight_files
+from .io import read_json
+from .labels import id2label_for
+from .npz import config_from_npz, npz_to_bit_state_dict, read_npz
+from .timm import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
+from .weights import config_from_state_dict, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+TIMM_PREFIX = "timm/"
+Loaded = tuple[dict[str, Any], dict[str, torch.Tensor]]  # (BitConfig settings, state dict)
+
+
+def _with_labels(settings: dict[str, Any], label_set: str | None) -> dict[str, Any]:
+    """The class names of the head's dataset, when known and the head has that many outputs."""
+    names = id2label_for(settings["num_labels"], label_set)
+    return {**settings, "id2label": names} if names else settings
+
+
+def _from_npz(path: Path, entry: ZooEntry | None) -> Loaded:
+    arrays = read_npz(path)
+    return _with_labels(config_from_npz(arrays), entry and entry.label_set), npz_to_bit_state_dict(arrays)
+
+
+def _inferred(state_dict: dict[str, torch.Tensor], where: Any) -> dict[str, Any]:
+    logger.warning(
+        "%s holds weights without a config.json: the architecture was read from the weights and the labels are "
+        "generic (LABEL_0 …). Save the config beside them with `model.config.save_pretrained(DIR)`.",
+        where,
+    )
+    return config_from_state_dict(state_dict)
+
+
+def _from_state_dict_file(path: Path) -> Loaded:
+    state_dict = read_state_dict(path)
+    if is_timm_state_dict(state_dict):
+        return _with_labels(config_from_timm_state_dict(state_dict), None), timm_to_bit_state_dict(state_dict)
+    beside = path.parent / CONFIG_NAME
+    return (read_json(beside) if beside.is_file() else _inferred(state_dict, path)), state_dict
+
+
+def _from_timm_hub(repo_id: str, hub_options: dict) -> Loaded:
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = hub_download(repo_id, filename, "", **hub_options)
+        if path is not None:
+            return _from_state_dict_file(path)
+    raise FileNotFoundError(f"{repo_id} has neither model.safetensors nor pytorch_model.bin.")
+
+
+def _from_transformers(name_or_path: str | os.PathLike, subfolder: str, hub_options: dict) -> Loaded:
+    """A transformers directory or Hub repo; weights without a config (as `Trainer.save_model` writes for models
+    that are not transformers' own classes) get the architecture their tensors imply."""
+    config_file = resolve_json(name_or_path, CONFIG_NAME, subfolder, **hub_options)
+    state_dict: dict[str, torch.Tensor] = {}
+    for path in resolve_weight_files(name_or_path, subfolder, **hub_options):
+        state_dict.update(read_state_dict(path))
+    settings = read_json(config_file) if config_file is not None else _inferred(state_dict, name_or_path)
+    return settings, state_dict
+
+
+def zoo_file(entry: ZooEntry) -> Path:
+    """The entry's .npz in the local cache, downloaded (with a progress bar) on first use."""
+    return download(entry.url, cache_dir() / entry.file, size=entry.size_bytes, sha256=entry.sha256)
+
+
+def unknown_name_error(name: str) -> ValueError:
+    """A name that is neither a local path nor in the catalogue, with the closest known names."""
+    lowered = {known.lower(): known for known in known_names()}
+    close = [lowered[match] for match in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
+    return ValueError(
+        f"Unknown BiT model name {name!r}"
+        + (f"; did you mean {', '.join(close)}?" if close else ".")
+        + " `bigtransfer models` lists the names; a local directory or file is used when the path exists."
+    )
+
+
+def _is_catalogue_style(name: str) -> bool:
+    """A bare name (no folder) in the style of the catalogue's, e.g. a misspelt 'BiT-M-R50x1' or 'bit-tiny-glyph'."""
+    return "/" not in name and os.sep not in name and name.lower().startswith("bit")
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "", hub_options: dict | None = None) -> Loaded:
+    """(BitConfig settings, transformers-layout state dict) of anything `from_pretrained` takes."""
+    hub_options = hub_options or {}
+    name, path = str(name_or_path), Path(name_or_path).expanduser()
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _from_npz(path, entry_for_file(path))
+        if path.suffix in STATE_DICT_SUFFIXES:
+            return _from_state_dict_file(path)
+        raise ValueError(
+            f"{path} is not a checkpoint file (.npz, .safetensors, .pth, .bin): pass its directory, or the weights file."
+        )
+    if path.exists():
+        return _from_transformers(path, subfolder, hub_options)
+    bundled = bundled_model(name)
+    if bundled is not None:
+        return _from_transformers(bundled, subfolder, hub_options)
+    entry = find_entry(name)
+    if entry is not None:
+        return _from_npz(zoo_file(entry), entry)
+    if path.suffix in (".npz", *STATE_DICT_SUFFIXES):
+        raise FileNotFoundError(
+            f"{path} does not exist: check the path (zoo models are named without a suffix, e.g. BiT-M-R50x1; "
+            "`bigtransfer models` lists them)."
+        )
+    if _is_catalogue_style(name):
+        raise unknown_name_error(name)
+    if name.startswith(TIMM_PREFIX):
+        return _from_timm_hub(name, hub_options)
+    return _from_transformers(name, subfolder, hub_options)
+
+
+# -- preprocessing -------------------------------------------------------------------------------------------------
+
+
+def timm_processor_settings(pretrained: dict[str, Any]) -> dict[str, Any]:
+    """timm's eval transform (resize to floor(size / crop_pct), center crop) in our processor's terms; defaults are
+    timm's BiT `_cfg`: 224 px, crop_pct 0.875, bilinear, mean and std 0.5."""
+    pretrained = pretrained.get("pretrained_cfg", pretrained)
+    size = pretrained.get("input_size", [3, 224, 224])[-1]
+    crop_pct = pretrained.get("crop_pct", 0.875)
+    return dict(
+        size={"shortest_edge": math.floor(size / crop_pct)},
+        crop_size=size,
+        resample={"bilinear": 2, "bicubic": 3, "nearest": 0}.get(pretrained.get("interpolation", "bilinear"), 2),
+        image_mean=list(pretrained.get("mean", [0.5] * 3)),
+        image_std=list(pretrained.get("std", [0.5] * 3)),
+    )
+
+
+def timm_weights_preprocessing(path: Path) -> dict[str, Any] | None:
+    """What timm evaluates a BiT weights file with, from its head: ILSVRC-2012 fine-tunes at 448 px (480 for
+    R152x4) without cropping, other heads at timm's BiT default; None when the file is not timm's."""
+    state_dict = read_state_dict(path)
+    if not is_timm_state_dict(state_dict):
+        return None
+    head = state_dict.get("head.fc.weight")
+    if head is None or head.shape[0] != 1000:
+        return timm_processor_settings({})
+    settings = config_from_timm_state_dict(state_dict)
+    size = 480 if (settings["depths"], settings["width_factor"]) == ([3, 8, 36, 3], 4) else 448
+    return timm_processor_settings({"input_size": [3, size, size], "crop_pct": 1.0})
+
+
+def _local_preprocessing(path: Path, subfolder: str) -> dict[str, Any]:
+    if path.is_file() and path.suffix == ".json":
+        return read_json(path)
+    if path.is_file() and path.suffix == ".npz":  # an unnamed original checkpoint: BiT's upstream evaluation
+        entry = entry_for_file(path)
+        return (entry.preprocessing if entry else UPSTREAM_224).processor_settings()
+    if path.is_file() and path.suffix in STATE_DICT_SUFFIXES:
+        beside = path.parent / PROCESSOR_CONFIG_NAME
+        settings = read_json(beside) if beside.is_file() else timm_weights_preprocessing(path)
+        if settings is not None:
+            return settings
+        path = path.parent
+    settings_file = path / subfolder / PROCESSOR_CONFIG_NAME
+    if not settings_file.is_file():
+        raise FileNotFoundError(missing_preprocessing_message(path))
+    return read_json(settings_file)
+
+
+def missing_preprocessing_message(where: Any) -> str:
+    return (
+        f"{where} has no {PROCESSOR_CONFIG_NAME}, so how its images should be prepared is unknown. Save the processor "
+        f"the model was trained with beside it (`processor.save_pretrained(DIR)`; for BiT's own recipe e.g. "
+        "`BitImageProcessor(size={'height': 224, 'width': 224}, do_center_crop=False, resample=2, image_mean=0.5, "
+        "image_std=0.5)`), or pass processor=… in Python."
+    )
+
+
+def preprocessing_settings(
+    name_or_path: str | os.PathLike, subfolder: str = "", hub_options: dict | None = None
+) -> dict[str, Any]:
+    """The image processor settings that belong to a checkpoint, by the same rule as its weights: a local
+    directory's (or weights file's) own preprocessor_config.json, else what a bundled model, zoo name, original
+    .npz or timm weights imply; a Hub repo's file. Raises FileNotFoundError, with the fix, when there is none."""
+    hub_options = hub_options or {}
+    name, path = str(name_or_path), Path(name_or_path).expanduser()
+    if path.exists():
+        return _local_preprocessing(path, subfolder)
+    bundled = bundled_model(name)
+    if bundled is not None:
+        return read_json(bundled / PROCESSOR_CONFIG_NAME)
+    entry = find_entry(name)
+    if entry is not None:
+        return entry.preprocessing.processor_settings()
+    if _is_catalogue_style(name):
+        raise unknown_name_error(name)
+    if name.startswith(TIMM_PREFIX):
+        config_file = hub_download(name, CONFIG_NAME, "", **hub_options)
+        return timm_processor_settings(read_json(config_file) if config_file else {})
+    settings_file = resolve_json(name, PROCESSOR_CONFIG_NAME, subfolder, **hub_options)
+    if settings_file is None:
+        raise FileNotFoundError(missing_preprocessing_message(name))
+    return read_json(settings_file)

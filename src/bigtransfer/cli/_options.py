@@ -1,0 +1,145 @@
+"""What the commands share: one builder per option (one name per idea, the same help everywhere), the data
+reader, and one way to print a result as text or `--json`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MODEL_HELP = (
+    "MODEL: a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-glyphs), an original BiT "
+    ".npz file, a transformers model directory or Hub id, timm weights (a file or a timm/… Hub id), or for "
+    "predict/evaluate an export directory; an existing local path always wins over a name"
+)
+DATA_HELP = (
+    "image folder (one sub-folder per class), CSV (path,label), IDX images file (MNIST/Fashion-MNIST, .gz or not) "
+    "or a saved `datasets` directory"
+)
+INFERENCE_BATCH = 32  # R50x1 at 448 px: ~2 GB of activations per forward pass; large models need less
+
+
+def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model", positional: bool = False) -> None:
+    """--model MODEL; where 0.1 took MODEL as the first positional argument, that spelling still works."""
+    if positional:
+        parser.add_argument("model_positional", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument("--model", required=not positional, help=f"{what}: {MODEL_HELP}")
+
+
+def add_out_argument(parser: argparse.ArgumentParser, help: str, positional: bool = False) -> None:
+    """--out PATH; where 0.1 took it as a positional argument, that spelling still works."""
+    if positional:
+        parser.add_argument("out_positional", nargs="?", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--out", required=not positional, help=help)
+
+
+def resolve_positionals(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fold the old positional MODEL / OUT into --model / --out, refusing a conflict or a missing value."""
+    for name in ("model", "out"):
+        positional = getattr(args, f"{name}_positional", None)
+        if positional is None:
+            if getattr(args, name, None) is None and hasattr(args, f"{name}_positional"):
+                parser.error(f"--{name} is required")
+            continue
+        given = getattr(args, name)
+        if given is not None and given != positional:
+            parser.error(f"give {name.upper()} once: --{name} {given} or the positional {positional}, not both")
+        setattr(args, name, positional)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, data_help: str, eval_help: str | None = None) -> None:
+    parser.add_argument("--data", required=True, help=f"{data_help}: {DATA_HELP}")
+    if eval_help:
+        parser.add_argument("--eval-data", help=eval_help)
+    parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (PyTorch models)")
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    hint = (
+        "; raise it when metrics.jsonl's data_wait_s is large, lower it when memory is short"
+        if training
+        else "; lower it when memory is short"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help=f"image-loading processes (default: one per available core, at most 16; 0 = load in this process){hint}",
+    )  # fmt: skip
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model: a slow first batch (a minute or more), then faster ones")  # fmt: skip
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Batch size, device, precision, loading and compilation for the commands that only run a model."""
+    parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH,
+                        help=f"images per forward pass (default {INFERENCE_BATCH}: about 2 GB of activations for "
+                        "R50x1 at 448 px; lower it for larger models, raise it on a GPU); results do not depend on it")  # fmt: skip
+    add_device_arguments(parser)
+    add_workers_argument(parser)
+    add_compile_argument(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, json_help: str, progress: bool = True) -> None:
+    parser.add_argument("--json", action="store_true", help=json_help)
+    if progress:
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def shot_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots {text!r}: give comma-separated counts, e.g. 1,5,10") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"--shots {text!r}: counts must be ≥ 1")
+    return counts
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files as given, directories searched recursively for images; missing paths reported, not fatal."""
+    from ..processing.decoding import IMAGE_SUFFIXES
+
+    files, errors = [], []
+    for name in inputs:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append({"file": name, "error": "no such file or directory"})
+    return files, errors
+
+
+def load_data(source: str, classes: str | None):
+    """A --data argument as a dataset, restricted to --classes when given."""
+    from ..data.datasets import load_dataset
+
+    dataset = load_dataset(source)
+    return dataset.select_classes(classes.split(",")) if classes else dataset
+
+
+def emit(result: Any, as_json: bool, as_text: Callable[[Any], None]) -> None:
+    """Print a command's result: indented JSON (machine-readable) or the command's own text form."""
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        as_text(result)
+
+
+def report_skipped(errors: list[dict]) -> int:
+    """Each input that could not be used, once, on stderr; the exit code: 1 when there were any."""
+    import sys
+
+    for error in errors:
+        print(f"skipped {error['file']}: {error['error']}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,149 @@
+"""Batched prediction over a dataset (parallel loading): logits, pooled features, and evaluation against labels."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.datasets import ImageDataset
+from ..data.device import use_channels_last
+from ..data.eval_batches import input_batches
+from ..processing.base import ProcessorBase
+from .metrics import accuracy_metrics
+
+
+@dataclasses.dataclass
+class Predictions:
+    logits: np.ndarray  # float32, one row per readable image (pooled features for `pooled_features`)
+    indices: np.ndarray  # dataset index of each row
+    failures: list[tuple[str, str]]  # (image name, error) of the unreadable images
+
+
+def device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    """Where a torch model's parameters live; an exported model says so itself."""
+    if isinstance(model, torch.nn.Module):
+        parameter = next(model.parameters())
+        return parameter.device, parameter.dtype
+    return model.device, model.dtype
+
+
+@torch.inference_mode()
+def predict_rows(
+    model: Any,
+    rows_of: Callable[[Any, torch.Tensor], torch.Tensor],
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int = 64,
+    *,
+    workers: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """`rows_of(model, pixel_values)` for every readable image of `dataset`, as float32 rows; unreadable images
+    are reported, not fatal (none readable: zero rows)."""
+    device, dtype = device_and_dtype(model)
+    model.eval()
+    rows, indices, failures = [], [], []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    batches = input_batches(dataset, processor.eval_transform(), batch_size, device, workers=workers,
+                            channels_last=use_channels_last(channels_last, device), progress=progress)  # fmt: skip
+    for batch in batches:
+        failures += batch.failures
+        if batch.pixel_values is None:
+            continue
+        with autocast:
+            rows.append(rows_of(model, batch.pixel_values.to(dtype)).float())
+        indices += batch.indices
+    if not rows:
+        return Predictions(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failures)
+    return Predictions(torch.cat(rows).cpu().numpy(), np.array(indices, dtype=np.int64), failures)
+
+
+def predict_logits(
+    model: Any,
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int = 64,
+    *,
+    workers: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """Logits of every readable image (a torch model, or an export directory's classifier)."""
+    return predict_rows(model, lambda network, pixels: network(pixels).logits, dataset, processor, batch_size,
+                        workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+
+
+def pooled_features(
+    model: Any,
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int = 64,
+    *,
+    workers: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """Pooled pre-logit features (BitModel's `pooler_output`, flattened) of every readable image; `model` is a
+    BitModel or a classifier, whose head is then skipped."""
+    base = getattr(model, "bit", model)
+    return predict_rows(base, lambda network, pixels: network(pixels).pooler_output.flatten(1), dataset, processor,
+                        batch_size, workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    processor: ProcessorBase,
+    batch_size: int = 64,
+    *,
+    workers: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head.
+
+    Unreadable images are skipped and listed under "skipped_images". In a multi-process run every process calls it with
+    its `rank`: each predicts every `world_size`-th image and all get the same metrics, so no process waits idle
+    at a collective (with a timeout) while another evaluates.
+    """
+    label2id = {name: i for i, name in model.config.id2label.items()}
+    unknown = [name for name in dataset.classes if name not in label2id]
+    if unknown:
+        raise ValueError(
+            f"Evaluation classes {unknown} are not among the model's labels: evaluate on the same classes."
+        )
+    rows = np.arange(rank, len(dataset), world_size)
+    predictions = predict_logits(model, dataset.subset(rows) if world_size > 1 else dataset, processor, batch_size,
+                                 workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+    if world_size > 1:
+        predictions = _gathered(Predictions(predictions.logits, rows[predictions.indices], predictions.failures))
+    if not len(predictions.indices):
+        raise ValueError(f"None of the {len(dataset)} images of {dataset.source} could be read.")
+    labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels[predictions.indices]])
+    classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    metrics = accuracy_metrics(predictions.logits, labels, classes)
+    return {**metrics, "skipped_images": [name for name, _ in predictions.failures]}
+
+
+def _gathered(shard: Predictions) -> Predictions:
+    """Every process's predictions, joined in dataset order on every process."""
+    import torch.distributed as dist
+
+    shards: list[Predictions | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, shard)
+    indices = np.concatenate([part.indices for part in shards])
+    order = np.argsort(indices, kind="stable")
+    logits = [part.logits for part in shards if len(part.indices)]
+    return Predictions(np.concatenate(logits)[order] if logits else np.zeros((0, 0), np.float32), indices[order],
+                       [failure for part in shards for failure in part.failures])  # fmt: skip

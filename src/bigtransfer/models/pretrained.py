@@ -1,0 +1,136 @@
+"""`from_pretrained` / `save_pretrained` for the BiT models, in the transformers style."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints.hub import SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS, PushToHubMixin
+from ..checkpoints.sources import load_checkpoint
+from ..checkpoints.weights import match_state_dict, resolve_dtype, write_state_dict
+from .config import BitConfig
+
+# transformers' loading options that change nothing for a BiT on this path: accepted, never stored in the config.
+IGNORED_LOADING_OPTIONS = (
+    "low_cpu_mem_usage", "trust_remote_code", "attn_implementation", "use_safetensors", "weights_only",
+    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping",
+)  # fmt: skip
+HUB_LOADING_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
+
+
+def _placement(device_map: Any) -> torch.device | None:
+    """transformers' `device_map` for a single-device model: a device, or {"": device}."""
+    if device_map is None or device_map == "auto":
+        return None
+    if isinstance(device_map, dict):
+        if set(device_map) != {""}:
+            raise ValueError(
+                f"device_map={device_map!r}: a BiT loads onto one device; pass {{'': 'cuda:0'}} or a device."
+            )
+        device_map = device_map[""]
+    return torch.device(device_map if not isinstance(device_map, int) else f"cuda:{device_map}")
+
+
+class PretrainedMixin(PushToHubMixin):
+    """`from_pretrained` / `save_pretrained` in the transformers style, for BiT models."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args: Any,
+        config: BitConfig | str | os.PathLike | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        subfolder: str = "",
+        ignore_mismatched_sizes: bool = False,
+        torch_dtype: Any = None,
+        dtype: Any = None,
+        output_loading_info: bool = False,
+        device_map: Any = None,
+        **kwargs: Any,
+    ):
+        """Load a checkpoint; other keyword arguments override its config.
+
+        Accepts a transformers directory or Hub id, an original BiT `.npz` file, a timm state dict
+        (`.safetensors`/`.pth`) or `timm/<model>` Hub id, or a name such as "BiT-M-R50x1". As in transformers,
+        `state_dict=` supplies the weights (with `config=`, no checkpoint is read at all: pass None as the path),
+        and `output_loading_info=True` also returns the missing, unexpected and mismatched keys.
+        """
+        if model_args:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments, got {model_args}.")
+        hub_options = {key: kwargs.pop(key) for key in HUB_LOADING_OPTIONS if key in kwargs}
+        for key in IGNORED_LOADING_OPTIONS:
+            kwargs.pop(key, None)
+        if isinstance(config, (str, os.PathLike)):
+            config = BitConfig.from_pretrained(config, **hub_options)
+        if config is not None and kwargs:
+            raise TypeError(f"Pass either config= or config overrides, not both (got {sorted(kwargs)}).")
+        if pretrained_model_name_or_path is None and (config is None or state_dict is None):
+            raise ValueError(
+                "from_pretrained(None, …) needs both config= and state_dict=; otherwise pass a checkpoint."
+            )
+        if pretrained_model_name_or_path is None or (state_dict is not None and config is not None):
+            settings, weights = None, state_dict
+        else:
+            settings, weights = load_checkpoint(pretrained_model_name_or_path, subfolder, hub_options)
+            weights = state_dict if state_dict is not None else weights
+        config = config if config is not None else BitConfig.from_dict(settings, **kwargs)
+        source = str(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else "state_dict"
+        model = cls(config)
+        to_load, loading_info = match_state_dict(model, weights, ignore_mismatched_sizes, source)
+        model.load_state_dict(to_load, strict=False)
+        target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
+        if target_dtype is not None:
+            model.to(target_dtype)
+        device = _placement(device_map)
+        if device is not None:
+            model.to(device)
+        model.config._name_or_path = source
+        model.eval()
+        return (model, loading_info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **_: Any) -> list:
+        """Write config.json and model.safetensors (or pytorch_model.bin), each whole or not at all; weight files
+        of the other format left by an earlier save are removed, so what loads is what was saved."""
+        save_directory = Path(save_directory)
+        if save_directory.is_file():
+            raise NotADirectoryError(f"{save_directory} is a file: save_pretrained needs a directory path.")
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.torch_dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+        weights = save_directory / (SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS)
+        write_state_dict(self.state_dict(), weights, safe_serialization)
+        _remove_stale_weights(save_directory, keep=weights.name)
+        self.config.save_pretrained(save_directory)
+        return [str(weights), str(save_directory / "config.json")]
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count, as transformers counts it; `exclude_embeddings` leaves out nn.Embedding tables,
+        which a BiT does not have (Trainer asks for it to estimate FLOPs)."""
+        embeddings = (
+            {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)} if exclude_embeddings else set()
+        )
+        return sum(
+            p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def _remove_stale_weights(directory: Path, keep: str) -> None:
+    """Weight files (and their shards) that a checkpoint directory held before this save: loading prefers
+    safetensors and shards, so a leftover of either would be loaded instead of the new weights."""
+    stale = [directory / name for name in (SAFE_WEIGHTS, TORCH_WEIGHTS, SAFE_INDEX, TORCH_INDEX) if name != keep]
+    stale += [path for pattern in ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
+              for path in directory.glob(pattern)]  # fmt: skip
+    for path in stale:
+        path.unlink(missing_ok=True)

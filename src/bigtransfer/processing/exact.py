@@ -1,0 +1,48 @@
+"""BitImageProcessor: transformers' PIL/NumPy BiT preprocessing, reproduced to the bit (resize, crop, rescale, normalize)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import BatchFeature, ProcessorBase, output_layout, parallel_map, stack_output
+from .decoding import flatten_images, to_channels_first
+from .transform import EvalTransform, mean_and_std
+
+
+class BitImageProcessor(ProcessorBase):
+    """Exact BiT preprocessing: equals transformers' PIL processor (`BitImageProcessorPil` in 5.x).
+
+    Accepts file paths (EXIF orientation applied), PIL images of any mode (transparency composited
+    onto white), numpy arrays and torch tensors (H×W×C or C×H×W), and lists or batches of them.
+    """
+
+    def preprocess(
+        self,
+        images: Any,
+        return_tensors: str | None = None,
+        data_format: str | None = "channels_first",
+        input_data_format: str | None = None,
+        **overrides: Any,
+    ) -> BatchFeature:
+        settings, data_format = self.settings(overrides), output_layout(data_format)
+
+        def process(image: Any) -> np.ndarray:
+            return self.process_one(to_channels_first(image, settings["do_convert_rgb"], input_data_format), settings)
+
+        processed = parallel_map(process, flatten_images(images, input_data_format))
+        if data_format == "channels_last":
+            processed = [np.moveaxis(image, 0, -1) for image in processed]
+        return BatchFeature(pixel_values=stack_output(processed, return_tensors))
+
+    def process_one(self, image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+        """The transform's geometry, then transformers' value arithmetic (rescale in float64) to the bit."""
+        image = EvalTransform.from_settings(settings).geometry(image)
+        if settings["do_rescale"]:
+            image = (image.astype(np.float64) * settings["rescale_factor"]).astype(np.float32)
+        if settings["do_normalize"]:
+            image = image if np.issubdtype(image.dtype, np.floating) else image.astype(np.float32)
+            mean, std = mean_and_std(settings["image_mean"], settings["image_std"], image.shape[0])
+            image = (image - mean.astype(image.dtype)[:, None, None]) / std.astype(image.dtype)[:, None, None]
+        return image

@@ -1,0 +1,79 @@
+"""The evaluation transform: one object from processor settings, whose two steps every inference path runs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bigtransfer import BitImageProcessor, BitImageProcessorFast
+from bigtransfer.processing.transform import EvalTransform
+
+
+def _photo(height=24, width=32, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_normalise_equals_the_exact_processor_values():
+    image = _photo()
+    processor = BitImageProcessor(do_resize=False, do_center_crop=False)  # CLIP mean/std, per channel
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    got = processor.eval_transform().normalise_pixels(torch.from_numpy(np.asarray(image).copy())[None])
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert torch.allclose(got, expected, atol=1e-6)  # rescaled in float32 here, float64 there
+
+
+def test_normalise_lays_out_channels_last_when_asked():
+    transform = BitImageProcessor().eval_transform()
+    batch = transform.normalise_pixels(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), channels_last=True)
+    assert batch.is_contiguous(memory_format=torch.channels_last) and batch.dtype == torch.float32
+
+
+def test_normalise_does_not_change_a_float_input_in_place():
+    batch = torch.full((1, 3, 4, 4), 255.0)
+    BitImageProcessor(image_mean=0.5, image_std=0.5).eval_transform().normalise(batch)
+    assert torch.equal(batch, torch.full((1, 3, 4, 4), 255.0))
+
+
+def test_geometry_then_normalise_is_the_exact_processor_to_one_ulp():
+    processor = BitImageProcessor(size={"shortest_edge": 40}, crop_size=32, resample=2, image_mean=0.5, image_std=0.5)
+    image = _photo(50, 70, seed=1)
+    transform = processor.eval_transform()
+    pixels = torch.from_numpy(transform.decoded_geometry(image))[None]
+    assert tuple(pixels.shape) == (1, 32, 32, 3) and pixels.dtype == torch.uint8
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(transform.normalise_pixels(pixels), expected, atol=1e-6)
+
+
+def test_the_fast_processor_normalises_through_the_same_transform():
+    """Same 8-bit pixels in, identical numbers out: the fast processor adds only batched geometry."""
+    image = np.asarray(_photo(32, 32, seed=2))
+    fast = BitImageProcessorFast(do_resize=False, do_center_crop=False, image_mean=[0.4, 0.5, 0.6], image_std=0.25)
+    got = fast(image, return_tensors="pt")["pixel_values"]
+    expected = fast.eval_transform().normalise_pixels(torch.from_numpy(image.copy())[None])
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("settings", "size"),
+    [
+        ({"size": {"height": 20, "width": 30}, "do_center_crop": False}, (20, 30)),
+        ({"size": {"shortest_edge": 40}, "crop_size": 24}, (24, 24)),
+    ],
+)
+def test_fixed_size_is_the_size_every_image_comes_out_at(settings, size):
+    transform = BitImageProcessor(**settings).eval_transform()
+    assert transform.fixed_size() == size
+    assert transform.output_size(50, 90) == size
+
+
+def test_aspect_keeping_settings_cannot_be_batched():
+    transform = BitImageProcessor(size={"shortest_edge": 40}, do_center_crop=False).eval_transform()
+    assert transform.output_size(50, 100) == (40, 80)
+    with pytest.raises(ValueError, match="cannot be batched"):
+        transform.fixed_size()
+
+
+def test_transform_takes_per_call_overrides_like_the_processor():
+    processor = BitImageProcessor(crop_size=32)
+    assert processor.eval_transform(crop_size=16).fixed_size() == (16, 16)
+    assert EvalTransform.from_settings(processor.settings({})).fixed_size() == (32, 32)
