@@ -197,9 +197,36 @@ def test_old_positional_spellings_still_work(tmp_path, capsys):
     assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "b" / "model.safetensors").is_file()
     capsys.readouterr()
     assert cli(["info", str(tiny), "--json"]) == 0 and json.loads(capsys.readouterr().out)["num_labels"] == 3
+    assert cli(["convert", "--model", str(tiny), str(tmp_path / "c")]) == 0  # --model with a positional OUT
+    assert (tmp_path / "c" / "model.safetensors").is_file()
     with pytest.raises(SystemExit):
-        cli(["convert", str(tiny), "--model", str(tmp_path / "a"), "--out", str(tmp_path / "c")])
-    assert "give MODEL once" in capsys.readouterr().err
+        cli(["convert", str(tiny), "--model", str(tmp_path / "a"), "--out", str(tmp_path / "d")])
+    assert "give MODEL and OUT once each" in capsys.readouterr().err
+
+
+def test_convert_over_an_earlier_conversion_leaves_no_stale_preprocessing(tmp_path, capsys):
+    with_preprocessing, without = tmp_path / "with", tmp_path / "without"
+    for folder in (with_preprocessing, without):
+        BitForImageClassification(BitConfig(**TINY)).save_pretrained(folder)
+    BitImageProcessor(size=32, crop_size=32).save_pretrained(with_preprocessing)
+    assert cli(["convert", "--model", str(with_preprocessing), "--out", str(tmp_path / "out")]) == 0
+    assert cli(["convert", "--model", str(without), "--out", str(tmp_path / "out"), "--overwrite"]) == 0
+    assert not (tmp_path / "out" / "preprocessor_config.json").exists()
+    assert "none was written" in capsys.readouterr().out
+
+
+def test_info_describes_a_local_folder_named_like_a_zoo_entry(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained("BiT-M-R50x1")
+    assert cli(["info", "--model", "BiT-M-R50x1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_labels"] == 3  # not the zoo entry's 21,843
+
+
+def test_training_under_torchrun_needs_an_out_folder(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in (["finetune", "--model", "m", "--data", "d"], ["pretrain", "--data", "d"]):
+        assert cli(command) == 2
+        assert "under torchrun needs --out DIR" in capsys.readouterr().err
 
 
 def test_fewshot_repeats_are_runs_like_finetunes_with_seeds_kept(capsys):

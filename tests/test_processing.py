@@ -253,7 +253,7 @@ def test_fuzzed_pil_images_match_transformers(mode, width, height):
 
 
 def test_two_pass_resize_used_off_cpu_stays_within_one_level_of_pillow():
-    from bigtransfer.processing.fast import _two_pass_uint8_resize
+    from bigtransfer.processing.transform import _two_pass_uint8_resize
 
     images = [photo("astronaut"), photo("chelsea", (512, 512)), photo("rocket", (512, 512))]
     batch = torch.stack([torch.from_numpy(np.array(image.resize((512, 512)))).permute(2, 0, 1) for image in images])

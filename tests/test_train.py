@@ -67,7 +67,7 @@ def test_code_preset_learning_rate(step, lr):
         ((96, 96), "code", None, (512, 480)),
         ((500, 375), "code", None, (512, 480)),
         ((500, 375), "paper", None, (448, 384)),
-        ((500, 375), "paper", "R152x4", (512, 480)),  # as zoo.architecture_of names it
+        ((500, 375), "paper", "R152x4", (512, 480)),  # as catalogue.architecture_of names it
         ((32, 32), "paper", None, (160, 128)),
     ],
 )
@@ -273,12 +273,12 @@ def test_batch_split_gives_the_same_update(upstream, folder, tmp_path, mixup):
 
 
 def test_top5_is_reported_only_when_it_can_differ_from_top1_certainty():
-    from bigtransfer.inference.metrics import accuracy_metrics
+    from bigtransfer.inference.metrics import accuracy_metrics, top_classes
 
     rng = np.random.default_rng(0)
     for classes, has_top5 in ((5, False), (6, True)):
         metrics = accuracy_metrics(
-            rng.normal(size=(20, classes)), rng.integers(0, classes, 20), list("abcdef")[:classes]
+            top_classes(rng.normal(size=(20, classes))), rng.integers(0, classes, 20), list("abcdef")[:classes]
         )
         assert ("top5" in metrics) is has_top5
 
@@ -340,6 +340,12 @@ def test_ctrl_c_inside_the_optimiser_step_finishes_the_step_then_saves(upstream,
     run(upstream, folder, tmp_path / "resumed", resume=True)
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_ctrl_c_during_the_last_step_lets_the_run_finish(upstream, folder, tmp_path, monkeypatch):
+    ctrl_c_during("train_step", 5, monkeypatch)  # the step from 5 to 6, the last of six
+    metrics = run(upstream, folder, tmp_path / "run")
+    assert metrics["steps"] == 6 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(upstream, folder, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from .io import read_json
 from .labels import id2label_for
 from .npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .timm import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
-from .weights import config_from_state_dict, read_state_dict
+from .weights import config_from_state_dict, read_state_dict, tensor_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ def _from_npz(path: Path, entry: ZooEntry | None) -> Loaded:
 
 
 def _inferred(state_dict: dict[str, torch.Tensor], where: Any) -> dict[str, Any]:
+    settings = config_from_state_dict(state_dict)
     logger.warning(
-        "%s holds weights without a config.json: the architecture was read from the weights and the labels are "
-        "generic (LABEL_0 …). Save the config beside them with `model.config.save_pretrained(DIR)`.",
+        "%s holds weights without a config.json: the architecture was read from the weights, assuming BiT's 32 "
+        "GroupNorm groups (weights do not record them), and the labels are generic (LABEL_0 …). Save the config "
+        "beside them with `model.config.save_pretrained(DIR)`, or pass config=, for a model built otherwise.",
         where,
     )
-    return config_from_state_dict(state_dict)
+    return settings
 
 
 def _from_state_dict_file(path: Path) -> Loaded:
@@ -153,16 +155,24 @@ def timm_processor_settings(pretrained: dict[str, Any]) -> dict[str, Any]:
 
 
 def timm_weights_preprocessing(path: Path) -> dict[str, Any] | None:
-    """What timm evaluates a BiT weights file with, from its head: ILSVRC-2012 fine-tunes at 448 px (480 for
-    R152x4) without cropping, other heads at timm's BiT default; None when the file is not timm's."""
-    state_dict = read_state_dict(path)
-    if not is_timm_state_dict(state_dict):
+    """What timm evaluates a BiT weights file with, judged from its tensors' shapes (a safetensors header is read,
+    not its data); None when the file is not timm's. A 1000-class head is taken for the ILSVRC-2012 fine-tune
+    (448 px, 480 for R152x4, no crop, bilinear), with a warning: timm's distilled R50x1 and R152x2 teachers have
+    the same shapes but are evaluated at 224 (or 384) px, bicubic."""
+    shapes = tensor_shapes(path)
+    if "stem.conv.weight" not in shapes:
         return None
-    head = state_dict.get("head.fc.weight")
-    if head is None or head.shape[0] != 1000:
+    head = shapes.get("head.fc.weight")
+    if head is None or head[0] != 1000:
         return timm_processor_settings({})
-    settings = config_from_timm_state_dict(state_dict)
-    size = 480 if (settings["depths"], settings["width_factor"]) == ([3, 8, 36, 3], 4) else 448
+    stage_blocks = {key.split(".")[1] + "." + key.split(".")[3] for key in shapes if key.startswith("stages.")}
+    r152x4 = shapes["stem.conv.weight"][0] == 256 and len(stage_blocks) == 50  # 3+8+36+3 blocks, width ×4
+    size = 480 if r152x4 else 448
+    logger.warning(
+        "%s: timm weights with a 1000-class head, taken for the ILSVRC-2012 fine-tune (%d px, bilinear). If they are "
+        "timm's distilled or teacher weights (224 or 384 px, bicubic), save a preprocessor_config.json beside them.",
+        path, size,
+    )  # fmt: skip
     return timm_processor_settings({"input_size": [3, size, size], "crop_pct": 1.0})
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .io import atomic_path
@@ -32,6 +32,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"Could not read weights from {path} ({type(error).__name__}: {error}); the file is truncated, corrupt "
             "or not a checkpoint: delete it and save or download it again."
         ) from None
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a weights file: from a safetensors header without reading the data;
+    a torch pickle is loaded (with weights_only)."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, "pt") as weights:
+                return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"Could not read weights from {path} ({error}): save or download it again.") from None
+    return {key: tuple(value.shape) for key, value in read_state_dict(path).items()}
 
 
 def write_state_dict(state_dict: dict[str, torch.Tensor], path: Path, safe: bool = True) -> None:

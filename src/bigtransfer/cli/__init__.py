@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C: the library has cleaned up (a training run has checkpointed)
-        print(f"\nbigtransfer {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        print(f"\nbigtransfer {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

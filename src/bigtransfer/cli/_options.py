@@ -36,17 +36,21 @@ def add_out_argument(parser: argparse.ArgumentParser, help: str, positional: boo
 
 
 def resolve_positionals(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Fold the old positional MODEL / OUT into --model / --out, refusing a conflict or a missing value."""
-    for name in ("model", "out"):
-        positional = getattr(args, f"{name}_positional", None)
-        if positional is None:
-            if getattr(args, name, None) is None and hasattr(args, f"{name}_positional"):
-                parser.error(f"--{name} is required")
-            continue
-        given = getattr(args, name)
-        if given is not None and given != positional:
-            parser.error(f"give {name.upper()} once: --{name} {given} or the positional {positional}, not both")
-        setattr(args, name, positional)
+    """Fold the 0.1 positional MODEL and OUT into --model / --out: positionals fill, in order, whichever of the
+    two were not given as options (so `export --model X OUT` works too); more values than gaps is an error."""
+    names = [name for name in ("model", "out") if hasattr(args, f"{name}_positional")]
+    if not names:
+        return
+    given = [getattr(args, f"{name}_positional") for name in names]
+    values = [value for value in given if value is not None]
+    gaps = [name for name in names if getattr(args, name) is None]
+    if len(values) > len(gaps):
+        parser.error(f"give {' and '.join(n.upper() for n in names)} once each, as --model/--out or positionally")
+    for name, value in zip(gaps, values):
+        setattr(args, name, value)
+    missing = [name for name in names if getattr(args, name) is None]
+    if missing:
+        parser.error(f"--{missing[0]} is required")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, data_help: str, eval_help: str | None = None) -> None:

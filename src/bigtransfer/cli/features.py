@@ -75,9 +75,9 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     paths = [str(files[i]) for i in pooled.indices]
     with atomic_path(out) as features_tmp, atomic_path(sidecar_of(out)) as paths_tmp:
         with open(features_tmp, "wb") as file:
-            np.save(file, pooled.logits.astype(np.float32))
+            np.save(file, pooled.rows.astype(np.float32))
         paths_tmp.write_text("".join(path + "\n" for path in paths), encoding="utf-8")
-    summary = {"out": str(out), "paths": str(sidecar_of(out)), "rows": len(paths), "dim": int(pooled.logits.shape[1])}
+    summary = {"out": str(out), "paths": str(sidecar_of(out)), "rows": len(paths), "dim": int(pooled.rows.shape[1])}
     return summary, errors
 
 

@@ -33,7 +33,7 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
                                  workers=args.workers, bf16=args.bf16, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
     errors += [{"file": name, "error": error} for name, error in predictions.failures]
-    scores = class_scores(torch.from_numpy(predictions.logits), model.config)
+    scores = class_scores(torch.from_numpy(predictions.rows), model.config)
     top = ranked(scores, args.top_k, model.config.id2label)
     return [{"file": str(files[i]), "predictions": best} for i, best in zip(predictions.indices, top)], errors
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -140,16 +141,19 @@ def run_finetune(args: argparse.Namespace) -> dict:
         crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
         flip=not args.no_flip, eval_every=args.eval_every,
     )  # fmt: skip
+    run = run_options(args, "finetune")  # first: its checks need no data read
     data = load_data(args.data, args.classes)
     eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
-    run = run_options(args, "finetune")
     if args.runs > 1 and not args.dry_run:  # a dry run shows the first run's plan
         return finetune_runs(args.runs, args.model, data, eval_data, recipe=recipe, run=run)
     return finetune(args.model, data, eval_data, recipe=recipe, run=run)
 
 
 def default_out(command: str) -> str:
-    """A new run directory per run, so that a second run without --out does not meet the first one."""
+    """A new run directory per run, so that a second run without --out does not meet the first one. Under torchrun
+    every process would name its own (they start in different seconds), so there --out is required."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"{command} under torchrun needs --out DIR: every process must write to the same run folder.")
     return f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -207,9 +211,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
                              tuple(args.fewshot_shots))  # fmt: skip
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                          crop=args.crop)  # fmt: skip
+    run = run_options(args, "pretrain")
     eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
-    return pretrain(load_data(args.data, args.classes), config, eval_data, recipe=recipe,
-                    run=run_options(args, "pretrain"), fewshot_check=check)  # fmt: skip
+    return pretrain(load_data(args.data, args.classes), config, eval_data, recipe=recipe, run=run,
+                    fewshot_check=check)  # fmt: skip
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:

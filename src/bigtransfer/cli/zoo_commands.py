@@ -66,7 +66,7 @@ def run_info(args: argparse.Namespace) -> dict:
     from ..checkpoints.download import cache_dir
     from ..models.modeling import BitForImageClassification
 
-    entry = find_entry(args.model)
+    entry = None if Path(args.model).expanduser().exists() else find_entry(args.model)  # a local path wins
     if entry is not None and not (cache_dir() / entry.file).is_file():  # describe it without a download
         row = next(row for row in run_models(args) if row["name"] == entry.name)
         return row | {"preprocessing": entry.preprocessing.processor_settings(), "notes": entry.notes}
@@ -104,6 +104,8 @@ def run_convert(args: argparse.Namespace) -> dict:
     model.save_pretrained(out)
     if processor is not None:
         processor.save_pretrained(out)
+    else:  # what an earlier conversion into this folder left would be taken for this model's preprocessing
+        (out / "preprocessor_config.json").unlink(missing_ok=True)
     return {
         "source": args.model,
         "saved_to": str(out),

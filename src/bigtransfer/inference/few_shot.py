@@ -142,10 +142,10 @@ def fewshot(
             f"{len(pooled.failures)} few-shot training images could not be read ({names}): fix or remove them."
         )
     test = pooled_features(network, test_set, processor, batch_size, workers=workers, bf16=bf16, progress=progress)
-    features = {int(pool[row]): vector for row, vector in zip(pooled.indices, pooled.logits)}
-    results = linear_fewshot(features, train_set.labels, test.logits, test_set.labels[test.indices], shots, seeds,
+    features = {int(pool[row]): vector for row, vector in zip(pooled.indices, pooled.rows)}
+    results = linear_fewshot(features, train_set.labels, test.rows, test_set.labels[test.indices], shots, seeds,
                              l2_reg)  # fmt: skip
     return {"shots": results, "classes": train_set.classes, "seeds": seeds, "l2_reg": l2_reg,
-            "feature_dim": int(test.logits.shape[1]), "train_images_used": len(pool),
+            "feature_dim": int(test.rows.shape[1]), "train_images_used": len(pool),
             "eval_examples": len(test.indices), "skipped_eval_images": [name for name, _ in test.failures],
             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -13,12 +13,12 @@ from ..data.datasets import ImageDataset
 from ..data.device import use_channels_last
 from ..data.eval_batches import input_batches
 from ..processing.base import ProcessorBase
-from .metrics import accuracy_metrics
+from .metrics import accuracy_metrics, top_classes
 
 
 @dataclasses.dataclass
 class Predictions:
-    logits: np.ndarray  # float32, one row per readable image (pooled features for `pooled_features`)
+    rows: np.ndarray  # float32, one row per readable image: logits, or pooled features for `pooled_features`
     indices: np.ndarray  # dataset index of each row
     failures: list[tuple[str, str]]  # (image name, error) of the unreadable images
 
@@ -123,27 +123,35 @@ def evaluate(
         raise ValueError(
             f"Evaluation classes {unknown} are not among the model's labels: evaluate on the same classes."
         )
-    rows = np.arange(rank, len(dataset), world_size)
-    predictions = predict_logits(model, dataset.subset(rows) if world_size > 1 else dataset, processor, batch_size,
+    mine = np.arange(rank, len(dataset), world_size)
+    predictions = predict_logits(model, dataset.subset(mine) if world_size > 1 else dataset, processor, batch_size,
                                  workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+    ranked = Ranked(top_classes(predictions.rows), mine[predictions.indices], predictions.failures)
     if world_size > 1:
-        predictions = _gathered(Predictions(predictions.logits, rows[predictions.indices], predictions.failures))
-    if not len(predictions.indices):
+        ranked = _gathered(ranked)
+    if not len(ranked.indices):
         raise ValueError(f"None of the {len(dataset)} images of {dataset.source} could be read.")
-    labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels[predictions.indices]])
+    labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels[ranked.indices]])
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    metrics = accuracy_metrics(predictions.logits, labels, classes)
-    return {**metrics, "skipped_images": [name for name, _ in predictions.failures]}
+    metrics = accuracy_metrics(ranked.classes, labels, classes)
+    return {**metrics, "skipped_images": [name for name, _ in ranked.failures]}
 
 
-def _gathered(shard: Predictions) -> Predictions:
-    """Every process's predictions, joined in dataset order on every process."""
+class Ranked(NamedTuple):
+    """What evaluation needs of the logits, small enough to gather from every process: the best classes."""
+
+    classes: np.ndarray  # N × min(5, num_labels) class ids, best first
+    indices: np.ndarray  # dataset index of each row
+    failures: list[tuple[str, str]]
+
+
+def _gathered(shard: Ranked) -> Ranked:
+    """Every process's ranked classes, joined in dataset order on every process."""
     import torch.distributed as dist
 
-    shards: list[Predictions | None] = [None] * dist.get_world_size()
+    shards: list[Ranked | None] = [None] * dist.get_world_size()
     dist.all_gather_object(shards, shard)
     indices = np.concatenate([part.indices for part in shards])
     order = np.argsort(indices, kind="stable")
-    logits = [part.logits for part in shards if len(part.indices)]
-    return Predictions(np.concatenate(logits)[order] if logits else np.zeros((0, 0), np.float32), indices[order],
-                       [failure for part in shards for failure in part.failures])  # fmt: skip
+    return Ranked(np.concatenate([part.classes for part in shards])[order], indices[order],
+                  [failure for part in shards for failure in part.failures])  # fmt: skip

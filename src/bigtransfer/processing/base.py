@@ -7,7 +7,6 @@ import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options
 from ..checkpoints.io import atomic_write_text
 from ..checkpoints.sources import preprocessing_settings
-from .transform import EvalTransform
+from .transform import EvalTransform, Resampling
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # tuples: a processor gets its own list of them
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,17 +27,6 @@ SIZE_KEY_SETS = (
     {"longest_edge"},
     {"max_height", "max_width"},
 )
-
-
-class Resampling(IntEnum):
-    """Pillow's filter numbers, which is what `resample` means in transformers' configs."""
-
-    NEAREST = 0
-    LANCZOS = 1
-    BILINEAR = 2
-    BICUBIC = 3
-    BOX = 4
-    HAMMING = 5
 
 
 def size_dict(size: Any, param_name: str, default_to_square: bool) -> dict[str, int] | None:

@@ -10,12 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .base import BatchFeature, ProcessorBase, Resampling, output_layout, parallel_map, size_dict, stack_output
+from .base import BatchFeature, ProcessorBase, output_layout, parallel_map, size_dict, stack_output
 from .decoding import flatten_images, load_image, load_image_path, pil_to_rgb, to_channels_first
-from .transform import EvalTransform, crop_window, pil_resize, resize_output_size
-
-# Pillow filters with a torch kernel of the same shape; the others run through Pillow itself.
-TORCH_MODES = {Resampling.BILINEAR: "bilinear", Resampling.BICUBIC: "bicubic"}
+from .transform import EvalTransform, resize_output_size
 
 
 def _decode_path(path: Any, settings: dict[str, Any], use_draft: bool) -> Image.Image:
@@ -57,43 +54,6 @@ def input_device(images: list[Any]) -> torch.device:
 def _needs_decoding(images: list[Any]) -> bool:
     """Worth a thread pool: files to decode or PIL images to convert (already-RGB pixels are a plain copy)."""
     return any(isinstance(i, (str, os.PathLike)) or (isinstance(i, Image.Image) and i.mode != "RGB") for i in images)
-
-
-def _resize_batch(batch: torch.Tensor, height: int, width: int, resample: Resampling) -> torch.Tensor:
-    """Antialiased resize of a (N, C, H, W) batch; uint8 in → uint8 out, like resizing in Pillow."""
-    mode = TORCH_MODES.get(resample)
-    if mode is None:  # nearest / box / hamming / lanczos: Pillow, image by image
-        return torch.stack(
-            [torch.from_numpy(pil_resize(img.cpu().numpy(), height, width, resample)) for img in batch]
-        ).to(batch.device)
-    if batch.dtype == torch.uint8 and batch.device.type == "cpu":
-        # torch's uint8 kernels (channels-last, AVX2) mirror Pillow's and are several times faster
-        return F.interpolate(batch, size=(height, width), mode=mode, antialias=True)
-    if batch.dtype == torch.uint8:
-        return _two_pass_uint8_resize(batch, height, width, mode)
-    return F.interpolate(batch.float(), size=(height, width), mode=mode, antialias=True).to(batch.dtype)
-
-
-def _two_pass_uint8_resize(batch: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
-    """Pillow's order on devices without uint8 kernels: horizontal pass, round and clip to 8 bits, vertical pass.
-
-    The clip between passes matters for bicubic, whose overshoot at sharp edges would otherwise
-    carry into the second pass (several levels off at high-contrast edges).
-    """
-    rows = F.interpolate(batch.float(), size=(batch.shape[-2], width), mode=mode, antialias=True)
-    rows = rows.round_().clamp_(0, 255)
-    resized = F.interpolate(rows, size=(height, width), mode=mode, antialias=True)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _center_crop_batch(batch: torch.Tensor, crop_height: int, crop_width: int) -> torch.Tensor:
-    height, width = batch.shape[-2:]
-    pad_top, pad_left, top, left = crop_window(height, width, crop_height, crop_width)
-    if pad_top or pad_left:
-        pad_bottom = max(crop_height - height - pad_top, 0)
-        pad_right = max(crop_width - width - pad_left, 0)
-        batch = F.pad(batch, (pad_left, pad_right, pad_top, pad_bottom))
-    return batch[..., top : top + crop_height, left : left + crop_width]
 
 
 class BitImageProcessorFast(ProcessorBase):
@@ -166,15 +126,9 @@ class BitImageProcessorFast(ProcessorBase):
         return output
 
     def _process_batch(self, batch: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
-        """Geometry with torch's kernels on the whole batch, then the evaluation transform's `normalise`."""
-        if settings["do_resize"]:
-            height, width = resize_output_size(*batch.shape[-2:], settings["size"])
-            if batch.dtype != torch.uint8:
-                _check_float_range(batch)
-            batch = _resize_batch(batch, height, width, settings["resample"])
-        if settings["do_center_crop"]:
-            batch = _center_crop_batch(batch, settings["crop_size"]["height"], settings["crop_size"]["width"])
-        return EvalTransform.from_settings(settings).normalise(batch)
+        """The evaluation transform on a whole batch: its torch geometry, then its `normalise`."""
+        transform = EvalTransform.from_settings(settings)
+        return transform.normalise(transform.batch_geometry(batch))
 
     @staticmethod
     def _pad(images: list[torch.Tensor], pad_size: dict[str, int] | None) -> list[torch.Tensor]:
@@ -185,12 +139,3 @@ class BitImageProcessorFast(ProcessorBase):
         if too_big:
             raise ValueError(f"pad_size {height}×{width} is smaller than images of size {too_big}: enlarge pad_size.")
         return [F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
-
-
-def _check_float_range(batch: torch.Tensor) -> None:
-    low, high = batch.min().item(), batch.max().item()
-    if low < 0 or high > 255:
-        raise ValueError(
-            f"Image values span [{low}, {high}], outside [0, 255]: scale them into [0, 255] or [0, 1] first, "
-            "or pass do_resize=False."
-        )

@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+
+
+class Resampling(IntEnum):
+    """Pillow's filter numbers, which is what `resample` means in transformers' configs."""
+
+    NEAREST = 0
+    LANCZOS = 1
+    BILINEAR = 2
+    BICUBIC = 3
+    BOX = 4
+    HAMMING = 5
 
 
 def resize_output_size(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
@@ -109,6 +122,56 @@ def center_crop(image: np.ndarray, crop_height: int, crop_width: int) -> np.ndar
     return image[:, top : top + crop_height, left : left + crop_width]
 
 
+# Pillow filters with a torch kernel of the same shape; the others run through Pillow itself.
+TORCH_MODES = {Resampling.BILINEAR: "bilinear", Resampling.BICUBIC: "bicubic"}
+
+
+def resize_batch(batch: torch.Tensor, height: int, width: int, resample: Resampling) -> torch.Tensor:
+    """Antialiased resize of a (N, C, H, W) batch; uint8 in → uint8 out, like resizing in Pillow."""
+    mode = TORCH_MODES.get(resample)
+    if mode is None:  # nearest / box / hamming / lanczos: Pillow, image by image
+        return torch.stack(
+            [torch.from_numpy(pil_resize(img.cpu().numpy(), height, width, resample)) for img in batch]
+        ).to(batch.device)
+    if batch.dtype == torch.uint8 and batch.device.type == "cpu":
+        # torch's uint8 kernels (channels-last, AVX2) mirror Pillow's and are several times faster
+        return F.interpolate(batch, size=(height, width), mode=mode, antialias=True)
+    if batch.dtype == torch.uint8:
+        return _two_pass_uint8_resize(batch, height, width, mode)
+    return F.interpolate(batch.float(), size=(height, width), mode=mode, antialias=True).to(batch.dtype)
+
+
+def _two_pass_uint8_resize(batch: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """Pillow's order on devices without uint8 kernels: horizontal pass, round and clip to 8 bits, vertical pass.
+
+    The clip between passes matters for bicubic, whose overshoot at sharp edges would otherwise
+    carry into the second pass (several levels off at high-contrast edges).
+    """
+    rows = F.interpolate(batch.float(), size=(batch.shape[-2], width), mode=mode, antialias=True)
+    rows = rows.round_().clamp_(0, 255)
+    resized = F.interpolate(rows, size=(height, width), mode=mode, antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def center_crop_batch(batch: torch.Tensor, crop_height: int, crop_width: int) -> torch.Tensor:
+    height, width = batch.shape[-2:]
+    pad_top, pad_left, top, left = crop_window(height, width, crop_height, crop_width)
+    if pad_top or pad_left:
+        pad_bottom = max(crop_height - height - pad_top, 0)
+        pad_right = max(crop_width - width - pad_left, 0)
+        batch = F.pad(batch, (pad_left, pad_right, pad_top, pad_bottom))
+    return batch[..., top : top + crop_height, left : left + crop_width]
+
+
+def _check_float_range(batch: torch.Tensor) -> None:
+    low, high = batch.min().item(), batch.max().item()
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"Image values span [{low}, {high}], outside [0, 255]: scale them into [0, 255] or [0, 1] first, "
+            "or pass do_resize=False."
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
     """An image processor's settings as the two steps every inference path runs (see the module docstring)."""
@@ -168,6 +231,18 @@ class EvalTransform:
         if self.do_center_crop:
             image = center_crop(image, self.crop_size["height"], self.crop_size["width"])
         return image
+
+    def batch_geometry(self, batch: torch.Tensor) -> torch.Tensor:
+        """`geometry` for an N×C×H×W batch of equal-sized images with torch's antialiased kernels (any device):
+        uint8 stays uint8, within one 8-bit level of Pillow's result (the fast processor's path)."""
+        if self.do_resize:
+            height, width = resize_output_size(*batch.shape[-2:], self.size)
+            if batch.dtype != torch.uint8:
+                _check_float_range(batch)
+            batch = resize_batch(batch, height, width, self.resample)
+        if self.do_center_crop:
+            batch = center_crop_batch(batch, self.crop_size["height"], self.crop_size["width"])
+        return batch
 
     def decoded_geometry(self, image: Image.Image) -> np.ndarray:
         """`geometry` for a decoded RGB image, as the H×W×3 uint8 pixels loading workers hand over."""

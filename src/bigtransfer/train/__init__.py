@@ -10,7 +10,7 @@ from ..inference.few_shot import fewshot  # re-exported where 0.1 had it
 from .fine_tuning import FineTuning, finetune, finetune_runs
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Speed
-from .pretrain import FewShotCheck, Pretraining, pretrain
+from .pre_training import FewShotCheck, Pretraining, pretrain
 from .run import RunOptions
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Per-example training transforms, driven by a given RNG so every step is reproducible (and resumable).
 
 They return H×W×3 uint8 pixels: loading workers hand those over, and the values become [-1, 1]
-(BiT's normalisation: mean 0.5, std 0.5) on the model's device (`loading.model_input`).
+(BiT's normalisation: mean 0.5, std 0.5) on the model's device (`processing.transform.EvalTransform.normalise`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def inception_augment(image: Image.Image, crop: int, flip: bool, rng: np.random.
 
 def eval_processor(crop: int) -> BitImageProcessor:
     """BiT's evaluation transform (square resize to the crop size, [-1, 1]); saved beside the model. `crop_size`
-    is unused by the transform but records the resolution (`bigtransfer models` reads it) instead of 224."""
+    is unused by the transform but records the resolution instead of transformers' default 224."""
     return BitImageProcessor(
         size={"height": crop, "width": crop},
         crop_size={"height": crop, "width": crop},

@@ -20,7 +20,7 @@ from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from .augment import eval_processor, hyperrule_augment
 from .hyper_rule import HyperRule, hyperrule
-from .loop import Recipe
+from .loop import Regime
 from .run import RunOptions, TrainingJob, run_training
 
 
@@ -123,7 +123,7 @@ def fine_tuning_job(
     return TrainingJob(
         what=f"fine-tune {name}", network=network, train_set=train_set,
         eval_set=as_dataset(eval_data) if eval_data is not None else None,
-        recipe=Recipe(rule, augment, image_size=rule.crop, transform=processor.eval_transform()), processor=processor,
+        regime=Regime(rule, augment, image_size=rule.crop), processor=processor,
         fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                      "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip},
         report={"rule": dataclasses.asdict(rule)}, shots=recipe.shots, eval_every=recipe.eval_every,

@@ -66,7 +66,7 @@ def hyperrule(
 
     lr_scaling adapts base_lr to a batch other than 512: "linear" (×batch/512), "sqrt", or "none"
     (the original recipe, which keeps 0.003 whatever the batch). architecture: "R50x1" … "R152x4" as
-    `zoo.architecture_of` derives it from the model's config (the paper preset trains R152x4 at 480 px).
+    `checkpoints.catalogue.architecture_of` derives it from the model's config (the paper preset trains R152x4 at 480 px).
     """
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}: use 'code' (the released code) or 'paper' (arXiv v3).")

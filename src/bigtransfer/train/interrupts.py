@@ -1,6 +1,7 @@
 """Ctrl-C during training as a request, not an exception: the signal only sets a flag, and the loop stops at
 the next step boundary, so a checkpoint never holds a half-applied optimiser step (big_transfer stops the
-same way). A second Ctrl-C stops at once, without saving."""
+same way). A second Ctrl-C stops at once, without saving. Under torchrun, which forwards the signal to every
+process and kills them 30 s later, the step under way (or a measurement in progress) must end within that time."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
+
+from .distributed import Distributed
 
 
 class StopRequest:
@@ -36,10 +39,11 @@ class StopRequest:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def agreed(self, world_size: int, device: torch.device) -> bool:
-        """The request as every process sees it: one stopping alone would leave the others waiting in a collective."""
-        if world_size == 1:
+    def agreed(self, context: Distributed) -> bool:
+        """The request as every process sees it: one stopping alone would leave the others waiting in a collective.
+        Asked on the gloo group, with a CPU flag, so a GPU run does not wait for its device at every step."""
+        if context.world_size == 1:
             return self.requested
-        flag = torch.tensor([int(self.requested)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([int(self.requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=context.patient_group)
         return bool(flag.item())

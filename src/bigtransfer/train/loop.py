@@ -37,13 +37,13 @@ METRICS = "metrics.jsonl"
 
 
 @dataclasses.dataclass
-class Recipe:
-    """What varies between fine-tuning and pre-training: the schedule and the per-example augmentation."""
+class Regime:
+    """What varies between fine-tuning and pre-training, as the loop sees it: the schedule and the per-example
+    augmentation (the recipes' settings, `FineTuning` and `Pretraining`, become one of these)."""
 
     schedule: StepSchedule
     augment: Augment  # picklable: it runs in loading worker processes
     image_size: int  # side of the square images `augment` makes
-    transform: EvalTransform  # the evaluation transform saved with the model: its `normalise` makes model input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Speed:
 
     workers: int | None = None  # loading processes; None: `default_workers()`, 0: load in the main process
     compile: bool = False  # torch.compile the model (a slow first step, then faster steps)
-    channels_last: bool | None = None  # None: `loading.use_channels_last`'s default for the device
+    channels_last: bool | None = None  # None: `data.device.use_channels_last`'s default for the device
     batch_split: int = 1  # micro-batches per step and process: less memory, same update
 
 
@@ -196,13 +196,14 @@ class MetricsLog:
 class TrainingRun:
     """One run's state — model, optimiser, step, loaded-data stream — and its named steps."""
 
-    def __init__(self, model: torch.nn.Module, recipe: Recipe, out: Path, context: Distributed, speed: Speed,
+    def __init__(self, model: torch.nn.Module, regime: Regime, transform: EvalTransform, out: Path, context: Distributed, speed: Speed,
                  bf16: bool, saving: Saving):  # fmt: skip
-        self.model, self.recipe, self.out, self.context, self.saving = model, recipe, out, context, saving
+        self.model, self.regime, self.transform = model, regime, transform
+        self.out, self.context, self.saving = out, context, saving
         self.channels_last = use_channels_last(speed.channels_last, context.device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(context.device, memory_format=memory_format)
-        schedule = recipe.schedule
+        schedule = regime.schedule
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=0.0, momentum=schedule.momentum, weight_decay=schedule.weight_decay
         )
@@ -247,7 +248,7 @@ class TrainingRun:
         for chunk in chunks:
             self.note_failures(chunk.failures)
         plan = examples.plan(self.step, part)
-        return assemble(plan, chunks, self.context.device, self.channels_last, self.recipe.transform), waited
+        return assemble(plan, chunks, self.context.device, self.channels_last, self.transform), waited
 
     def note_failures(self, failures: list[tuple[str, str]]) -> None:
         for name, error in failures:
@@ -270,7 +271,7 @@ class TrainingRun:
         Step time is the loop's period: the host only queues work on a GPU, and the loop waits for the
         device once per step (reading a loss), so in steady state one period is one device step.
         """
-        schedule, world_size = self.recipe.schedule, self.context.world_size
+        schedule, world_size = self.regime.schedule, self.context.world_size
         period_began = time.perf_counter()
         while (lr := schedule.lr(self.step)) is not None:
             row = self.train_step(examples, loaded, lr)
@@ -288,7 +289,7 @@ class TrainingRun:
                 log.flush()
                 self.checkpoint()
                 period_began = time.perf_counter()
-            if stop.agreed(world_size, self.context.device):
+            if schedule.lr(self.step) is not None and stop.agreed(self.context):  # a finished run just finishes
                 return True
         return False
 
@@ -338,7 +339,7 @@ class TrainingRun:
     def join_gradient_all_reduce(self) -> None:
         """A process with no readable images still takes part in DDP's gradient all-reduce (else the others
         wait forever), contributing zero: a forward pass on one blank image, times 0."""
-        size = self.recipe.image_size
+        size = self.regime.image_size
         blank = torch.zeros(1, 3, size, size, device=self.context.device)
         with self.autocast:
             logits = self.forward(blank).logits.float()
@@ -348,9 +349,10 @@ class TrainingRun:
 def train(
     model: torch.nn.Module,
     dataset: ImageDataset,
-    recipe: Recipe,
+    regime: Regime,
     out: Path,
     *,
+    transform: EvalTransform,
     context: Distributed,
     seed: int = 0,
     bf16: bool = False,
@@ -362,13 +364,13 @@ def train(
     """Run the schedule to its end on `context` (this process's device and rank, from `distributed.process_group`);
     returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files. Ctrl-C finishes the step under way,
     saves the checkpoint and raises TrainingInterrupted (`interrupts.StopRequest`)."""
-    schedule = recipe.schedule
+    schedule = regime.schedule
     workers = resolve_workers(speed.workers)
     layout = Layout(schedule.batch_size, context.world_size, context.rank, speed.batch_split, chunks=1)
     layout = dataclasses.replace(layout, chunks=chunks_per_micro_batch(layout.micro, workers))
-    run = TrainingRun(model, recipe, out, context, speed, bf16, saving)
+    run = TrainingRun(model, regime, transform, out, context, speed, bf16, saving)
     run.begin()
-    examples = TrainingExamples(dataset, recipe.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps)
+    examples = TrainingExamples(dataset, regime.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps)
     console = StepProgress(schedule.steps, run.step, enabled=progress and context.is_main)
     if saving.resume:
         console.note(f"resuming at step {run.step} of {schedule.steps} from {out / CHECKPOINT}")
@@ -383,8 +385,9 @@ def train(
     if stopped:
         log.close()
         run.checkpoint()
+        context.wait_for_main()  # no process exits (and makes torchrun stop the others) before rank 0 has saved
         message = f"interrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume"
-        raise TrainingInterrupted(message if context.is_main else "")
+        raise TrainingInterrupted(message if context.is_main else "interrupted")
     log.close()
     run.checkpoint()
     barrier(context)

@@ -22,7 +22,7 @@ from ..inference.predict import evaluate
 from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
 from .distributed import Distributed, process_group
-from .loop import CHECKPOINT, METRICS, Monitor, Recipe, Saving, Speed, append_metrics, train
+from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, train
 
 MODEL_DIR = "model"
 
@@ -53,8 +53,8 @@ class TrainingJob:
     network: BitForImageClassification
     train_set: ImageDataset
     eval_set: ImageDataset | None
-    recipe: Recipe
-    processor: BitImageProcessor  # the evaluation transform, saved beside the model
+    regime: Regime  # schedule and augmentation
+    processor: BitImageProcessor  # the evaluation transform: training normalises with it; saved beside the model
     fingerprint: dict[str, Any]  # what a resumed run must share with this one
     report: dict[str, Any]  # the recipe's entries of the plan and of metrics.json
     plan_details: dict[str, Any] = dataclasses.field(default_factory=dict)  # plan-only entries
@@ -92,6 +92,8 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
     show_plan(plan, options.on_plan)
     if options.dry_run:
         return {"plan": plan}
+    if job.eval_every and job.extra_monitor:
+        raise ValueError("A run measures one thing while it trains: held-out top-1 (eval_every) or its own monitor.")
     if options.grad_checkpointing:
         job.network.gradient_checkpointing_enable()
     saving = Saving(job.fingerprint, options.resume, options.save_every)
@@ -100,7 +102,8 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
         if evaluation is not None and job.eval_every:
             monitor = Monitor(job.eval_every, lambda step: {"top1": evaluation()["top1"]}, sharded=True)
-        summary = train(job.network, job.train_set, job.recipe, out, context=context, seed=options.seed,
+        summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
+                        context=context, seed=options.seed,
                         bf16=options.bf16, saving=saving, monitor=monitor, progress=options.progress,
                         speed=options.speed)  # fmt: skip
         metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}

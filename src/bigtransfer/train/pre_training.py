@@ -15,7 +15,7 @@ from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitPreTrainedModel
 from ..processing.base import ProcessorBase
 from .augment import eval_processor, inception_augment
-from .loop import Monitor, Recipe
+from .loop import Monitor, Regime
 from .run import RunOptions, TrainingJob, run_training
 from .schedules import upstream_schedule
 
@@ -84,7 +84,7 @@ def pretrain(
     job = TrainingJob(
         what=f"pre-train a BiT ({layout}, {model.num_parameters() / 1e6:.1f} M parameters) from scratch",
         network=model, train_set=dataset, eval_set=as_dataset(eval_data) if eval_data is not None else None,
-        recipe=Recipe(schedule, augment, image_size=recipe.crop, transform=processor.eval_transform()),
+        regime=Regime(schedule, augment, image_size=recipe.crop),
         processor=processor,
         fingerprint={"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
                      "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop},
