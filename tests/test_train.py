@@ -563,15 +563,28 @@ def test_too_many_shots_and_unknown_eval_classes_are_explained(upstream, folder,
         run(upstream, folder, tmp_path / "b", eval_data=str(other), steps=1)
 
 
-def test_full_disk_gives_a_clear_error(upstream, folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("[enforce fail at inline_container.cc] . "
+     "PytorchStreamWriter failed writing file data/0: file write failed")],  # how torch reports a full disk
+)  # fmt: skip
+def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(upstream, folder, tmp_path, monkeypatch,
+                                                                      failure):  # fmt: skip
     import bigtransfer.train.loop as loop
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    original, saved = loop.torch.save, []
 
-    monkeypatch.setattr(loop.torch, "save", full)
-    with pytest.raises(OSError, match="No space left to write the checkpoint"):
-        run(upstream, folder, tmp_path / "run", steps=1)
+    def full_after_the_first(state, path):
+        if saved:
+            raise failure
+        original(state, path)
+        saved.append(state["step"])
+
+    monkeypatch.setattr(loop.torch, "save", full_after_the_first)
+    with pytest.raises(OSError, match=r"Could not write the checkpoint .*MiB free.*--resume continues from the last"):
+        run(upstream, folder, tmp_path / "run", steps=6, save_every=2)
+    assert saved == [2] and torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_finetune_and_evaluate_commands(upstream, folder, tmp_path, capsys):

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
+from .io import exclusive
 
 CHUNK = 1 << 20
 ATTEMPTS = 3
@@ -43,29 +38,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: file.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def exclusive(target: Path) -> Iterator[None]:
-    """Holds `target`'s lock file: one process downloads it while the others (torchrun's ranks on a cold cache)
-    wait, then find it complete. The lock file stays, as huggingface_hub's do: removing it would let a
-    waiting process and a newcomer hold two different locks."""
-    with open(target.with_name(target.name + ".lock"), "a+b") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        else:
-            import msvcrt
-
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            else:
-                handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def _fetch_once(url: str, part: Path, progress: bool) -> int | None:
@@ -100,7 +72,7 @@ def download(url: str, target: Path, size: int | None = None, sha256: str | None
             _manual_download_message(url, target, "offline mode is on (BIGTRANSFER_OFFLINE / HF_HUB_OFFLINE)")
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(target):
+    with exclusive(target.with_name(target.name + ".lock")):
         if target.is_file():  # another process finished it while this one waited
             return target
         _download_to(url, target, size, sha256, progress)

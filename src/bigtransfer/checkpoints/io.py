@@ -12,6 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -51,6 +56,10 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists: choose another output path, or pass --overwrite.")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(
+            f"{target} is a file, not a folder: --overwrite replaces folders only; choose another path."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
@@ -66,6 +75,59 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path, wait: bool = True) -> Iterator[None]:
+    """Holds `lock_file` (created when missing) for the block; the holder's PID is written in it. With `wait`
+    the others queue (torchrun's ranks on one cold download); without, a held lock raises BlockingIOError naming
+    the holder (two runs into one folder). The file stays, as huggingface_hub's do: removing it would let a
+    waiting process and a newcomer hold two different locks."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+b") as handle:
+        try:
+            _lock(handle, wait)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip() or "another process"
+            raise BlockingIOError(
+                f"{lock_file.parent} is in use by process {holder}: wait for it to finish, or use another folder."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()).encode())
+        handle.flush()
+        try:
+            yield
+        finally:
+            _unlock(handle)
+
+
+def _lock(handle, wait: bool) -> None:
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:  # Windows
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+
+
+def _unlock(handle) -> None:
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def check_writable(target: Path) -> None:
+    """Refuse an output path that cannot be written, before any work is done (without creating anything)."""
+    existing = next(parent for parent in (target, *target.parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot write into {target}: {existing} is not a writable folder; choose another --out.")
 
 
 def read_json(path: Path) -> Any:

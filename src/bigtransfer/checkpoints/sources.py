@@ -45,6 +45,18 @@ def _from_npz(path: Path, entry: ZooEntry | None) -> Loaded:
     return _with_labels(config_from_npz(arrays), entry and entry.label_set), npz_to_bit_state_dict(arrays)
 
 
+def _from_cached_npz(path: Path, entry: ZooEntry) -> Loaded:
+    """A downloaded zoo file that does not parse (an HTML error page saved by a proxy, a damaged copy) is removed
+    from the cache, so the next call downloads it again instead of failing forever."""
+    try:
+        return _from_npz(path, entry)
+    except ValueError as error:
+        path.unlink(missing_ok=True)
+        raise ValueError(
+            f"{error} It was removed from the cache: the next load downloads {entry.name} again."
+        ) from None
+
+
 def _inferred(state_dict: dict[str, torch.Tensor], where: Any) -> dict[str, Any]:
     settings = config_from_state_dict(state_dict)
     logger.warning(
@@ -123,7 +135,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "", hub_op
         return _from_transformers(bundled, subfolder, hub_options)
     entry = find_entry(name)
     if entry is not None:
-        return _from_npz(zoo_file(entry), entry)
+        return _from_cached_npz(zoo_file(entry), entry)
     if path.suffix in (".npz", *STATE_DICT_SUFFIXES):
         raise FileNotFoundError(
             f"{path} does not exist: check the path (zoo models are named without a suffix, e.g. BiT-M-R50x1; "

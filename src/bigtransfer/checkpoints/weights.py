@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,30 @@ _STAGE_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.")
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors or torch pickle file (the latter with weights_only, so no code runs)."""
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+        except (SafetensorError, RuntimeError, OSError, ValueError) as error:
+            raise ValueError(f"Could not read weights from {path} ({error}); {DAMAGED}") from None
+    return load_torch_file(path)
+
+
+DAMAGED = "the file is truncated, corrupt or not a checkpoint: delete it and save or download it again."
+
+
+def load_torch_file(path: Path, mmap: bool = False) -> Any:
+    """A torch pickle file, unpickled with weights_only: tensors and plain containers only, never code. A file
+    that holds anything else is refused as such (without torch's advice to lift the restriction, which would
+    run whatever the file contains)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
         raise ValueError(
-            f"Could not read weights from {path} ({type(error).__name__}: {error}); the file is truncated, corrupt "
-            "or not a checkpoint: delete it and save or download it again."
+            f"{path} holds Python objects or code besides tensors, so it was refused: a pickle file can run code "
+            "when it is loaded. Use a safetensors file, or re-save the weights from a source you trust."
         ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ValueError(f"Could not read {path} ({type(error).__name__}: {error}); {DAMAGED}") from None
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:

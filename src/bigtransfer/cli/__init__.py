@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from ..checkpoints.hub import package_version
@@ -42,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ImportError, LoaderWorkerError) as error:
         print(f"bigtransfer {args.command}: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: the library has cleaned up (a training run has checkpointed)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the library has cleaned up (a run has checkpointed)
         print(f"\nbigtransfer {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return 128 + getattr(interrupt, "signal", signal.SIGINT)
 
 
 if __name__ == "__main__":

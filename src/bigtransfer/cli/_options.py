@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,28 @@ DATA_HELP = (
     "or a saved `datasets` directory"
 )
 INFERENCE_BATCH = 32  # R50x1 at 448 px: ~2 GB of activations per forward pass; large models need less
+
+
+def _bounded(kind: type, low: float, inclusive: bool) -> Callable[[str], Any]:
+    """An argparse type that refuses values outside [low, ∞) (or (low, ∞)) with the valid range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {'≥' if inclusive else '>'} {low}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _bounded(int, 0, inclusive=False)
+non_negative_int = _bounded(int, 0, inclusive=True)
+positive_float = _bounded(float, 0, inclusive=False)
+non_negative_float = _bounded(float, 0, inclusive=True)
 
 
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model", positional: bool = False) -> None:
@@ -72,7 +95,7 @@ def add_workers_argument(parser: argparse.ArgumentParser, training: bool = False
         else "; lower it when memory is short"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, metavar="N",
+        "--workers", type=non_negative_int, default=None, metavar="N",
         help=f"image-loading processes (default: one per available core, at most 16; 0 = load in this process){hint}",
     )  # fmt: skip
 
@@ -84,7 +107,7 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Batch size, device, precision, loading and compilation for the commands that only run a model."""
-    parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH,
+    parser.add_argument("--batch-size", type=positive_int, default=INFERENCE_BATCH,
                         help=f"images per forward pass (default {INFERENCE_BATCH}: about 2 GB of activations for "
                         "R50x1 at 448 px; lower it for larger models, raise it on a GPU); results do not depend on it")  # fmt: skip
     add_device_arguments(parser)

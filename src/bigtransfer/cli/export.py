@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_model_argument, add_out_argument, add_output_arguments, add_workers_argument, emit, load_data
+from ._options import (
+    add_model_argument,
+    add_out_argument,
+    add_output_arguments,
+    add_workers_argument,
+    emit,
+    load_data,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def run_export(args: argparse.Namespace) -> dict:
@@ -72,12 +82,12 @@ def register(commands) -> None:
     parser.add_argument("--calibration", metavar="DATA",
                         help="images to calibrate int8 on, in any form --data takes (folder, CSV, IDX, datasets dir)")  # fmt: skip
     parser.add_argument("--classes", help="calibrate on these classes of DATA only (comma-separated)")
-    parser.add_argument("--calibration-size", type=int, default=128, metavar="N",
+    parser.add_argument("--calibration-size", type=positive_int, default=128, metavar="N",
                         help="calibration images, a seeded draw from DATA (default 128)")  # fmt: skip
-    parser.add_argument("--heldout-size", type=int, default=256, metavar="N",
+    parser.add_argument("--heldout-size", type=non_negative_int, default=256, metavar="N",
                         help="other images of DATA on which int8 is compared with float32 (default 256)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
+    parser.add_argument("--tolerance", type=positive_float, default=1e-4,
                         help="largest logit difference to eager an export may show (default 1e-4)")  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is whole)"

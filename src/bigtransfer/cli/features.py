@@ -13,6 +13,8 @@ from ._options import (
     collect_images,
     emit,
     load_data,
+    positive_float,
+    positive_int,
     report_skipped,
     shot_counts,
 )
@@ -109,9 +111,11 @@ def register(commands) -> None:
     fewshot.add_argument("--eval-data", required=True, help="labelled test images with the same class names")
     fewshot.add_argument("--classes", help="use only these classes (comma-separated names or indices of --data)")
     fewshot.add_argument("--shots", type=shot_counts, default=[1, 5, 10], help="images per class (default 1,5,10)")
-    fewshot.add_argument("--runs", "--seeds", type=int, default=3, dest="runs",
+    fewshot.add_argument("--runs", "--seeds", type=positive_int, default=3, dest="runs",
                          help="subsets per shot count, seeds 0…N−1, as finetune --runs repeats (default 3)")  # fmt: skip
-    fewshot.add_argument("--l2-reg", type=float, default=2.0**10, help="ridge strength (default 1024, as big_vision)")
+    fewshot.add_argument(
+        "--l2-reg", type=positive_float, default=2.0**10, help="ridge strength (default 1024, as big_vision)"
+    )
     add_inference_arguments(fewshot)
     add_output_arguments(fewshot, "print the result as JSON")
     fewshot.set_defaults(handler=handle_fewshot)

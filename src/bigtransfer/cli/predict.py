@@ -11,6 +11,7 @@ from ._options import (
     add_output_arguments,
     collect_images,
     emit,
+    positive_int,
     report_skipped,
 )
 
@@ -79,7 +80,7 @@ def register(commands) -> None:
     )
     predict.add_argument("inputs", nargs="+", help="image files and/or directories")
     add_model_argument(predict, "the classifier")
-    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image (default 5)")
     add_inference_arguments(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")

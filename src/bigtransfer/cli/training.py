@@ -19,6 +19,9 @@ from ._options import (
     add_workers_argument,
     emit,
     load_data,
+    non_negative_float,
+    positive_float,
+    positive_int,
     shot_counts,
 )
 
@@ -32,9 +35,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: a new runs/<command>-<date>-<time>; an existing run is refused "
                         "unless --resume)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    parser.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
+    parser.add_argument("--save-every", type=positive_int, default=None, help="also checkpoint every N steps")
     parser.add_argument(
-        "--batch-split", type=int, default=1, help="micro-batches per step: same update, less memory (default 1)"
+        "--batch-split",
+        type=positive_int,
+        default=1,
+        help="micro-batches per step: same update, less memory (default 1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation, few-shot subsets")
     add_device_arguments(parser)
@@ -58,23 +64,29 @@ def register(commands) -> None:
     )
     add_model_argument(finetune, "the pretrained model")
     add_data_arguments(finetune, "training data", "evaluation data, in any of the same forms")
-    finetune.add_argument("--shots", type=int, default=None, help="K examples per class (balanced, seeded)")
-    finetune.add_argument("--runs", type=int, default=1,
+    finetune.add_argument("--shots", type=positive_int, default=None, help="K examples per class (balanced, seeded)")
+    finetune.add_argument("--runs", type=positive_int, default=1,
                           help="repeat over this many consecutive seeds from --seed; report mean ± std (default 1)")  # fmt: skip
     finetune.add_argument(
         "--preset", choices=["code", "paper"], default="code", help="HyperRule variant (default code)"
     )
-    finetune.add_argument("--batch-size", type=int, default=512,
+    finetune.add_argument("--batch-size", type=positive_int, default=512,
                           help="global batch (default 512, the HyperRule's; --batch-split if it does not fit)")  # fmt: skip
-    finetune.add_argument("--base-lr", type=float, default=0.003, help="learning rate at batch 512 (default 0.003)")
+    finetune.add_argument(
+        "--base-lr", type=positive_float, default=0.003, help="learning rate at batch 512 (default 0.003)"
+    )
     finetune.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="none",
                           help="adapt base-lr to the batch size (default none, as the original)")  # fmt: skip
-    finetune.add_argument("--steps", type=int, default=None, help="override the schedule length (boundaries scale)")
-    finetune.add_argument("--resize", type=int, default=None, help="override the square resize")
-    finetune.add_argument("--crop", type=int, default=None, help="override the random-crop / eval size")
-    finetune.add_argument("--mixup", type=float, default=None, help="override the MixUp alpha (0 = off)")
+    finetune.add_argument(
+        "--steps", type=positive_int, default=None, help="override the schedule length (boundaries scale)"
+    )
+    finetune.add_argument("--resize", type=positive_int, default=None, help="override the square resize")
+    finetune.add_argument("--crop", type=positive_int, default=None, help="override the random-crop / eval size")
+    finetune.add_argument("--mixup", type=non_negative_float, default=None, help="override the MixUp alpha (0 = off)")
     finetune.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    finetune.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (curve in the PNG)")
+    finetune.add_argument(
+        "--eval-every", type=positive_int, default=None, help="evaluate every N steps (curve in the PNG)"
+    )
     _add_run_arguments(finetune)
 
     evaluate = commands.add_parser(
@@ -100,16 +112,18 @@ def register(commands) -> None:
     )
     pretrain.add_argument("--depths", help="custom: blocks per stage, e.g. 1,1,1,1")
     pretrain.add_argument("--hidden-sizes", help="custom: stage widths, e.g. 64,128,256,512")
-    pretrain.add_argument("--embedding-size", type=int, default=64, help="custom: stem width (default 64)")
-    pretrain.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups (default 32)")
-    pretrain.add_argument("--epochs", type=float, default=90, help="passes over --data (default 90, as BiT-S)")
-    pretrain.add_argument("--warmup-epochs", type=float, default=5, help="linear learning-rate warm-up (default 5)")
-    pretrain.add_argument("--batch-size", type=int, default=256,
+    pretrain.add_argument("--embedding-size", type=positive_int, default=64, help="custom: stem width (default 64)")
+    pretrain.add_argument("--num-groups", type=positive_int, default=32, help="GroupNorm groups (default 32)")
+    pretrain.add_argument("--epochs", type=positive_float, default=90, help="passes over --data (default 90, as BiT-S)")
+    pretrain.add_argument(
+        "--warmup-epochs", type=non_negative_float, default=5, help="linear learning-rate warm-up (default 5)"
+    )
+    pretrain.add_argument("--batch-size", type=positive_int, default=256,
                           help="images per step, all processes (default 256: lr 0.03·batch/256 is BiT's rule)")  # fmt: skip
-    pretrain.add_argument("--crop", type=int, default=224, help="training and eval resolution (default 224)")
+    pretrain.add_argument("--crop", type=positive_int, default=224, help="training and eval resolution (default 224)")
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
-    check.add_argument("--fewshot-every", type=int, metavar="N", help="measure every N steps and at the end")
+    check.add_argument("--fewshot-every", type=positive_int, metavar="N", help="measure every N steps and at the end")
     check.add_argument("--fewshot-data", help="downstream images to draw the shots from (any --data form)")
     check.add_argument("--fewshot-eval-data", help="downstream test images")
     check.add_argument("--fewshot-classes", help="downstream classes to use (comma-separated)")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..checkpoints.io import atomic_path
-from ..processing.decoding import IMAGE_SUFFIXES, decode_image, pil_to_rgb
+from ..processing.decoding import IMAGE_SUFFIXES, decode_image, open_checked, pil_to_rgb
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -69,9 +69,9 @@ class ImageDataset:
         sizes = []
         for index in sorted(chosen):
             try:
-                with Image.open(self.paths[index]) as opened:
+                with open_checked(self.paths[index], self.paths[index]) as opened:
                     sizes.append((opened.height, opened.width))
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except ValueError:  # unreadable, or beyond the image limits: skipped in training too
                 continue
         if not sizes:
             raise ValueError(f"None of {len(chosen)} sampled images of {self.source} could be read.")
@@ -109,6 +109,15 @@ class ImageDataset:
             raise ValueError(f"{self.source} holds no images.")
         if len(np.unique(self.labels)) < 2:
             raise ValueError(f"{self.source} has a single class: classification needs at least two.")
+        empty = [name for i, name in enumerate(self.classes) if not np.any(self.labels == i)]
+        if empty:
+            shown = ", ".join(repr(name) for name in empty[:5]) + (
+                f" … ({len(empty)} in all)" if len(empty) > 5 else ""
+            )
+            raise ValueError(
+                f"{self.source}: classes {shown} have no images, so the model could never learn them (an empty class "
+                "folder, or a stray label such as 255 in an IDX file): remove them, or pick classes with --classes."
+            )
 
 
 def from_folder(root: Path) -> ImageDataset:
@@ -128,13 +137,17 @@ def from_folder(root: Path) -> ImageDataset:
 
 
 def from_csv(path: Path) -> ImageDataset:
-    """A CSV with a header `path,label`; relative paths are relative to the CSV's folder."""
-    with open(path, newline="", encoding="utf-8") as file:
+    """A CSV with a header `path,label` (a UTF-8 byte-order mark, as Excel writes, is fine); relative paths are
+    relative to the CSV's folder."""
+    with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         columns = reader.fieldnames or []
         if set(columns) != {"path", "label"}:
             raise ValueError(f"{path} must have exactly the columns 'path,label' (header row), got {columns}.")
         rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"] or None in row:
+            raise ValueError(f"{path}, line {line}: every row needs a path and a label, got {list(row.values())}.")
     paths = [(path.parent / row["path"]).resolve() for row in rows]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

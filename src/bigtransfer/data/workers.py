@@ -141,12 +141,11 @@ def load_examples(
     not raised."""
     pixels, loaded, labels, failures = [], [], [], []
     for index, image_id in zip(indices, ids):
-        try:
-            image = dataset.load(index)
+        try:  # the transform too: it refuses what no model input should come from (e.g. extreme shapes)
+            pixels.append(transform(dataset.load(index), image_id))
         except (OSError, ValueError) as error:
             failures.append((dataset.name_of(index), str(error)))
             continue
-        pixels.append(transform(image, image_id))
         loaded.append(image_id)
         labels.append(int(dataset.labels[index]))
     return LoadedImages(stack_images(pixels) if pixels else None, loaded, labels, failures)

@@ -48,6 +48,31 @@ def _check_out_indices(out_indices: Any, stage_names: list[str]) -> None:
         )
 
 
+# Far beyond any BiT (R152x4: 256-wide stem, 8,192-wide last stage, 36 blocks), far below what would exhaust
+# memory merely by being built: a config.json with widths of 100,000 allocated 22.5 GB before any check.
+MAX_WIDTH, MAX_BLOCKS, MAX_WIDTH_FACTOR, MAX_CHANNELS = 32_768, 256, 16, 64
+
+
+def _check_sizes(embedding_size: int, hidden_sizes: list, depths: list, width_factor: int, num_channels: int) -> None:
+    too_large = [
+        f"{name}={value}" for name, value, limit in (
+            ("embedding_size", embedding_size, MAX_WIDTH), ("hidden_sizes", max(hidden_sizes, default=0), MAX_WIDTH),
+            ("depths", max(depths, default=0), MAX_BLOCKS), ("width_factor", width_factor, MAX_WIDTH_FACTOR),
+            ("num_channels", num_channels, MAX_CHANNELS),
+        ) if isinstance(value, int) and value > limit
+    ]  # fmt: skip
+    if isinstance(embedding_size, int) and isinstance(width_factor, int):
+        widest = max([embedding_size, *[w for w in hidden_sizes if isinstance(w, int)]]) * width_factor
+        if widest > MAX_WIDTH:
+            too_large.append(f"a {widest}-channel layer (width × width_factor)")
+    if too_large:
+        raise ValueError(
+            f"BitConfig sizes beyond any BiT ({', '.join(too_large)}; limits: widths {MAX_WIDTH:,} channels, "
+            f"{MAX_BLOCKS} blocks per stage, width_factor {MAX_WIDTH_FACTOR}, {MAX_CHANNELS} input channels): the "
+            "config.json is damaged or not meant for this model."
+        )
+
+
 def align_backbone_outputs(
     out_features: list[str] | None, out_indices: list[int] | None, stage_names: list[str]
 ) -> tuple[list[str], list[int]]:
@@ -123,6 +148,7 @@ class BitConfig(PushToHubMixin):
                 f"hidden_sizes has {len(hidden_sizes)} entries but depths has {len(depths)}: give one output "
                 "width per stage (only the bottleneck layout tolerates extra, unused widths)."
             )
+        _check_sizes(embedding_size, hidden_sizes, depths, width_factor, num_channels)
         if not isinstance(output_stride, int) or output_stride < 4:
             raise ValueError(f"output_stride must be an int ≥ 4 (the stem alone has stride 4), got {output_stride}.")
         if not 0.0 <= drop_path_rate < 1.0:

@@ -79,8 +79,10 @@ class PretrainedMixin(PushToHubMixin):
             weights = state_dict if state_dict is not None else weights
         config = config if config is not None else BitConfig.from_dict(settings, **kwargs)
         source = str(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else "state_dict"
+        with torch.device("meta"):  # shapes only: a config that disagrees with the weights allocates nothing
+            skeleton = cls(config)
+        to_load, loading_info = match_state_dict(skeleton, weights, ignore_mismatched_sizes, source)
         model = cls(config)
-        to_load, loading_info = match_state_dict(model, weights, ignore_mismatched_sizes, source)
         model.load_state_dict(to_load, strict=False)
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
         if target_dtype is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+PIXELS_ENV, ASPECT_ENV = "BIGTRANSFER_MAX_IMAGE_PIXELS", "BIGTRANSFER_MAX_ASPECT_RATIO"
+# What an image may be, wherever it comes from (files, URLs, arrays): 89.5 megapixels is Pillow's own
+# decompression-bomb threshold (a 12-megapixel photo is far below); 200:1 lets banners and panoramas through,
+# and keeps a short side resized to 480 px under 50 megapixels.
+MAX_IMAGE_PIXELS = int(os.environ.get(PIXELS_ENV, 89_478_485))
+MAX_ASPECT_RATIO = float(os.environ.get(ASPECT_ENV, 200))
+DOWNLOAD_ENV = "BIGTRANSFER_MAX_DOWNLOAD_BYTES"
+MAX_DOWNLOAD_BYTES = int(os.environ.get(DOWNLOAD_ENV, 50 * 2**20))  # an image URL's body; photos are a few MB
+URL_TIMEOUT = 30.0  # seconds for a whole image download when the caller gives no timeout
 CHANNEL_COUNTS = (1, 3, 4)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
@@ -31,13 +42,53 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return _opened(path, path)
 
 
-def _opened(source: Any, name: Any) -> Image.Image:
+def check_image_size(width: int, height: int, name: Any) -> None:
+    """Refuse, before anything is decoded or resized, an image whose pixels or shape would make memory and time
+    depend on the image rather than on the model: more than `MAX_IMAGE_PIXELS`, or a longer side more than
+    `MAX_ASPECT_RATIO` times the shorter (a 1×20000 strip resized to a 224-px short side is 4.5 gigapixels)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"Cannot use {name}: it has no pixels ({width}×{height}).")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"Cannot use {name}: {width}×{height} pixels is beyond the limit of {MAX_IMAGE_PIXELS:,} (a decompression "
+            f"bomb, or a very large photo: shrink it, or raise {PIXELS_ENV})."
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(
+            f"Cannot use {name}: its aspect ratio {max(width, height)}:{min(width, height)} is beyond the limit of "
+            f"{MAX_ASPECT_RATIO:g}:1 (resizing its short side would make it huge): crop it, or raise {ASPECT_ENV}."
+        )
+
+
+def open_checked(source: Any, name: Any) -> Image.Image:
+    """Image.open (the header only) with the size limits checked: no pixel is decoded yet."""
     try:
-        with Image.open(source) as opened:
-            opened.load()
-            return ImageOps.exif_transpose(opened)
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the limits below decide
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(source)
+    except Image.DecompressionBombError:  # beyond twice Pillow's threshold: it refuses to open the header
+        raise ValueError(
+            f"Cannot use {name}: it declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+    try:
+        check_image_size(opened.width, opened.height, name)
+    except ValueError:
+        opened.close()
+        raise
+    return opened
+
+
+def _opened(source: Any, name: Any) -> Image.Image:
+    with open_checked(source, name) as opened:
+        try:
+            opened.load()
+            return ImageOps.exif_transpose(opened)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(
+                f"Cannot read {name} as an image ({error}); the file is corrupt or not an image."
+            ) from None
 
 
 def is_url(image: Any) -> bool:
@@ -45,16 +96,45 @@ def is_url(image: Any) -> bool:
 
 
 def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
-    """Download an image (as transformers' pipelines accept URLs), waiting at most `timeout` seconds."""
+    """Download an image (as transformers' pipelines accept URLs), bounded however the server behaves: the whole
+    download within `timeout` seconds (default `URL_TIMEOUT`), at most `MAX_DOWNLOAD_BYTES`, and an answer
+    that is text (an HTML error page) refused as such."""
+    limit = URL_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + limit
     request = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
+        with urllib.request.urlopen(request, timeout=limit) as response:
+            data = _bounded_body(response, url, deadline, limit)
     except (OSError, ValueError) as error:  # URLError, HTTPError and socket timeouts are OSErrors
-        raise OSError(
+        kind = ValueError if isinstance(error, ValueError) else OSError
+        raise kind(
             f"Could not fetch the image {url} ({error}): check the URL, or download it and pass the file."
         ) from None
     return _opened(io.BytesIO(data), url)
+
+
+def _bounded_body(response: Any, url: str, deadline: float, limit: float) -> bytes:
+    kind = response.headers.get_content_type()
+    if kind.startswith("text/"):
+        raise ValueError(f"the server returned {kind}, not an image")
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
+        raise ValueError(f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES:,} ({DOWNLOAD_ENV})")
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    chunks, size = [], 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"the download took longer than {limit:g} s (pass a larger timeout=)")
+        if sock is not None:
+            sock.settimeout(remaining)  # a server that stops sending cannot hold the call past the deadline
+        chunk = response.read1(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_DOWNLOAD_BYTES:
+            raise ValueError(f"it is beyond the limit of {MAX_DOWNLOAD_BYTES:,} bytes ({DOWNLOAD_ENV})")
+        chunks.append(chunk)
 
 
 def flatten_images(images: ImageLike | Sequence[ImageLike], input_data_format: str | None = None) -> list[ImageLike]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .base import BatchFeature, ProcessorBase, output_layout, parallel_map, size_dict, stack_output
-from .decoding import flatten_images, load_image, load_image_path, pil_to_rgb, to_channels_first
+from .decoding import flatten_images, load_image, load_image_path, open_checked, pil_to_rgb, to_channels_first
 from .transform import EvalTransform, resize_output_size
 
 
@@ -19,7 +19,7 @@ def _decode_path(path: Any, settings: dict[str, Any], use_draft: bool) -> Image.
     """Open a file; with `use_draft`, JPEGs much larger than the target decode at 1/2, 1/4 or 1/8 scale."""
     if not (use_draft and settings["do_resize"]):
         return load_image(path)
-    with Image.open(load_image_path(path)) as opened:
+    with open_checked(load_image_path(path), path) as opened:
         if opened.format != "JPEG":
             return load_image(path)
         height, width = resize_output_size(opened.height, opened.width, settings["size"])

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .decoding import check_image_size
+
 
 class Resampling(IntEnum):
     """Pillow's filter numbers, which is what `resample` means in transformers' configs."""
@@ -225,6 +227,7 @@ class EvalTransform:
     # -- step 1: geometry, where images are decoded ---------------------------------------------------------------
     def geometry(self, image: np.ndarray) -> np.ndarray:
         """Resize and center-crop a C×H×W array with Pillow; 8-bit images stay 8-bit (the values come after)."""
+        check_image_size(image.shape[-1], image.shape[-2], "an image")
         if self.do_resize:
             height, width = resize_output_size(*image.shape[-2:], self.size)
             image = pil_resize(image, height, width, self.resample)
@@ -235,6 +238,7 @@ class EvalTransform:
     def batch_geometry(self, batch: torch.Tensor) -> torch.Tensor:
         """`geometry` for an N×C×H×W batch of equal-sized images with torch's antialiased kernels (any device):
         uint8 stays uint8, within one 8-bit level of Pillow's result (the fast processor's path)."""
+        check_image_size(batch.shape[-1], batch.shape[-2], "an image")
         if self.do_resize:
             height, width = resize_output_size(*batch.shape[-2:], self.size)
             if batch.dtype != torch.uint8:

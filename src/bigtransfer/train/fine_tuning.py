@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..checkpoints.catalogue import architecture_of
-from ..checkpoints.io import write_json
+from ..checkpoints.io import check_writable, write_json
 from ..data.datasets import ImageDataset, as_dataset
 from ..inference.few_shot import few_shot_subset
 from ..models.config import BitConfig
@@ -73,6 +73,18 @@ class FineTuning:
     flip: bool = True
     eval_every: int | None = None  # held-out top-1 every N steps (needs eval_data)
 
+    def __post_init__(self) -> None:
+        """Values that make no sense are refused here, not silently replaced by the rule's."""
+        counts = {"shots": self.shots, "batch_size": self.batch_size, "steps": self.steps, "resize": self.resize,
+                  "crop": self.crop, "eval_every": self.eval_every}  # fmt: skip
+        bad = [f"{name}={value}" for name, value in counts.items() if value is not None and value < 1]
+        if not self.base_lr > 0:
+            bad.append(f"base_lr={self.base_lr}")
+        if self.mixup_alpha is not None and not self.mixup_alpha >= 0:
+            bad.append(f"mixup_alpha={self.mixup_alpha}")
+        if bad:
+            raise ValueError(f"FineTuning: {', '.join(bad)} out of range (counts ≥ 1, base_lr > 0, mixup_alpha ≥ 0).")
+
 
 def finetune(
     model: str | os.PathLike | BitPreTrainedModel,
@@ -89,6 +101,8 @@ def finetune(
     confusion.png when `eval_data` is given. Before training, `run.on_plan` receives what the run will do (data,
     rule, device, precision, workers, output); `run.dry_run` returns {"plan": …} right there.
     """
+    if not run.dry_run:
+        check_writable(Path(run.out))  # before the model loads and the data is read
     return run_training(fine_tuning_job(model, data, eval_data, recipe, run.seed), run)
 
 
@@ -108,7 +122,7 @@ def fine_tuning_job(
     typical = train_set.typical_image_size(seed=seed)
     rule = hyperrule(len(train_set), typical[:2], recipe.preset, recipe.batch_size, recipe.base_lr,
                      recipe.lr_scaling, architecture=architecture_of(network.config))  # fmt: skip
-    rule = rescale_steps(rule, recipe.steps) if recipe.steps else rule
+    rule = rescale_steps(rule, recipe.steps) if recipe.steps is not None else rule
     chosen = dict(resize=recipe.resize, crop=recipe.crop, mixup_alpha=recipe.mixup_alpha)
     rule = dataclasses.replace(rule, **{key: value for key, value in chosen.items() if value is not None})
     if rule.crop > rule.resize:

@@ -1,6 +1,7 @@
-"""Ctrl-C during training as a request, not an exception: the signal only sets a flag, and the loop stops at
-the next step boundary, so a checkpoint never holds a half-applied optimiser step (big_transfer stops the
-same way). A second Ctrl-C stops at once, without saving. Under torchrun, which forwards the signal to every
+"""Ctrl-C (SIGINT) and preemption (SIGTERM, what torchrun, SLURM and Kubernetes send) during training as a
+request, not an exception: the signal only sets a flag, and the loop stops at the next step boundary and
+saves, so a checkpoint never holds a half-applied optimiser step (big_transfer stops the same way). A second
+signal stops at once, without saving. Under torchrun, which forwards the signal to every
 process and kills them 30 s later, the step under way (or a measurement in progress) must end within that time."""
 
 from __future__ import annotations
@@ -15,29 +16,44 @@ import torch.distributed as dist
 
 from .distributed import Distributed
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second stop signal: raised wherever the loop was, nothing saved. `signal` is the one received."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signal = signum
+
 
 class StopRequest:
-    """Whether the user asked the run to stop; set by the signal handler that `listening` installs."""
+    """Whether a stop was asked for, and by which signal; set by the handler that `listening` installs."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:  # asked twice: the user wants out now, wherever the loop is
-            raise KeyboardInterrupt("stopped at once, without saving: the last saved checkpoint is intact")
-        self.requested = True
+            raise StoppedAtOnce("stopped at once, without saving: the last saved checkpoint is intact", signum)
+        self.signal = signum
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[StopRequest]:
-        """SIGINT sets the flag for the duration of the block (only the main thread can own a signal)."""
+        """SIGINT and SIGTERM set the flag for the duration of the block (only the main thread owns signals)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.signal(signal.SIGINT, self._handle)
+        previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def agreed(self, context: Distributed) -> bool:
         """The request as every process sees it: one stopping alone would leave the others waiting in a collective.

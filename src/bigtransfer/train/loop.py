@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
+import math
+import os
+import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints.io import atomic_path, atomic_write_text
+from ..checkpoints.weights import load_torch_file
 from ..data.datasets import ImageDataset
 from ..data.device import use_channels_last
 from ..data.workers import LoadedImages, ordered_results, resolve_workers
@@ -91,21 +95,40 @@ def tuned_convolutions(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
+def previous_checkpoint(path: Path) -> Path:
+    return path.with_name(path.stem + ".previous" + path.suffix)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write the checkpoint beside the current one, check that it reads back, then keep the current one as
+    checkpoint.previous.pt and put the new one in its place: a crash, a full disk or a damaged file never
+    leaves a run without a checkpoint to continue from."""
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise OSError(
-                f"No space left to write the checkpoint {path}: free disk space or pass an --out on another disk "
-                "(the previous checkpoint, if any, is intact)."
-            ) from None
-        raise
+            load_torch_file(tmp, mmap=True)  # complete and readable (the data are mapped, not read)
+            if path.exists():
+                os.replace(path, previous_checkpoint(path))
+    except (OSError, RuntimeError, ValueError) as error:  # torch reports a full disk as a RuntimeError
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        raise OSError(
+            f"Could not write the checkpoint {path} ({error}; {free / 2**20:.0f} MiB free on that disk): free disk "
+            "space or pass an --out on another disk; --resume continues from the last complete checkpoint, which is "
+            "intact."
+        ) from None
+
+
+class NonFiniteLoss(ValueError):
+    """The loss became NaN or infinite: the weights are no longer worth saving."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, raised once the checkpoint is saved; the message says how to continue."""
+    """Ctrl-C or SIGTERM during training, raised once the checkpoint is saved; the message says how to continue,
+    `signal` which signal stopped the run (the command exits 128 + signal: 130, 143)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signal = signum
 
 
 def fingerprint_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -127,7 +150,15 @@ def _short(value: Any) -> str:
 
 
 def load_checkpoint_state(path: Path, fingerprint: dict) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """The run's checkpoint; when it is damaged, the previous one (with a warning) if there is one."""
+    previous = previous_checkpoint(path)
+    try:
+        state = load_torch_file(path)
+    except (ValueError, FileNotFoundError) as error:
+        if not previous.exists():
+            raise
+        logger.warning("%s; continuing from the previous checkpoint, %s.", error, previous)
+        state = load_torch_file(previous)
     differences = fingerprint_differences(state.get("fingerprint", {}), fingerprint)
     if differences:
         raise ValueError(
@@ -155,8 +186,10 @@ def _logged_step(line: str) -> float:
 
 
 def append_metrics(path: Path, row: dict) -> None:
+    """One JSON row; a non-finite number (a measurement that failed) is written as null, never as bare NaN."""
+    clean = {key: value if not isinstance(value, float) or math.isfinite(value) else None for key, value in row.items()}
     with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(row) + "\n")
+        file.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 class MetricsLog:
@@ -183,8 +216,14 @@ class MetricsLog:
             return
         row, loss_sum = self.pending
         self.pending = None
-        row = {"step": row["step"], "lr": row["lr"], "loss": float(loss_sum) / max(row.pop("examples"), 1),
-               **row, **extra}  # fmt: skip
+        loss = float(loss_sum) / max(row.pop("examples"), 1)
+        if not math.isfinite(loss):  # before any checkpoint or model is written from this state
+            raise NonFiniteLoss(
+                f"the training loss became {loss} at step {row['step']} (learning rate {row['lr']:g}): the run "
+                "diverged, so it stops without saving this state; lower --base-lr (or check the data). The last "
+                "saved checkpoint, if any, is intact."
+            )
+        row = {"step": row["step"], "lr": row["lr"], "loss": loss, **row, **extra}
         if self.enabled:
             append_metrics(self.path, row)
         self.progress.update(row)
@@ -211,17 +250,22 @@ class TrainingRun:
         self.forward = torch.compile(self.ddp) if speed.compile else self.ddp
         self.autocast = torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.step = 0
+        self.saved_step: int | None = None
         self.skipped: set[str] = set()
 
     # -- restore and checkpoint --------------------------------------------------------------------
     def begin(self) -> None:
         """Continue from the checkpoint when resuming, and create the output folder."""
         if self.saving.resume:
-            if not (self.out / CHECKPOINT).exists():
+            if not any(path.exists() for path in (self.out / CHECKPOINT, previous_checkpoint(self.out / CHECKPOINT))):
                 raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out} to continue from.")
             self.restore()
         if self.context.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not self.saving.resume:  # rows of a run that was stopped before its first checkpoint
+                (self.out / METRICS).unlink(missing_ok=True)
+            for leftover in self.out.glob(f".{CHECKPOINT}.*.tmp"):  # half-written by a process that was killed
+                leftover.unlink(missing_ok=True)
         barrier(self.context)
 
     def restore(self) -> None:
@@ -234,10 +278,12 @@ class TrainingRun:
             drop_metrics_after(self.out / METRICS, self.step)
 
     def checkpoint(self) -> None:
-        if self.context.is_main:
+        """Save the run's state on rank 0, once per step (the last periodic save may fall on the last step)."""
+        if self.context.is_main and self.step != self.saved_step:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                      "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint}  # fmt: skip
             save_checkpoint(self.out / CHECKPOINT, state)
+            self.saved_step = self.step
 
     # -- load -----------------------------------------------------------------------------------------
     def next_micro_batch(self, examples: TrainingExamples, loaded: Iterator[LoadedImages], part: int):
@@ -376,19 +422,13 @@ def train(
         console.note(f"resuming at step {run.step} of {schedule.steps} from {out / CHECKPOINT}")
     log = MetricsLog(out / METRICS, console, enabled=context.is_main)
     began = time.perf_counter()
-    with (
-        StopRequest().listening() as stop,
-        tuned_convolutions(context.device),
-        ordered_results(examples, workers, context.device.type == "cuda") as loaded,
-    ):
-        stopped = run.follow_schedule(examples, loaded, log, monitor, stop)
-    if stopped:
+    with StopRequest().listening() as stop:  # until the last checkpoint is written: a signal then only waits
+        with tuned_convolutions(context.device), ordered_results(examples, workers, context.device.type == "cuda") as loaded:  # fmt: skip
+            stopped = run.follow_schedule(examples, loaded, log, monitor, stop)
         log.close()
         run.checkpoint()
         context.wait_for_main()  # no process exits (and makes torchrun stop the others) before rank 0 has saved
+    if stopped:
         message = f"interrupted at step {run.step}: checkpoint saved to {out / CHECKPOINT}; continue with --resume"
-        raise TrainingInterrupted(message if context.is_main else "interrupted")
-    log.close()
-    run.checkpoint()
-    barrier(context)
+        raise TrainingInterrupted(message if context.is_main else "interrupted", stop.signal or signal.SIGINT)
     return run.summary(time.perf_counter() - began, workers)

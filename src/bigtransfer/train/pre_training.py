@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..checkpoints.io import check_writable
 from ..data.datasets import ImageDataset, as_dataset
 from ..inference.few_shot import fewshot
 from ..models.config import BitConfig
@@ -72,6 +74,8 @@ def pretrain(
     `fewshot_check` adds linear few-shot accuracy on a downstream dataset to the metrics every N steps and at
     the end (metrics.json "fewshot", and the curves). The run options are `finetune`'s.
     """
+    if not run.dry_run:
+        check_writable(Path(run.out))  # before the data is read
     dataset = as_dataset(data)
     dataset.check_trainable()
     config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)))

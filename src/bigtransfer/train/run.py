@@ -4,16 +4,19 @@ prepare a `TrainingJob` and hand it to `run_training`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from ..checkpoints.io import write_json
+from ..checkpoints.io import exclusive, write_json
 from ..data.datasets import ImageDataset
 from ..data.device import resolve_device
 from ..data.workers import resolve_workers
@@ -25,6 +28,7 @@ from .distributed import Distributed, process_group
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, train
 
 MODEL_DIR = "model"
+LOCK = ".run.lock"  # held by the process that runs in the folder (rank 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +68,9 @@ class TrainingJob:
 
 
 def prepare_output(out: Path, resume: bool) -> None:
-    """Never overwrite a run: an existing run directory needs --resume."""
-    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, METRICS, MODEL_DIR)) and not resume:
+    """Never overwrite a run: a directory holding a checkpoint or a model needs --resume. (Metrics alone are
+    what a run stopped before its first checkpoint leaves: nothing to continue, so a new run starts there.)"""
+    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, MODEL_DIR)) and not resume:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out.")
 
 
@@ -85,15 +90,24 @@ def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | 
 
 def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
     """Plan, then train on this process's share (torchrun), evaluate, save model/ and the report; returns the
-    final metrics (on ranks other than 0, the loop's summary)."""
+    final metrics (on ranks other than 0, the loop's summary). The run folder is held for the whole run: a
+    second run into it is refused, naming the process that holds it."""
     out = Path(options.out)
-    prepare_output(out, options.resume)
     plan = plan_of(job, options)
-    show_plan(plan, options.on_plan)
     if options.dry_run:
+        prepare_output(out, options.resume)
+        show_plan(plan, options.on_plan)
         return {"plan": plan}
     if job.eval_every and job.extra_monitor:
         raise ValueError("A run measures one thing while it trains: held-out top-1 (eval_every) or its own monitor.")
+    held = exclusive(out / LOCK, wait=False) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with held:
+        prepare_output(out, options.resume)
+        show_plan(plan, options.on_plan)
+        return _train_and_report(job, options, out)
+
+
+def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[str, Any]:
     if options.grad_checkpointing:
         job.network.gradient_checkpointing_enable()
     saving = Saving(job.fingerprint, options.resume, options.save_every)
@@ -103,9 +117,8 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
         if evaluation is not None and job.eval_every:
             monitor = Monitor(job.eval_every, lambda step: {"top1": evaluation()["top1"]}, sharded=True)
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
-                        context=context, seed=options.seed,
-                        bf16=options.bf16, saving=saving, monitor=monitor, progress=options.progress,
-                        speed=options.speed)  # fmt: skip
+                        context=context, seed=options.seed, bf16=options.bf16, saving=saving, monitor=monitor,
+                        progress=options.progress, speed=options.speed)  # fmt: skip
         metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}
         if monitor is not None and not monitor.sharded:  # a rank-0 measurement (few-shot), once more at the end
             metrics[monitor.name] = monitor.measure(summary["steps"]) if context.is_main else {}
@@ -130,8 +143,7 @@ def finish_run(
     result = evaluation() if evaluation is not None else None
     if summary["rank"] != 0:
         return summary
-    model.save_pretrained(out / MODEL_DIR)
-    processor.save_pretrained(out / MODEL_DIR)
+    _save_model(model, processor, out / MODEL_DIR)
     reported = ("skipped_images", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
     if result is not None:
@@ -142,6 +154,19 @@ def finish_run(
     plot_curves(out / METRICS, out / "curves.png")
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _save_model(model: BitForImageClassification, processor: BitImageProcessor, directory: Path) -> None:
+    """model/ beside the checkpoint; a full disk is named in one line (each file is written whole or not at all)."""
+    try:
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+    except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+        free = shutil.disk_usage(directory.parent).free
+        raise OSError(
+            f"Could not write the trained model into {directory} ({error}; {free / 2**20:.0f} MiB free on that disk): "
+            "free disk space, then run again with --resume, which writes model/ from the final checkpoint."
+        ) from None
 
 
 def evaluation_of(

@@ -1,0 +1,391 @@
+"""Untrusted input and faults: hostile images and servers are bounded in memory and time and reported like any
+unreadable file; a stopped, diverged, doubled or damaged run loses nothing that was saved."""
+
+import http.server
+import json
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor, pipeline
+from bigtransfer.cli import main as cli
+from bigtransfer.processing.decoding import fetch_image
+from bigtransfer.train import FineTuning, RunOptions, Speed, finetune
+
+SMALL = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16, num_labels=3)
+
+
+def run_measured(code: str) -> tuple[list[str], int]:
+    """Run `code` in a fresh interpreter: the words it printed, and its own peak memory in KiB (/proc's VmHWM
+    belongs to the new process image; ru_maxrss would carry the test process's peak over fork and exec)."""
+    script = code + "\nimport re\nprint(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
+    words = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    return words[:-1], int(words[-1])
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A 70-byte PNG that declares width × height pixels (a decompression bomb when that is large)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    torch.manual_seed(0)
+    BitForImageClassification(BitConfig(**SMALL)).save_pretrained(tmp_path / "upstream")
+    BitImageProcessor(size={"height": 20, "width": 20}, do_center_crop=False, resample=2, image_mean=0.5,
+                      image_std=0.5).save_pretrained(tmp_path / "upstream")  # fmt: skip
+    return tmp_path / "upstream"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("a", "b", "c")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.clip(rng.normal(60 + 70 * label, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    return tmp_path / "images"
+
+
+def hostile(folder: Path) -> None:
+    png_header(folder / "a" / "bomb.png", 40_000, 40_000)
+    Image.new("L", (20_000, 1), 128).save(folder / "b" / "strip.png")
+
+
+def tune(upstream, folder, out, **options):
+    recipe = FineTuning(**{"batch_size": 8, "steps": 6, "resize": 24, "crop": 20, **options.pop("recipe", {})})
+    speed = Speed(workers=options.pop("workers", 0))
+    return finetune(str(upstream), str(folder), recipe=recipe, run=RunOptions(out=out, progress=False, seed=3,
+                                                                             speed=speed, **options))  # fmt: skip
+
+
+# -- 1, 2: extreme shapes and decompression bombs are unreadable images, everywhere ----------------------------------
+
+
+def test_a_bomb_and_a_1x20000_strip_in_a_training_folder_are_skipped_and_listed(upstream, folder, tmp_path):
+    hostile(folder)
+    metrics = tune(upstream, folder, tmp_path / "run", workers=2)
+    assert metrics["steps"] == 6
+    assert sorted(Path(name).name for name in metrics["skipped_images"]) == ["bomb.png", "strip.png"]
+
+
+def test_predict_and_pipeline_refuse_them_in_bounded_memory(upstream, folder, tmp_path, capsys):
+    hostile(folder)
+    assert cli(["predict", str(folder), "--model", str(upstream), "--json", "--quiet"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["results"]) == 15 and {Path(e["file"]).name for e in report["errors"]} == {
+        "bomb.png",
+        "strip.png",
+    }
+    for name in ("a/bomb.png", "b/strip.png"):
+        with pytest.raises(ValueError, match="decompression bomb|aspect ratio 20000:1"):
+            pipeline("image-classification", model=str(upstream))(str(folder / name))
+    code = (f"from bigtransfer import pipeline\np = pipeline('image-classification', model={str(upstream)!r})\n"
+            f"for f in ({str(folder / 'a/bomb.png')!r}, {str(folder / 'b/strip.png')!r}):\n"
+            f"    try: p(f)\n    except ValueError: pass")  # fmt: skip
+    _, peak_kib = run_measured(code)
+    assert peak_kib < 1_500_000  # the strip alone, resized, took 3.5 GB before
+
+
+def test_arrays_of_an_extreme_shape_are_refused_before_resizing():
+    with pytest.raises(ValueError, match="aspect ratio 20000:2"):
+        BitImageProcessor()(np.zeros((2, 20_000, 3), dtype=np.uint8))
+
+
+# -- 3: image URLs are bounded in bytes and time ---------------------------------------------------------------------
+
+
+class Hostile(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path == "/silent":
+            time.sleep(5)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if self.path == "/html" else "image/png")
+        self.end_headers()
+        try:
+            if self.path == "/html":
+                self.wfile.write(b"<html>login required</html>")
+            elif self.path == "/endless":
+                for _ in range(10_000):  # bounded: 640 MB at most, the client stops long before
+                    self.wfile.write(b"\0" * 65536)
+            elif self.path == "/drip":
+                for _ in range(30):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def hostile_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_an_endless_body_stops_at_the_byte_limit(hostile_server, monkeypatch):
+    import bigtransfer.processing.decoding as decoding
+
+    monkeypatch.setattr(decoding, "MAX_DOWNLOAD_BYTES", 4 * 2**20)
+    with pytest.raises(ValueError, match="beyond the limit of 4,194,304 bytes"):
+        fetch_image(f"{hostile_server}/endless", timeout=20)
+
+
+def test_a_slow_server_is_bounded_by_the_timeout_as_a_whole(hostile_server):
+    began = time.monotonic()
+    with pytest.raises(OSError, match="longer than 2 s|timed out"):
+        fetch_image(f"{hostile_server}/drip", timeout=2)
+    assert time.monotonic() - began < 4  # one byte every 0.5 s held a timeout=3 call for 60 s before
+
+
+def test_a_silent_server_is_bounded_without_a_timeout_given(hostile_server, monkeypatch):
+    import bigtransfer.processing.decoding as decoding
+
+    monkeypatch.setattr(decoding, "URL_TIMEOUT", 1.5)  # the default applies when the caller gives none
+    began = time.monotonic()
+    with pytest.raises(OSError, match="timed out|longer than"):
+        fetch_image(f"{hostile_server}/silent")
+    assert time.monotonic() - began < 4
+
+
+def test_an_html_answer_is_named(hostile_server):
+    with pytest.raises(ValueError, match="the server returned text/html, not an image"):
+        fetch_image(f"{hostile_server}/html")
+
+
+# -- 5: SIGTERM saves like Ctrl-C; a folder with metrics only is not a run --------------------------------------------
+
+
+def test_sigterm_saves_at_the_next_step_and_resume_logs_each_step_once(upstream, folder, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder),
+               "--batch-size", "8", "--steps", "300", "--resize", "24", "--crop", "20", "--out", str(out), "--quiet",
+               "--workers", "0"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < saved < 300 and "interrupted at step" in stderr
+    assert subprocess.run([*command, "--resume"], capture_output=True, timeout=300).returncode == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 301))
+
+
+def test_a_folder_holding_only_metrics_is_not_a_run(upstream, folder, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "lr": 0.0, "loss": 1.0}\n')
+    tune(upstream, folder, tmp_path / "run")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# -- 6: a diverged run stops before saving anything from its state ----------------------------------------------------
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_or_model(upstream, folder, tmp_path, capsys):
+    command = ["finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8", "--steps", "30",
+               "--resize", "24", "--crop", "20", "--out", str(tmp_path / "run"), "--quiet", "--workers", "0",
+               "--base-lr", "1e6", "--save-every", "1"]  # fmt: skip
+    assert cli(command) == 2
+    assert "lower --base-lr" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model").exists()
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        assert np.isfinite(json.loads(line)["loss"])  # valid JSON, no bare NaN
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+# -- 7: one run per folder --------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_first(upstream, folder, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder),
+               "--batch-size", "8", "--steps", "200", "--resize", "24", "--crop", "20", "--out", str(out), "--quiet",
+               "--workers", "0"]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        with pytest.raises(BlockingIOError, match=f"in use by process {first.pid}"):
+            tune(upstream, folder, out, resume=True)
+    finally:
+        first.kill()
+        first.wait()
+
+
+# -- 8: a damaged checkpoint falls back to the previous one ----------------------------------------------------------
+
+
+def test_a_truncated_checkpoint_is_named_and_the_previous_one_used(upstream, folder, tmp_path, caplog):
+    tune(upstream, folder, tmp_path / "straight")
+    out = tmp_path / "run"
+    tune(upstream, folder, out, recipe={"steps": 6}, save_every=2)
+    assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["step"] == 4
+    (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
+    (out / "model").rename(tmp_path / "old-model")
+    tune(upstream, folder, out, resume=True)
+    assert "checkpoint.pt" in caplog.text and "previous checkpoint" in caplog.text
+    from safetensors.torch import load_file
+
+    straight, resumed = (
+        load_file(tmp_path / "straight/model/model.safetensors"),
+        load_file(out / "model/model.safetensors"),
+    )
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+# -- 10, 11, 13: one clear line ---------------------------------------------------------------------------------------
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickle_payloads_are_refused_without_unsafe_advice(tmp_path, capsys):
+    model = tmp_path / "model"
+    BitForImageClassification(BitConfig(**SMALL)).config.save_pretrained(model)
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": Payload()}))
+    torch.save({"x": Payload()}, tmp_path / "timm.pth", _use_new_zipfile_serialization=True)
+    for source in (model, tmp_path / "timm.pth"):
+        assert cli(["info", "--model", str(source)]) == 2
+        err = capsys.readouterr().err
+        assert "holds Python objects or code besides tensors, so it was refused" in err
+        assert "weights_only=False" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_csv_row_without_a_label_is_named_and_a_bom_is_fine(tmp_path, folder):
+    first = next((folder / "a").glob("*.png"))
+    (tmp_path / "good.csv").write_text(f"\ufeffpath,label\n{first},a\n{first},b\n", encoding="utf-8")
+    from bigtransfer.data.datasets import load_dataset
+
+    assert load_dataset(tmp_path / "good.csv").classes == ["a", "b"]
+    (tmp_path / "bad.csv").write_text(f"path,label\n{first},a\n{first}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3: every row needs a path and a label"):
+        load_dataset(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--steps", "0"), ("--base-lr", "-1"), ("--mixup", "-1"),
+                                             ("--batch-size", "0"), ("--workers", "-2")])  # fmt: skip
+def test_values_that_make_no_sense_are_refused_at_parse_time(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        cli(["finetune", "--model", "m", "--data", "d", flag, value])
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_the_python_recipe_refuses_them_too():
+    with pytest.raises(ValueError, match="steps=0"):
+        FineTuning(steps=0)
+
+
+# -- 4: sizes are checked before anything is allocated --------------------------------------------------------------
+
+
+def test_an_absurd_config_is_refused_before_allocating(tmp_path):
+    with pytest.raises(ValueError, match="sizes beyond any BiT"):
+        BitConfig(hidden_sizes=[100_000] * 4)
+    model = tmp_path / "model"
+    BitForImageClassification(BitConfig(**SMALL)).save_pretrained(model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_sizes": [8192] * 4}))  # ~2.4 GB if built
+    code = (f"from bigtransfer import BitForImageClassification\ntry:\n"
+            f"    BitForImageClassification.from_pretrained({str(model)!r})\nexcept ValueError as error:\n"
+            f"    print('refused' if 'differ from this model' in str(error) else 'other')")  # fmt: skip
+    (refused,), peak_kib = run_measured(code)
+    assert refused == "refused" and peak_kib < 1_200_000
+
+
+# -- 9: a full disk while writing the model is one line, and --resume writes it later ---------------------------------
+
+
+def test_a_full_disk_at_the_final_save_is_named_and_resume_writes_the_model(upstream, folder, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import bigtransfer.checkpoints.weights as weights
+
+    original = weights.save_file
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(weights, "save_file", full)
+    with pytest.raises(OSError, match=r"Could not write the trained model into .*MiB free.*--resume"):
+        tune(upstream, folder, tmp_path / "run")
+    monkeypatch.setattr(weights, "save_file", original)
+    (tmp_path / "run" / ".checkpoint.pt.abc.tmp").write_bytes(b"half")  # as a kill mid-save leaves it
+    assert tune(upstream, folder, tmp_path / "run", resume=True)["steps"] == 6
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+# -- 15: outputs that cannot be right are refused before any work ----------------------------------------------------
+
+
+def test_an_unwritable_out_is_refused_before_the_model_loads(tmp_path, folder, monkeypatch):
+    import bigtransfer.train.fine_tuning as fine_tuning
+
+    monkeypatch.setattr(fine_tuning, "classifier_for", lambda *a: pytest.fail("the model was loaded first"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(PermissionError, match="is not a writable folder"):
+        finetune("anything", str(folder), run=RunOptions(out=tmp_path / "a-file" / "run"))
+
+
+def test_export_overwrite_never_replaces_a_file_with_a_folder(upstream, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli(["export", "--model", str(upstream), "--out", str(tmp_path / "notes.txt"), "--overwrite"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_class_without_images_is_refused_naming_it(upstream, folder, tmp_path):
+    (folder / "empty").mkdir()
+    with pytest.raises(ValueError, match="classes 'empty' have no images"):
+        tune(upstream, folder, tmp_path / "run")
+
+
+def test_a_zoo_file_that_is_an_html_page_leaves_the_cache(file_server, tmp_path, monkeypatch):
+    root, url = file_server
+    (root / "BiT-M-R50x1-CIFAR10.npz").write_text("<html>captive portal</html>")
+    monkeypatch.setenv("BIGTRANSFER_BIT_BASE_URL", url)
+    monkeypatch.setenv("BIGTRANSFER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="removed from the cache"):
+        BitForImageClassification.from_pretrained("BiT-M-R50x1-CIFAR10")
+    assert not (tmp_path / "cache" / "BiT-M-R50x1-CIFAR10.npz").exists()
+
+
+def test_an_empty_file_first_in_a_training_folder_is_skipped_like_any_other(upstream, folder, tmp_path):
+    (folder / "a" / "0000.png").write_bytes(b"")
+    metrics = tune(upstream, folder, tmp_path / "run")
+    assert [Path(name).name for name in metrics["skipped_images"]] == ["0000.png"]
