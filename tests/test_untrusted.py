@@ -387,5 +387,96 @@ def test_a_zoo_file_that_is_an_html_page_leaves_the_cache(file_server, tmp_path,
 
 def test_an_empty_file_first_in_a_training_folder_is_skipped_like_any_other(upstream, folder, tmp_path):
     (folder / "a" / "0000.png").write_bytes(b"")
-    metrics = tune(upstream, folder, tmp_path / "run")
+    plans = []
+    metrics = tune(upstream, folder, tmp_path / "run", on_plan=plans.append)
     assert [Path(name).name for name in metrics["skipped_images"]] == ["0000.png"]
+    assert "1 of the 16 sampled could not be read and will be skipped" in plans[0]["image_size"]["statistic"]
+
+
+# -- 14: few-shot skips unreadable shots as every other command does ---------------------------------------------------
+
+
+def test_fewshot_draws_its_shots_among_readable_images(upstream, folder):
+    from bigtransfer.inference.few_shot import fewshot
+
+    broken = folder / "a" / "2.png"
+    broken.write_bytes(b"not a png")
+    result = fewshot(str(upstream), str(folder), str(folder), shots=[4], seeds=3, workers=0, progress=False)
+    assert [Path(name).name for name in result["skipped_train_images"]] == ["2.png"]
+    assert len(result["shots"]["4"]["runs"]) == 3 and result["train_images_used"] == 14  # 4 + 5 + 5 readable
+    with pytest.raises(ValueError, match="fewer than --shots 5"):  # too few readable ones left in class a
+        fewshot(str(upstream), str(folder), str(folder), shots=[5], seeds=1, workers=0, progress=False)
+
+
+# -- 12: names that are not UTF-8 -------------------------------------------------------------------------------------
+
+
+def test_file_names_that_are_not_utf8_are_escaped_and_class_names_refused(upstream, folder, tmp_path, capsys):
+    odd = os.fsdecode(bytes(folder / "a") + b"/caf\xe9.png")
+    Image.new("RGB", (24, 24), "red").save(odd)
+    assert cli(["predict", odd, "--model", str(upstream), "--json", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["results"][0]["file"].endswith("caf\\xe9.png") and "\\udce9" not in out
+    assert cli(["predict", odd, "--model", str(upstream), "--csv", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    assert "caf\\xe9.png" in (tmp_path / "p.csv").read_text(encoding="utf-8")
+    os.mkdir(os.fsdecode(bytes(folder) + b"/d\xe9j\xe0"))
+    Image.new("RGB", (24, 24)).save(os.fsdecode(bytes(folder) + b"/d\xe9j\xe0/0.png"))
+    with pytest.raises(ValueError, match=r"class folder .*d\\xe9j\\xe0 has a name that is not UTF-8"):
+        tune(upstream, folder, tmp_path / "run")
+
+
+def test_a_huge_sparse_safetensors_file_is_refused_from_its_header(tmp_path):
+    model = tmp_path / "model"
+    BitForImageClassification(BitConfig(**SMALL)).config.save_pretrained(model)
+    header = json.dumps({"bit.embedder.convolution.weight": {"dtype": "F32", "shape": [50_000, 50_000],
+                                                             "data_offsets": [0, 10_000_000_000]}}).encode()  # fmt: skip
+    with open(model / "model.safetensors", "wb") as file:
+        file.write(struct.pack("<Q", len(header)) + header)
+        file.truncate(8 + len(header) + 10_000_000_000)  # 10 GB that take no disk: nothing may read them
+    began = time.monotonic()
+    code = (f"from bigtransfer import BitForImageClassification\ntry:\n"
+            f"    BitForImageClassification.from_pretrained({str(model)!r})\nexcept ValueError as error:\n"
+            f"    print('refused' if 'does not match' in str(error) else 'other')")  # fmt: skip
+    (refused,), peak_kib = run_measured(code)
+    assert refused == "refused" and peak_kib < 1_200_000 and time.monotonic() - began < 60
+
+
+def test_a_failed_write_names_the_target_not_the_hidden_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from bigtransfer.checkpoints.io import atomic_write_text
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match=r"Could not write .*metrics.json: No space left on device") as raised:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    assert ".tmp" not in str(raised.value) and not list(tmp_path.iterdir())
+
+
+def test_export_prints_no_notices_about_operators_a_bit_never_uses(upstream, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bigtransfer", "export", "--model", str(upstream), "--out",
+                             str(tmp_path / "exported")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "torchvision" not in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 600-KiB tmpfs (root only, as on this project's machines and CI): two checkpoints of the small model fit,
+    a third does not."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk_stops_in_one_line_and_keeps_a_complete_checkpoint(upstream, folder, small_disk):
+    out = small_disk / "run"
+    with pytest.raises(OSError, match=r"(Could not write the checkpoint|Could not write the trained model).*MiB free"):
+        tune(upstream, folder, out, recipe={"steps": 20}, save_every=1)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 1 <= saved["step"] <= 20 and not list(out.glob(".*.tmp"))

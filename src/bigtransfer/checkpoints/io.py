@@ -39,6 +39,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
         # mkstemp (and some writers' own temp files) make 0600 files: give it the usual permissions
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
+    except OSError as error:  # name the file the user asked for, not the hidden temporary one
+        if error.filename is None or str(tmp) not in str(error.filename):
+            raise
+        raise type(error)(error.errno, f"Could not write {target}: {error.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -128,6 +132,12 @@ def check_writable(target: Path) -> None:
     existing = next(parent for parent in (target, *target.parents) if parent.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"Cannot write into {target}: {existing} is not a writable folder; choose another --out.")
+
+
+def printable(name: Any) -> str:
+    """A file name as text that can be printed, written to JSON or CSV: bytes that are not UTF-8 (which Python
+    keeps as lone surrogates) shown as \\xNN escapes instead of failing or writing invalid text."""
+    return str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_json(path: Path) -> Any:

@@ -25,7 +25,7 @@ from .io import read_json
 from .labels import id2label_for
 from .npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .timm import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
-from .weights import config_from_state_dict, read_state_dict, tensor_shapes
+from .weights import config_from_state_dict, materialize, read_state_dict_lazily, tensor_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ def _inferred(state_dict: dict[str, torch.Tensor], where: Any) -> dict[str, Any]
 
 
 def _from_state_dict_file(path: Path) -> Loaded:
-    state_dict = read_state_dict(path)
-    if is_timm_state_dict(state_dict):
+    state_dict = read_state_dict_lazily(path)
+    if is_timm_state_dict(state_dict):  # renamed and reshaped: read now
+        state_dict = materialize(state_dict)
         return _with_labels(config_from_timm_state_dict(state_dict), None), timm_to_bit_state_dict(state_dict)
     beside = path.parent / CONFIG_NAME
     return (read_json(beside) if beside.is_file() else _inferred(state_dict, path)), state_dict
@@ -90,7 +91,7 @@ def _from_transformers(name_or_path: str | os.PathLike, subfolder: str, hub_opti
     config_file = resolve_json(name_or_path, CONFIG_NAME, subfolder, **hub_options)
     state_dict: dict[str, torch.Tensor] = {}
     for path in resolve_weight_files(name_or_path, subfolder, **hub_options):
-        state_dict.update(read_state_dict(path))
+        state_dict.update(read_state_dict_lazily(path))  # data read only once names and shapes fit the model
     settings = read_json(config_file) if config_file is not None else _inferred(state_dict, name_or_path)
     return settings, state_dict
 

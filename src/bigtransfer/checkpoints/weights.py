@@ -50,6 +50,53 @@ def load_torch_file(path: Path, mmap: bool = False) -> Any:
         raise ValueError(f"Could not read {path} ({type(error).__name__}: {error}); {DAMAGED}") from None
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+class LazyTensor:
+    """A tensor of a safetensors file, known from the header only: a checkpoint's names and shapes are compared
+    with the model before any data is read (a hostile 10-GB file costs nothing until then)."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype):
+        self.path, self.key, self.shape, self.dtype = path, key, torch.Size(shape), dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+
+def read_state_dict_lazily(path: Path) -> dict[str, Any]:
+    """`read_state_dict`, but a safetensors file's tensors as `LazyTensor`s (read by `materialize`)."""
+    if path.suffix != ".safetensors":
+        return read_state_dict(path)
+    try:
+        with safe_open(path, "pt") as weights:
+            return {key: LazyTensor(path, key, weights.get_slice(key).get_shape(),
+                                    SAFETENSORS_DTYPES.get(weights.get_slice(key).get_dtype(), torch.float32))
+                    for key in weights.keys()}  # noqa: SIM118  # fmt: skip
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"Could not read weights from {path} ({error}); {DAMAGED}") from None
+
+
+def materialize(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Read the data of every `LazyTensor` (each file opened once); tensors pass through."""
+    by_file: dict[Path, list[str]] = {}
+    for key, value in state_dict.items():
+        if isinstance(value, LazyTensor):
+            by_file.setdefault(value.path, []).append(key)
+    loaded = dict(state_dict)
+    for path, keys in by_file.items():
+        with safe_open(path, "pt") as weights:
+            loaded.update({key: weights.get_tensor(state_dict[key].key) for key in keys})
+    return loaded
+
+
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The name and shape of every tensor in a weights file: from a safetensors header without reading the data;
     a torch pickle is loaded (with weights_only)."""

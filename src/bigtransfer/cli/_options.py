@@ -133,6 +133,7 @@ def shot_counts(text: str) -> list[int]:
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
     """Files as given, directories searched recursively for images; missing paths reported, not fatal."""
+    from ..checkpoints.io import printable
     from ..processing.decoding import IMAGE_SUFFIXES
 
     files, errors = [], []
@@ -143,7 +144,7 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
         elif path.is_file():
             files.append(path)
         else:
-            errors.append({"file": name, "error": "no such file or directory"})
+            errors.append({"file": printable(name), "error": "no such file or directory"})
     return files, errors
 
 

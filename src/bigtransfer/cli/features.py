@@ -4,6 +4,7 @@ and the features themselves for retrieval or clustering."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ._options import (
@@ -49,7 +50,7 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     import numpy as np
     import torch
 
-    from ..checkpoints.io import atomic_path
+    from ..checkpoints.io import atomic_path, printable
     from ..data.datasets import ImageDataset
     from ..data.device import resolve_device
     from ..inference.predict import pooled_features
@@ -71,21 +72,23 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
     pooled = pooled_features(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
                              workers=args.workers, bf16=args.bf16, progress=not args.quiet)  # fmt: skip
-    errors += [{"file": name, "error": error} for name, error in pooled.failures]
+    errors += [{"file": printable(name), "error": printable(error)} for name, error in pooled.failures]
     if not len(pooled.indices):
         raise ValueError(f"None of the {len(files)} images could be read.")
-    paths = [str(files[i]) for i in pooled.indices]
+    paths = [files[i] for i in pooled.indices]
     with atomic_path(out) as features_tmp, atomic_path(sidecar_of(out)) as paths_tmp:
         with open(features_tmp, "wb") as file:
             np.save(file, pooled.rows.astype(np.float32))
-        paths_tmp.write_text("".join(path + "\n" for path in paths), encoding="utf-8")
+        paths_tmp.write_bytes(b"".join(os.fsencode(path) + b"\n" for path in paths))  # the exact names, any bytes
     summary = {"out": str(out), "paths": str(sidecar_of(out)), "rows": len(paths), "dim": int(pooled.rows.shape[1])}
     return summary, errors
 
 
 def handle_fewshot(args: argparse.Namespace) -> int:
-    emit(run_fewshot(args), args.json, print_fewshot_table)
-    return 0
+    result = run_fewshot(args)
+    emit(result, args.json, print_fewshot_table)
+    skipped = result["skipped_train_images"] + result["skipped_eval_images"]
+    return report_skipped([{"file": name, "error": "unreadable, skipped"} for name in skipped])
 
 
 def _print_embedding(summary: dict) -> None:

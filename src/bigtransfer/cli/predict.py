@@ -21,6 +21,7 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     import numpy as np
     import torch
 
+    from ..checkpoints.io import printable
     from ..data.datasets import ImageDataset
     from ..inference.pipelines import class_scores, load_classifier, ranked
     from ..inference.predict import predict_logits
@@ -33,10 +34,11 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
     predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
                                  workers=args.workers, bf16=args.bf16, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
-    errors += [{"file": name, "error": error} for name, error in predictions.failures]
+    errors += [{"file": printable(name), "error": printable(error)} for name, error in predictions.failures]
     scores = class_scores(torch.from_numpy(predictions.rows), model.config)
     top = ranked(scores, args.top_k, model.config.id2label)
-    return [{"file": str(files[i]), "predictions": best} for i, best in zip(predictions.indices, top)], errors
+    results = [{"file": printable(files[i]), "predictions": best} for i, best in zip(predictions.indices, top)]
+    return results, errors
 
 
 def _write_predictions_csv(path: str, results: list[dict]) -> None:

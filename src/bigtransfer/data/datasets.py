@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..checkpoints.io import atomic_path
+from ..checkpoints.io import atomic_path, printable
 from ..processing.decoding import IMAGE_SUFFIXES, decode_image, open_checked, pil_to_rgb
 
 FASHION_MNIST = [
@@ -76,7 +76,12 @@ class ImageDataset:
         if not sizes:
             raise ValueError(f"None of {len(chosen)} sampled images of {self.source} could be read.")
         height, width = (int(np.median([size[axis] for size in sizes])) for axis in (0, 1))
-        return ImageSize(height, width, f"median of {len(sizes)} of {len(self)} images (headers, seed {seed})")
+        statistic = f"median of {len(sizes)} of {len(self)} images (headers, seed {seed})"
+        if len(sizes) < len(chosen):  # the plan's image count includes files that will be skipped: say so
+            statistic += (
+                f"; {len(chosen) - len(sizes)} of the {len(chosen)} sampled could not be read and will be skipped"
+            )
+        return ImageSize(height, width, statistic)
 
     def subset(self, indices: np.ndarray) -> ImageDataset:
         return ImageDataset(
@@ -123,6 +128,12 @@ class ImageDataset:
 def from_folder(root: Path) -> ImageDataset:
     """root/<class name>/<image files>; classes in sorted order."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    for class_dir in class_dirs:  # class names go into config.json and every report: they must be real text
+        if printable(class_dir.name) != class_dir.name:
+            raise ValueError(
+                f"The class folder {printable(class_dir)} has a name that is not UTF-8 text: rename it (the name "
+                "becomes the class label)."
+            )
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -4,11 +4,14 @@ preprocessor_config.json and export.json — checked against the eager model bef
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,13 +66,29 @@ def _batch_axis() -> dict[str, dict[int, Any]]:
     return {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=65536)}}
 
 
+# torch's exporter logs "torchvision is not installed. Skipping torchvision::nms" (and three more) when it looks
+# for detection operators a BiT never uses.
+TORCHVISION_NOTICES = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
         raise ImportError(f"ONNX export needs onnx and onnxscript: {INSTALL_HINT}.") from None
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet(TORCHVISION_NOTICES):
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices from inside the exporter
         program = torch.onnx.export(
             LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME], output_names=["logits"],

@@ -92,6 +92,31 @@ def fewshot_pool(labels: np.ndarray, shots: list[int], seeds: int) -> np.ndarray
     return np.unique(np.concatenate([few_shot_subset(labels, max(shots), seed) for seed in range(seeds)]))
 
 
+def _shot_features(
+    network: Any, train_set: ImageDataset, processor: ProcessorBase, batch_size: int, shots: list[int], seeds: int,
+    *, workers: int | None, bf16: bool, progress: bool,
+) -> tuple[np.ndarray, dict[int, np.ndarray], list[tuple[str, str]]]:  # fmt: skip
+    """Pooled features of every image some (shots, seed) subset uses, drawn among the readable images only: an
+    image that cannot be read is skipped (and listed) and the subsets are drawn again without it, as every other
+    command skips unreadable images. Returns (readable indices, {position among them: feature}, failures); with
+    every image readable the subsets are exactly `fewshot_pool`'s."""
+    readable = np.arange(len(train_set))
+    known: dict[int, np.ndarray] = {}
+    skipped: list[tuple[str, str]] = []
+    while True:
+        wanted = readable[fewshot_pool(train_set.labels[readable], shots, seeds)]
+        missing = np.array([index for index in wanted if index not in known], dtype=np.int64)
+        if not len(missing):
+            break
+        pooled = pooled_features(network, train_set.subset(missing), processor, batch_size, workers=workers, bf16=bf16,
+                                 progress=progress)  # fmt: skip
+        known.update({int(missing[row]): vector for row, vector in zip(pooled.indices, pooled.rows)})
+        skipped += pooled.failures
+        failed = set(missing.tolist()) - {int(missing[row]) for row in pooled.indices}
+        readable = np.array([index for index in readable if index not in failed], dtype=np.int64)
+    return readable, {position: known[index] for position, index in enumerate(readable) if index in known}, skipped
+
+
 def fewshot(
     model: str | os.PathLike | BitPreTrainedModel,
     data: str | os.PathLike | ImageDataset,
@@ -132,20 +157,13 @@ def fewshot(
     train_set = train_set.select_classes(classes) if classes else train_set
     test_set = test_set.select_classes(train_set.classes)
     shots = sorted({int(count) for count in shots})
-    pool = fewshot_pool(train_set.labels, shots, seeds)
-    pooled = pooled_features(
-        network, train_set.subset(pool), processor, batch_size, workers=workers, bf16=bf16, progress=progress
-    )
-    if pooled.failures:
-        names = ", ".join(name for name, _ in pooled.failures[:5])
-        raise ValueError(
-            f"{len(pooled.failures)} few-shot training images could not be read ({names}): fix or remove them."
-        )
+    readable, features, skipped = _shot_features(network, train_set, processor, batch_size, shots, seeds,
+                                                 workers=workers, bf16=bf16, progress=progress)  # fmt: skip
     test = pooled_features(network, test_set, processor, batch_size, workers=workers, bf16=bf16, progress=progress)
-    features = {int(pool[row]): vector for row, vector in zip(pooled.indices, pooled.rows)}
-    results = linear_fewshot(features, train_set.labels, test.rows, test_set.labels[test.indices], shots, seeds,
-                             l2_reg)  # fmt: skip
+    results = linear_fewshot(features, train_set.labels[readable], test.rows, test_set.labels[test.indices], shots,
+                             seeds, l2_reg)  # fmt: skip
     return {"shots": results, "classes": train_set.classes, "seeds": seeds, "l2_reg": l2_reg,
-            "feature_dim": int(test.rows.shape[1]), "train_images_used": len(pool),
+            "feature_dim": int(test.rows.shape[1]), "train_images_used": len(features),
             "eval_examples": len(test.indices), "skipped_eval_images": [name for name, _ in test.failures],
+            "skipped_train_images": [name for name, _ in skipped],
             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip

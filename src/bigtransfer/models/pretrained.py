@@ -10,7 +10,7 @@ import torch
 
 from ..checkpoints.hub import SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS, PushToHubMixin
 from ..checkpoints.sources import load_checkpoint
-from ..checkpoints.weights import match_state_dict, resolve_dtype, write_state_dict
+from ..checkpoints.weights import match_state_dict, materialize, resolve_dtype, write_state_dict
 from .config import BitConfig
 
 # transformers' loading options that change nothing for a BiT on this path: accepted, never stored in the config.
@@ -83,7 +83,7 @@ class PretrainedMixin(PushToHubMixin):
             skeleton = cls(config)
         to_load, loading_info = match_state_dict(skeleton, weights, ignore_mismatched_sizes, source)
         model = cls(config)
-        model.load_state_dict(to_load, strict=False)
+        model.load_state_dict(materialize(to_load), strict=False)
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
         if target_dtype is not None:
             model.to(target_dtype)
