@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,7 +25,7 @@ from .io import read_json
 from .labels import id2label_for
 from .npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .timm import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict
-from .weights import config_from_state_dict, materialize, read_state_dict_lazily, tensor_shapes
+from .weights import config_from_state_dict, materialize, read_state_dict_lazily
 
 logger = logging.getLogger(__name__)
 
@@ -117,26 +117,25 @@ def _is_catalogue_style(name: str) -> bool:
     return "/" not in name and os.sep not in name and name.lower().startswith("bit")
 
 
-def load_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "", hub_options: dict | None = None) -> Loaded:
-    """(BitConfig settings, transformers-layout state dict) of anything `from_pretrained` takes."""
-    hub_options = hub_options or {}
+class Source(NamedTuple):
+    """What a name or path is, by the one rule weights and preprocessing share."""
+
+    kind: str  # "file", "folder", "bundled", "zoo", "timm" (a timm/… Hub id) or "hub" (a transformers repo)
+    where: Any  # the Path, the ZooEntry, or the Hub id
+
+
+def locate(name_or_path: str | os.PathLike) -> Source:
+    """An existing local path always wins; a name is looked up (bundled model, zoo, timm id, Hub repo) only
+    when no such path exists. A misspelt catalogue-style name is refused with the closest known names."""
     name, path = str(name_or_path), Path(name_or_path).expanduser()
-    if path.is_file():
-        if path.suffix == ".npz":
-            return _from_npz(path, entry_for_file(path))
-        if path.suffix in STATE_DICT_SUFFIXES:
-            return _from_state_dict_file(path)
-        raise ValueError(
-            f"{path} is not a checkpoint file (.npz, .safetensors, .pth, .bin): pass its directory, or the weights file."
-        )
     if path.exists():
-        return _from_transformers(path, subfolder, hub_options)
+        return Source("file" if path.is_file() else "folder", path)
     bundled = bundled_model(name)
     if bundled is not None:
-        return _from_transformers(bundled, subfolder, hub_options)
+        return Source("bundled", bundled)
     entry = find_entry(name)
     if entry is not None:
-        return _from_cached_npz(zoo_file(entry), entry)
+        return Source("zoo", entry)
     if path.suffix in (".npz", *STATE_DICT_SUFFIXES):
         raise FileNotFoundError(
             f"{path} does not exist: check the path (zoo models are named without a suffix, e.g. BiT-M-R50x1; "
@@ -144,9 +143,26 @@ def load_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "", hub_op
         )
     if _is_catalogue_style(name):
         raise unknown_name_error(name)
-    if name.startswith(TIMM_PREFIX):
-        return _from_timm_hub(name, hub_options)
-    return _from_transformers(name, subfolder, hub_options)
+    return Source("timm" if name.startswith(TIMM_PREFIX) else "hub", name)
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "", hub_options: dict | None = None) -> Loaded:
+    """(BitConfig settings, transformers-layout state dict) of anything `from_pretrained` takes."""
+    hub_options = hub_options or {}
+    kind, where = locate(name_or_path)
+    if kind == "file":
+        if where.suffix == ".npz":
+            return _from_npz(where, entry_for_file(where))
+        if where.suffix in STATE_DICT_SUFFIXES:
+            return _from_state_dict_file(where)
+        raise ValueError(
+            f"{where} is not a checkpoint file (.npz, .safetensors, .pth, .bin): pass its directory, or the weights file."
+        )
+    if kind == "zoo":
+        return _from_cached_npz(zoo_file(where), where)
+    if kind == "timm":
+        return _from_timm_hub(where, hub_options)
+    return _from_transformers(where, subfolder, hub_options)  # a folder, a bundled model, a Hub repo
 
 
 # -- preprocessing -------------------------------------------------------------------------------------------------
@@ -172,7 +188,7 @@ def timm_weights_preprocessing(path: Path) -> dict[str, Any] | None:
     not its data); None when the file is not timm's. A 1000-class head is taken for the ILSVRC-2012 fine-tune
     (448 px, 480 for R152x4, no crop, bilinear), with a warning: timm's distilled R50x1 and R152x2 teachers have
     the same shapes but are evaluated at 224 (or 384) px, bicubic."""
-    shapes = tensor_shapes(path)
+    shapes = {key: tuple(tensor.shape) for key, tensor in read_state_dict_lazily(path).items()}
     if "stem.conv.weight" not in shapes:
         return None
     head = shapes.get("head.fc.weight")
@@ -219,25 +235,22 @@ def missing_preprocessing_message(where: Any) -> str:
 def preprocessing_settings(
     name_or_path: str | os.PathLike, subfolder: str = "", hub_options: dict | None = None
 ) -> dict[str, Any]:
-    """The image processor settings that belong to a checkpoint, by the same rule as its weights: a local
-    directory's (or weights file's) own preprocessor_config.json, else what a bundled model, zoo name, original
-    .npz or timm weights imply; a Hub repo's file. Raises FileNotFoundError, with the fix, when there is none."""
+    """The image processor settings that belong to a checkpoint, by the rule its weights load by (`locate`): a
+    local directory's (or weights file's) own preprocessor_config.json, else what a bundled model, zoo name,
+    original .npz or timm weights imply; a Hub repo's file. Raises FileNotFoundError, with the fix, when there is
+    none."""
     hub_options = hub_options or {}
-    name, path = str(name_or_path), Path(name_or_path).expanduser()
-    if path.exists():
-        return _local_preprocessing(path, subfolder)
-    bundled = bundled_model(name)
-    if bundled is not None:
-        return read_json(bundled / PROCESSOR_CONFIG_NAME)
-    entry = find_entry(name)
-    if entry is not None:
-        return entry.preprocessing.processor_settings()
-    if _is_catalogue_style(name):
-        raise unknown_name_error(name)
-    if name.startswith(TIMM_PREFIX):
-        config_file = hub_download(name, CONFIG_NAME, "", **hub_options)
+    kind, where = locate(name_or_path)
+    if kind in ("file", "folder"):
+        return _local_preprocessing(where, subfolder)
+    if kind == "bundled":
+        return read_json(where / PROCESSOR_CONFIG_NAME)
+    if kind == "zoo":
+        return where.preprocessing.processor_settings()
+    if kind == "timm":
+        config_file = hub_download(where, CONFIG_NAME, "", **hub_options)
         return timm_processor_settings(read_json(config_file) if config_file else {})
-    settings_file = resolve_json(name, PROCESSOR_CONFIG_NAME, subfolder, **hub_options)
+    settings_file = resolve_json(where, PROCESSOR_CONFIG_NAME, subfolder, **hub_options)
     if settings_file is None:
-        raise FileNotFoundError(missing_preprocessing_message(name))
+        raise FileNotFoundError(missing_preprocessing_message(where))
     return read_json(settings_file)

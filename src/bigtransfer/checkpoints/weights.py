@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .io import atomic_path
 
@@ -24,12 +24,7 @@ _STAGE_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.")
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors or torch pickle file (the latter with weights_only, so no code runs)."""
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(path)
-        except (SafetensorError, RuntimeError, OSError, ValueError) as error:
-            raise ValueError(f"Could not read weights from {path} ({error}); {DAMAGED}") from None
-    return load_torch_file(path)
+    return materialize(read_state_dict_lazily(path))
 
 
 DAMAGED = "the file is truncated, corrupt or not a checkpoint: delete it and save or download it again."
@@ -72,14 +67,15 @@ class LazyTensor:
 
 
 def read_state_dict_lazily(path: Path) -> dict[str, Any]:
-    """`read_state_dict`, but a safetensors file's tensors as `LazyTensor`s (read by `materialize`)."""
+    """A weights file's tensors by name: a safetensors file's as `LazyTensor`s (header only, read by
+    `materialize`), a torch pickle's read whole (with weights_only)."""
     if path.suffix != ".safetensors":
-        return read_state_dict(path)
+        return load_torch_file(path)
     try:
         with safe_open(path, "pt") as weights:
-            return {key: LazyTensor(path, key, weights.get_slice(key).get_shape(),
-                                    SAFETENSORS_DTYPES.get(weights.get_slice(key).get_dtype(), torch.float32))
-                    for key in weights.keys()}  # noqa: SIM118  # fmt: skip
+            slices = {key: weights.get_slice(key) for key in weights.keys()}  # noqa: SIM118 (not iterable)
+            return {key: LazyTensor(path, key, part.get_shape(), SAFETENSORS_DTYPES.get(part.get_dtype(), torch.float32))
+                    for key, part in slices.items()}  # fmt: skip
     except (SafetensorError, OSError) as error:
         raise ValueError(f"Could not read weights from {path} ({error}); {DAMAGED}") from None
 
@@ -92,21 +88,12 @@ def materialize(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
             by_file.setdefault(value.path, []).append(key)
     loaded = dict(state_dict)
     for path, keys in by_file.items():
-        with safe_open(path, "pt") as weights:
-            loaded.update({key: weights.get_tensor(state_dict[key].key) for key in keys})
-    return loaded
-
-
-def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """The name and shape of every tensor in a weights file: from a safetensors header without reading the data;
-    a torch pickle is loaded (with weights_only)."""
-    if path.suffix == ".safetensors":
         try:
             with safe_open(path, "pt") as weights:
-                return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"Could not read weights from {path} ({error}): save or download it again.") from None
-    return {key: tuple(value.shape) for key, value in read_state_dict(path).items()}
+                loaded.update({key: weights.get_tensor(state_dict[key].key) for key in keys})
+        except (SafetensorError, RuntimeError, OSError, ValueError) as error:
+            raise ValueError(f"Could not read weights from {path} ({error}); {DAMAGED}") from None
+    return loaded
 
 
 def write_state_dict(state_dict: dict[str, torch.Tensor], path: Path, safe: bool = True) -> None:

@@ -204,14 +204,6 @@ class EvalTransform:
         )  # fmt: skip
 
     # -- sizes ---------------------------------------------------------------------------------------------------
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) an image of this size comes out at."""
-        if self.do_resize:
-            height, width = resize_output_size(height, width, self.size)
-        if self.do_center_crop:
-            return self.crop_size["height"], self.crop_size["width"]
-        return height, width
-
     def fixed_size(self) -> tuple[int, int]:
         """(height, width) every image comes out at: batches (and exported graphs) need one size, so a center
         crop or a resize to an exact height and width."""
