@@ -164,7 +164,7 @@ def test_output_loading_info_returns_the_keys_and_is_not_stored(tmp_path):
     tiny_classifier().save_pretrained(tmp_path)
     model, info = BitForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert isinstance(model, BitForImageClassification) and not hasattr(model.config, "output_loading_info")
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
     _, info = BitForImageClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True,
                                                          output_loading_info=True)  # fmt: skip
     assert {key for key, _, _ in info["mismatched_keys"]} == {"classifier.1.weight", "classifier.1.bias"}

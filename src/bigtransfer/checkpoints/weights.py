@@ -177,9 +177,9 @@ def _summarise(keys: list[str], limit: int = 8) -> str:
 
 def match_state_dict(
     model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ignore_mismatched_sizes: bool, source: str
-) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
-    """Check a checkpoint against a model; return what to load and transformers' loading info (missing,
-    unexpected and mismatched keys), raising on any real disagreement."""
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Check a checkpoint against a model; return what to load and transformers' loading info (the sets of
+    missing, unexpected and mismatched keys), raising on any real disagreement."""
     expected = model.state_dict()
     state_dict, dropped_head = adapt_prefix(state_dict, set(expected), getattr(model, "base_model_prefix", "bit"))
     unexpected = [key for key in state_dict if key not in expected]
@@ -214,8 +214,9 @@ def match_state_dict(
         logger.warning("Newly initialised (absent from %s): %s", source, _summarise(missing))
     if dropped_head or unexpected:
         logger.info("Unused head weights in %s: %s", source, _summarise(dropped_head + unexpected))
-    info = {"missing_keys": missing, "unexpected_keys": dropped_head + unexpected, "error_msgs": [],
-            "mismatched_keys": [(key, tuple(shapes[key][0]), tuple(shapes[key][1])) for key in shapes]}  # fmt: skip
+    # sets, as transformers 5 reports them (its tests compare with set() and call set methods)
+    info = {"missing_keys": set(missing), "unexpected_keys": set(dropped_head + unexpected), "error_msgs": [],
+            "mismatched_keys": {(key, tuple(shapes[key][0]), tuple(shapes[key][1])) for key in shapes}}  # fmt: skip
     return {key: value for key, value in state_dict.items() if key in expected}, info
 
 
