@@ -36,7 +36,7 @@ def test_round_trip_writes_config_and_safetensors(saved):
     path, model = saved
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((path / "config.json").read_text())
-    assert config["architectures"] == ["BitForImageClassification"] and config["torch_dtype"] == "float32"
+    assert config["architectures"] == ["BitForImageClassification"] and config["dtype"] == "float32"
     assert torch.equal(logits(BitForImageClassification.from_pretrained(path)), logits(model))
 
 

@@ -161,8 +161,8 @@ def adapt_prefix(
     marker = prefix + "."
     model_has_prefix = any(key.startswith(marker) for key in model_keys)
     checkpoint_has_prefix = any(key.startswith(marker) for key in state_dict)
-    if model_has_prefix and not checkpoint_has_prefix:
-        return {marker + key: value for key, value in state_dict.items()}, []
+    if model_has_prefix and not checkpoint_has_prefix:  # keys the model has no place for keep their own names
+        return {(marker + key if marker + key in model_keys else key): value for key, value in state_dict.items()}, []
     if checkpoint_has_prefix and not model_has_prefix:
         stripped = {key[len(marker) :]: value for key, value in state_dict.items() if key.startswith(marker)}
         dropped = [key for key in state_dict if not key.startswith(marker)]
@@ -175,11 +175,21 @@ def _summarise(keys: list[str], limit: int = 8) -> str:
     return shown + (f" … and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose tensors do not fit the model. A ValueError as everywhere in bigtransfer, and a
+    RuntimeError as transformers raises for a size mismatch, so either `except` catches it."""
+
+
 def match_state_dict(
-    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ignore_mismatched_sizes: bool, source: str
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    ignore_mismatched_sizes: bool,
+    source: str,
+    strict: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Check a checkpoint against a model; return what to load and transformers' loading info (the sets of
-    missing, unexpected and mismatched keys), raising on any real disagreement."""
+    missing, unexpected and mismatched keys). With `strict`, body weights that are missing or unexpected raise
+    (a wrong checkpoint, not a new head); without it they are reported, and missing ones stay initialised."""
     expected = model.state_dict()
     state_dict, dropped_head = adapt_prefix(state_dict, set(expected), getattr(model, "base_model_prefix", "bit"))
     unexpected = [key for key in state_dict if key not in expected]
@@ -192,16 +202,17 @@ def match_state_dict(
     }
     mismatched = [f"{key}: checkpoint {tuple(ours)} vs model {tuple(theirs)}" for key, (ours, theirs) in shapes.items()]
     missing_outside_head = [key for key in missing if not key.startswith(HEAD_PREFIX)]
-    if unexpected_outside_head or missing_outside_head:
-        raise ValueError(
+    if strict and (unexpected_outside_head or missing_outside_head):
+        raise CheckpointMismatchError(
             f"The checkpoint {source} does not match this {type(model).__name__} config"
             + (f"; missing keys: {_summarise(missing_outside_head)}" if missing_outside_head else "")
             + (f"; unexpected keys: {_summarise(unexpected_outside_head)}" if unexpected_outside_head else "")
             + ". Load it with the config.json saved beside it (do not override depths/hidden_sizes/layer_type), "
-            "or pick the model class that matches the checkpoint."
+            "or pick the model class that matches the checkpoint; output_loading_info=True loads it anyway and "
+            "returns the keys that did not fit."
         )
     if mismatched and not ignore_mismatched_sizes:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"Shapes in {source} differ from this model: {_summarise(mismatched)}. To put a new head on a "
             "pretrained body (e.g. 1000 → 10 classes), pass num_labels=… together with ignore_mismatched_sizes=True."
         )
@@ -213,7 +224,12 @@ def match_state_dict(
     if missing:
         logger.warning("Newly initialised (absent from %s): %s", source, _summarise(missing))
     if dropped_head or unexpected:
-        logger.info("Unused head weights in %s: %s", source, _summarise(dropped_head + unexpected))
+        logger.log(
+            logging.WARNING if unexpected_outside_head else logging.INFO,
+            "Unused weights in %s: %s",
+            source,
+            _summarise(dropped_head + unexpected),
+        )
     # sets, as transformers 5 reports them (its tests compare with set() and call set methods)
     info = {"missing_keys": set(missing), "unexpected_keys": set(dropped_head + unexpected), "error_msgs": [],
             "mismatched_keys": {(key, tuple(shapes[key][0]), tuple(shapes[key][1])) for key in shapes}}  # fmt: skip
@@ -228,7 +244,7 @@ def resolve_dtype(torch_dtype: Any, state_dict: dict[str, torch.Tensor], config:
         floating = [value.dtype for value in state_dict.values() if value.is_floating_point()]
         if floating:
             return floating[0]
-        torch_dtype = getattr(config, "torch_dtype", None) or "float32"
+        torch_dtype = getattr(config, "dtype", None) or torch.float32
     if isinstance(torch_dtype, str):
         resolved = getattr(torch, torch_dtype.removeprefix("torch."), None)
         if not isinstance(resolved, torch.dtype):

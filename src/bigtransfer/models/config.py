@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
 from ..checkpoints.io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
@@ -16,6 +18,16 @@ from .layers import ACTIVATIONS
 logger = logging.getLogger(__name__)
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def as_dtype(value: Any) -> torch.dtype | None:
+    """A config's `dtype` as a torch dtype: JSON holds its name ("float16"), transformers 4 wrote "torch.float16"."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    resolved = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype {value!r} in the config: use 'float32', 'float16' or 'bfloat16'.")
+    return resolved
 
 
 def _check_out_features(out_features: Any, stage_names: list[str]) -> None:
@@ -104,6 +116,14 @@ class BitConfig(PushToHubMixin):
     model_type = "bit"
     layer_types = ["preactivation", "bottleneck"]
     supported_padding = [None, "SAME", "VALID"]
+    # What generic transformers code (Trainer, PEFT, accelerate, its test mixins) reads from any config: a BiT is
+    # one image encoder — no sub-configs, decoder, attention or tensor-parallel plan.
+    sub_configs: dict[str, type] = {}
+    attribute_map: dict[str, str] = {}
+    is_encoder_decoder = False
+    output_attentions = False
+    base_model_tp_plan = None
+    base_model_pp_plan = None
 
     def __init__(
         self,
@@ -178,6 +198,9 @@ class BitConfig(PushToHubMixin):
         self.return_dict = return_dict
         kwargs.pop("stage_names", None)  # derived from depths, never trusted from a file
         kwargs.pop("model_type", None)
+        self._attn_implementation = kwargs.pop("attn_implementation", None)
+        legacy_dtype = kwargs.pop("torch_dtype", None)  # transformers 4's name for it
+        self.dtype = as_dtype(kwargs.pop("dtype", None) or legacy_dtype)
         self._set_labels(num_labels, id2label, label2id)
         for key, value in kwargs.items():
             setattr(self, key, value)
@@ -194,13 +217,14 @@ class BitConfig(PushToHubMixin):
         else:
             self.num_labels = 2 if num_labels is None else num_labels
         if label2id is not None:
-            self._keep_label2id_if_consistent({str(k): int(v) for k, v in label2id.items()})
+            self._keep_label2id_if_consistent(label2id)
 
-    def _keep_label2id_if_consistent(self, label2id: dict[str, int]) -> None:
-        """A given label2id is kept when it inverts id2label (with duplicate names either index will do);
-        otherwise it is stale, e.g. written by a tool that changed id2label alone, and is rebuilt."""
-        if set(label2id) == set(self.id2label.values()) and all(self.id2label.get(i) == n for n, i in label2id.items()):
-            self.label2id = label2id
+    def _keep_label2id_if_consistent(self, label2id: dict) -> None:
+        """A given label2id is kept as given when it inverts id2label (with duplicate names either index will
+        do); otherwise it is stale, e.g. written by a tool that changed id2label alone, and is rebuilt."""
+        as_ints = {str(k): int(v) for k, v in label2id.items()}
+        if set(as_ints) == set(self.id2label.values()) and all(self.id2label.get(i) == n for n, i in as_ints.items()):
+            self.label2id = dict(label2id)
         else:
             logger.warning("label2id in the config disagrees with id2label; rebuilt it from id2label.")
 
@@ -246,13 +270,36 @@ class BitConfig(PushToHubMixin):
     def out_indices(self, value: list[int] | None) -> None:
         self._out_features, self._out_indices = align_backbone_outputs(None, value, self.stage_names)
 
+    # -- generic config surface ---------------------------------------------------------------
+    @property
+    def name_or_path(self) -> str:
+        return getattr(self, "_name_or_path", "")
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(value)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> BitConfig:
+        """The config that holds the "text" settings: for a single-model config, itself (as in transformers)."""
+        return self
+
+    def __iter__(self):
+        """The attribute names, as iterating a transformers config yields them."""
+        yield from self.to_dict()
+
     # -- serialisation ------------------------------------------------------------------------
+    def to_diff_dict(self) -> dict[str, Any]:
+        """Only the values that differ from a default BitConfig (model_type always), as transformers writes them."""
+        default = type(self)().to_dict()
+        return {key: value for key, value in self.to_dict().items() if key == "model_type" or default.get(key) != value}
+
     def to_dict(self) -> dict[str, Any]:
         output = {key: copy.deepcopy(value) for key, value in self.__dict__.items() if not key.startswith("_")}
         output["out_features"] = list(self._out_features)
         output["out_indices"] = list(self._out_indices)
         output["model_type"] = self.model_type
         output["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        output["dtype"] = str(self.dtype).removeprefix("torch.") if self.dtype is not None else None
         return dict(sorted(output.items()))
 
     def to_json_string(self) -> str:

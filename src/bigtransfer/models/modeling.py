@@ -6,6 +6,7 @@ move between the two libraries unchanged.
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import BitConfig
+from .config import BitConfig, as_dtype
 from .layers import (
     DropPath,
     DynamicPad2d,
@@ -188,6 +189,10 @@ class BitStage(nn.Module):
         self.checkpointed: frozenset[int] = frozenset()  # blocks whose activations are recomputed in backward
         self.checkpoint_call: Callable[..., torch.Tensor] = checkpoint
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return bool(self.checkpointed)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.checkpointed or not (self.training and torch.is_grad_enabled()):
             return self.layers(x)
@@ -236,6 +241,69 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
     config_class = BitConfig
     base_model_prefix = "bit"
     main_input_name = "pixel_values"
+    # What generic transformers code (Trainer, PEFT, accelerate, its test mixins) reads from any model, with
+    # transformers' values for BiT: nothing tied, ignored on load, kept in float32 or exempt from device splits.
+    _no_split_modules = ["BitEmbeddings"]
+    _keys_to_ignore_on_load_missing = None
+    _keys_to_ignore_on_load_unexpected = None
+    _keep_in_fp32_modules: frozenset[str] = frozenset()
+    _keep_in_fp32_modules_strict: frozenset[str] = frozenset()
+    _tied_weights_keys = None
+    _supports_sdpa = _supports_flash_attn = _supports_flex_attn = False
+
+    @classmethod
+    def from_config(cls, config: BitConfig, dtype: torch.dtype | str | None = None, **_: Any):
+        """A randomly initialised model for `config` (transformers' AutoModel.from_config path), in `dtype`
+        (default: the config's, else float32); attention options are accepted and mean nothing for a BiT."""
+        model = cls(config)
+        target = as_dtype(dtype) or config.dtype
+        return model.to(target) if target is not None else model
+
+    _from_config = from_config
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return False
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        return False
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nn.Module:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no input embeddings: a BiT starts with a convolution on pixels "
+            "(`enable_input_require_grads()` works without them)."
+        )
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def enable_input_require_grads(self) -> None:
+        """Make the stem's output require grad, so reentrant checkpointing of frozen early blocks still
+        back-propagates (what transformers does through the input embeddings, which a BiT lacks)."""
+        self._require_grads_hook = self.base_model.embedder.register_forward_hook(
+            lambda _m, _i, output: output.requires_grad_(True)
+        )
+
+    def disable_input_require_grads(self) -> None:
+        hook = getattr(self, "_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+            del self._require_grads_hook
+
+    def post_init(self) -> None:
+        """Run at the end of each model's __init__, as in transformers: `gradient_checkpointing` in an older
+        config turns activation checkpointing on."""
+        if getattr(self.config, "gradient_checkpointing", False):
+            self.activation_checkpointing_enable()
 
     def __init__(self, config: BitConfig):
         super().__init__()
@@ -278,6 +346,8 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
 
     @property
     def is_activation_checkpointing(self) -> bool:
+        """True when any block recomputes its activations in backward (each stage says so as
+        `gradient_checkpointing`, the per-module flag transformers' layers carry)."""
         return any(stage.checkpointed for stage in self._stages())
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
@@ -320,6 +390,7 @@ class BitModel(BitPreTrainedModel):
         )
         self.pooler = nn.AdaptiveAvgPool2d((1, 1))
         self.init_weights()
+        self.post_init()
 
     def forward(
         self,
@@ -370,6 +441,7 @@ class BitForImageClassification(BitPreTrainedModel):
         self.bit = BitModel(config)
         head = nn.Linear(self.bit.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.classifier = nn.Sequential(nn.Flatten(), head)
+        self.post_init()
 
     def forward(
         self,
@@ -389,16 +461,26 @@ class BitForImageClassification(BitPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss, logits, outputs.hidden_states)
 
 
+class BackboneType(str, enum.Enum):
+    """transformers' names for where a backbone comes from; a BitBackbone is the transformers kind."""
+
+    TIMM = "timm"
+    TRANSFORMERS = "transformers"
+
+
 class BitBackbone(BitPreTrainedModel):
     """Multi-scale features for detection/segmentation heads: the raw outputs of the chosen stages.
 
     Stages after the last requested one are not run (transformers runs the whole network).
     """
 
+    backbone_type = BackboneType.TRANSFORMERS
+
     def __init__(self, config: BitConfig):
         super().__init__(config)
         self.bit = BitModel(config)
         self.num_features = [stem_width(config)] + stage_widths(config)
+        self.post_init()
 
     @property
     def stage_names(self) -> list[str]:

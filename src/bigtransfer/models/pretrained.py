@@ -58,7 +58,18 @@ class PretrainedMixin(PushToHubMixin):
         (`.safetensors`/`.pth`) or `timm/<model>` Hub id, or a name such as "BiT-M-R50x1". As in transformers,
         `state_dict=` supplies the weights (with `config=`, no checkpoint is read at all: pass None as the path),
         and `output_loading_info=True` also returns the missing, unexpected and mismatched keys.
+
+        Body weights that are missing from the checkpoint, or that the model has no place for, raise: the
+        checkpoint is for another architecture, and a model left half-random would be silently wrong. With
+        `output_loading_info=True` the caller gets the keys back instead, and the load goes ahead as in
+        transformers (missing weights stay initialised). A new head is never an error.
         """
+        if torch.get_default_device().type == "meta":
+            raise RuntimeError(
+                "You are using `from_pretrained` with a meta device context manager (`with torch.device('meta')`): "
+                "the weights would be discarded. Call from_pretrained outside it; to build an empty model for "
+                f"its shapes, use `{cls.__name__}(config)` inside it."
+            )
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments, got {model_args}.")
         hub_options = {key: kwargs.pop(key) for key in HUB_LOADING_OPTIONS if key in kwargs}
@@ -81,7 +92,9 @@ class PretrainedMixin(PushToHubMixin):
         source = str(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else "state_dict"
         with torch.device("meta"):  # shapes only: a config that disagrees with the weights allocates nothing
             skeleton = cls(config)
-        to_load, loading_info = match_state_dict(skeleton, weights, ignore_mismatched_sizes, source)
+        to_load, loading_info = match_state_dict(
+            skeleton, weights, ignore_mismatched_sizes, source, strict=not output_loading_info
+        )
         model = cls(config)
         model.load_state_dict(materialize(to_load), strict=False)
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
@@ -102,7 +115,7 @@ class PretrainedMixin(PushToHubMixin):
             raise NotADirectoryError(f"{save_directory} is a file: save_pretrained needs a directory path.")
         save_directory.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
-        self.config.torch_dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+        self.config.dtype = next(self.parameters()).dtype
         weights = save_directory / (SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS)
         write_state_dict(self.state_dict(), weights, safe_serialization)
         _remove_stale_weights(save_directory, keep=weights.name)

@@ -8,13 +8,14 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options
-from ..checkpoints.io import atomic_write_text
+from ..checkpoints.io import atomic_write_text, read_json
 from ..checkpoints.sources import preprocessing_settings
 from .transform import EvalTransform, Resampling
 
@@ -71,6 +72,45 @@ def _own_copy(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+class BitImageProcessorKwargs(TypedDict, total=False):
+    """The keyword arguments a processor takes, at construction and per call: transformers 5's typed
+    declaration (`valid_kwargs`), which its Auto classes and processor tests read."""
+
+    do_convert_rgb: bool | None
+    do_resize: bool | None
+    size: dict[str, int] | int | None
+    default_to_square: bool
+    crop_size: dict[str, int] | int | None
+    resample: int | None
+    do_rescale: bool | None
+    rescale_factor: float | None
+    do_normalize: bool | None
+    image_mean: float | list[float] | None
+    image_std: float | list[float] | None
+    do_pad: bool | None
+    pad_size: dict[str, int] | None
+    do_center_crop: bool | None
+    data_format: str | None
+    input_data_format: str | None
+    return_tensors: str | None
+
+
+def pad_images(images: list, pad_size: dict[str, int] | None) -> list:
+    """Zero-pad C×H×W images (arrays or tensors) at the bottom and right to `pad_size`, or to the largest
+    image of the batch, after normalisation, as transformers pads."""
+    height = pad_size["height"] if pad_size else max(image.shape[-2] for image in images)
+    width = pad_size["width"] if pad_size else max(image.shape[-1] for image in images)
+    too_big = [tuple(image.shape[-2:]) for image in images if image.shape[-2] > height or image.shape[-1] > width]
+    if too_big:
+        raise ValueError(f"pad_size {height}×{width} is smaller than images of size {too_big}: enlarge pad_size.")
+    return [
+        F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]))
+        if isinstance(image, torch.Tensor)
+        else np.pad(image, ((0, 0), (0, height - image.shape[-2]), (0, width - image.shape[-1])))
+        for image in images
+    ]
+
+
 class BatchFeature(dict):
     """`batch["pixel_values"]` or `batch.pixel_values`; `.to(device)` moves tensors."""
 
@@ -111,11 +151,27 @@ class ProcessorBase(PushToHubMixin):
     """Settings with transformers' names and defaults; per-call keyword arguments override them."""
 
     model_input_names = ["pixel_values"]
-    default_to_square = False
+    valid_kwargs = BitImageProcessorKwargs
     _setting_names = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-        "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+        "do_normalize", "image_mean", "image_std", "do_convert_rgb", "do_pad", "pad_size",
     )  # fmt: skip
+    # transformers' BiT defaults as class attributes, where transformers 5 declares them; a switch passed
+    # explicitly as None stays None (off), also through save and load.
+    do_resize = True
+    size = {"shortest_edge": 224}
+    default_to_square = False
+    resample = Resampling.BICUBIC
+    do_center_crop = True
+    crop_size = {"height": 224, "width": 224}
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    do_convert_rgb = True
+    do_pad = None
+    pad_size = None
 
     def __init__(
         self,
@@ -130,6 +186,8 @@ class ProcessorBase(PushToHubMixin):
         image_mean: float | list[float] | None = None,
         image_std: float | list[float] | None = None,
         do_convert_rgb: bool = True,
+        do_pad: bool | None = None,
+        pad_size: Any = None,
         **kwargs: Any,
     ):
         self.do_resize = do_resize
@@ -143,9 +201,13 @@ class ProcessorBase(PushToHubMixin):
         self.image_mean = _own_copy(OPENAI_CLIP_MEAN if image_mean is None else image_mean)
         self.image_std = _own_copy(OPENAI_CLIP_STD if image_std is None else image_std)
         self.do_convert_rgb = do_convert_rgb
+        self.do_pad = do_pad
+        self.pad_size = size_dict(pad_size, "pad_size", True)
         kwargs.pop("image_processor_type", None)
         kwargs.pop("processor_class", None)
-        self.extra = kwargs  # e.g. fields a newer transformers writes; kept for the JSON round trip
+        # Fields a newer transformers writes, kept for the JSON round trip; private ones (`_from_auto` …) are
+        # the loader's bookkeeping, not settings.
+        self.extra = {key: value for key, value in kwargs.items() if not key.startswith("_")}
 
     # -- per-call settings ---------------------------------------------------------------------
     def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +223,7 @@ class ProcessorBase(PushToHubMixin):
         merged.update({k: v for k, v in overrides.items() if k in self._setting_names and v is not None})
         merged["size"] = size_dict(merged["size"], "size", self.default_to_square)
         merged["crop_size"] = size_dict(merged["crop_size"], "crop_size", True)
+        merged["pad_size"] = size_dict(merged["pad_size"], "pad_size", True)
         merged["resample"] = Resampling(merged["resample"])
         if merged["do_center_crop"] and not {"height", "width"} <= set(merged["crop_size"]):
             raise ValueError(f"crop_size must have 'height' and 'width', got {merged['crop_size']}.")
@@ -177,9 +240,14 @@ class ProcessorBase(PushToHubMixin):
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The settings as preprocessor_config.json holds them; padding only when set, as transformers writes."""
         output = {name: getattr(self, name) for name in self._setting_names}
+        for name in ("do_pad", "pad_size"):
+            if output[name] is None:
+                del output[name]
         output["resample"] = int(self.resample)
-        output["image_processor_type"] = type(self).__name__
+        # One type for both, as transformers 5 writes it: the backend is a loading choice, not a setting.
+        output["image_processor_type"] = "BitImageProcessor"
         return {**self.extra, **output}
 
     def to_json_string(self) -> str:
@@ -194,6 +262,10 @@ class ProcessorBase(PushToHubMixin):
         save_directory.mkdir(parents=True, exist_ok=True)
         self.to_json_file(save_directory / PROCESSOR_CONFIG_NAME)
         return [str(save_directory / PROCESSOR_CONFIG_NAME)]
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike):
+        return cls.from_dict(read_json(Path(path)))
 
     @classmethod
     def from_dict(cls, processor_dict: dict[str, Any], **overrides: Any):

@@ -6,7 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import BatchFeature, ProcessorBase, output_layout, parallel_map, stack_output
+from .base import (
+    BatchFeature,
+    BitImageProcessorKwargs,
+    ProcessorBase,
+    output_layout,
+    pad_images,
+    parallel_map,
+    stack_output,
+)
 from .decoding import flatten_images, to_channels_first
 from .transform import EvalTransform, mean_and_std
 
@@ -17,6 +25,8 @@ class BitImageProcessor(ProcessorBase):
     Accepts file paths (EXIF orientation applied), PIL images of any mode (transparency composited
     onto white), numpy arrays and torch tensors (H×W×C or C×H×W), and lists or batches of them.
     """
+
+    valid_kwargs = BitImageProcessorKwargs
 
     def preprocess(
         self,
@@ -32,6 +42,8 @@ class BitImageProcessor(ProcessorBase):
             return self.process_one(to_channels_first(image, settings["do_convert_rgb"], input_data_format), settings)
 
         processed = parallel_map(process, flatten_images(images, input_data_format))
+        if settings["do_pad"]:
+            processed = pad_images(processed, settings["pad_size"])
         if data_format == "channels_last":
             processed = [np.moveaxis(image, 0, -1) for image in processed]
         return BatchFeature(pixel_values=stack_output(processed, return_tensors))

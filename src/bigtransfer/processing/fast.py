@@ -7,10 +7,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .base import BatchFeature, ProcessorBase, output_layout, parallel_map, size_dict, stack_output
+from .base import (
+    BatchFeature,
+    BitImageProcessorKwargs,
+    ProcessorBase,
+    output_layout,
+    pad_images,
+    parallel_map,
+    stack_output,
+)
 from .decoding import flatten_images, load_image, load_image_path, open_checked, pil_to_rgb, to_channels_first
 from .transform import EvalTransform, resize_output_size
 
@@ -56,6 +63,14 @@ def _needs_decoding(images: list[Any]) -> bool:
     return any(isinstance(i, (str, os.PathLike)) or (isinstance(i, Image.Image) and i.mode != "RGB") for i in images)
 
 
+class BitImageProcessorFastKwargs(BitImageProcessorKwargs, total=False):
+    """The exact processor's keyword arguments, and where the fast one runs and decodes."""
+
+    device: str | None
+    num_workers: int | None
+    draft: bool
+
+
 class BitImageProcessorFast(ProcessorBase):
     """Same settings and output as `BitImageProcessor` (to ≤ 1 uint8 level), built for throughput.
 
@@ -65,20 +80,15 @@ class BitImageProcessorFast(ProcessorBase):
     `draft=True` additionally decodes large JPEG files at a reduced scale (much faster, slightly further from
     the exact output)."""
 
-    def __init__(
-        self, *args: Any, do_pad: bool = False, pad_size: Any = None, device: Any = None, draft: bool = False, **kwargs
-    ):
+    valid_kwargs = BitImageProcessorFastKwargs
+
+    def __init__(self, *args: Any, device: Any = None, draft: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.do_pad = do_pad
-        self.pad_size = size_dict(pad_size, "pad_size", True)
         self.device = device
         self.draft = draft
 
     def _call_options(self) -> tuple[str, ...]:
-        return (*super()._call_options(), "device", "do_pad", "pad_size", "num_workers", "draft")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "do_pad": self.do_pad, "pad_size": self.pad_size}
+        return (*super()._call_options(), "device", "num_workers", "draft")
 
     def preprocess(
         self,
@@ -87,8 +97,6 @@ class BitImageProcessorFast(ProcessorBase):
         data_format: str | None = "channels_first",
         input_data_format: str | None = None,
         device: Any = None,
-        do_pad: bool | None = None,
-        pad_size: Any = None,
         num_workers: int | None = None,
         draft: bool | None = None,
         **overrides: Any,
@@ -100,8 +108,8 @@ class BitImageProcessorFast(ProcessorBase):
         workers = num_workers or (None if _needs_decoding(flat) else 1)
         decoded = parallel_map(lambda image: _decode(image, settings, input_data_format, use_draft), flat, workers)
         processed = self._process_grouped(decoded, settings, device)
-        if do_pad if do_pad is not None else self.do_pad:
-            processed = self._pad(processed, size_dict(pad_size, "pad_size", True) or self.pad_size)
+        if settings["do_pad"]:
+            processed = pad_images(processed, settings["pad_size"])
         if data_format == "channels_last":
             processed = [image.permute(1, 2, 0) for image in processed]  # a batch iterates as its images
         return BatchFeature(pixel_values=stack_output(processed, return_tensors))
@@ -129,13 +137,3 @@ class BitImageProcessorFast(ProcessorBase):
         """The evaluation transform on a whole batch: its torch geometry, then its `normalise`."""
         transform = EvalTransform.from_settings(settings)
         return transform.normalise(transform.batch_geometry(batch))
-
-    @staticmethod
-    def _pad(images: list[torch.Tensor], pad_size: dict[str, int] | None) -> list[torch.Tensor]:
-        """Zero-pad bottom/right to `pad_size`, or to the largest image of the batch."""
-        height = pad_size["height"] if pad_size else max(image.shape[-2] for image in images)
-        width = pad_size["width"] if pad_size else max(image.shape[-1] for image in images)
-        too_big = [tuple(image.shape[-2:]) for image in images if image.shape[-2] > height or image.shape[-1] > width]
-        if too_big:
-            raise ValueError(f"pad_size {height}×{width} is smaller than images of size {too_big}: enlarge pad_size.")
-        return [F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
