@@ -27,6 +27,7 @@ from .layers import (
 )
 from .outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from .pretrained import PretrainedMixin
+from .timm_surface import TimmBackboneMixin, TimmClassifierMixin, TimmFeaturesMixin
 
 BOTTLE_RATIO = 0.25
 
@@ -305,7 +306,7 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
         )
 
 
-class BitModel(BitPreTrainedModel):
+class BitModel(TimmFeaturesMixin, BitPreTrainedModel):
     """Feature extractor: stem, stages, final GN+act (preact only) and global average pooling."""
 
     def __init__(self, config: BitConfig):
@@ -362,7 +363,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: BitC
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-class BitForImageClassification(BitPreTrainedModel):
+class BitForImageClassification(TimmClassifierMixin, BitPreTrainedModel):
     """BitModel + Flatten + Linear head (Identity when num_labels == 0)."""
 
     def __init__(self, config: BitConfig):
@@ -389,7 +390,7 @@ class BitForImageClassification(BitPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss, logits, outputs.hidden_states)
 
 
-class BitBackbone(BitPreTrainedModel):
+class BitBackbone(TimmBackboneMixin, BitPreTrainedModel):
     """Multi-scale features for detection/segmentation heads: the raw outputs of the chosen stages.
 
     Stages after the last requested one are not run (transformers runs the whole network).
