@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any
 from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
 from ..checkpoints.io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
+from .transformers_auto import split_auto_call
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class BitConfig(PushToHubMixin):
     """
 
     model_type = "bit"
+    sub_configs: dict = {}  # transformers' Auto classes look for nested configs here; a BiT has none
     layer_types = ["preactivation", "bottleneck"]
     supported_padding = [None, "SAME", "VALID"]
 
@@ -263,6 +266,7 @@ class BitConfig(PushToHubMixin):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> BitConfig:
+        overrides, auto_call = split_auto_call(overrides, set(config_dict) | set(inspect.signature(cls).parameters))
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(
@@ -280,7 +284,7 @@ class BitConfig(PushToHubMixin):
         if "depths" in overrides and not {"out_features", "out_indices"} & set(overrides):
             merged.pop("out_features", None)
             merged.pop("out_indices", None)
-        return cls(**merged)
+        return auto_call.result(cls(**merged))
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BitConfig:

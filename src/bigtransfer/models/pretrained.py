@@ -16,7 +16,7 @@ from .config import BitConfig
 # transformers' loading options that change nothing for a BiT on this path: accepted, never stored in the config.
 IGNORED_LOADING_OPTIONS = (
     "low_cpu_mem_usage", "trust_remote_code", "attn_implementation", "use_safetensors", "weights_only",
-    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping",
+    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping", "adapter_kwargs",
 )  # fmt: skip
 HUB_LOADING_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 
@@ -118,6 +118,17 @@ class PretrainedMixin(PushToHubMixin):
         return sum(
             p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings
         )
+
+    @classmethod
+    def _from_config(cls, config: BitConfig, **kwargs: Any):
+        """A new model of `config`, as transformers' `AutoModel.from_config` builds one; `dtype` casts it."""
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, {}, config)
+        unknown = sorted(set(kwargs) - set(IGNORED_LOADING_OPTIONS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}._from_config got unexpected options {unknown}.")
+        model = cls(config)
+        return model.to(dtype) if dtype is not None else model
 
     @property
     def device(self) -> torch.device:

@@ -205,6 +205,7 @@ class ProcessorBase(PushToHubMixin):
         local path's preprocessor_config.json (or that file itself); else what a bundled model, zoo name, original
         BiT .npz or timm weights imply, or a Hub repo's file. kwargs override them."""
         hub_options = pop_hub_options(kwargs)
+        kwargs.pop("_from_auto", None)  # transformers' AutoImageProcessor marks its calls
         settings = preprocessing_settings(name_or_path, kwargs.pop("subfolder", ""), hub_options)
         return cls.from_dict(settings, **kwargs)
 
