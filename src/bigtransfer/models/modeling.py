@@ -25,6 +25,7 @@ from .layers import (
     activation,
     make_div,
 )
+from .model_card import ModelCardMixin
 from .outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from .pretrained import PretrainedMixin
 from .timm_surface import TimmBackboneMixin, TimmClassifierMixin, TimmFeaturesMixin
@@ -231,7 +232,7 @@ class BitEncoder(nn.Module):
         return outputs
 
 
-class BitPreTrainedModel(PretrainedMixin, nn.Module):
+class BitPreTrainedModel(ModelCardMixin, PretrainedMixin, nn.Module):
     """Shared weight init and checkpoint IO of the BiT models."""
 
     config_class = BitConfig

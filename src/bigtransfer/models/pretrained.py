@@ -94,9 +94,12 @@ class PretrainedMixin(PushToHubMixin):
         model.eval()
         return (model, loading_info) if output_loading_info else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **_: Any) -> list:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, safe_serialization: bool = True, model_card: bool = False, **_: Any
+    ) -> list:
         """Write config.json and model.safetensors (or pytorch_model.bin), each whole or not at all; weight files
-        of the other format left by an earlier save are removed, so what loads is what was saved."""
+        of the other format left by an earlier save are removed, so what loads is what was saved. `model_card`
+        also writes README.md (as `push_to_hub` does), unless the folder has a README.md of its user's."""
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise NotADirectoryError(f"{save_directory} is a file: save_pretrained needs a directory path.")
@@ -107,7 +110,8 @@ class PretrainedMixin(PushToHubMixin):
         write_state_dict(self.state_dict(), weights, safe_serialization)
         _remove_stale_weights(save_directory, keep=weights.name)
         self.config.save_pretrained(save_directory)
-        return [str(weights), str(save_directory / "config.json")]
+        card = self._write_model_card(save_directory, repo_id=None) if model_card else []
+        return [str(weights), str(save_directory / "config.json"), *card]
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count, as transformers counts it; `exclude_embeddings` leaves out nn.Embedding tables,
