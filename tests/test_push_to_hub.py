@@ -1,5 +1,6 @@
 """push_to_hub on models, configs and processors, checked at the huggingface_hub boundary (HfApi's
-create_repo and upload_folder stand in for the network): what arrives is what from_pretrained reads."""
+create_repo, upload_folder, file_exists and hf_hub_download stand in for the network): what arrives is what
+from_pretrained reads, with a model card that never replaces the README of the repo's owner."""
 
 import shutil
 from types import SimpleNamespace
@@ -7,9 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers
+import yaml
 from huggingface_hub import HfApi
+from safetensors import safe_open
 
-from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessorFast
+from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessorFast, BitModel
+from bigtransfer.checkpoints.catalogue import BUNDLED_MODELS, bundled_model
 from helpers import TINY
 
 
@@ -27,8 +31,16 @@ def hub(tmp_path, monkeypatch):
         shutil.copytree(folder_path, tmp_path / "hub" / repo_id, dirs_exist_ok=True)
         return f"https://huggingface.co/{repo_id}/commit/0123abc"
 
+    def file_exists(self, repo_id, filename, revision=None, **kwargs):
+        return (tmp_path / "hub" / repo_id / filename).is_file()
+
+    def hf_hub_download(self, repo_id, filename, revision=None, **kwargs):
+        return str(tmp_path / "hub" / repo_id / filename)
+
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "file_exists", file_exists)
+    monkeypatch.setattr(HfApi, "hf_hub_download", hf_hub_download)
     return tmp_path / "hub", calls
 
 
@@ -43,7 +55,7 @@ def test_a_pushed_model_config_and_processor_load_back_here_and_in_transformers(
     assert calls[1][2] == {"commit_message": "first", "commit_description": None, "revision": "dev", "create_pr": False}
     assert calls[3][2]["commit_message"] == "Upload BitImageProcessorFast" and calls[3][2]["create_pr"] is True
     assert {p.name for p in (remote / "me" / "tiny-bit").iterdir()} == {
-        "config.json", "model.safetensors", "preprocessor_config.json"
+        "config.json", "model.safetensors", "preprocessor_config.json", "README.md"
     }  # fmt: skip
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -70,3 +82,52 @@ def test_an_unreachable_hub_says_how_to_upload_later(monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", offline)
     with pytest.raises(OSError, match=r"Could not push to 'me/x'.*Name or service not known.*hf upload me/x DIR"):
         BitConfig(**TINY).push_to_hub("me/x")
+
+
+def pushed_card(remote, repo_id) -> tuple[dict, str]:
+    text = (remote / repo_id / "README.md").read_text()
+    _, metadata, body = text.split("---\n", 2)
+    return yaml.safe_load(metadata), body
+
+
+def test_a_pushed_model_has_a_card_with_the_hubs_metadata(hub):
+    remote, _ = hub
+    BitForImageClassification(BitConfig(**TINY, id2label={0: "cat", 1: "dog", 2: "cup"})).push_to_hub("tiny-bit")
+    metadata, body = pushed_card(remote, "me/tiny-bit")
+    assert metadata == {"library_name": "bigtransfer", "pipeline_tag": "image-classification",
+                        "tags": ["bit", "big-transfer", "image-classification"]}  # fmt: skip
+    assert body.startswith("<!-- bigtransfer:model-card") and "# tiny-bit" in body and "| 2 | cup |" in body
+    assert 'BitForImageClassification.from_pretrained("me/tiny-bit")' in body
+    assert 'AutoModelForImageClassification.from_pretrained("me/tiny-bit")' in body
+    BitModel(BitConfig(**TINY)).push_to_hub("me/features")
+    assert pushed_card(remote, "me/features")[0]["pipeline_tag"] == "image-feature-extraction"
+
+
+def test_a_bundled_model_is_pushed_with_its_license_and_resolution(hub):
+    remote, _ = hub
+    BitForImageClassification.from_pretrained("bit-tiny-fashion5").push_to_hub("me/fashion")
+    metadata, body = pushed_card(remote, "me/fashion")
+    assert metadata["license"] == "apache-2.0" and "| 4 | Coat |" in body and "resized to 32×32 px" in body
+
+
+def test_the_readme_of_the_repos_owner_is_kept_and_ours_is_replaced(hub):
+    remote, calls = hub
+    (remote / "me" / "mine").mkdir(parents=True)
+    (remote / "me" / "mine" / "README.md").write_text("# Our model\n\nHand-written.\n")
+    model = BitForImageClassification(BitConfig(**TINY))
+    model.push_to_hub("me/mine")
+    assert (remote / "me" / "mine" / "README.md").read_text() == "# Our model\n\nHand-written.\n"
+    assert (remote / "me" / "mine" / "model.safetensors").is_file() and calls[-1][0] == "upload_folder"
+    model.push_to_hub("me/ours")
+    model.reset_classifier(4)
+    model.push_to_hub("me/ours")
+    assert "| 3 | LABEL_3 |" in pushed_card(remote, "me/ours")[1]
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_MODELS))
+def test_safetensors_files_say_they_hold_pytorch_tensors(tmp_path, name):
+    """The header's {"format": "pt"}, which transformers' loader checks: in what we save and what we ship."""
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained(tmp_path)
+    for path in (tmp_path / "model.safetensors", bundled_model(name) / "model.safetensors"):
+        with safe_open(path, "pt") as weights:
+            assert weights.metadata() == {"format": "pt"}

@@ -89,9 +89,9 @@ def test_backbone_type_names_the_transformers_kind():
 
 def test_from_config_builds_in_the_requested_dtype():
     config = BitConfig(**TINY)
-    assert BitForImageClassification.from_config(config, dtype=torch.bfloat16).dtype is torch.bfloat16
+    assert BitForImageClassification._from_config(config, dtype=torch.bfloat16).dtype is torch.bfloat16
     assert BitForImageClassification._from_config(BitConfig(**TINY, dtype="float16")).dtype is torch.float16
-    assert BitForImageClassification.from_config(config).dtype is torch.float32
+    assert BitForImageClassification._from_config(config).dtype is torch.float32
 
 
 def test_from_pretrained_refuses_a_meta_device_context(tmp_path):

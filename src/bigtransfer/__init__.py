@@ -2,6 +2,7 @@
 
 from . import _moved
 from .checkpoints.hub import package_version
+from .inference.auto_classes import register, unregister
 from .inference.pipelines import pipeline
 from .models.config import BitConfig
 from .models.modeling import BitBackbone, BitForImageClassification, BitModel, BitPreTrainedModel
@@ -21,5 +22,7 @@ __all__ = [
     "BitModel",
     "BitPreTrainedModel",
     "pipeline",
+    "register",
+    "unregister",
 ]
 __version__ = package_version()

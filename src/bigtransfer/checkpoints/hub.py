@@ -179,6 +179,31 @@ def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", *
     raise FileNotFoundError(message)
 
 
+MODEL_CARD_NAME = "README.md"
+# Opens the body of the README.md that bigtransfer writes: a README without it is the user's, never replaced.
+GENERATED_CARD_MARK = "<!-- bigtransfer:model-card"
+
+
+def is_generated_card(text: str) -> bool:
+    return GENERATED_CARD_MARK in text
+
+
+def _users_card_on_hub(api: Any, repo_id: str, revision: str | None) -> bool:
+    """Whether the repo already holds a README.md that bigtransfer did not write, which a push leaves as it is."""
+    if not api.file_exists(repo_id, MODEL_CARD_NAME, revision=revision):
+        return False
+    card = Path(api.hf_hub_download(repo_id, MODEL_CARD_NAME, revision=revision))
+    return not is_generated_card(card.read_text(encoding="utf-8", errors="replace"))
+
+
+def _push_failed(repo_id: str, error: Exception) -> OSError:
+    return OSError(
+        f"Could not push to {repo_id!r} on the Hugging Face Hub ({type(error).__name__}: {error}): check "
+        f"the connection and that your token may write there (`hf auth login`); or save with "
+        f"`save_pretrained(DIR)` and upload later with `hf upload {repo_id} DIR`."
+    )
+
+
 class PushToHubMixin:
     """`push_to_hub` as transformers' models, configs and processors have it: `save_pretrained` into a
     temporary folder, then one commit to the repo (created when missing)."""
@@ -194,7 +219,8 @@ class PushToHubMixin:
         revision: str | None = None,
         create_pr: bool = False,
     ) -> Any:
-        """Upload what `save_pretrained` writes; returns huggingface_hub's CommitInfo (its URL as a str)."""
+        """Upload what `save_pretrained` writes, and a model's card (README.md) unless the repo has a README of
+        its user's; returns huggingface_hub's CommitInfo (its URL as a str)."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
@@ -202,6 +228,12 @@ class PushToHubMixin:
             self.save_pretrained(folder)
             try:
                 repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
+                raise _push_failed(repo_id, error) from error
+            card_written = self._write_model_card(Path(folder), repo_id)
+            try:
+                if card_written and _users_card_on_hub(api, repo_id, revision):
+                    (Path(folder) / MODEL_CARD_NAME).unlink()
                 return api.upload_folder(
                     repo_id=repo_id,
                     folder_path=folder,
@@ -210,9 +242,10 @@ class PushToHubMixin:
                     revision=revision,
                     create_pr=create_pr,
                 )
-            except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
-                raise OSError(
-                    f"Could not push to {repo_id!r} on the Hugging Face Hub ({type(error).__name__}: {error}): check "
-                    f"the connection and that your token may write there (`hf auth login`); or save with "
-                    f"`save_pretrained(DIR)` and upload later with `hf upload {repo_id} DIR`."
-                ) from error
+            except Exception as error:
+                raise _push_failed(repo_id, error) from error
+
+    def _write_model_card(self, directory: Path, repo_id: str | None) -> list[str]:
+        """Write README.md into a folder being saved or pushed; returns what was written. Models have a card
+        (models/model_card.py); configs and processors have none."""
+        return []

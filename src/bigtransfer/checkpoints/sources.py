@@ -183,6 +183,52 @@ def timm_processor_settings(pretrained: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+# What a processor settings file means by a key it leaves out: transformers' BitImageProcessor defaults, which
+# ProcessorBase (processing/base.py) takes too (tests/test_timm_surface.py holds the two together).
+PROCESSOR_DEFAULTS = dict(
+    do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224, do_normalize=True,
+    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+)  # fmt: skip
+PIL_FILTER_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _square(value: Any) -> dict[str, int]:
+    return {"height": value, "width": value} if isinstance(value, int) else dict(value)
+
+
+def _crop_pct(crop: int, resize: int) -> float:
+    """crop / resize, nudged down where float rounding would make timm's floor(crop / crop_pct) miss `resize`."""
+    crop_pct = crop / resize
+    while math.floor(crop / crop_pct) < resize:
+        crop_pct = math.nextafter(crop_pct, 0.0)
+    return crop_pct
+
+
+def timm_pretrained_cfg(processor_settings: dict[str, Any], channels: int = 3) -> dict[str, Any]:
+    """Processor settings as timm's data config (input_size, crop_pct, crop_mode, interpolation, mean, std), which
+    `timm.data.resolve_model_data_config` and `create_transform` turn back into the same resize and crop: the
+    inverse of `timm_processor_settings`. A shortest-edge resize without a crop keeps each image's aspect ratio,
+    which timm cannot say: it becomes a square center crop of that edge."""
+    settings = {**PROCESSOR_DEFAULTS, **processor_settings}
+    size = {"shortest_edge": settings["size"]} if isinstance(settings["size"], int) else dict(settings["size"])
+    squash = "height" in size  # a resize to an exact height and width, not keeping the aspect ratio
+    resize = next(size[key] for key in ("height", "shortest_edge", "longest_edge", "max_height") if key in size)
+    height, width = (size["height"], size["width"]) if squash else (resize, resize)
+    crop_pct = 1.0
+    if settings["do_center_crop"]:
+        crop = _square(settings["crop_size"])
+        height, width = crop["height"], crop["width"]
+        crop_pct = _crop_pct(height, resize) if settings["do_resize"] else 1.0
+    normalise = settings["do_normalize"]
+    mean, std = (settings["image_mean"], settings["image_std"]) if normalise else (0.0, 1.0)
+    return dict(
+        input_size=(channels, height, width), crop_pct=crop_pct, crop_mode="squash" if squash else "center",
+        interpolation=PIL_FILTER_NAMES[int(settings["resample"])],
+        mean=tuple(mean) if isinstance(mean, (list, tuple)) else (float(mean),) * channels,
+        std=tuple(std) if isinstance(std, (list, tuple)) else (float(std),) * channels,
+    )  # fmt: skip
+
+
 def timm_weights_preprocessing(path: Path) -> dict[str, Any] | None:
     """What timm evaluates a BiT weights file with, judged from its tensors' shapes (a safetensors header is read,
     not its data); None when the file is not timm's. A 1000-class head is taken for the ILSVRC-2012 fine-tune

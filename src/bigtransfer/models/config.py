@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import torch
 from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
 from ..checkpoints.io import atomic_write_text, read_json
 from .layers import ACTIVATIONS
+from .transformers_auto import split_auto_call
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +312,7 @@ class BitConfig(PushToHubMixin):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> BitConfig:
+        overrides, auto_call = split_auto_call(overrides, set(config_dict) | set(inspect.signature(cls).parameters))
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(
@@ -327,7 +330,7 @@ class BitConfig(PushToHubMixin):
         if "depths" in overrides and not {"out_features", "out_indices"} & set(overrides):
             merged.pop("out_features", None)
             merged.pop("out_indices", None)
-        return cls(**merged)
+        return auto_call.result(cls(**merged))
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BitConfig:

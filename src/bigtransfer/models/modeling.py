@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import BitConfig, as_dtype
+from .config import BitConfig
 from .layers import (
     DropPath,
     DynamicPad2d,
@@ -26,8 +26,10 @@ from .layers import (
     activation,
     make_div,
 )
+from .model_card import ModelCardMixin
 from .outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from .pretrained import PretrainedMixin
+from .timm_surface import TimmBackboneMixin, TimmClassifierMixin, TimmFeaturesMixin
 
 BOTTLE_RATIO = 0.25
 
@@ -235,7 +237,7 @@ class BitEncoder(nn.Module):
         return outputs
 
 
-class BitPreTrainedModel(PretrainedMixin, nn.Module):
+class BitPreTrainedModel(ModelCardMixin, PretrainedMixin, nn.Module):
     """Shared weight init and checkpoint IO of the BiT models."""
 
     config_class = BitConfig
@@ -250,16 +252,6 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
     _keep_in_fp32_modules_strict: frozenset[str] = frozenset()
     _tied_weights_keys = None
     _supports_sdpa = _supports_flash_attn = _supports_flex_attn = False
-
-    @classmethod
-    def from_config(cls, config: BitConfig, dtype: torch.dtype | str | None = None, **_: Any):
-        """A randomly initialised model for `config` (transformers' AutoModel.from_config path), in `dtype`
-        (default: the config's, else float32); attention options are accepted and mean nothing for a BiT."""
-        model = cls(config)
-        target = as_dtype(dtype) or config.dtype
-        return model.to(target) if target is not None else model
-
-    _from_config = from_config
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -375,7 +367,7 @@ class BitPreTrainedModel(PretrainedMixin, nn.Module):
         )
 
 
-class BitModel(BitPreTrainedModel):
+class BitModel(TimmFeaturesMixin, BitPreTrainedModel):
     """Feature extractor: stem, stages, final GN+act (preact only) and global average pooling."""
 
     def __init__(self, config: BitConfig):
@@ -433,7 +425,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: BitC
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-class BitForImageClassification(BitPreTrainedModel):
+class BitForImageClassification(TimmClassifierMixin, BitPreTrainedModel):
     """BitModel + Flatten + Linear head (Identity when num_labels == 0)."""
 
     def __init__(self, config: BitConfig):
@@ -468,7 +460,7 @@ class BackboneType(str, enum.Enum):
     TRANSFORMERS = "transformers"
 
 
-class BitBackbone(BitPreTrainedModel):
+class BitBackbone(TimmBackboneMixin, BitPreTrainedModel):
     """Multi-scale features for detection/segmentation heads: the raw outputs of the chosen stages.
 
     Stages after the last requested one are not run (transformers runs the whole network).

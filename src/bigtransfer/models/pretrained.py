@@ -16,7 +16,7 @@ from .config import BitConfig
 # transformers' loading options that change nothing for a BiT on this path: accepted, never stored in the config.
 IGNORED_LOADING_OPTIONS = (
     "low_cpu_mem_usage", "trust_remote_code", "attn_implementation", "use_safetensors", "weights_only",
-    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping",
+    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping", "adapter_kwargs",
 )  # fmt: skip
 HUB_LOADING_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 
@@ -100,6 +100,7 @@ class PretrainedMixin(PushToHubMixin):
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
         if target_dtype is not None:
             model.to(target_dtype)
+            model.config.dtype = target_dtype
         device = _placement(device_map)
         if device is not None:
             model.to(device)
@@ -107,9 +108,12 @@ class PretrainedMixin(PushToHubMixin):
         model.eval()
         return (model, loading_info) if output_loading_info else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **_: Any) -> list:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, safe_serialization: bool = True, model_card: bool = False, **_: Any
+    ) -> list:
         """Write config.json and model.safetensors (or pytorch_model.bin), each whole or not at all; weight files
-        of the other format left by an earlier save are removed, so what loads is what was saved."""
+        of the other format left by an earlier save are removed, so what loads is what was saved. `model_card`
+        also writes README.md (as `push_to_hub` does), unless the folder has a README.md of its user's."""
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise NotADirectoryError(f"{save_directory} is a file: save_pretrained needs a directory path.")
@@ -120,7 +124,8 @@ class PretrainedMixin(PushToHubMixin):
         write_state_dict(self.state_dict(), weights, safe_serialization)
         _remove_stale_weights(save_directory, keep=weights.name)
         self.config.save_pretrained(save_directory)
-        return [str(weights), str(save_directory / "config.json")]
+        card = self._write_model_card(save_directory, repo_id=None) if model_card else []
+        return [str(weights), str(save_directory / "config.json"), *card]
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count, as transformers counts it; `exclude_embeddings` leaves out nn.Embedding tables,
@@ -131,6 +136,18 @@ class PretrainedMixin(PushToHubMixin):
         return sum(
             p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings
         )
+
+    @classmethod
+    def _from_config(cls, config: BitConfig, **kwargs: Any):
+        """A new model of `config`, as transformers' `AutoModel.from_config` builds one, in `dtype` (default: the
+        config's)."""
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, {}, config) or config.dtype
+        unknown = sorted(set(kwargs) - set(IGNORED_LOADING_OPTIONS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}._from_config got unexpected options {unknown}.")
+        model = cls(config)
+        return model.to(dtype) if dtype is not None else model
 
     @property
     def device(self) -> torch.device:

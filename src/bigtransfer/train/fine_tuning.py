@@ -140,7 +140,7 @@ def fine_tuning_job(
         regime=Regime(rule, augment, image_size=rule.crop), processor=processor,
         fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
                      "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip},
-        report={"rule": dataclasses.asdict(rule)}, shots=recipe.shots, eval_every=recipe.eval_every,
+        report={"rule": dataclasses.asdict(rule), "base_model": name}, shots=recipe.shots, eval_every=recipe.eval_every,
         plan_details={"image_size": {"height": typical.height, "width": typical.width, "statistic": typical.statistic}},
     )  # fmt: skip
 

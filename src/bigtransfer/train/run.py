@@ -22,6 +22,7 @@ from ..data.device import resolve_device
 from ..data.workers import resolve_workers
 from ..inference.plots import plot_confusion, plot_curves
 from ..inference.predict import evaluate
+from ..models.model_card import TRAINING_RECORD
 from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
 from .distributed import Distributed, process_group
@@ -143,11 +144,12 @@ def finish_run(
     result = evaluation() if evaluation is not None else None
     if summary["rank"] != 0:
         return summary
-    _save_model(model, processor, out / MODEL_DIR)
     reported = ("skipped_images", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
     if result is not None:
         metrics["eval"] = result
+    _save_model(model, processor, out / MODEL_DIR, training_record(metrics))
+    if result is not None:
         append_metrics(out / METRICS, {"step": summary["steps"], "eval_top1": result["top1"]})
         plot_confusion(result["confusion"], [model.config.id2label[i] for i in range(model.config.num_labels)],
                        out / "confusion.png")  # fmt: skip
@@ -156,11 +158,25 @@ def finish_run(
     return metrics
 
 
-def _save_model(model: BitForImageClassification, processor: BitImageProcessor, directory: Path) -> None:
-    """model/ beside the checkpoint; a full disk is named in one line (each file is written whole or not at all)."""
+def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the model card tells of the run (models/model_card.py): the recipe, the data's size, the time, the
+    held-out accuracy — not the per-class figures and confusion matrix, which grow with the classes."""
+    kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds")
+    record = {key: metrics[key] for key in kept if key in metrics}
+    if "eval" in metrics:
+        record["eval"] = {key: metrics["eval"][key] for key in ("examples", "top1", "top5") if key in metrics["eval"]}
+    return record
+
+
+def _save_model(
+    model: BitForImageClassification, processor: BitImageProcessor, directory: Path, record: dict[str, Any]
+) -> None:
+    """model/ beside the checkpoint, with its eval transform, the run's record and the model card that reads both;
+    a full disk is named in one line (each file is written whole or not at all)."""
     try:
-        model.save_pretrained(directory)
         processor.save_pretrained(directory)
+        write_json(directory / TRAINING_RECORD, record)
+        model.save_pretrained(directory, model_card=True)
     except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         free = shutil.disk_usage(directory.parent).free
         raise OSError(
