@@ -17,7 +17,7 @@ MODEL_HELP = (
 )
 DATA_HELP = (
     "image folder (one sub-folder per class), CSV (path,label), IDX images file (MNIST/Fashion-MNIST, .gz or not) "
-    "or a saved `datasets` directory"
+    "a saved `datasets` directory, or a `datasets` name (e.g. food101: its cache, or the Hub when reachable)"
 )
 INFERENCE_BATCH = 32  # R50x1 at 448 px: ~2 GB of activations per forward pass; large models need less
 
@@ -76,11 +76,35 @@ def resolve_positionals(args: argparse.Namespace, parser: argparse.ArgumentParse
         parser.error(f"--{missing[0]} is required")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, data_help: str, eval_help: str | None = None) -> None:
+def add_data_arguments(
+    parser: argparse.ArgumentParser, data_help: str, eval_help: str | None = None, for_eval: bool = False
+) -> None:
     parser.add_argument("--data", required=True, help=f"{data_help}: {DATA_HELP}")
     if eval_help:
         parser.add_argument("--eval-data", help=eval_help)
     parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
+    hf = parser.add_argument_group("Hugging Face datasets (a saved directory or a dataset name)")
+    default_split = "validation, else test" if for_eval else "train"
+    hf.add_argument("--split", help=f"the split of --data to read (default: {default_split})")
+    if eval_help:
+        hf.add_argument("--eval-split", help="the split of --eval-data (default: validation, else test)")
+        parser.add_argument(
+            "--val-split", type=fraction, metavar="FRACTION",
+            help="hold out this fraction of --data (per class, seeded by --seed) as evaluation data, for data "
+            "without a validation split; not with --eval-data",
+        )  # fmt: skip
+    hf.add_argument("--image-column", help="the column of images (default: image, img or pixel_values)")
+    hf.add_argument("--label-column", help="the column of labels (default: label, labels or fine_label)")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction: give a number between 0 and 1, e.g. 0.15")
+    return value
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,12 +172,30 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
     return files, errors
 
 
-def load_data(source: str, classes: str | None):
-    """A --data argument as a dataset, restricted to --classes when given."""
+def load_data(source: str, classes: str | None, **reading: Any):
+    """A --data argument as a dataset, restricted to --classes when given; `reading` goes to `load_dataset`
+    (split, image_column, label_column, for_eval)."""
     from ..data.datasets import load_dataset
 
-    dataset = load_dataset(source)
+    dataset = load_dataset(source, **reading)
     return dataset.select_classes(classes.split(",")) if classes else dataset
+
+
+def load_data_arguments(args: argparse.Namespace, for_eval: bool = False) -> tuple[Any, Any]:
+    """(--data, --eval-data or the --val-split held out of --data, or None) as the data options say."""
+    from ..data.datasets import hold_out
+
+    columns = dict(image_column=args.image_column, label_column=args.label_column)
+    data = load_data(args.data, args.classes, split=args.split, for_eval=for_eval, **columns)
+    eval_source = getattr(args, "eval_data", None)
+    eval_data = (
+        load_data(eval_source, args.classes, split=args.eval_split, for_eval=True, **columns) if eval_source else None
+    )
+    if getattr(args, "val_split", None):
+        if eval_data is not None:
+            raise ValueError("--val-split holds evaluation data out of --data: with --eval-data, drop one of the two.")
+        data, eval_data = hold_out(data, args.val_split, args.seed)
+    return data, eval_data
 
 
 def emit(result: Any, as_json: bool, as_text: Callable[[Any], None]) -> None:

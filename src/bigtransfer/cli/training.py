@@ -18,7 +18,7 @@ from ._options import (
     add_output_arguments,
     add_workers_argument,
     emit,
-    load_data,
+    load_data_arguments,
     non_negative_float,
     positive_float,
     positive_int,
@@ -96,7 +96,7 @@ def register(commands) -> None:
         "as `predict` does; the data's class names must be among the model's labels.",
     )
     add_model_argument(evaluate, "the classifier (from finetune: RUN/model; or an export directory)")
-    add_data_arguments(evaluate, "labelled data")
+    add_data_arguments(evaluate, "labelled data", for_eval=True)
     add_inference_arguments(evaluate)
     add_output_arguments(evaluate, "print the metrics as JSON")
 
@@ -156,8 +156,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
         flip=not args.no_flip, eval_every=args.eval_every,
     )  # fmt: skip
     run = run_options(args, "finetune")  # first: its checks need no data read
-    data = load_data(args.data, args.classes)
-    eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
+    data, eval_data = load_data_arguments(args)
     if args.runs > 1 and not args.dry_run:  # a dry run shows the first run's plan
         return finetune_runs(args.runs, args.model, data, eval_data, recipe=recipe, run=run)
     return finetune(args.model, data, eval_data, recipe=recipe, run=run)
@@ -174,8 +173,9 @@ def default_out(command: str) -> str:
 def print_plan(plan: dict, stream) -> None:
     """What a training run is about to do, and a hint when that looks slow for the device."""
     shots = f", {plan['shots']} per class" if plan["shots"] else ""
-    lines = [f"plan: {plan['what']} on {plan['images']} images of {len(plan['classes'])} classes{shots}"
-             + (f"; evaluate on {plan['eval_images']}" if plan["eval_images"] else "")]  # fmt: skip
+    lines = [f"plan: {plan['what']} on {plan['images']} images of {len(plan['classes'])} classes{shots} from "
+             f"{plan['data']}" + (f"; evaluate on {plan['eval_images']} from {plan['eval_data']}"
+                                  if plan["eval_images"] else "")]  # fmt: skip
     if "rule" in plan:
         rule, crop, typical = plan["rule"], plan["rule"]["crop"], plan["image_size"]
         decays = ", ".join(map(str, rule["decay_steps"])) or "none"
@@ -226,8 +226,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                          crop=args.crop)  # fmt: skip
     run = run_options(args, "pretrain")
-    eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
-    return pretrain(load_data(args.data, args.classes), config, eval_data, recipe=recipe, run=run,
+    data, eval_data = load_data_arguments(args)
+    return pretrain(data, config, eval_data, recipe=recipe, run=run,
                     fewshot_check=check)  # fmt: skip
 
 
@@ -239,7 +239,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     return evaluate(
-        model, load_data(args.data, args.classes), BitImageProcessor.from_pretrained(args.model), args.batch_size,
+        model, load_data_arguments(args, for_eval=True)[0], BitImageProcessor.from_pretrained(args.model), args.batch_size,
         workers=args.workers, bf16=args.bf16, progress=not args.quiet,
     )  # fmt: skip
 

@@ -7,13 +7,20 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..checkpoints.io import atomic_path, printable
-from ..processing.decoding import IMAGE_SUFFIXES, decode_image, open_checked, pil_to_rgb
+from ..processing.decoding import (
+    IMAGE_SUFFIXES,
+    decode_image,
+    decode_stored_image,
+    open_checked,
+    pil_to_rgb,
+    stored_image_source,
+)
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -40,13 +47,15 @@ class ImageSize(NamedTuple):
 
 @dataclass
 class ImageDataset:
-    """Images addressed by index: file paths (decoded on demand) or an in-memory uint8 array."""
+    """Images addressed by index: file paths or the rows of a Hugging Face `datasets` table (both decoded on
+    demand, in the loading workers), or an in-memory uint8 array."""
 
     labels: np.ndarray
     classes: list[str]
     source: str
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
+    table: Any = None  # a datasets.Dataset of one column: images read undecoded ({"bytes", "path"})
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,10 +64,21 @@ class ImageDataset:
         """The image as RGB, decoded as prediction decodes it; raises ValueError/OSError for an unreadable file."""
         if self.arrays is not None:
             return pil_to_rgb(Image.fromarray(self.arrays[index]))
+        if self.table is not None:
+            return decode_stored_image(self._stored(index), self.name_of(index))
         return decode_image(self.paths[index])
 
     def name_of(self, index: int) -> str:
         return str(self.paths[index]) if self.paths is not None else f"{self.source}[{index}]"
+
+    def _stored(self, index: int) -> dict:
+        (stored,) = self.table[int(index)].values()
+        return stored
+
+    def _header(self, index: int) -> Image.Image:
+        """The image opened for its header only (size checked, nothing decoded)."""
+        source = stored_image_source(self._stored(index)) if self.table is not None else self.paths[index]
+        return open_checked(source, self.name_of(index))
 
     def typical_image_size(self, sample: int = SIZE_SAMPLE, seed: int = 0) -> ImageSize:
         """The median height and width over a seeded sample of the images, read from their headers (no decoding):
@@ -69,7 +89,7 @@ class ImageDataset:
         sizes = []
         for index in sorted(chosen):
             try:
-                with open_checked(self.paths[index], self.paths[index]) as opened:
+                with self._header(index) as opened:
                     sizes.append((opened.height, opened.width))
             except ValueError:  # unreadable, or beyond the image limits: skipped in training too
                 continue
@@ -90,6 +110,7 @@ class ImageDataset:
             source=self.source,
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             arrays=self.arrays[indices] if self.arrays is not None else None,
+            table=self.table.select(indices) if self.table is not None else None,
         )
 
     def select_classes(self, wanted: list[str]) -> ImageDataset:
@@ -205,26 +226,136 @@ def from_idx(images_path: Path) -> ImageDataset:
     return ImageDataset(labels, list(classes), str(images_path), arrays=images)
 
 
-def from_hf_datasets(path: Path, split: str = "train") -> ImageDataset:
-    """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict with `split`)."""
+IMAGE_COLUMNS = ("image", "img", "pixel_values")  # what datasets on the Hub call them, in order of preference
+LABEL_COLUMNS = ("label", "labels", "fine_label")
+EVAL_SPLITS = ("validation", "valid", "val", "test")  # what evaluation reads from a DatasetDict, in this order
+
+
+def _datasets():
     try:
         import datasets
     except ImportError:
         raise ImportError("Reading a Hugging Face dataset needs `pip install datasets`.") from None
+    return datasets
+
+
+def _column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+    if given is not None and given not in columns:
+        raise ValueError(f"{source} has no column {given!r}; its columns are {columns}.")
+    found = given or next((c for c in candidates if c in columns), None)
+    if found is None:
+        raise ValueError(f"{source} has no {what} column among {columns}: name it with --{what}-column.")
+    return found
+
+
+def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, list[str]]:
+    """Class ids and names: a ClassLabel's names, strings as a CSV's labels (sorted names), or plain ints."""
+    if hasattr(feature, "names"):
+        labels, classes = np.array(values, dtype=np.int64), list(feature.names)
+    elif values and all(isinstance(value, str) for value in values):
+        classes = sorted(set(values))
+        index = {name: i for i, name in enumerate(classes)}
+        labels = np.array([index[value] for value in values], dtype=np.int64)
+    elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        labels = np.array(values, dtype=np.int64)
+        classes = [str(i) for i in range(int(labels.max()) + 1)] if len(labels) else []
+    else:
+        raise ValueError(f"{source}: labels must be class ids, a ClassLabel or strings, got {feature}.")
+    unlabelled = int(np.count_nonzero(labels < 0))
+    if unlabelled:  # ClassLabel's -1: a test split published without its labels
+        raise ValueError(f"{source} has {unlabelled} rows without a label (-1): pick a labelled split.")
+    return labels, classes
+
+
+def from_hf_dataset(
+    dataset: Any, source: str, image_column: str | None = None, label_column: str | None = None
+) -> ImageDataset:
+    """A `datasets.Dataset` as an ImageDataset that reads only its label column up front: images stay in the
+    Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory)."""
+    datasets = _datasets()
+    image_column = _column(dataset.column_names, image_column, IMAGE_COLUMNS, "image", source)
+    label_column = _column(dataset.column_names, label_column, LABEL_COLUMNS, "label", source)
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        raise ValueError(
+            f"{source}: column {image_column!r} holds {dataset.features[image_column]}, not images: name the image "
+            "column with --image-column."
+        )
+    labels, classes = _class_ids(dataset[label_column], dataset.features[label_column], source)
+    table = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    return ImageDataset(labels, classes, source, table=table)
+
+
+def _pick_split(splits: list[str], split: str | None, for_eval: bool, source: str) -> str:
+    """`split` when given; else "train" for training and validation/test for evaluation, never silently another."""
+    option = "--eval-split" if for_eval else "--split"
+    if split is not None:
+        if split not in splits:
+            raise ValueError(f"{source} has splits {splits}, not {split!r}: pick one with {option}.")
+        return split
+    wanted = EVAL_SPLITS if for_eval else ("train",)
+    found = next((name for name in wanted if name in splits), None)
+    if found is None and len(splits) == 1:
+        found = splits[0]
+    if found is None:
+        raise ValueError(f"{source} has splits {splits} and none is {' or '.join(wanted)}: pick one with {option}.")
+    return found
+
+
+def from_hf_datasets(
+    path: Path,
+    split: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    for_eval: bool = False,
+) -> ImageDataset:
+    """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read)."""
+    datasets = _datasets()
     loaded = datasets.load_from_disk(str(path))
+    source = str(path)
     if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise ValueError(f"{path} has splits {list(loaded)}, not {split!r}.")
+        split = _pick_split(list(loaded), split, for_eval, source)
+        loaded, source = loaded[split], f"{path} [{split}]"
+    return from_hf_dataset(loaded, source, image_column, label_column)
+
+
+def from_hub_dataset(
+    name: str,
+    split: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    for_eval: bool = False,
+) -> ImageDataset:
+    """A dataset by its name (`food101`, `user/name`): `datasets.load_dataset`, which reads its cache first and
+    the Hub when reachable (HF_HUB_OFFLINE=1: the cache only)."""
+    datasets = _datasets()
+    try:
+        loaded = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"No dataset at {name!r}: not a local path, and `datasets` could not load it by that name "
+            f"({type(error).__name__}: {error}). Pass an image folder, a CSV, an IDX file or a saved dataset; a "
+            "name needs the Hub, or the datasets cache when offline (HF_HUB_OFFLINE=1)."
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        split = _pick_split(list(loaded), None, for_eval, name)
         loaded = loaded[split]
-    image_column = next((c for c in ("image", "img", "pixel_values") if c in loaded.column_names), None)
-    label_column = next((c for c in ("label", "labels", "fine_label") if c in loaded.column_names), None)
-    if image_column is None or label_column is None:
-        raise ValueError(f"{path} needs an 'image' and a 'label' column, has {loaded.column_names}.")
-    feature = loaded.features[label_column]
-    labels = np.array(loaded[label_column], dtype=np.int64)
-    classes = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(int(labels.max()) + 1)]
-    arrays = np.stack([np.array(pil_to_rgb(ImageOps.exif_transpose(image))) for image in loaded[image_column]])
-    return ImageDataset(labels, classes, str(path), arrays=arrays)
+    return from_hf_dataset(loaded, f"{name} [{split}]", image_column, label_column)
+
+
+def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """(training, held-out): `fraction` of each class's images, drawn with `seed`, for data without a validation
+    split. Disjoint; every class keeps at least one training image."""
+    generator = np.random.default_rng(seed)
+    held = []
+    for label in range(len(dataset.classes)):
+        members = np.flatnonzero(dataset.labels == label)
+        count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held += list(generator.permutation(members)[:count])
+    held_mask = np.zeros(len(dataset), dtype=bool)
+    held_mask[held] = True
+    training, evaluation = dataset.subset(np.flatnonzero(~held_mask)), dataset.subset(np.flatnonzero(held_mask))
+    evaluation.source = f"{dataset.source}, {len(evaluation)} held out (--val-split {fraction:g}, seed {seed})"
+    return training, evaluation
 
 
 def as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
@@ -232,16 +363,37 @@ def as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
     return data if isinstance(data, ImageDataset) else load_dataset(data)
 
 
-def load_dataset(source: str | os.PathLike, split: str = "train") -> ImageDataset:
-    """Pick the reader from what `source` is: folder of class folders, .csv, IDX images file, saved `datasets`."""
+def _looks_like_dataset_name(source: str) -> bool:
+    """`food101` or `user/name`: at most one slash, no suffix, nothing a path would start with."""
+    return (
+        source.count("/") <= 1
+        and "\\" not in source
+        and not source.startswith((".", "/", "~"))
+        and not Path(source).suffix
+    )
+
+
+def load_dataset(
+    source: str | os.PathLike,
+    split: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    for_eval: bool = False,
+) -> ImageDataset:
+    """Pick the reader from what `source` is: folder of class folders, .csv, IDX images file, saved `datasets`,
+    or the name of a `datasets` dataset. `split` and the columns apply to `datasets` sources; without a split,
+    training reads "train" and evaluation (`for_eval`) validation, else test."""
     path = Path(source).expanduser()
+    hf_options = dict(split=split, image_column=image_column, label_column=label_column, for_eval=for_eval)
     if not path.exists():
+        if _looks_like_dataset_name(str(source)):
+            return from_hub_dataset(str(source), **hf_options)
         raise FileNotFoundError(
             f"No dataset at {path}: pass an image folder, a CSV, an IDX images file or a saved dataset."
         )
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            return from_hf_datasets(path, split)
+            return from_hf_datasets(path, **hf_options)
         return from_folder(path)
     if path.suffix.lower() == ".csv":
         return from_csv(path)

@@ -196,6 +196,20 @@ def decode_image(path: str | os.PathLike) -> Image.Image:
     return pil_to_rgb(load_image(path))
 
 
+def stored_image_source(stored: dict[str, Any]) -> Any:
+    """What a `datasets` Image value read undecoded ({"bytes", "path"}) opens from: its bytes, else its file."""
+    return io.BytesIO(stored["bytes"]) if stored.get("bytes") else stored.get("path")
+
+
+def decode_stored_image(stored: dict[str, Any], name: str) -> Image.Image:
+    """A stored `datasets` image as RGB, by the same checked path as a file: the limits apply, EXIF orientation,
+    transparency and 16-bit as for files."""
+    source = stored_image_source(stored)
+    if source is None:
+        raise ValueError(f"{name} holds no image (neither bytes nor a path).")
+    return pil_to_rgb(_opened(source, name))
+
+
 def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
     """Integer images holding values above 255 (16-bit PNG/TIFF) scaled to 8 bits, not clipped to white.
 

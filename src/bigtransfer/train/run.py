@@ -78,6 +78,7 @@ def prepare_output(out: Path, resume: bool) -> None:
 def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
     """What a training run is about to do, for `on_plan`."""
     return {"what": job.what, "images": len(job.train_set), "classes": job.train_set.classes, "shots": job.shots,
+            "data": job.train_set.source, "eval_data": job.eval_set.source if job.eval_set is not None else None,
             "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
             "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out)}  # fmt: skip
