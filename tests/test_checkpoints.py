@@ -121,7 +121,7 @@ def test_auto_dtype_follows_the_checkpoint(tmp_path, saved):
     BitForImageClassification.from_pretrained(saved[0], torch_dtype="bfloat16").save_pretrained(tmp_path / "bf16")
     assert BitForImageClassification.from_pretrained(tmp_path / "bf16", torch_dtype="auto").dtype == torch.bfloat16
     assert BitForImageClassification.from_pretrained(tmp_path / "bf16").dtype == torch.float32
-    with pytest.raises(ValueError, match="Unknown torch_dtype"):
+    with pytest.raises(ValueError, match="Unknown dtype"):
         BitForImageClassification.from_pretrained(saved[0], torch_dtype="float13")
 
 

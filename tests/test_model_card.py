@@ -110,3 +110,12 @@ def test_a_fine_tuned_models_card_carries_the_hyperrule_and_results_also_once_re
             r"On 15 evaluation images:\n\n\| metric \| value \|\n\|---\|---\|\n\| top-1 accuracy \| 0\.\d{4} \|", card
         )
         assert "resized to 20×20 px" in card and "| 2 | c |" in card
+
+
+def test_a_new_head_is_no_longer_the_runs_model(run_model, tmp_path):
+    model = BitForImageClassification.from_pretrained(run_model)
+    model.reset_classifier(7)
+    model.save_pretrained(tmp_path / "new-head", model_card=True)
+    card = (tmp_path / "new-head" / "README.md").read_text()
+    assert "Fine-tuned from" not in card and "top-1 accuracy" not in card
+    assert "resized to 20×20 px" in card  # its preprocessing went beside it, and the card describes that

@@ -49,7 +49,7 @@ def test_dtype_is_a_torch_dtype_in_memory_and_a_name_on_disk(tmp_path):
     assert config.dtype is torch.float16 and config.to_dict()["dtype"] == "float16"
     assert BitConfig(torch_dtype="bfloat16").dtype is torch.bfloat16  # transformers 4's key is read
     assert BitConfig(torch_dtype="torch.float16").dtype is torch.float16
-    with pytest.raises(ValueError, match="Unknown dtype 'float17'"):
+    with pytest.raises(ValueError, match="Unknown dtype 'float17': use 'float32'"):
         BitConfig(dtype="float17")
     config.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "float16"
@@ -88,10 +88,17 @@ def test_backbone_type_names_the_transformers_kind():
 
 
 def test_from_config_builds_in_the_requested_dtype():
-    config = BitConfig(**TINY)
-    assert BitForImageClassification._from_config(config, dtype=torch.bfloat16).dtype is torch.bfloat16
+    assert BitForImageClassification._from_config(BitConfig(**TINY), dtype=torch.bfloat16).dtype is torch.bfloat16
     assert BitForImageClassification._from_config(BitConfig(**TINY, dtype="float16")).dtype is torch.float16
-    assert BitForImageClassification._from_config(config).dtype is torch.float32
+    assert BitForImageClassification._from_config(BitConfig(**TINY)).dtype is torch.float32
+    model = BitForImageClassification._from_config(BitConfig(**TINY), torch_dtype="bfloat16")
+    assert model.config.dtype is model.config.torch_dtype is torch.bfloat16  # the config says what the model holds
+
+
+def test_a_loaded_models_config_says_its_dtype(tmp_path):
+    BitForImageClassification(BitConfig(**TINY)).to(torch.float16).save_pretrained(tmp_path)
+    assert BitForImageClassification.from_pretrained(tmp_path).config.dtype is torch.float32  # float32 unless asked
+    assert BitForImageClassification.from_pretrained(tmp_path, dtype="auto").config.dtype is torch.float16
 
 
 def test_from_pretrained_refuses_a_meta_device_context(tmp_path):
@@ -173,6 +180,18 @@ def test_processor_json_is_transformers_5s(cls, tmp_path):
     assert "_from_auto" not in saved and "do_pad" not in saved  # private keys and unset padding are not settings
     assert cls.from_json_file(tmp_path / "preprocessor_config.json").do_resize is None  # explicit None survives
     assert cls.do_resize is True and cls.crop_size == {"height": 224, "width": 224}  # class defaults, as declared
+
+
+@pytest.mark.parametrize("cls", [BitImageProcessor, BitImageProcessorFast])
+def test_call_options_given_at_construction_are_call_defaults(cls, tmp_path):
+    image = np.zeros((30, 40, 3), np.uint8)
+    processor = cls(return_tensors="pt", default_to_square=True, size=24, do_center_crop=False)
+    theirs = transformers.BitImageProcessorPil(return_tensors="pt", default_to_square=True, size=24,
+                                               do_center_crop=False)  # fmt: skip
+    assert processor(image)["pixel_values"].shape == theirs(image)["pixel_values"].shape == (1, 3, 24, 24)
+    assert processor(image, return_tensors="np")["pixel_values"].shape == (1, 3, 24, 24)  # the call's own wins
+    processor.save_pretrained(tmp_path)
+    assert "return_tensors" not in json.loads((tmp_path / "preprocessor_config.json").read_text())
 
 
 def test_both_processors_pad_as_transformers_does():

@@ -186,8 +186,9 @@ def timm_processor_settings(pretrained: dict[str, Any]) -> dict[str, Any]:
 # What a processor settings file means by a key it leaves out: transformers' BitImageProcessor defaults, which
 # ProcessorBase (processing/base.py) takes too (tests/test_timm_surface.py holds the two together).
 PROCESSOR_DEFAULTS = dict(
-    do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224, do_normalize=True,
-    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size={"height": 224, "width": 224},
+    do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=(0.48145466, 0.4578275, 0.40821073),
+    image_std=(0.26862954, 0.26130258, 0.27577711), do_convert_rgb=True,
 )  # fmt: skip
 PIL_FILTER_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 

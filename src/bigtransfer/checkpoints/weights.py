@@ -236,6 +236,16 @@ def match_state_dict(
     return {key: value for key, value in state_dict.items() if key in expected}, info
 
 
+def as_dtype(value: Any) -> torch.dtype | None:
+    """A dtype given as a torch dtype or by name ("float16"; transformers 4 wrote "torch.float16")."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    resolved = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype {value!r}: use 'float32', 'float16' or 'bfloat16' ('auto' when loading).")
+    return resolved
+
+
 def resolve_dtype(torch_dtype: Any, state_dict: dict[str, torch.Tensor], config: Any) -> torch.dtype | None:
     """Interpret `torch_dtype`: None keeps float32, "auto" follows the checkpoint, strings name a dtype."""
     if torch_dtype is None:
@@ -245,9 +255,4 @@ def resolve_dtype(torch_dtype: Any, state_dict: dict[str, torch.Tensor], config:
         if floating:
             return floating[0]
         torch_dtype = getattr(config, "dtype", None) or torch.float32
-    if isinstance(torch_dtype, str):
-        resolved = getattr(torch, torch_dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"Unknown torch_dtype {torch_dtype!r}: use 'float32', 'float16', 'bfloat16' or 'auto'.")
-        return resolved
-    return torch_dtype
+    return as_dtype(torch_dtype)

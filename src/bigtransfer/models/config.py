@@ -10,26 +10,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
 from ..checkpoints.io import atomic_write_text, read_json
+from ..checkpoints.weights import as_dtype
 from .layers import ACTIVATIONS
 from .transformers_auto import split_auto_call
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-
-
-def as_dtype(value: Any) -> torch.dtype | None:
-    """A config's `dtype` as a torch dtype: JSON holds its name ("float16"), transformers 4 wrote "torch.float16"."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    resolved = getattr(torch, str(value).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"Unknown dtype {value!r} in the config: use 'float32', 'float16' or 'bfloat16'.")
-    return resolved
 
 
 def _check_out_features(out_features: Any, stage_names: list[str]) -> None:
@@ -273,6 +262,15 @@ class BitConfig(PushToHubMixin):
         self._out_features, self._out_indices = align_backbone_outputs(None, value, self.stage_names)
 
     # -- generic config surface ---------------------------------------------------------------
+    @property
+    def torch_dtype(self):
+        """transformers 4's name for `dtype`."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value) -> None:
+        self.dtype = as_dtype(value)
+
     @property
     def name_or_path(self) -> str:
         return getattr(self, "_name_or_path", "")

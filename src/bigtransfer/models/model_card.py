@@ -12,7 +12,7 @@ from typing import Any
 
 from ..checkpoints.catalogue import BUNDLED_MODELS, architecture_of, find_entry
 from ..checkpoints.hub import GENERATED_CARD_MARK, MODEL_CARD_NAME, PROCESSOR_CONFIG_NAME, is_generated_card
-from ..checkpoints.io import atomic_write_text, read_json
+from ..checkpoints.io import atomic_write_text, read_json, write_json
 from ..checkpoints.sources import timm_pretrained_cfg
 from .timm_surface import stage_feature_info
 
@@ -34,13 +34,20 @@ class ModelCardMixin:
     """The card of a BiT model, written into the folder it is saved or pushed from."""
 
     def _write_model_card(self, directory: Path, repo_id: str | None) -> list[str]:
-        """README.md in `directory`, unless the one there is the user's (it lacks our mark): that one is kept."""
+        """README.md in `directory`, unless the one there is the user's (it lacks our mark): that one is kept.
+        The processor settings the model came with go beside it too, when it knows them and the folder has none:
+        a folder or Hub repo without them is refused by `predict` and `pipeline()`, and the card's snippet and
+        input size describe what the folder holds."""
+        processor_file, written = Path(directory) / PROCESSOR_CONFIG_NAME, []
+        if not processor_file.exists() and self._preprocessing is not None:
+            write_json(processor_file, self._preprocessing)
+            written.append(str(processor_file))
         path = Path(directory) / MODEL_CARD_NAME
         if path.is_file() and not is_generated_card(path.read_text(encoding="utf-8", errors="replace")):
             logger.info("%s was not written by bigtransfer: kept as it is, no model card written.", path)
-            return []
+            return written
         atomic_write_text(path, model_card(self, Path(directory), repo_id))
-        return [str(path)]
+        return [*written, str(path)]
 
 
 def model_card(model: Any, directory: Path, repo_id: str | None) -> str:
@@ -48,7 +55,7 @@ def model_card(model: Any, directory: Path, repo_id: str | None) -> str:
     from huggingface_hub import ModelCardData
 
     source = str(getattr(model.config, "_name_or_path", ""))
-    training = training_record(directory, source)
+    training = read_training_record(directory, source, model.config.id2label)
     base = training.get("base_model") if training else source
     tag, auto_class, _ = TASKS[type(model).__name__]
     metadata = ModelCardData(
@@ -68,13 +75,20 @@ def model_card(model: Any, directory: Path, repo_id: str | None) -> str:
     return f"---\n{metadata.to_yaml()}\n---\n{mark}\n\n" + "\n\n".join(sections) + "\n"
 
 
-def training_record(directory: Path, source: str) -> dict[str, Any] | None:
+def read_training_record(directory: Path, source: str, id2label: dict[int, str]) -> dict[str, Any] | None:
     """What a bigtransfer run recorded beside the model: in the folder being written, else in the one the model
-    was loaded from."""
-    for folder in [directory] + ([Path(source)] if source else []):
-        if (folder / TRAINING_RECORD).is_file():
-            return read_json(folder / TRAINING_RECORD)
-    return None
+    was loaded from — unless the model's labels have changed since (a new head: no longer the run's model)."""
+    if (directory / TRAINING_RECORD).is_file():
+        return read_json(directory / TRAINING_RECORD)
+    loaded_from = Path(source) if source else None
+    if loaded_from is None or not (loaded_from / TRAINING_RECORD).is_file():
+        return None
+    saved_labels = (
+        read_json(loaded_from / "config.json").get("id2label", {}) if (loaded_from / "config.json").is_file() else {}
+    )
+    if {int(k): v for k, v in saved_labels.items()} != id2label:
+        return None
+    return read_json(loaded_from / TRAINING_RECORD)
 
 
 def _is_hub_id(name: str) -> bool:
@@ -102,19 +116,19 @@ def _summary(model: Any, directory: Path) -> str:
         f"(stem {stages.channels(0)}, width ×{config.width_factor}), GroupNorm with {config.num_groups} groups and "
         f"weight-standardised convolutions; {model.num_parameters() / 1e6:.2f} M parameters."
     )
-    return f"{what}\n\n{_preprocessing(model, directory)}"
+    return f"{what}\n\n{_preprocessing(directory, model.config.num_channels)}"
 
 
-def _preprocessing(model: Any, directory: Path) -> str:
-    """The input the model expects: the folder's own processor settings, else those it was loaded with."""
+def _preprocessing(directory: Path, channels: int) -> str:
+    """The input the model expects: the processor settings in the folder, the only ones its readers will find."""
     beside = directory / PROCESSOR_CONFIG_NAME
-    settings = read_json(beside) if beside.is_file() else model._preprocessing
+    settings = read_json(beside) if beside.is_file() else None
     if settings is None:
         return (
             "Its preprocessing was not saved with it: save the processor it was trained with beside it "
             "(`processor.save_pretrained(DIR)` or `processor.push_to_hub(REPO)`)."
         )
-    cfg = timm_pretrained_cfg(settings, model.config.num_channels)
+    cfg = timm_pretrained_cfg(settings, channels)
     _, height, width = cfg["input_size"]
     if cfg["crop_mode"] == "squash":
         resize = f"resized to {height}×{width} px"

@@ -456,7 +456,6 @@ class BitForImageClassification(TimmClassifierMixin, BitPreTrainedModel):
 class BackboneType(str, enum.Enum):
     """transformers' names for where a backbone comes from; a BitBackbone is the transformers kind."""
 
-    TIMM = "timm"
     TRANSFORMERS = "transformers"
 
 

@@ -64,7 +64,7 @@ class PretrainedMixin(PushToHubMixin):
         `output_loading_info=True` the caller gets the keys back instead, and the load goes ahead as in
         transformers (missing weights stay initialised). A new head is never an error.
         """
-        if torch.get_default_device().type == "meta":
+        if torch.empty(0).device.type == "meta":  # inside `with torch.device("meta")` (any torch ≥ 2.0)
             raise RuntimeError(
                 "You are using `from_pretrained` with a meta device context manager (`with torch.device('meta')`): "
                 "the weights would be discarded. Call from_pretrained outside it; to build an empty model for "
@@ -100,7 +100,7 @@ class PretrainedMixin(PushToHubMixin):
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
         if target_dtype is not None:
             model.to(target_dtype)
-            model.config.dtype = target_dtype
+        model.config.dtype = model.dtype
         device = _placement(device_map)
         if device is not None:
             model.to(device)
@@ -147,7 +147,10 @@ class PretrainedMixin(PushToHubMixin):
         if unknown:
             raise TypeError(f"{cls.__name__}._from_config got unexpected options {unknown}.")
         model = cls(config)
-        return model.to(dtype) if dtype is not None else model
+        if dtype is not None:
+            model.to(dtype)
+        config.dtype = model.dtype
+        return model
 
     @property
     def device(self) -> torch.device:

@@ -74,7 +74,7 @@ class PretrainedCfgMixin:
         if not source or (source == "state_dict" and not Path(source).exists()):  # built, or from_pretrained(None)
             return None
         try:
-            return preprocessing_settings(source)
+            return preprocessing_settings(source, hub_options={"local_files_only": True})  # a property: no download
         except (OSError, ValueError) as error:
             logger.warning("%s; pretrained_cfg holds timm's BiT defaults instead.", error)
             return None

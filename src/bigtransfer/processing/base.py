@@ -16,11 +16,9 @@ import torch.nn.functional as F
 
 from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options
 from ..checkpoints.io import atomic_write_text, read_json
-from ..checkpoints.sources import preprocessing_settings
+from ..checkpoints.sources import PROCESSOR_DEFAULTS, preprocessing_settings
 from .transform import EvalTransform, Resampling
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # tuples: a processor gets its own list of them
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIZE_KEY_SETS = (
     {"height", "width"},
     {"shortest_edge"},
@@ -151,60 +149,66 @@ class ProcessorBase(PushToHubMixin):
     """Settings with transformers' names and defaults; per-call keyword arguments override them."""
 
     model_input_names = ["pixel_values"]
-    valid_kwargs = BitImageProcessorKwargs
     _setting_names = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
         "do_normalize", "image_mean", "image_std", "do_convert_rgb", "do_pad", "pad_size",
     )  # fmt: skip
-    # transformers' BiT defaults as class attributes, where transformers 5 declares them; a switch passed
-    # explicitly as None stays None (off), also through save and load.
-    do_resize = True
-    size = {"shortest_edge": 224}
+    # transformers' BiT defaults (OpenAI CLIP's mean and std), as class attributes where transformers 5 declares
+    # them. A switch passed explicitly as None stays None (off), also through save and load; a None size, crop
+    # size, mean, std or filter means the default.
+    do_resize = PROCESSOR_DEFAULTS["do_resize"]
+    size = PROCESSOR_DEFAULTS["size"]
     default_to_square = False
-    resample = Resampling.BICUBIC
-    do_center_crop = True
-    crop_size = {"height": 224, "width": 224}
-    do_rescale = True
-    rescale_factor = 1 / 255
-    do_normalize = True
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    do_convert_rgb = True
+    resample = Resampling(PROCESSOR_DEFAULTS["resample"])
+    do_center_crop = PROCESSOR_DEFAULTS["do_center_crop"]
+    crop_size = PROCESSOR_DEFAULTS["crop_size"]
+    do_rescale = PROCESSOR_DEFAULTS["do_rescale"]
+    rescale_factor = PROCESSOR_DEFAULTS["rescale_factor"]
+    do_normalize = PROCESSOR_DEFAULTS["do_normalize"]
+    image_mean = PROCESSOR_DEFAULTS["image_mean"]
+    image_std = PROCESSOR_DEFAULTS["image_std"]
+    do_convert_rgb = PROCESSOR_DEFAULTS["do_convert_rgb"]
     do_pad = None
     pad_size = None
 
     def __init__(
         self,
-        do_resize: bool = True,
+        do_resize: bool | None = do_resize,
         size: Any = None,
-        resample: int = Resampling.BICUBIC,
-        do_center_crop: bool = True,
+        resample: int | None = None,
+        do_center_crop: bool | None = do_center_crop,
         crop_size: Any = None,
-        do_rescale: bool = True,
-        rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
+        do_rescale: bool | None = do_rescale,
+        rescale_factor: float = rescale_factor,
+        do_normalize: bool | None = do_normalize,
         image_mean: float | list[float] | None = None,
         image_std: float | list[float] | None = None,
-        do_convert_rgb: bool = True,
+        do_convert_rgb: bool | None = do_convert_rgb,
         do_pad: bool | None = None,
         pad_size: Any = None,
+        default_to_square: bool = default_to_square,
         **kwargs: Any,
     ):
+        defaults = type(self)
+        self.default_to_square = default_to_square
         self.do_resize = do_resize
-        self.size = size_dict(size if size is not None else {"shortest_edge": 224}, "size", self.default_to_square)
-        self.resample = Resampling(resample)
+        self.size = size_dict(defaults.size if size is None else size, "size", default_to_square)
+        self.resample = Resampling(defaults.resample if resample is None else resample)
         self.do_center_crop = do_center_crop
-        self.crop_size = size_dict(crop_size if crop_size is not None else 224, "crop_size", True)
+        self.crop_size = size_dict(defaults.crop_size if crop_size is None else crop_size, "crop_size", True)
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = _own_copy(OPENAI_CLIP_MEAN if image_mean is None else image_mean)
-        self.image_std = _own_copy(OPENAI_CLIP_STD if image_std is None else image_std)
+        self.image_mean = _own_copy(defaults.image_mean if image_mean is None else image_mean)
+        self.image_std = _own_copy(defaults.image_std if image_std is None else image_std)
         self.do_convert_rgb = do_convert_rgb
         self.do_pad = do_pad
         self.pad_size = size_dict(pad_size, "pad_size", True)
         kwargs.pop("image_processor_type", None)
         kwargs.pop("processor_class", None)
+        # Options of a call given at construction (return_tensors="pt" …) are that processor's call defaults,
+        # as in transformers 5; not settings, so not saved.
+        self.call_defaults = {key: kwargs.pop(key) for key in self._call_options() if key in kwargs}
         # Fields a newer transformers writes, kept for the JSON round trip; private ones (`_from_auto` …) are
         # the loader's bookkeeping, not settings.
         self.extra = {key: value for key, value in kwargs.items() if not key.startswith("_")}
@@ -221,7 +225,8 @@ class ProcessorBase(PushToHubMixin):
             )
         merged = {name: getattr(self, name) for name in self._setting_names}
         merged.update({k: v for k, v in overrides.items() if k in self._setting_names and v is not None})
-        merged["size"] = size_dict(merged["size"], "size", self.default_to_square)
+        square = overrides.get("default_to_square", self.default_to_square)
+        merged["size"] = size_dict(merged["size"], "size", square)
         merged["crop_size"] = size_dict(merged["crop_size"], "crop_size", True)
         merged["pad_size"] = size_dict(merged["pad_size"], "pad_size", True)
         merged["resample"] = Resampling(merged["resample"])
@@ -232,7 +237,7 @@ class ProcessorBase(PushToHubMixin):
         return merged
 
     def _call_options(self) -> tuple[str, ...]:
-        return ("return_tensors", "data_format", "input_data_format")
+        return ("return_tensors", "data_format", "input_data_format", "default_to_square")
 
     def eval_transform(self, **overrides: Any) -> EvalTransform:
         """These settings (with per-call overrides) as the evaluation transform every inference path runs."""
@@ -287,4 +292,8 @@ class ProcessorBase(PushToHubMixin):
         return self.preprocess(images, **kwargs)
 
     def preprocess(self, images: Any, **kwargs: Any) -> BatchFeature:
+        """`images` → pixel_values; keyword arguments override the settings and call defaults for this call."""
+        return self._preprocess(images, **{**self.call_defaults, **kwargs})
+
+    def _preprocess(self, images: Any, **kwargs: Any) -> BatchFeature:
         raise NotImplementedError

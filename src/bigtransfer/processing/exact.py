@@ -28,7 +28,7 @@ class BitImageProcessor(ProcessorBase):
 
     valid_kwargs = BitImageProcessorKwargs
 
-    def preprocess(
+    def _preprocess(
         self,
         images: Any,
         return_tensors: str | None = None,

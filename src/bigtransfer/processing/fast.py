@@ -90,7 +90,7 @@ class BitImageProcessorFast(ProcessorBase):
     def _call_options(self) -> tuple[str, ...]:
         return (*super()._call_options(), "device", "num_workers", "draft")
 
-    def preprocess(
+    def _preprocess(
         self,
         images: Any,
         return_tensors: str | None = None,
