@@ -376,6 +376,8 @@ class TrainingRun:
     def loss_sum(self, batch: MicroBatch) -> torch.Tensor:
         with self.autocast:
             logits = self.forward(batch.pixels).logits.float()
+        if batch.labels.ndim == 2:  # multi-label: sigmoid + binary cross-entropy on the (mixed) label vectors
+            return multi_label_loss_sum(logits, batch.labels)
         loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum")
         if batch.partner_labels is not None:
             partner_sum = F.cross_entropy(logits, batch.partner_labels, reduction="sum")
@@ -390,6 +392,13 @@ class TrainingRun:
         with self.autocast:
             logits = self.forward(blank).logits.float()
         (logits.sum() * 0.0).backward()
+
+
+def multi_label_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy summed over classes and examples: an example's loss is its sum over classes (as
+    big_vision's sigmoid_xent), so loss_sum / examples is a per-example loss like softmax's, and the gradient
+    does not shrink as classes are added (a mean over classes would divide the learning rate by C)."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
 
 
 def train(
