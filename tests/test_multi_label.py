@@ -173,3 +173,64 @@ def test_an_interrupted_multi_label_run_resumes_to_the_same_weights(upstream, mu
 def test_few_shot_subsets_need_single_label_data(upstream, multi_label_csv, tmp_path):
     with pytest.raises(ValueError, match="--shots needs single-label data"):
         finetune_tiny(upstream, load_dataset(multi_label_csv, multi_label=True), tmp_path / "run", shots=2)
+
+
+# -- metrics -----------------------------------------------------------------------------------------------
+
+# four images, three classes; "c" has no positive, class "b" ties a positive with a negative at 0.6
+SCORES = np.array([[0.9, 0.2, 0.7], [0.8, 0.6, 0.1], [0.3, 0.6, 0.2], [0.1, 0.4, 0.3]])
+TRUTH = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+
+
+def test_average_precision_and_f1_on_a_hand_computed_example():
+    from bigtransfer.inference.metrics import multi_label_metrics
+
+    metrics = multi_label_metrics(SCORES, TRUTH, ["a", "b", "c"])
+    # a: positives ranked 1st (precision 1) and 3rd (2/3): AP 5/6. b: the tie at 0.6 is one threshold, where
+    # precision is 1/2 and recall 1: AP 1/2. c has no positive and stays out of the mean.
+    assert metrics["per_class"]["a"]["ap"] == pytest.approx(5 / 6)
+    assert metrics["per_class"]["b"]["ap"] == pytest.approx(1 / 2)
+    assert "c" not in metrics["per_class"] and metrics["map"] == pytest.approx(2 / 3)
+    # all twelve pairs ranked: positives reached at precision 1 (1 of 1), 2/5 and 3/8, a third of recall each
+    assert metrics["micro_ap"] == pytest.approx((1 + 2 / 5 + 3 / 8) / 3)
+    # at 0.5: a predicted for images 0, 1 (TP 1 of 2 true): F1 1/2; b for 1, 2 (TP 1, 1 true): F1 2/3;
+    # c for image 0 (a false positive): counted in micro F1 = 2·2 / (5 predicted + 3 true)
+    assert metrics["per_class"]["a"]["f1"] == pytest.approx(1 / 2)
+    assert metrics["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert metrics["macro_f1"] == pytest.approx(7 / 12) and metrics["micro_f1"] == pytest.approx(1 / 2)
+    assert metrics["per_class"]["a"]["positives"] == 2 and metrics["examples"] == 4
+
+
+def test_average_precision_agrees_with_scikit_learn_when_it_is_installed():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from bigtransfer.inference.metrics import average_precision
+
+    rng = np.random.default_rng(0)
+    scores, truth = rng.integers(0, 6, (50, 4)) / 5, rng.integers(0, 2, (50, 4))  # many ties
+    for c in range(4):
+        expected = sklearn_metrics.average_precision_score(truth[:, c], scores[:, c])
+        assert average_precision(scores[:, c], truth[:, c]) == pytest.approx(expected)
+    expected = sklearn_metrics.average_precision_score(truth, scores, average="micro")
+    assert average_precision(scores.ravel(), truth.ravel()) == pytest.approx(expected)
+
+
+def test_finetune_and_evaluate_report_map_and_f1(upstream, multi_label_csv, tmp_path, capsys):
+    import json
+
+    from bigtransfer.cli import main as cli
+
+    code = cli(["finetune", "--model", str(upstream), "--data", str(multi_label_csv), "--multi-label",
+                "--eval-data", str(multi_label_csv), "--batch-size", "6", "--steps", "3", "--resize", "24",
+                "--crop", "20", "--eval-every", "2", "--workers", "0", "--out", str(tmp_path / "run"), "--json",
+                "--quiet"])  # fmt: skip
+    reported = json.loads(capsys.readouterr().out)["eval"]
+    assert code == 0 and {"map", "micro_ap", "macro_f1", "micro_f1"} <= set(reported) and "top1" not in reported
+    assert set(reported["per_class"]) == {"bird", "cat", "dog"} and 0 < reported["map"] <= 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["map"] == reported["map"]
+    assert [row["step"] for row in logged(tmp_path / "run") if "eval_map" in row] == [2, 3]
+    assert (tmp_path / "run" / "curves.png").is_file() and not (tmp_path / "run" / "confusion.png").exists()
+    assert "mAP" in (tmp_path / "run" / "model" / "README.md").read_text()
+    model = str(tmp_path / "run" / "model")
+    assert cli(["evaluate", "--model", model, "--data", str(multi_label_csv), "--multi-label", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"mAP {reported['map']:.4f}" in printed and "AP " in printed and "cat (6 images)" in printed

@@ -148,11 +148,11 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
     return files, errors
 
 
-def load_data(source: str, classes: str | None):
+def load_data(source: str, classes: str | None, multi_label: bool = False):
     """A --data argument as a dataset, restricted to --classes when given."""
     from ..data.datasets import load_dataset
 
-    dataset = load_dataset(source)
+    dataset = load_dataset(source, multi_label=multi_label)
     return dataset.select_classes(classes.split(",")) if classes else dataset
 
 

@@ -55,6 +55,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "print the final metrics as JSON")
 
 
+def _add_multi_label_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--multi-label", action="store_true",
+                        help="several classes per image: a CSV's labels separated by ';', or a folder whose images "
+                        "(same path below the class folder) appear in several class folders; sigmoid + binary "
+                        "cross-entropy, evaluated by mAP and F1")  # fmt: skip
+
+
 def register(commands) -> None:
     finetune = commands.add_parser(
         "finetune",
@@ -64,6 +71,7 @@ def register(commands) -> None:
     )
     add_model_argument(finetune, "the pretrained model")
     add_data_arguments(finetune, "training data", "evaluation data, in any of the same forms")
+    _add_multi_label_argument(finetune)
     finetune.add_argument("--shots", type=positive_int, default=None, help="K examples per class (balanced, seeded)")
     finetune.add_argument("--runs", type=positive_int, default=1,
                           help="repeat over this many consecutive seeds from --seed; report mean ± std (default 1)")  # fmt: skip
@@ -97,6 +105,7 @@ def register(commands) -> None:
     )
     add_model_argument(evaluate, "the classifier (from finetune: RUN/model; or an export directory)")
     add_data_arguments(evaluate, "labelled data")
+    _add_multi_label_argument(evaluate)
     add_inference_arguments(evaluate)
     add_output_arguments(evaluate, "print the metrics as JSON")
 
@@ -156,8 +165,8 @@ def run_finetune(args: argparse.Namespace) -> dict:
         flip=not args.no_flip, eval_every=args.eval_every,
     )  # fmt: skip
     run = run_options(args, "finetune")  # first: its checks need no data read
-    data = load_data(args.data, args.classes)
-    eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
+    data = load_data(args.data, args.classes, args.multi_label)
+    eval_data = load_data(args.eval_data, args.classes, args.multi_label) if args.eval_data else None
     if args.runs > 1 and not args.dry_run:  # a dry run shows the first run's plan
         return finetune_runs(args.runs, args.model, data, eval_data, recipe=recipe, run=run)
     return finetune(args.model, data, eval_data, recipe=recipe, run=run)
@@ -239,7 +248,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     return evaluate(
-        model, load_data(args.data, args.classes), BitImageProcessor.from_pretrained(args.model), args.batch_size,
+        model, load_data(args.data, args.classes, args.multi_label), BitImageProcessor.from_pretrained(args.model),
+        args.batch_size,
         workers=args.workers, bf16=args.bf16, progress=not args.quiet,
     )  # fmt: skip
 
@@ -247,24 +257,37 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 def _print_metrics(metrics: dict) -> None:
     if "runs" in metrics:
         for seed, run in zip(metrics["seeds"], metrics["runs"]):
-            print(f"seed {seed}: top-1 {run['eval']['top1']:.4f}" if "eval" in run else f"seed {seed}: done")
-        if "eval_top1_mean" in metrics:
-            print(
-                f"top-1 over {len(metrics['runs'])} seeds: {metrics['eval_top1_mean']:.4f} ± {metrics['eval_top1_std']:.4f}"
-            )
+            print(f"seed {seed}: {_headline_text(run['eval'])}" if "eval" in run else f"seed {seed}: done")
+        for key, name in HEADLINE_NAMES.items():
+            if f"eval_{key}_mean" in metrics:
+                print(f"{name} over {len(metrics['runs'])} seeds: {metrics[f'eval_{key}_mean']:.4f} ± "
+                      f"{metrics[f'eval_{key}_std']:.4f}")  # fmt: skip
         return
-    result = metrics.get("eval", metrics if "top1" in metrics else None)
+    result = metrics.get("eval", metrics if any(key in metrics for key in HEADLINE_NAMES) else None)
     if "model_dir" in metrics:
         print(f"model saved to {metrics['model_dir']} ({metrics['steps']} steps, {metrics['seconds']} s)")
     if metrics.get("skipped_images"):
         print(f"skipped {len(metrics['skipped_images'])} unreadable training images")
     if result:
-        line = f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if "top5" in result else "")
-        print(f"{line} on {result['examples']} images")
+        print(f"{_headline_text(result)} on {result['examples']} images")
         for name in result.get("skipped_images", []):
             print(f"  skipped unreadable image {name}", file=sys.stderr)
-        for name, accuracy in result["per_class"].items():
-            print(f"  {accuracy:7.2%}  {name}")
+        for name, score in result["per_class"].items():
+            if isinstance(score, dict):  # multi-label: average precision and F1 of each class
+                print(f"  AP {score['ap']:.4f}  F1 {score['f1']:.4f}  {name} ({score['positives']} images)")
+            else:
+                print(f"  {score:7.2%}  {name}")
+
+
+HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}
+
+
+def _headline_text(result: dict) -> str:
+    """One line of an evaluation: top-1 (and top-5), or for multi-label data mAP, micro AP and F1."""
+    if "map" in result:
+        return (f"mAP {result['map']:.4f}, micro AP {result['micro_ap']:.4f}, F1 at {result['threshold']:g}: "
+                f"macro {result['macro_f1']:.4f}, micro {result['micro_f1']:.4f}")  # fmt: skip
+    return f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if "top5" in result else "")
 
 
 def _without_confusion(metrics):

@@ -16,6 +16,7 @@ from ..checkpoints.catalogue import architecture_of
 from ..checkpoints.io import check_writable, write_json
 from ..data.datasets import ImageDataset, as_dataset
 from ..inference.few_shot import few_shot_subset
+from ..inference.metrics import headline
 from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from .augment import eval_processor, hyperrule_augment
@@ -160,16 +161,18 @@ def finetune_runs(
     run: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds from `run.seed`, each in `run.out`/seed-N;
-    mean ± std of eval top-1, also written to `run.out`/runs.json."""
+    mean ± std of eval top-1 (mAP for multi-label data), also written to `run.out`/runs.json."""
     seeds = list(range(run.seed, run.seed + runs))
     results = [finetune(model, data, eval_data, recipe=recipe,
                         run=dataclasses.replace(run, seed=seed, out=Path(run.out) / f"seed-{seed}")) for seed in seeds]  # fmt: skip
-    accuracies = [r["eval"]["top1"] for r in results if "eval" in r]
+    evaluations = [r["eval"] for r in results if "eval" in r]
     summary: dict[str, Any] = {"runs": results, "seeds": seeds}
-    if accuracies:
-        summary["eval_top1_mean"] = float(np.mean(accuracies))
-        summary["eval_top1_std"] = float(statistics.pstdev(accuracies)) if len(accuracies) > 1 else 0.0
+    if evaluations:
+        key = headline(evaluations[0])  # top1, or map for multi-label data
+        values = [evaluation[key] for evaluation in evaluations]
+        summary[f"eval_{key}_mean"] = float(np.mean(values))
+        summary[f"eval_{key}_std"] = float(statistics.pstdev(values)) if len(values) > 1 else 0.0
         if int(os.environ.get("RANK", "0")) == 0:
-            write_json(Path(run.out) / "runs.json", {"seeds": seeds, "eval_top1": accuracies,
-                       "eval_top1_mean": summary["eval_top1_mean"], "eval_top1_std": summary["eval_top1_std"]})  # fmt: skip
+            write_json(Path(run.out) / "runs.json", {"seeds": seeds, f"eval_{key}": values,
+                       f"eval_{key}_mean": summary[f"eval_{key}_mean"], f"eval_{key}_std": summary[f"eval_{key}_std"]})  # fmt: skip
     return summary
