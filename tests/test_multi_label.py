@@ -234,3 +234,73 @@ def test_finetune_and_evaluate_report_map_and_f1(upstream, multi_label_csv, tmp_
     assert cli(["evaluate", "--model", model, "--data", str(multi_label_csv), "--multi-label", "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert f"mAP {reported['map']:.4f}" in printed and "AP " in printed and "cat (6 images)" in printed
+
+
+# -- prediction --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def multi_label_model(tmp_path):
+    """A multi-label head whose scores are the same for every image: sigmoid(bias) = 0.88, 0.12, 0.52."""
+    import torch
+
+    from bigtransfer import BitConfig, BitForImageClassification
+    from bigtransfer.train.augment import eval_processor
+    from helpers import TINY
+
+    config = BitConfig(**{**TINY, "problem_type": "multi_label_classification",
+                          "id2label": {0: "bird", 1: "cat", 2: "dog"}})  # fmt: skip
+    model = BitForImageClassification(config)
+    with torch.no_grad():
+        model.classifier[1].weight.zero_()
+        model.classifier[1].bias.copy_(torch.tensor([2.0, -2.0, 0.1]))
+    model.save_pretrained(tmp_path / "model")
+    eval_processor(20).save_pretrained(tmp_path / "model")
+    write_images(tmp_path / "photos", ["a.png", "b.png"])
+    return tmp_path / "model"
+
+
+def predicted(model, capsys, *options):
+    """predict's JSON for the two photos beside `model`: (label, score) pairs per image."""
+    import json
+
+    from bigtransfer.cli import main as cli
+
+    assert (
+        cli(["predict", str(model.parent / "photos"), "--model", str(model), "--json", "--workers", "0", *options]) == 0
+    )
+    results = json.loads(capsys.readouterr().out)["results"]
+    return [[(p["label"], round(p["score"], 2)) for p in result["predictions"]] for result in results]
+
+
+def test_predict_lists_every_label_at_or_above_the_threshold(multi_label_model, capsys):
+    assert predicted(multi_label_model, capsys) == [[("bird", 0.88), ("dog", 0.52)]] * 2  # default 0.5
+    assert predicted(multi_label_model, capsys, "--threshold", "0.1") == [[("bird", 0.88), ("dog", 0.52),
+                                                                           ("cat", 0.12)]] * 2  # fmt: skip
+    assert predicted(multi_label_model, capsys, "--threshold", "0.9") == [[]] * 2
+    assert predicted(multi_label_model, capsys, "--threshold", "0.1", "--top-k", "1") == [[("bird", 0.88)]] * 2
+
+
+def test_a_single_label_model_keeps_its_top_k_softmax(multi_label_model, capsys):
+    import json
+
+    config = json.loads((multi_label_model / "config.json").read_text())
+    (multi_label_model / "config.json").write_text(json.dumps({**config, "problem_type": None}))
+    softmax = np.exp([2.0, -2.0, 0.1]) / np.exp([2.0, -2.0, 0.1]).sum()
+    expected = [("bird", round(softmax[0], 2)), ("dog", round(softmax[2], 2)), ("cat", round(softmax[1], 2))]
+    assert predicted(multi_label_model, capsys) == [expected] * 2
+
+
+def test_the_pipeline_gives_a_multi_label_model_sigmoid_scores(multi_label_model):
+    from bigtransfer import pipeline
+
+    classify = pipeline("image-classification", model=str(multi_label_model), device="cpu")
+    scores = classify(str(multi_label_model.parent / "photos" / "a.png"))
+    assert [(s["label"], round(s["score"], 2)) for s in scores] == [("bird", 0.88), ("dog", 0.52), ("cat", 0.12)]
+
+
+def test_semicolons_in_the_cli_without_the_flag_name_it(upstream, multi_label_csv, tmp_path, capsys):
+    from bigtransfer.cli import main as cli
+
+    code = cli(["finetune", "--model", str(upstream), "--data", str(multi_label_csv), "--out", str(tmp_path / "run")])
+    assert code == 2 and "pass --multi-label" in capsys.readouterr().err

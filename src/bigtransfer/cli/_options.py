@@ -44,6 +44,14 @@ positive_float = _bounded(float, 0, inclusive=False)
 non_negative_float = _bounded(float, 0, inclusive=True)
 
 
+def probability(text: str) -> float:
+    """An argparse type for a score threshold: a number in [0, 1]."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give a number from 0 to 1")
+    return value
+
+
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model", positional: bool = False) -> None:
     """--model MODEL; where 0.1 took MODEL as the first positional argument, that spelling still works."""
     if positional:
