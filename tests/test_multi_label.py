@@ -113,11 +113,11 @@ def upstream(tmp_path):
     return tmp_path / "upstream"
 
 
-def finetune_tiny(upstream, data, out, resume=False, **options):
+def finetune_tiny(upstream, data, out, resume=False, batch_split=1, **options):
     from bigtransfer.train import FineTuning, RunOptions, Speed, finetune
 
     recipe = FineTuning(**{**dict(batch_size=6, steps=6, resize=24, crop=20, mixup_alpha=0.4), **options})
-    run = RunOptions(out=out, seed=1, resume=resume, progress=False, speed=Speed(workers=0))
+    run = RunOptions(out=out, seed=1, resume=resume, progress=False, speed=Speed(workers=0, batch_split=batch_split))
     return finetune(str(upstream), data, recipe=recipe, run=run)
 
 
@@ -304,3 +304,13 @@ def test_semicolons_in_the_cli_without_the_flag_name_it(upstream, multi_label_cs
 
     code = cli(["finetune", "--model", str(upstream), "--data", str(multi_label_csv), "--out", str(tmp_path / "run")])
     assert code == 2 and "pass --multi-label" in capsys.readouterr().err
+
+
+def test_batch_split_gives_the_same_multi_label_update(upstream, multi_label_csv, tmp_path):
+    from safetensors.torch import load_file
+
+    data = load_dataset(multi_label_csv, multi_label=True)
+    finetune_tiny(upstream, data, tmp_path / "whole")
+    finetune_tiny(upstream, data, tmp_path / "split", batch_split=3)
+    whole, split = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("whole", "split"))
+    assert max(float((whole[key] - split[key]).abs().max()) for key in whole) < 1e-6
