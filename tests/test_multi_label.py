@@ -310,7 +310,69 @@ def test_batch_split_gives_the_same_multi_label_update(upstream, multi_label_csv
     from safetensors.torch import load_file
 
     data = load_dataset(multi_label_csv, multi_label=True)
-    finetune_tiny(upstream, data, tmp_path / "whole")
-    finetune_tiny(upstream, data, tmp_path / "split", batch_split=3)
+    finetune_tiny(upstream, data, tmp_path / "whole", steps=3)
+    finetune_tiny(upstream, data, tmp_path / "split", steps=3, batch_split=3)
     whole, split = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("whole", "split"))
     assert max(float((whole[key] - split[key]).abs().max()) for key in whole) < 1e-6
+
+
+# -- pre-training with BiT's upstream objective ------------------------------------------------------------
+
+
+def test_sigmoid_targets_of_class_ids_are_one_hot_rows_mixed_like_the_pixels():
+    import torch
+
+    from bigtransfer.train.batches import MicroBatch
+    from bigtransfer.train.loop import one_hot_targets
+
+    batch = MicroBatch(torch.zeros(2, 3, 4, 4), torch.tensor([0, 2]), torch.tensor([1, 2]), 0.25)
+    assert one_hot_targets(batch, 3).tolist() == [[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]]
+    batch = MicroBatch(torch.zeros(2, 3, 4, 4), torch.tensor([0, 2]), None, 1.0)
+    assert one_hot_targets(batch, 3).tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def pretrain_tiny(data, out, **recipe):
+    from bigtransfer import BitConfig
+    from bigtransfer.train import Pretraining, RunOptions, Speed, pretrain
+    from helpers import TINY
+
+    recipe = Pretraining(**{**dict(epochs=1, warmup_epochs=0.5, batch_size=4, crop=16), **recipe})
+    run = RunOptions(out=out, progress=False, speed=Speed(workers=0))
+    return pretrain(data, BitConfig(**TINY), recipe=recipe, run=run)
+
+
+def test_pretrain_with_the_sigmoid_loss_trains_on_one_hot_targets(tmp_path, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    import bigtransfer.train.loop as loop
+
+    for name in ("cat", "dog", "bird"):
+        write_images(tmp_path / "images" / name, ["0.png", "1.png", "2.png", "3.png"])
+    seen = []
+    original = loop.multi_label_loss_sum
+
+    def recorded(logits, targets):
+        seen.append((logits.detach(), targets))
+        return original(logits, targets)
+
+    monkeypatch.setattr(loop, "multi_label_loss_sum", recorded)
+    metrics = pretrain_tiny(str(tmp_path / "images"), tmp_path / "up", loss="sigmoid")
+    assert metrics["objective"] == "sigmoid" and metrics["steps"] == len(seen) == 3
+    for _, targets in seen:  # each row one class, no MixUp upstream
+        assert torch.equal(targets.sum(-1), torch.ones(4)) and set(targets.unique().tolist()) == {0.0, 1.0}
+    logits, targets = seen[0]  # the first step's loss, by hand: BCE summed over classes, averaged over images
+    manual = sum(-(t * F.logsigmoid(x) + (1 - t) * F.logsigmoid(-x)).sum() for x, t in zip(logits, targets)) / 4
+    assert logged(tmp_path / "up")[0]["loss"] == pytest.approx(float(manual), rel=1e-5)
+    assert pretrain_tiny(str(tmp_path / "images"), tmp_path / "softmax")["objective"] == "softmax" and len(seen) == 3
+
+
+def test_pretrain_on_multi_label_data_uses_the_sigmoid_loss_and_a_multi_label_head(multi_label_csv, tmp_path):
+    from bigtransfer import BitForImageClassification
+
+    data = load_dataset(multi_label_csv, multi_label=True)
+    assert pretrain_tiny(data, tmp_path / "up")["objective"] == "sigmoid"
+    model = BitForImageClassification.from_pretrained(tmp_path / "up" / "model")
+    assert model.config.problem_type == "multi_label_classification"
+    with pytest.raises(ValueError, match="Multi-label data trains with --loss sigmoid"):
+        pretrain_tiny(data, tmp_path / "softmax", loss="softmax")

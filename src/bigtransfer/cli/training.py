@@ -130,6 +130,10 @@ def register(commands) -> None:
     pretrain.add_argument("--batch-size", type=positive_int, default=256,
                           help="images per step, all processes (default 256: lr 0.03·batch/256 is BiT's rule)")  # fmt: skip
     pretrain.add_argument("--crop", type=positive_int, default=224, help="training and eval resolution (default 224)")
+    pretrain.add_argument("--loss", choices=["softmax", "sigmoid"], default=None,
+                          help="softmax cross-entropy, or sigmoid binary cross-entropy on one-hot (multi-hot) targets "
+                          "as BiT's upstream training used (default: softmax; sigmoid with --multi-label)")  # fmt: skip
+    _add_multi_label_argument(pretrain)
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
     check.add_argument("--fewshot-every", type=positive_int, metavar="N", help="measure every N steps and at the end")
@@ -198,7 +202,7 @@ def print_plan(plan: dict, stream) -> None:
         lines.append(f"  upstream recipe: Inception crop {crop} + flip, {schedule['steps']} steps (warm-up "
                      f"{schedule['warmup_steps']}, ÷10 at 1/3, 2/3, 8/9), batch {schedule['batch_size']} (micro-batch "
                      f"{schedule['batch_size'] // plan['batch_split']}), lr {schedule['base_lr']:g}, weight decay "
-                     f"{schedule['weight_decay']:g}")  # fmt: skip
+                     f"{schedule['weight_decay']:g}" + (", sigmoid loss" if plan["objective"] == "sigmoid" else ""))  # fmt: skip
         quicker = "--crop 128 --batch-size 64 (or fewer --epochs)"
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
                  f"loading workers → {plan['out']}")  # fmt: skip
@@ -233,10 +237,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
                              tuple(args.fewshot_shots))  # fmt: skip
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                         crop=args.crop)  # fmt: skip
+                         crop=args.crop, loss=args.loss)  # fmt: skip
     run = run_options(args, "pretrain")
-    eval_data = load_data(args.eval_data, args.classes) if args.eval_data else None
-    return pretrain(load_data(args.data, args.classes), config, eval_data, recipe=recipe, run=run,
+    eval_data = load_data(args.eval_data, args.classes, args.multi_label) if args.eval_data else None
+    return pretrain(load_data(args.data, args.classes, args.multi_label), config, eval_data, recipe=recipe, run=run,
                     fewshot_check=check)  # fmt: skip
 
 
