@@ -100,8 +100,9 @@ def register(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy of a fine-tuned model on labelled data",
-        description="Top-1, top-5 (with more than 5 classes) and per-class accuracy, read and preprocessed exactly "
-        "as `predict` does; the data's class names must be among the model's labels.",
+        description="Top-1, top-5 (with more than 5 classes) and per-class accuracy — with --multi-label, mAP, "
+        "micro AP and F1 at 0.5 — read and preprocessed exactly as `predict` does; the data's class names must be "
+        "among the model's labels.",
     )
     add_model_argument(evaluate, "the classifier (from finetune: RUN/model; or an export directory)")
     add_data_arguments(evaluate, "labelled data")
