@@ -252,11 +252,14 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from ..processing.exact import BitImageProcessor
 
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
+    data = load_data(args.data, args.classes, args.multi_label)
     return evaluate(
-        model, load_data(args.data, args.classes, args.multi_label), BitImageProcessor.from_pretrained(args.model),
-        args.batch_size,
-        workers=args.workers, bf16=args.bf16, progress=not args.quiet,
+        model, data, BitImageProcessor.from_pretrained(args.model), args.batch_size, workers=args.workers,
+        bf16=args.bf16, progress=not args.quiet,
     )  # fmt: skip
+
+
+HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}  # an evaluation's headline key, as the text output names it
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -282,9 +285,6 @@ def _print_metrics(metrics: dict) -> None:
                 print(f"  AP {score['ap']:.4f}  F1 {score['f1']:.4f}  {name} ({score['positives']} images)")
             else:
                 print(f"  {score:7.2%}  {name}")
-
-
-HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}
 
 
 def _headline_text(result: dict) -> str:
