@@ -44,6 +44,14 @@ positive_float = _bounded(float, 0, inclusive=False)
 non_negative_float = _bounded(float, 0, inclusive=True)
 
 
+def probability(text: str) -> float:
+    """An argparse type for a score threshold: a number in [0, 1]."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give a number from 0 to 1")
+    return value
+
+
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model", positional: bool = False) -> None:
     """--model MODEL; where 0.1 took MODEL as the first positional argument, that spelling still works."""
     if positional:
@@ -185,11 +193,11 @@ def load_data_arguments(args: argparse.Namespace, for_eval: bool = False) -> tup
     """(--data, --eval-data or the --val-split held out of --data, or None) as the data options say."""
     from ..data.datasets import hold_out
 
-    columns = dict(image_column=args.image_column, label_column=args.label_column)
-    data = load_data(args.data, args.classes, split=args.split, for_eval=for_eval, **columns)
+    reading = dict(image_column=args.image_column, label_column=args.label_column, multi_label=args.multi_label)
+    data = load_data(args.data, args.classes, split=args.split, for_eval=for_eval, **reading)
     eval_source = getattr(args, "eval_data", None)
     eval_data = (
-        load_data(eval_source, args.classes, split=args.eval_split, for_eval=True, **columns) if eval_source else None
+        load_data(eval_source, args.classes, split=args.eval_split, for_eval=True, **reading) if eval_source else None
     )
     if getattr(args, "val_split", None):
         if eval_data is not None:

@@ -12,8 +12,11 @@ from ._options import (
     collect_images,
     emit,
     positive_int,
+    probability,
     report_skipped,
 )
+
+TOP_K = 5  # classes per image a single-label model lists by default
 
 
 def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
@@ -23,7 +26,8 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
     from ..checkpoints.io import printable
     from ..data.datasets import ImageDataset
-    from ..inference.pipelines import class_scores, load_classifier, ranked
+    from ..inference.metrics import MULTI_LABEL_THRESHOLD
+    from ..inference.pipelines import at_or_above, class_scores, is_multi_label, load_classifier, ranked
     from ..inference.predict import predict_logits
     from ..processing.exact import BitImageProcessor
 
@@ -35,8 +39,12 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
                                  workers=args.workers, bf16=args.bf16, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
     errors += [{"file": printable(name), "error": printable(error)} for name, error in predictions.failures]
-    scores = class_scores(torch.from_numpy(predictions.rows), model.config)
-    top = ranked(scores, args.top_k, model.config.id2label)
+    scores = class_scores(torch.from_numpy(predictions.rows), model.config)  # sigmoid for a multi-label head
+    multi_label = is_multi_label(model.config)
+    top = ranked(scores, args.top_k or (scores.shape[-1] if multi_label else TOP_K), model.config.id2label)
+    threshold = args.threshold if args.threshold is not None else MULTI_LABEL_THRESHOLD if multi_label else None
+    if threshold is not None:
+        top = at_or_above(top, threshold)
     results = [{"file": printable(files[i]), "predictions": best} for i, best in zip(predictions.indices, top)]
     return results, errors
 
@@ -61,6 +69,8 @@ def _print_predictions(results: list[dict]) -> None:
         print(result["file"])
         for prediction in result["predictions"]:
             print(f"  {prediction['score']:7.2%}  {prediction['label']}")
+        if not result["predictions"]:
+            print("  no class at or above the threshold")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -77,12 +87,18 @@ def register(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="classify image files and folders",
-        description="Classify images (files, or folders searched recursively). Unreadable images are reported "
-        "and skipped; the exit code is 1 when any input failed.",
+        description="Classify images (files, or folders searched recursively): the top classes, or for a multi-label "
+        "model every class whose sigmoid score reaches --threshold. Unreadable images are reported and skipped; the "
+        "exit code is 1 when any input failed.",
     )
     predict.add_argument("inputs", nargs="+", help="image files and/or directories")
     add_model_argument(predict, "the classifier")
-    predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--top-k", type=positive_int, default=None,
+                         help=f"at most this many classes per image, best first (default {TOP_K}; a multi-label "
+                         "model: all of those at or above --threshold)")  # fmt: skip
+    predict.add_argument("--threshold", type=probability, default=None,
+                         help="list only the classes whose score is at least this (default: 0.5 for a multi-label "
+                         "model, whose scores are independent sigmoids; none for a single-label one)")  # fmt: skip
     add_inference_arguments(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")

@@ -55,6 +55,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "print the final metrics as JSON")
 
 
+def _add_multi_label_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--multi-label", action="store_true",
+                        help="several classes per image: a CSV's labels separated by ';', or a folder whose images "
+                        "(same path below the class folder) appear in several class folders; sigmoid + binary "
+                        "cross-entropy, evaluated by mAP and F1")  # fmt: skip
+
+
 def register(commands) -> None:
     finetune = commands.add_parser(
         "finetune",
@@ -64,6 +71,7 @@ def register(commands) -> None:
     )
     add_model_argument(finetune, "the pretrained model")
     add_data_arguments(finetune, "training data", "evaluation data, in any of the same forms")
+    _add_multi_label_argument(finetune)
     finetune.add_argument("--shots", type=positive_int, default=None, help="K examples per class (balanced, seeded)")
     finetune.add_argument("--runs", type=positive_int, default=1,
                           help="repeat over this many consecutive seeds from --seed; report mean ± std (default 1)")  # fmt: skip
@@ -92,11 +100,13 @@ def register(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy of a fine-tuned model on labelled data",
-        description="Top-1, top-5 (with more than 5 classes) and per-class accuracy, read and preprocessed exactly "
-        "as `predict` does; the data's class names must be among the model's labels.",
+        description="Top-1, top-5 (with more than 5 classes) and per-class accuracy — with --multi-label, mAP, "
+        "micro AP and F1 at 0.5 — read and preprocessed exactly as `predict` does; the data's class names must be "
+        "among the model's labels.",
     )
     add_model_argument(evaluate, "the classifier (from finetune: RUN/model; or an export directory)")
     add_data_arguments(evaluate, "labelled data", for_eval=True)
+    _add_multi_label_argument(evaluate)
     add_inference_arguments(evaluate)
     add_output_arguments(evaluate, "print the metrics as JSON")
 
@@ -121,6 +131,10 @@ def register(commands) -> None:
     pretrain.add_argument("--batch-size", type=positive_int, default=256,
                           help="images per step, all processes (default 256: lr 0.03·batch/256 is BiT's rule)")  # fmt: skip
     pretrain.add_argument("--crop", type=positive_int, default=224, help="training and eval resolution (default 224)")
+    pretrain.add_argument("--loss", choices=["softmax", "sigmoid"], default=None,
+                          help="softmax cross-entropy, or sigmoid binary cross-entropy on one-hot (multi-hot) targets "
+                          "as BiT's upstream training used (default: softmax; sigmoid with --multi-label)")  # fmt: skip
+    _add_multi_label_argument(pretrain)
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
     check.add_argument("--fewshot-every", type=positive_int, metavar="N", help="measure every N steps and at the end")
@@ -189,7 +203,7 @@ def print_plan(plan: dict, stream) -> None:
         lines.append(f"  upstream recipe: Inception crop {crop} + flip, {schedule['steps']} steps (warm-up "
                      f"{schedule['warmup_steps']}, ÷10 at 1/3, 2/3, 8/9), batch {schedule['batch_size']} (micro-batch "
                      f"{schedule['batch_size'] // plan['batch_split']}), lr {schedule['base_lr']:g}, weight decay "
-                     f"{schedule['weight_decay']:g}")  # fmt: skip
+                     f"{schedule['weight_decay']:g}" + (", sigmoid loss" if plan["objective"] == "sigmoid" else ""))  # fmt: skip
         quicker = "--crop 128 --batch-size 64 (or fewer --epochs)"
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
                  f"loading workers → {plan['out']}")  # fmt: skip
@@ -224,7 +238,7 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
                              tuple(args.fewshot_shots))  # fmt: skip
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                         crop=args.crop)  # fmt: skip
+                         crop=args.crop, loss=args.loss)  # fmt: skip
     run = run_options(args, "pretrain")
     data, eval_data = load_data_arguments(args)
     return pretrain(data, config, eval_data, recipe=recipe, run=run,
@@ -238,33 +252,47 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from ..processing.exact import BitImageProcessor
 
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
+    data, _ = load_data_arguments(args, for_eval=True)
     return evaluate(
-        model, load_data_arguments(args, for_eval=True)[0], BitImageProcessor.from_pretrained(args.model), args.batch_size,
-        workers=args.workers, bf16=args.bf16, progress=not args.quiet,
+        model, data, BitImageProcessor.from_pretrained(args.model), args.batch_size, workers=args.workers,
+        bf16=args.bf16, progress=not args.quiet,
     )  # fmt: skip
+
+
+HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}  # an evaluation's headline key, as the text output names it
 
 
 def _print_metrics(metrics: dict) -> None:
     if "runs" in metrics:
         for seed, run in zip(metrics["seeds"], metrics["runs"]):
-            print(f"seed {seed}: top-1 {run['eval']['top1']:.4f}" if "eval" in run else f"seed {seed}: done")
-        if "eval_top1_mean" in metrics:
-            print(
-                f"top-1 over {len(metrics['runs'])} seeds: {metrics['eval_top1_mean']:.4f} ± {metrics['eval_top1_std']:.4f}"
-            )
+            print(f"seed {seed}: {_headline_text(run['eval'])}" if "eval" in run else f"seed {seed}: done")
+        for key, name in HEADLINE_NAMES.items():
+            if f"eval_{key}_mean" in metrics:
+                print(f"{name} over {len(metrics['runs'])} seeds: {metrics[f'eval_{key}_mean']:.4f} ± "
+                      f"{metrics[f'eval_{key}_std']:.4f}")  # fmt: skip
         return
-    result = metrics.get("eval", metrics if "top1" in metrics else None)
+    result = metrics.get("eval", metrics if any(key in metrics for key in HEADLINE_NAMES) else None)
     if "model_dir" in metrics:
         print(f"model saved to {metrics['model_dir']} ({metrics['steps']} steps, {metrics['seconds']} s)")
     if metrics.get("skipped_images"):
         print(f"skipped {len(metrics['skipped_images'])} unreadable training images")
     if result:
-        line = f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if "top5" in result else "")
-        print(f"{line} on {result['examples']} images")
+        print(f"{_headline_text(result)} on {result['examples']} images")
         for name in result.get("skipped_images", []):
             print(f"  skipped unreadable image {name}", file=sys.stderr)
-        for name, accuracy in result["per_class"].items():
-            print(f"  {accuracy:7.2%}  {name}")
+        for name, score in result["per_class"].items():
+            if isinstance(score, dict):  # multi-label: average precision and F1 of each class
+                print(f"  AP {score['ap']:.4f}  F1 {score['f1']:.4f}  {name} ({score['positives']} images)")
+            else:
+                print(f"  {score:7.2%}  {name}")
+
+
+def _headline_text(result: dict) -> str:
+    """One line of an evaluation: top-1 (and top-5), or for multi-label data mAP, micro AP and F1."""
+    if "map" in result:
+        return (f"mAP {result['map']:.4f}, micro AP {result['micro_ap']:.4f}, F1 at {result['threshold']:g}: "
+                f"macro {result['macro_f1']:.4f}, micro {result['micro_f1']:.4f}")  # fmt: skip
+    return f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if "top5" in result else "")
 
 
 def _without_confusion(metrics):

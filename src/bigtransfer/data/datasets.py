@@ -36,6 +36,7 @@ FASHION_MNIST = [
 ]
 
 
+MULTI_LABEL_SEPARATOR = ";"  # between the classes of one image in a CSV's label column
 SIZE_SAMPLE = 64  # images whose headers decide the typical size: enough for a stable median, read in milliseconds
 
 
@@ -48,7 +49,10 @@ class ImageSize(NamedTuple):
 @dataclass
 class ImageDataset:
     """Images addressed by index: file paths or the rows of a Hugging Face `datasets` table (both decoded on
-    demand, in the loading workers), or an in-memory uint8 array."""
+    demand, in the loading workers), or an in-memory uint8 array.
+
+    `labels` holds N class ids, or for multi-label data an N×C {0, 1} matrix (row i: the classes image i shows).
+    """
 
     labels: np.ndarray
     classes: list[str]
@@ -59,6 +63,16 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+    def positives_per_class(self) -> np.ndarray:
+        """Images of each class (multi-label: images showing it)."""
+        if self.multi_label:
+            return self.labels.astype(bool).sum(axis=0)
+        return np.bincount(self.labels, minlength=len(self.classes))
 
     def load(self, index: int) -> Image.Image:
         """The image as RGB, decoded as prediction decodes it; raises ValueError/OSError for an unreadable file."""
@@ -123,6 +137,11 @@ class ImageDataset:
                 ids.append(int(item))
             else:
                 raise ValueError(f"Unknown class {item!r} in {self.source}; its classes are {self.classes}.")
+        if self.multi_label:  # images showing any of the wanted classes, with only those columns
+            subset = self.subset(np.flatnonzero(self.labels[:, ids].any(axis=1)))
+            subset.labels = subset.labels[:, ids]
+            subset.classes = [self.classes[i] for i in ids]
+            return subset
         keep = np.flatnonzero(np.isin(self.labels, ids))
         subset = self.subset(keep)
         remap = {old: new for new, old in enumerate(ids)}
@@ -133,9 +152,10 @@ class ImageDataset:
     def check_trainable(self) -> None:
         if len(self) == 0:
             raise ValueError(f"{self.source} holds no images.")
-        if len(np.unique(self.labels)) < 2:
+        positives = self.positives_per_class()
+        if np.count_nonzero(positives) < 2:
             raise ValueError(f"{self.source} has a single class: classification needs at least two.")
-        empty = [name for i, name in enumerate(self.classes) if not np.any(self.labels == i)]
+        empty = [name for name, count in zip(self.classes, positives) if count == 0]
         if empty:
             shown = ", ".join(repr(name) for name in empty[:5]) + (
                 f" … ({len(empty)} in all)" if len(empty) > 5 else ""
@@ -146,8 +166,8 @@ class ImageDataset:
             )
 
 
-def from_folder(root: Path) -> ImageDataset:
-    """root/<class name>/<image files>; classes in sorted order."""
+def from_folder(root: Path, multi_label: bool = False) -> ImageDataset:
+    """root/<class name>/<image files>; classes in sorted order. Multi-label: see `_multi_label_folder`."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     for class_dir in class_dirs:  # class names go into config.json and every report: they must be real text
         if printable(class_dir.name) != class_dir.name:
@@ -155,22 +175,46 @@ def from_folder(root: Path) -> ImageDataset:
                 f"The class folder {printable(class_dir)} has a name that is not UTF-8 text: rename it (the name "
                 "becomes the class label)."
             )
-    paths, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
+    members = [_images_in(class_dir) for class_dir in class_dirs]
+    if not any(members):
         raise ValueError(
             f"{root} has no images in class sub-folders: expected {root}/<class>/<image>.jpg (suffixes: "
             f"{', '.join(sorted(IMAGE_SUFFIXES))})."
         )
+    if multi_label:
+        return _multi_label_folder(root, class_dirs, members)
+    labels = [label for label, files in enumerate(members) for _ in files]
+    paths = [file for files in members for file in files]
     return ImageDataset(np.array(labels), [d.name for d in class_dirs], str(root), paths=paths)
 
 
-def from_csv(path: Path) -> ImageDataset:
+def _images_in(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _multi_label_folder(root: Path, class_dirs: list[Path], members: list[list[Path]]) -> ImageDataset:
+    """One image per path relative to its class folder: `cat/x.jpg` and `dog/x.jpg` are one image showing both.
+
+    The name decides, not the content: copies under one name may be hard links or symlinks, and two different
+    photos are never merged because their pixels happen to match. The first class folder's copy is the one read.
+    """
+    first: dict[Path, Path] = {}
+    classes_of: dict[Path, list[int]] = {}
+    for label, (class_dir, files) in enumerate(zip(class_dirs, members)):
+        for file in files:
+            name = file.relative_to(class_dir)
+            first.setdefault(name, file)
+            classes_of.setdefault(name, []).append(label)
+    names = sorted(first)
+    labels = np.zeros((len(names), len(class_dirs)), dtype=np.uint8)
+    for row, name in enumerate(names):
+        labels[row, classes_of[name]] = 1
+    return ImageDataset(labels, [d.name for d in class_dirs], str(root), paths=[first[name] for name in names])
+
+
+def from_csv(path: Path, multi_label: bool = False) -> ImageDataset:
     """A CSV with a header `path,label` (a UTF-8 byte-order mark, as Excel writes, is fine); relative paths are
-    relative to the CSV's folder."""
+    relative to the CSV's folder. Multi-label: a label cell lists the image's classes separated by `;`."""
     with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         columns = reader.fieldnames or []
@@ -184,9 +228,29 @@ def from_csv(path: Path) -> ImageDataset:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {', '.join(missing[:3])}.")
+    if multi_label:
+        return ImageDataset(*_multi_hot([row["label"] for row in rows]), str(path), paths=paths)
+    several = next((line for line, row in enumerate(rows, start=2) if MULTI_LABEL_SEPARATOR in row["label"]), None)
+    if several is not None:
+        raise ValueError(
+            f"{path}, line {several}: the label {rows[several - 2]['label']!r} lists several classes separated by "
+            f"'{MULTI_LABEL_SEPARATOR}': pass --multi-label (in Python, load_dataset(..., multi_label=True)) to "
+            "train on multi-label data."
+        )
     classes = sorted({row["label"] for row in rows})
     labels = np.array([classes.index(row["label"]) for row in rows])
     return ImageDataset(labels, classes, str(path), paths=paths)
+
+
+def _multi_hot(cells: list[str]) -> tuple[np.ndarray, list[str]]:
+    """`a;b` cells as an N×C {0, 1} matrix over the sorted class names (blanks around names are ignored)."""
+    names = [{name.strip() for name in cell.split(MULTI_LABEL_SEPARATOR)} - {""} for cell in cells]
+    classes = sorted(set().union(*names))
+    column = {name: i for i, name in enumerate(classes)}
+    labels = np.zeros((len(cells), len(classes)), dtype=np.uint8)
+    for row, present in enumerate(names):
+        labels[row, [column[name] for name in present]] = 1
+    return labels, classes
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -347,8 +411,10 @@ def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDa
     split. Disjoint; every class keeps at least one training image."""
     generator = np.random.default_rng(seed)
     held = []
+    # multi-label rows show several classes: held out by their first class, so the draw stays one per image
+    primary = dataset.labels.argmax(1) if dataset.labels.ndim == 2 else dataset.labels
     for label in range(len(dataset.classes)):
-        members = np.flatnonzero(dataset.labels == label)
+        members = np.flatnonzero(primary == label)
         count = min(max(1, round(fraction * len(members))), len(members) - 1)
         held += list(generator.permutation(members)[:count])
     held_mask = np.zeros(len(dataset), dtype=bool)
@@ -379,26 +445,39 @@ def load_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     for_eval: bool = False,
+    multi_label: bool = False,
 ) -> ImageDataset:
     """Pick the reader from what `source` is: folder of class folders, .csv, IDX images file, saved `datasets`,
     or the name of a `datasets` dataset. `split` and the columns apply to `datasets` sources; without a split,
-    training reads "train" and evaluation (`for_eval`) validation, else test."""
+    training reads "train" and evaluation (`for_eval`) validation, else test. `multi_label`: several classes per
+    image (folder or CSV), as an N×C matrix of labels."""
     path = Path(source).expanduser()
     hf_options = dict(split=split, image_column=image_column, label_column=label_column, for_eval=for_eval)
     if not path.exists():
         if _looks_like_dataset_name(str(source)):
+            _single_label_only(path, multi_label)
             return from_hub_dataset(str(source), **hf_options)
         raise FileNotFoundError(
             f"No dataset at {path}: pass an image folder, a CSV, an IDX images file or a saved dataset."
         )
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            _single_label_only(path, multi_label)
             return from_hf_datasets(path, **hf_options)
-        return from_folder(path)
+        return from_folder(path, multi_label)
     if path.suffix.lower() == ".csv":
-        return from_csv(path)
+        return from_csv(path, multi_label)
     if "idx3" in path.name:
+        _single_label_only(path, multi_label)
         return from_idx(path)
     raise ValueError(
         f"Cannot tell what kind of dataset {path} is: use a folder, a .csv or an *-images-idx3-ubyte[.gz] file."
     )
+
+
+def _single_label_only(path: Path, multi_label: bool) -> None:
+    if multi_label:
+        raise ValueError(
+            f"{path} holds one class per image; multi-label data comes as a CSV (labels separated by "
+            f"'{MULTI_LABEL_SEPARATOR}') or a folder whose images appear in several class folders."
+        )

@@ -47,7 +47,7 @@ class LoadedImages(NamedTuple):
 
     pixels: torch.Tensor | None  # uint8 N×H×W×3 of the images that loaded, None when none did
     ids: list[int]  # which images they are (batch positions, or dataset indices)
-    labels: list[int]
+    labels: list  # class ids, or multi-hot rows (lists of 0/1) for multi-label data
     failures: list[tuple[str, str]]  # (image name, error) of those that could not be read
 
 
@@ -147,5 +147,5 @@ def load_examples(
             failures.append((dataset.name_of(index), str(error)))
             continue
         loaded.append(image_id)
-        labels.append(int(dataset.labels[index]))
+        labels.append(dataset.labels[index].tolist())  # an int, or a multi-hot row
     return LoadedImages(stack_images(pixels) if pixels else None, loaded, labels, failures)

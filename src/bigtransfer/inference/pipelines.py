@@ -44,7 +44,7 @@ def default_function(config: Any) -> str:
     """transformers' choice: none for regression, sigmoid for multi-label or one-output heads, else softmax."""
     if config.problem_type == "regression":
         return "none"
-    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+    if is_multi_label(config) or config.num_labels == 1:
         return "sigmoid"
     return "softmax"
 
@@ -66,6 +66,15 @@ def ranked(scores: torch.Tensor, top_k: int | None, id2label: dict[int, str]) ->
         [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(values, indices)]
         for values, indices in zip(top.values, top.indices)
     ]
+
+
+def at_or_above(ranked_rows: list[list[dict[str, Any]]], threshold: float) -> list[list[dict[str, Any]]]:
+    """Of `ranked` rows, the labels whose score is at least `threshold`: a multi-label model's predicted set."""
+    return [[label for label in row if label["score"] >= threshold] for row in ranked_rows]
+
+
+def is_multi_label(config: Any) -> bool:
+    return config.problem_type == "multi_label_classification"
 
 
 class BitPipeline:

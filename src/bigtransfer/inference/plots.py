@@ -11,6 +11,7 @@ import numpy as np
 from ..checkpoints.io import atomic_path
 
 logger = logging.getLogger(__name__)
+HEADLINES = {"eval_top1": "top-1", "eval_map": "mAP"}  # metrics.jsonl's held-out measurements, as the plot names them
 
 
 def _pyplot():
@@ -26,13 +27,14 @@ def _pyplot():
 
 
 def plot_curves(metrics_file: Path, out: Path) -> Path | None:
-    """Training loss, learning rate and (when present) eval top-1 and few-shot accuracy against the step, as one PNG."""
+    """Training loss, learning rate and (when present) eval top-1 (or mAP) and few-shot accuracy against the step,
+    as one PNG."""
     plt = _pyplot()
     if plt is None or not metrics_file.exists():
         return None
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
-    series = sorted({key for r in rows for key in r if key == "eval_top1" or key.startswith("eval_fewshot_")})
+    series = sorted({key for r in rows for key in r if key in HEADLINES or key.startswith("eval_fewshot_")})
     panels = 3 if series else 2
     figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
@@ -42,11 +44,14 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     axes[1].set(title="learning rate", xlabel="step", yscale="log")
     for key in series:  # eval top-1, and the linear few-shot accuracies of pre-training's --fewshot-every
         points = [r for r in rows if key in r]
-        label = "top-1" if key == "eval_top1" else key.removeprefix("eval_fewshot_").replace("shot", "-shot linear")
+        label = HEADLINES.get(key) or key.removeprefix("eval_fewshot_").replace("shot", "-shot linear")
         axes[2].plot([r["step"] for r in points], [r[key] for r in points], marker="o", label=label)
     if series:
         axes[2].set(
-            title="held-out accuracy", xlabel="step", ylim=(0, 1), xlim=(0, max(r["step"] for r in rows) * 1.02)
+            title="held-out mAP" if "eval_map" in series else "held-out accuracy",
+            xlabel="step",
+            ylim=(0, 1),
+            xlim=(0, max(r["step"] for r in rows) * 1.02),
         )
         axes[2].legend(fontsize=8)
     figure.tight_layout()

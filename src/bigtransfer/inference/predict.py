@@ -13,7 +13,7 @@ from ..data.datasets import ImageDataset
 from ..data.device import use_channels_last
 from ..data.eval_batches import input_batches
 from ..processing.base import ProcessorBase
-from .metrics import accuracy_metrics, top_classes
+from .metrics import accuracy_metrics, multi_label_metrics, top_classes
 
 
 @dataclasses.dataclass
@@ -111,7 +111,8 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head.
+    """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head; for multi-label
+    data, average precision and F1 of the sigmoid scores (`metrics.multi_label_metrics`).
 
     Unreadable images are skipped and listed under "skipped_images". In a multi-process run every process calls it with
     its `rank`: each predicts every `world_size`-th image and all get the same metrics, so no process waits idle
@@ -126,32 +127,40 @@ def evaluate(
     mine = np.arange(rank, len(dataset), world_size)
     predictions = predict_logits(model, dataset.subset(mine) if world_size > 1 else dataset, processor, batch_size,
                                  workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
-    ranked = Ranked(top_classes(predictions.rows), mine[predictions.indices], predictions.failures)
+    rows = predictions.rows if dataset.multi_label else top_classes(predictions.rows)
+    evaluated = Evaluated(rows, mine[predictions.indices], predictions.failures)
     if world_size > 1:
-        ranked = _gathered(ranked)
-    if not len(ranked.indices):
+        evaluated = _gathered(evaluated)
+    if not len(evaluated.indices):
         raise ValueError(f"None of the {len(dataset)} images of {dataset.source} could be read.")
-    labels = np.array([label2id[dataset.classes[y]] for y in dataset.labels[ranked.indices]])
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    metrics = accuracy_metrics(ranked.classes, labels, classes)
-    return {**metrics, "skipped_images": [name for name, _ in ranked.failures]}
+    columns = np.array([label2id[name] for name in dataset.classes], dtype=np.int64)  # dataset class → model's
+    if dataset.multi_label:
+        labels = np.zeros((len(evaluated.indices), len(classes)), dtype=np.uint8)
+        labels[:, columns] = dataset.labels[evaluated.indices]
+        scores = torch.from_numpy(evaluated.rows).sigmoid().numpy()  # as predict and pipeline() score them
+        metrics = multi_label_metrics(scores, labels, classes)
+    else:
+        metrics = accuracy_metrics(evaluated.rows, columns[dataset.labels[evaluated.indices]], classes)
+    return {**metrics, "skipped_images": [name for name, _ in evaluated.failures]}
 
 
-class Ranked(NamedTuple):
-    """What evaluation needs of the logits, small enough to gather from every process: the best classes."""
+class Evaluated(NamedTuple):
+    """What evaluation needs of the logits, small enough to gather from every process: the best classes
+    (single-label), or all the logits (multi-label, whose metrics rank every image for every class)."""
 
-    classes: np.ndarray  # N × min(5, num_labels) class ids, best first
+    rows: np.ndarray  # N × min(5, num_labels) class ids, best first; or N × num_labels logits
     indices: np.ndarray  # dataset index of each row
     failures: list[tuple[str, str]]
 
 
-def _gathered(shard: Ranked) -> Ranked:
-    """Every process's ranked classes, joined in dataset order on every process."""
+def _gathered(shard: Evaluated) -> Evaluated:
+    """Every process's rows, joined in dataset order on every process."""
     import torch.distributed as dist
 
-    shards: list[Ranked | None] = [None] * dist.get_world_size()
+    shards: list[Evaluated | None] = [None] * dist.get_world_size()
     dist.all_gather_object(shards, shard)
     indices = np.concatenate([part.indices for part in shards])
     order = np.argsort(indices, kind="stable")
-    return Ranked(np.concatenate([part.classes for part in shards])[order], indices[order],
-                  [failure for part in shards for failure in part.failures])  # fmt: skip
+    return Evaluated(np.concatenate([part.rows for part in shards])[order], indices[order],
+                     [failure for part in shards for failure in part.failures])  # fmt: skip

@@ -230,6 +230,16 @@ def _shown(value: Any) -> Any:
     return ", ".join(map(str, value)) if isinstance(value, list) else value
 
 
+EVALUATION_ROWS = (  # the training record's held-out figures, in the card's order
+    ("top1", "top-1 accuracy"),
+    ("top5", "top-5 accuracy"),
+    ("map", "mAP (macro average precision)"),
+    ("micro_ap", "micro average precision"),
+    ("macro_f1", "macro F1 at threshold 0.5"),
+    ("micro_f1", "micro F1 at threshold 0.5"),
+)
+
+
 def _training(record: dict[str, Any]) -> list[str]:
     fine_tuned = "rule" in record
     recipe = record.get("rule") or record.get("schedule") or {}
@@ -245,8 +255,7 @@ def _training(record: dict[str, Any]) -> list[str]:
     sections = ["## Training", f"{how}{images}{took}.", "\n".join(["| setting | value |", "|---|---|", *rows])]
     evaluation = record.get("eval")
     if evaluation:
-        results = [f"| top-1 accuracy | {evaluation['top1']:.4f} |"]
-        results += [f"| top-5 accuracy | {evaluation['top5']:.4f} |"] if "top5" in evaluation else []
+        results = [f"| {name} | {evaluation[key]:.4f} |" for key, name in EVALUATION_ROWS if key in evaluation]
         sections += [
             "## Results",
             f"On {evaluation['examples']:,} evaluation images:\n\n"

@@ -132,8 +132,8 @@ class TrainingExamples:
 @dataclasses.dataclass
 class MicroBatch:
     pixels: torch.Tensor  # float32 N×3×H×W on the device, MixUp applied
-    labels: torch.Tensor
-    partner_labels: torch.Tensor | None
+    labels: torch.Tensor  # class ids (N), or multi-label targets (float32 N×C, MixUp applied)
+    partner_labels: torch.Tensor | None  # the MixUp partners' class ids (single-label only)
     mixup_lambda: float
 
     def __len__(self) -> int:
@@ -157,6 +157,8 @@ def assemble(
         return None
     pixels = transform.normalise_pixels(gather_pixels(loaded, device), channels_last)
     labels = to_device(torch.tensor([label for item in loaded for label in item.labels]), device)
+    if labels.ndim == 2:  # multi-hot rows: the targets of binary cross-entropy
+        labels = labels.float()
     first = [slot[p] for p in keep]
     if first != list(range(len(slot))):  # some loaded images are only partners, or some examples dropped
         chosen = to_device(torch.tensor(first), device)
@@ -168,5 +170,7 @@ def assemble(
     lam = plan.mixup[0]
     partners = to_device(torch.tensor([slot[plan.partner(p)] for p in keep]), device)
     mixed = lam * pixels_first + (1 - lam) * pixels[partners]
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return MicroBatch(mixed.contiguous(memory_format=memory_format), labels_first, labels[partners], lam)
+    mixed = mixed.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if labels.ndim == 2:  # multi-label: the label vectors mix as the pixels do
+        return MicroBatch(mixed, lam * labels_first + (1 - lam) * labels[partners], None, lam)
+    return MicroBatch(mixed, labels_first, labels[partners], lam)

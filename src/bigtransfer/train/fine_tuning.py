@@ -16,6 +16,7 @@ from ..checkpoints.catalogue import architecture_of
 from ..checkpoints.io import check_writable, write_json
 from ..data.datasets import ImageDataset, as_dataset
 from ..inference.few_shot import few_shot_subset
+from ..inference.metrics import headline
 from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitModel, BitPreTrainedModel
 from .augment import eval_processor, hyperrule_augment
@@ -36,23 +37,25 @@ def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
 
 
 def classifier_for(
-    model: str | os.PathLike | BitPreTrainedModel, id2label: dict[int, str]
+    model: str | os.PathLike | BitPreTrainedModel, id2label: dict[int, str], multi_label: bool = False
 ) -> BitForImageClassification:
     """A new classifier for `id2label` on the pretrained body of `model` (a name or path `from_pretrained` takes,
-    or a loaded BitModel / BitForImageClassification, which is copied, not changed)."""
+    or a loaded BitModel / BitForImageClassification, which is copied, not changed). A multi-label head records
+    problem_type="multi_label_classification": sigmoid scores in pipelines and predict, BCE in its own loss."""
+    problem_type = "multi_label_classification" if multi_label else None
     if isinstance(model, BitPreTrainedModel):
         body = getattr(model, "bit", model)
         if not isinstance(body, BitModel):
             raise TypeError(f"finetune needs a classifier or a BitModel body, got {type(model).__name__}.")
         settings = {**model.config.to_dict(), "num_labels": len(id2label), "id2label": id2label,
-                    "label2id": {name: i for i, name in id2label.items()}}  # fmt: skip
+                    "label2id": {name: i for i, name in id2label.items()}, "problem_type": problem_type}  # fmt: skip
         network = BitForImageClassification(BitConfig.from_dict(settings))
         network.bit.load_state_dict(body.state_dict())
         return network.to(body.dtype)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"finetune's model must be a name, a path or a BiT model object, got {type(model).__name__}.")
     return BitForImageClassification.from_pretrained(
-        model, num_labels=len(id2label), id2label=id2label, ignore_mismatched_sizes=True
+        model, num_labels=len(id2label), id2label=id2label, problem_type=problem_type, ignore_mismatched_sizes=True
     )
 
 
@@ -117,8 +120,10 @@ def fine_tuning_job(
     train_set = as_dataset(data)
     train_set.check_trainable()
     if recipe.shots is not None:
+        if train_set.multi_label:
+            raise ValueError("--shots needs single-label data: a multi-label image would count for several classes.")
         train_set = train_set.subset(few_shot_subset(train_set.labels, recipe.shots, seed, train_set.classes))
-    network = classifier_for(model, dict(enumerate(train_set.classes)))
+    network = classifier_for(model, dict(enumerate(train_set.classes)), train_set.multi_label)
     typical = train_set.typical_image_size(seed=seed)
     rule = hyperrule(len(train_set), typical[:2], recipe.preset, recipe.batch_size, recipe.base_lr,
                      recipe.lr_scaling, architecture=architecture_of(network.config))  # fmt: skip
@@ -139,7 +144,8 @@ def fine_tuning_job(
         eval_set=as_dataset(eval_data) if eval_data is not None else None,
         regime=Regime(rule, augment, image_size=rule.crop), processor=processor,
         fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
-                     "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip},
+                     "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip,
+                     **({"multi_label": True} if train_set.multi_label else {})},
         report={"rule": dataclasses.asdict(rule), "base_model": name}, shots=recipe.shots, eval_every=recipe.eval_every,
         plan_details={"image_size": {"height": typical.height, "width": typical.width, "statistic": typical.statistic}},
     )  # fmt: skip
@@ -155,16 +161,18 @@ def finetune_runs(
     run: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds from `run.seed`, each in `run.out`/seed-N;
-    mean ± std of eval top-1, also written to `run.out`/runs.json."""
+    mean ± std of eval top-1 (mAP for multi-label data), also written to `run.out`/runs.json."""
     seeds = list(range(run.seed, run.seed + runs))
     results = [finetune(model, data, eval_data, recipe=recipe,
                         run=dataclasses.replace(run, seed=seed, out=Path(run.out) / f"seed-{seed}")) for seed in seeds]  # fmt: skip
-    accuracies = [r["eval"]["top1"] for r in results if "eval" in r]
+    evaluations = [r["eval"] for r in results if "eval" in r]
     summary: dict[str, Any] = {"runs": results, "seeds": seeds}
-    if accuracies:
-        summary["eval_top1_mean"] = float(np.mean(accuracies))
-        summary["eval_top1_std"] = float(statistics.pstdev(accuracies)) if len(accuracies) > 1 else 0.0
+    if evaluations:
+        key = headline(evaluations[0])  # top1, or map for multi-label data
+        values = [evaluation[key] for evaluation in evaluations]
+        summary[f"eval_{key}_mean"] = float(np.mean(values))
+        summary[f"eval_{key}_std"] = float(statistics.pstdev(values)) if len(values) > 1 else 0.0
         if int(os.environ.get("RANK", "0")) == 0:
-            write_json(Path(run.out) / "runs.json", {"seeds": seeds, "eval_top1": accuracies,
-                       "eval_top1_mean": summary["eval_top1_mean"], "eval_top1_std": summary["eval_top1_std"]})  # fmt: skip
+            write_json(Path(run.out) / "runs.json", {"seeds": seeds, f"eval_{key}": values,
+                       f"eval_{key}_mean": summary[f"eval_{key}_mean"], f"eval_{key}_std": summary[f"eval_{key}_std"]})  # fmt: skip
     return summary

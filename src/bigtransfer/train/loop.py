@@ -48,6 +48,7 @@ class Regime:
     schedule: StepSchedule
     augment: Augment  # picklable: it runs in loading worker processes
     image_size: int  # side of the square images `augment` makes
+    loss: str = "softmax"  # or "sigmoid": binary cross-entropy on one-hot targets (multi-label data always)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +377,10 @@ class TrainingRun:
     def loss_sum(self, batch: MicroBatch) -> torch.Tensor:
         with self.autocast:
             logits = self.forward(batch.pixels).logits.float()
+        if batch.labels.ndim == 2:  # multi-label: sigmoid + binary cross-entropy on the (mixed) label vectors
+            return multi_label_loss_sum(logits, batch.labels)
+        if self.regime.loss == "sigmoid":
+            return multi_label_loss_sum(logits, one_hot_targets(batch, logits.shape[-1]))
         loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum")
         if batch.partner_labels is not None:
             partner_sum = F.cross_entropy(logits, batch.partner_labels, reduction="sum")
@@ -390,6 +395,22 @@ class TrainingRun:
         with self.autocast:
             logits = self.forward(blank).logits.float()
         (logits.sum() * 0.0).backward()
+
+
+def multi_label_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy summed over classes and examples: an example's loss is its sum over classes (as
+    big_vision's sigmoid_xent), so loss_sum / examples is a per-example loss like softmax's, and the gradient
+    does not shrink as classes are added (a mean over classes would divide the learning rate by C)."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+
+
+def one_hot_targets(batch: MicroBatch, classes: int) -> torch.Tensor:
+    """Class ids as one-hot float rows, MixUp-mixed with the partners' as multi-label targets are."""
+    targets = F.one_hot(batch.labels, classes).float()
+    if batch.partner_labels is None:
+        return targets
+    partners = F.one_hot(batch.partner_labels, classes).float()
+    return batch.mixup_lambda * targets + (1 - batch.mixup_lambda) * partners
 
 
 def train(

@@ -58,6 +58,14 @@ class Pretraining:
     warmup_epochs: float = 5
     batch_size: int = 256
     crop: int = 224
+    loss: str | None = None  # "softmax" or "sigmoid" (BiT's upstream objective); None: sigmoid for multi-label data
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"Pretraining: loss={self.loss!r} is not one of {', '.join(map(str, LOSSES))}.")
+
+
+LOSSES = (None, "softmax", "sigmoid")
 
 
 def pretrain(
@@ -78,7 +86,11 @@ def pretrain(
         check_writable(Path(run.out))  # before the data is read
     dataset = as_dataset(data)
     dataset.check_trainable()
-    config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)))
+    loss = recipe.loss or ("sigmoid" if dataset.multi_label else "softmax")
+    if dataset.multi_label and loss != "sigmoid":
+        raise ValueError("Multi-label data trains with --loss sigmoid: softmax needs one class per image.")
+    head = {"problem_type": "multi_label_classification"} if dataset.multi_label else {}  # sigmoid scores in predict
+    config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)), **head)
     torch.manual_seed(run.seed)
     model = BitForImageClassification(config)
     schedule = upstream_schedule(len(dataset), recipe.epochs, recipe.batch_size, recipe.warmup_epochs)
@@ -88,11 +100,12 @@ def pretrain(
     job = TrainingJob(
         what=f"pre-train a BiT ({layout}, {model.num_parameters() / 1e6:.1f} M parameters) from scratch",
         network=model, train_set=dataset, eval_set=as_dataset(eval_data) if eval_data is not None else None,
-        regime=Regime(schedule, augment, image_size=recipe.crop),
+        regime=Regime(schedule, augment, image_size=recipe.crop, loss=loss),
         processor=processor,
         fingerprint={"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
-                     "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop},
-        report={"schedule": dataclasses.asdict(schedule)}, plan_details={"crop": recipe.crop},
+                     "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop,
+                     **({"loss": loss} if loss != "softmax" else {})},
+        report={"schedule": dataclasses.asdict(schedule), "objective": loss}, plan_details={"crop": recipe.crop},
         extra_monitor=fewshot_check.monitor if fewshot_check else None,
     )  # fmt: skip
     return run_training(job, run)

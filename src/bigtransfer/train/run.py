@@ -20,6 +20,7 @@ from ..checkpoints.io import exclusive, write_json
 from ..data.datasets import ImageDataset
 from ..data.device import resolve_device
 from ..data.workers import resolve_workers
+from ..inference.metrics import headline
 from ..inference.plots import plot_confusion, plot_curves
 from ..inference.predict import evaluate
 from ..models.model_card import TRAINING_RECORD
@@ -117,7 +118,7 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
         if evaluation is not None and job.eval_every:
-            monitor = Monitor(job.eval_every, lambda step: {"top1": evaluation()["top1"]}, sharded=True)
+            monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation), sharded=True)
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
                         context=context, seed=options.seed, bf16=options.bf16, saving=saving, monitor=monitor,
                         progress=options.progress, speed=options.speed)  # fmt: skip
@@ -151,12 +152,20 @@ def finish_run(
         metrics["eval"] = result
     _save_model(model, processor, out / MODEL_DIR, training_record(metrics))
     if result is not None:
-        append_metrics(out / METRICS, {"step": summary["steps"], "eval_top1": result["top1"]})
+        key = headline(result)
+        append_metrics(out / METRICS, {"step": summary["steps"], f"eval_{key}": result[key]})
+    if result is not None and "confusion" in result:  # multi-label evaluations have no confusion matrix
         plot_confusion(result["confusion"], [model.config.id2label[i] for i in range(model.config.num_labels)],
                        out / "confusion.png")  # fmt: skip
     plot_curves(out / METRICS, out / "curves.png")
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def headline_only(evaluation: Callable[[], dict[str, Any]], step: int) -> dict[str, float]:
+    """The held-out number a run's curve follows during training: top-1, or mAP for multi-label data."""
+    result = evaluation()
+    return {headline(result): result[headline(result)]}
 
 
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +174,8 @@ def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
     kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds")
     record = {key: metrics[key] for key in kept if key in metrics}
     if "eval" in metrics:
-        record["eval"] = {key: metrics["eval"][key] for key in ("examples", "top1", "top5") if key in metrics["eval"]}
+        kept = ("examples", "top1", "top5", "map", "micro_ap", "macro_f1", "micro_f1")
+        record["eval"] = {key: metrics["eval"][key] for key in kept if key in metrics["eval"]}
     return record
 
 
