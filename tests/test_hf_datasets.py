@@ -138,3 +138,24 @@ def test_an_unknown_name_offline_says_what_was_tried(tmp_path):
     assert result.returncode == 1
     assert "No dataset at 'no-such-dataset-anywhere': not a local path" in result.stderr
     assert "HF_HUB_OFFLINE=1" in result.stderr
+
+
+def test_label_lists_are_multi_label_data(tmp_path):
+    names = ["cat", "dog", "sofa"]
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.Sequence(datasets.ClassLabel(names=names))}
+    )
+    datasets.Dataset.from_dict({"image": photos(3, 0), "labels": [[0, 2], [1], []]}, features=features).save_to_disk(
+        tmp_path / "ids"
+    )
+    with pytest.raises(ValueError, match="labels are lists .*pass --multi-label"):
+        load_dataset(tmp_path / "ids")
+    loaded = load_dataset(tmp_path / "ids", multi_label=True)
+    assert loaded.classes == names and loaded.labels.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
+    datasets.Dataset.from_dict({"image": photos(2, 0), "labels": [["sofa", "cat"], ["cat"]]}).save_to_disk(
+        tmp_path / "strings"
+    )
+    strings = load_dataset(tmp_path / "strings", multi_label=True)
+    assert strings.classes == ["cat", "sofa"] and strings.labels.tolist() == [[1, 1], [1, 0]]
+    with pytest.raises(ValueError, match="needs a column of label lists"):
+        load_dataset(tmp_path / "ids", multi_label=True, label_column="image")

@@ -229,7 +229,9 @@ def from_csv(path: Path, multi_label: bool = False) -> ImageDataset:
     if missing:
         raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {', '.join(missing[:3])}.")
     if multi_label:
-        return ImageDataset(*_multi_hot([row["label"] for row in rows]), str(path), paths=paths)
+        cells = [row["label"] for row in rows]
+        present = [{name.strip() for name in cell.split(MULTI_LABEL_SEPARATOR)} - {""} for cell in cells]
+        return ImageDataset(*_multi_hot(present), str(path), paths=paths)
     several = next((line for line, row in enumerate(rows, start=2) if MULTI_LABEL_SEPARATOR in row["label"]), None)
     if several is not None:
         raise ValueError(
@@ -242,12 +244,11 @@ def from_csv(path: Path, multi_label: bool = False) -> ImageDataset:
     return ImageDataset(labels, classes, str(path), paths=paths)
 
 
-def _multi_hot(cells: list[str]) -> tuple[np.ndarray, list[str]]:
-    """`a;b` cells as an N×C {0, 1} matrix over the sorted class names (blanks around names are ignored)."""
-    names = [{name.strip() for name in cell.split(MULTI_LABEL_SEPARATOR)} - {""} for cell in cells]
-    classes = sorted(set().union(*names))
+def _multi_hot(names: list[set[str]], classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Each image's set of class names as an N×C {0, 1} matrix over `classes` (default: the sorted names)."""
+    classes = classes if classes is not None else sorted(set().union(*names))
     column = {name: i for i, name in enumerate(classes)}
-    labels = np.zeros((len(cells), len(classes)), dtype=np.uint8)
+    labels = np.zeros((len(names), len(classes)), dtype=np.uint8)
     for row, present in enumerate(names):
         labels[row, [column[name] for name in present]] = 1
     return labels, classes
@@ -312,8 +313,24 @@ def _column(columns: list[str], given: str | None, candidates: tuple[str, ...], 
     return found
 
 
+def _label_sets(values: list, feature: Any, source: str) -> tuple[np.ndarray, list[str]]:
+    """Multi-label rows: a list of ClassLabel ids (`Sequence(ClassLabel)`) or of strings, as an N×C matrix."""
+    inner = getattr(feature, "feature", None)
+    if inner is None:
+        raise ValueError(
+            f"{source}: --multi-label needs a column of label lists (Sequence(ClassLabel) or of strings), got {feature}."
+        )
+    if hasattr(inner, "names"):
+        return _multi_hot([{inner.names[i] for i in row} for row in values], list(inner.names))
+    if all(isinstance(name, str) for row in values for name in row):
+        return _multi_hot([set(row) for row in values])
+    raise ValueError(f"{source}: label lists must hold ClassLabel ids or strings, got {feature}.")
+
+
 def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, list[str]]:
     """Class ids and names: a ClassLabel's names, strings as a CSV's labels (sorted names), or plain ints."""
+    if hasattr(feature, "feature"):
+        raise ValueError(f"{source}: its labels are lists (several classes per image): pass --multi-label.")
     if hasattr(feature, "names"):
         labels, classes = np.array(values, dtype=np.int64), list(feature.names)
     elif values and all(isinstance(value, str) for value in values):
@@ -332,7 +349,11 @@ def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, lis
 
 
 def from_hf_dataset(
-    dataset: Any, source: str, image_column: str | None = None, label_column: str | None = None
+    dataset: Any,
+    source: str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    multi_label: bool = False,
 ) -> ImageDataset:
     """A `datasets.Dataset` as an ImageDataset that reads only its label column up front: images stay in the
     Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory)."""
@@ -344,7 +365,8 @@ def from_hf_dataset(
             f"{source}: column {image_column!r} holds {dataset.features[image_column]}, not images: name the image "
             "column with --image-column."
         )
-    labels, classes = _class_ids(dataset[label_column], dataset.features[label_column], source)
+    read_labels = _label_sets if multi_label else _class_ids
+    labels, classes = read_labels(dataset[label_column], dataset.features[label_column], source)
     table = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
     return ImageDataset(labels, classes, source, table=table)
 
@@ -371,6 +393,7 @@ def from_hf_datasets(
     image_column: str | None = None,
     label_column: str | None = None,
     for_eval: bool = False,
+    multi_label: bool = False,
 ) -> ImageDataset:
     """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read)."""
     datasets = _datasets()
@@ -379,7 +402,7 @@ def from_hf_datasets(
     if isinstance(loaded, datasets.DatasetDict):
         split = _pick_split(list(loaded), split, for_eval, source)
         loaded, source = loaded[split], f"{path} [{split}]"
-    return from_hf_dataset(loaded, source, image_column, label_column)
+    return from_hf_dataset(loaded, source, image_column, label_column, multi_label)
 
 
 def from_hub_dataset(
@@ -388,6 +411,7 @@ def from_hub_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     for_eval: bool = False,
+    multi_label: bool = False,
 ) -> ImageDataset:
     """A dataset by its name (`food101`, `user/name`): `datasets.load_dataset`, which reads its cache first and
     the Hub when reachable (HF_HUB_OFFLINE=1: the cache only)."""
@@ -403,7 +427,7 @@ def from_hub_dataset(
     if isinstance(loaded, datasets.DatasetDict):
         split = _pick_split(list(loaded), None, for_eval, name)
         loaded = loaded[split]
-    return from_hf_dataset(loaded, f"{name} [{split}]", image_column, label_column)
+    return from_hf_dataset(loaded, f"{name} [{split}]", image_column, label_column, multi_label)
 
 
 def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
@@ -452,17 +476,17 @@ def load_dataset(
     training reads "train" and evaluation (`for_eval`) validation, else test. `multi_label`: several classes per
     image (folder or CSV), as an N×C matrix of labels."""
     path = Path(source).expanduser()
-    hf_options = dict(split=split, image_column=image_column, label_column=label_column, for_eval=for_eval)
+    hf_options = dict(
+        split=split, image_column=image_column, label_column=label_column, for_eval=for_eval, multi_label=multi_label
+    )
     if not path.exists():
         if _looks_like_dataset_name(str(source)):
-            _single_label_only(path, multi_label)
             return from_hub_dataset(str(source), **hf_options)
         raise FileNotFoundError(
             f"No dataset at {path}: pass an image folder, a CSV, an IDX images file or a saved dataset."
         )
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            _single_label_only(path, multi_label)
             return from_hf_datasets(path, **hf_options)
         return from_folder(path, multi_label)
     if path.suffix.lower() == ".csv":
@@ -479,5 +503,6 @@ def _single_label_only(path: Path, multi_label: bool) -> None:
     if multi_label:
         raise ValueError(
             f"{path} holds one class per image; multi-label data comes as a CSV (labels separated by "
-            f"'{MULTI_LABEL_SEPARATOR}') or a folder whose images appear in several class folders."
+            f"'{MULTI_LABEL_SEPARATOR}'), a folder whose images appear in several class folders, or a `datasets` "
+            "column of label lists."
         )
