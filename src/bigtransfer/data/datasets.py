@@ -387,32 +387,22 @@ def _pick_split(splits: list[str], split: str | None, for_eval: bool, source: st
     return found
 
 
-def from_hf_datasets(
-    path: Path,
-    split: str | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    for_eval: bool = False,
-    multi_label: bool = False,
-) -> ImageDataset:
-    """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read)."""
+def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **columns: Any) -> ImageDataset:
+    """The chosen split of a DatasetDict (a Dataset as it is) as an ImageDataset named with its split."""
     datasets = _datasets()
-    loaded = datasets.load_from_disk(str(path))
-    source = str(path)
     if isinstance(loaded, datasets.DatasetDict):
         split = _pick_split(list(loaded), split, for_eval, source)
-        loaded, source = loaded[split], f"{path} [{split}]"
-    return from_hf_dataset(loaded, source, image_column, label_column, multi_label)
+        loaded, source = loaded[split], f"{source} [{split}]"
+    return from_hf_dataset(loaded, source, **columns)
 
 
-def from_hub_dataset(
-    name: str,
-    split: str | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    for_eval: bool = False,
-    multi_label: bool = False,
-) -> ImageDataset:
+def from_hf_datasets(path: Path, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
+    """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read);
+    `columns`: from_hf_dataset's image_column, label_column, multi_label."""
+    return _split_of(_datasets().load_from_disk(str(path)), str(path), split, for_eval, **columns)
+
+
+def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A dataset by its name (`food101`, `user/name`): `datasets.load_dataset`, which reads its cache first and
     the Hub when reachable (HF_HUB_OFFLINE=1: the cache only)."""
     datasets = _datasets()
@@ -424,10 +414,7 @@ def from_hub_dataset(
             f"({type(error).__name__}: {error}). Pass an image folder, a CSV, an IDX file or a saved dataset; a "
             "name needs the Hub, or the datasets cache when offline (HF_HUB_OFFLINE=1)."
         ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        split = _pick_split(list(loaded), None, for_eval, name)
-        loaded = loaded[split]
-    return from_hf_dataset(loaded, f"{name} [{split}]", image_column, label_column, multi_label)
+    return _split_of(loaded, f"{name} [{split}]" if split else name, split, for_eval, **columns)
 
 
 def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
