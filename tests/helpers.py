@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -137,3 +141,26 @@ class FakeHubHandler(http.server.BaseHTTPRequestHandler):
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     environment = {**os.environ, **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
+
+
+def logged_steps(metrics: Path) -> list[int]:
+    """Steps of metrics.jsonl's complete rows (a kill can tear the last one)."""
+    steps = []
+    for line in metrics.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            steps.append(json.loads(line)["step"])
+    return steps
+
+
+def kill_one_row_past_a_checkpoint(command: list[str], out: Path) -> tuple[int, list[int]]:
+    """Run `command`, SIGKILL it just after a checkpoint (save-every 3); (checkpoint step, logged steps)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        rows = len(logged_steps(out / "metrics.jsonl")) if (out / "metrics.jsonl").exists() else 0
+        if rows >= 7 and rows % 3 == 1:  # one row past a checkpoint, two steps before the next one
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    return torch.load(out / "checkpoint.pt", weights_only=True)["step"], logged_steps(out / "metrics.jsonl")

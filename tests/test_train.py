@@ -1,6 +1,5 @@
 """Transfer: the HyperRule table, few-shot subsets, datasets, exact accumulation, resume, DDP, outputs, errors."""
 
-import contextlib
 import dataclasses
 import errno
 import functools
@@ -28,7 +27,7 @@ from bigtransfer.train import FineTuning, RunOptions, Speed, hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.fine_tuning import finetune
 from bigtransfer.train.schedules import upstream_schedule
-from helpers import TINY, max_abs_diff
+from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
 
 # -- the rule, as a table -----------------------------------------------------------------------------
 
@@ -423,32 +422,6 @@ def test_ctrl_c_in_the_cli_checkpoints_and_exits_130(upstream, folder, tmp_path,
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
-def logged_steps(metrics: Path) -> list[int]:
-    """Steps of metrics.jsonl's complete rows (a kill can tear the last one)."""
-    steps = []
-    for line in metrics.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            steps.append(json.loads(line)["step"])
-    return steps
-
-
-def kill_one_row_past_a_checkpoint(command: list[str], out: Path) -> tuple[int, list[int]]:
-    """Run `command`, SIGKILL it just after a checkpoint (save-every 3); (checkpoint step, logged steps)."""
-    import signal
-    import time
-
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        rows = len(logged_steps(out / "metrics.jsonl")) if (out / "metrics.jsonl").exists() else 0
-        if rows >= 7 and rows % 3 == 1:  # one row past a checkpoint, two steps before the next one
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    return torch.load(out / "checkpoint.pt", weights_only=True)["step"], logged_steps(out / "metrics.jsonl")
-
-
 def test_kill_9_then_resume_gives_the_same_weights_and_each_metrics_step_once(upstream, folder, tmp_path):
     options = dict(steps=24, save_every=3, workers=0, resize=72, crop=64)  # steps slow enough to kill in between
     run(upstream, folder, tmp_path / "straight", **options)
@@ -670,7 +643,8 @@ def test_a_mixup_partner_in_the_same_micro_batch_is_decoded_once(folder, monkeyp
     original = ImageDataset.load
     monkeypatch.setattr(ImageDataset, "load", lambda self, index: loads.append(index) or original(self, index))
     augment = functools.partial(hyperrule_augment, resize=24, crop=20, flip=True)
-    examples = TrainingExamples(load_dataset(folder), augment, 0, Layout(8, batch_split=2), 0.4, 0, 1)
+    dataset = load_dataset(folder)
+    examples = TrainingExamples(dataset, dataset.training_order(8, 0), augment, 0, Layout(8, batch_split=2), 0.4, 0, 1)
     plan = examples.plan(0, 0)
     loaded = examples[0]
     partners = {plan.partner(p) for p in plan.positions}
@@ -721,7 +695,7 @@ def test_unreadable_evaluation_images_are_skipped_and_listed(upstream, folder, t
 
 
 def test_ddp_rank_with_only_unreadable_images_still_joins_the_all_reduce(upstream, folder, tmp_path):
-    from bigtransfer.train.batches import batch_indices
+    from bigtransfer.data.order import batch_indices
 
     paths = from_folder(folder).paths
     seed = next(s for s in range(100) if 0 not in batch_indices(0, 8, len(paths), s)[4:])  # keep the first image

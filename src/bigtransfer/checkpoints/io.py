@@ -108,8 +108,11 @@ def exclusive(lock_file: Path, wait: bool = True) -> Iterator[None]:
 
 
 def _lock(handle, wait: bool) -> None:
+    """A POSIX record lock, not flock: it belongs to this process alone, so processes it forks (loading workers)
+    do not hold it too — after kill -9 of a run, its orphaned workers would keep the folder locked until they
+    noticed. (A record lock ends when this process closes any handle of the file: only `exclusive` opens it.)"""
     if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     else:  # Windows
         import msvcrt
 
@@ -119,7 +122,7 @@ def _lock(handle, wait: bool) -> None:
 
 def _unlock(handle) -> None:
     if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.lockf(handle, fcntl.LOCK_UN)
     else:
         import msvcrt
 

@@ -17,7 +17,9 @@ MODEL_HELP = (
 )
 DATA_HELP = (
     "image folder (one sub-folder per class), CSV (path,label), IDX images file (MNIST/Fashion-MNIST, .gz or not) "
-    "a saved `datasets` directory, or a `datasets` name (e.g. food101: its cache, or the Hub when reachable)"
+    "a saved `datasets` directory, a `datasets` name (e.g. food101: its cache, or the Hub when reachable), or tar "
+    "shards written by `bigtransfer shard` (their folder, a pattern like 'OUT/shard-{000000..000099}.tar', pipe: or "
+    "https:// URLs)"
 )
 INFERENCE_BATCH = 32  # R50x1 at 448 px: ~2 GB of activations per forward pass; large models need less
 
@@ -91,9 +93,7 @@ def add_data_arguments(
     if eval_help:
         parser.add_argument("--eval-data", help=eval_help)
     parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
-    hf = parser.add_argument_group("Hugging Face datasets (a saved directory or a dataset name)")
-    default_split = "validation, else test" if for_eval else "train"
-    hf.add_argument("--split", help=f"the split of --data to read (default: {default_split})")
+    hf = add_datasets_arguments(parser, "--data", "validation, else test" if for_eval else "train")
     if eval_help:
         hf.add_argument("--eval-split", help="the split of --eval-data (default: validation, else test)")
         parser.add_argument(
@@ -101,8 +101,15 @@ def add_data_arguments(
             help="hold out this fraction of --data (per class, seeded by --seed) as evaluation data, for data "
             "without a validation split; not with --eval-data",
         )  # fmt: skip
+
+
+def add_datasets_arguments(parser: argparse.ArgumentParser, data: str, default_split: str) -> argparse._ArgumentGroup:
+    """--split, --image-column, --label-column: how a Hugging Face dataset is read."""
+    hf = parser.add_argument_group("Hugging Face datasets (a saved directory or a dataset name)")
+    hf.add_argument("--split", help=f"the split of {data} to read (default: {default_split})")
     hf.add_argument("--image-column", help="the column of images (default: image, img or pixel_values)")
     hf.add_argument("--label-column", help="the column of labels (default: label, labels or fine_label)")
+    return hf
 
 
 def fraction(text: str) -> float:

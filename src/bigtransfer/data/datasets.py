@@ -21,6 +21,7 @@ from ..processing.decoding import (
     pil_to_rgb,
     stored_image_source,
 )
+from .order import ShuffledOrder
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -46,8 +47,58 @@ class ImageSize(NamedTuple):
     statistic: str  # how it was measured, for the plan
 
 
+class LabelledImages:
+    """What training, evaluation and the plan ask of a dataset, whichever reader holds its images: an
+    `ImageDataset` (random access) or a `shards.ShardDataset` (WebDataset tar shards, read a shard at a time)."""
+
+    classes: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def multi_label(self) -> bool:
+        raise NotImplementedError
+
+    def positives_per_class(self) -> np.ndarray:
+        """Images of each class (multi-label: images showing it)."""
+        raise NotImplementedError
+
+    def example(self, index: int) -> tuple[Image.Image, Any]:
+        """(the image as RGB, its label: a class id or a multi-hot list); ValueError/OSError when unreadable."""
+        raise NotImplementedError
+
+    def name_of(self, index: int) -> str:
+        raise NotImplementedError
+
+    def training_order(self, batch_size: int, seed: int) -> Any:
+        """What each training step's global batch holds (`order.ShuffledOrder` or `order.LaneOrder`)."""
+        raise NotImplementedError
+
+    def resume_identity(self) -> dict[str, Any]:
+        """What a resumed run must find unchanged in the data, beyond its classes and size."""
+        return {}
+
+    def check_trainable(self) -> None:
+        if len(self) == 0:
+            raise ValueError(f"{self.source} holds no images.")
+        positives = self.positives_per_class()
+        if np.count_nonzero(positives) < 2:
+            raise ValueError(f"{self.source} has a single class: classification needs at least two.")
+        empty = [name for name, count in zip(self.classes, positives) if count == 0]
+        if empty:
+            shown = ", ".join(repr(name) for name in empty[:5]) + (
+                f" … ({len(empty)} in all)" if len(empty) > 5 else ""
+            )
+            raise ValueError(
+                f"{self.source}: classes {shown} have no images, so the model could never learn them (an empty class "
+                "folder, or a stray label such as 255 in an IDX file): remove them, or pick classes with --classes."
+            )
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(LabelledImages):
     """Images addressed by index: file paths or the rows of a Hugging Face `datasets` table (both decoded on
     demand, in the loading workers), or an in-memory uint8 array.
 
@@ -69,7 +120,6 @@ class ImageDataset:
         return self.labels.ndim == 2
 
     def positives_per_class(self) -> np.ndarray:
-        """Images of each class (multi-label: images showing it)."""
         if self.multi_label:
             return self.labels.astype(bool).sum(axis=0)
         return np.bincount(self.labels, minlength=len(self.classes))
@@ -82,8 +132,25 @@ class ImageDataset:
             return decode_stored_image(self._stored(index), self.name_of(index))
         return decode_image(self.paths[index])
 
+    def example(self, index: int) -> tuple[Image.Image, Any]:
+        return self.load(index), self.labels[index].tolist()
+
+    def training_order(self, batch_size: int, seed: int) -> ShuffledOrder:
+        return ShuffledOrder(len(self), batch_size, seed)
+
     def name_of(self, index: int) -> str:
         return str(self.paths[index]) if self.paths is not None else f"{self.source}[{index}]"
+
+    def stored_bytes(self, index: int) -> bytes | None:
+        """The image file's bytes as stored (a path's file, or a table's bytes or file); None for array pixels."""
+        if self.paths is not None:
+            return Path(self.paths[index]).read_bytes()
+        if self.table is not None:
+            stored = self._stored(index)
+            if stored.get("bytes"):
+                return stored["bytes"]
+            return Path(stored["path"]).read_bytes() if stored.get("path") else None
+        return None
 
     def _stored(self, index: int) -> dict:
         (stored,) = self.table[int(index)].values()
@@ -148,22 +215,6 @@ class ImageDataset:
         subset.labels = np.array([remap[int(label)] for label in subset.labels], dtype=np.int64)
         subset.classes = [self.classes[i] for i in ids]
         return subset
-
-    def check_trainable(self) -> None:
-        if len(self) == 0:
-            raise ValueError(f"{self.source} holds no images.")
-        positives = self.positives_per_class()
-        if np.count_nonzero(positives) < 2:
-            raise ValueError(f"{self.source} has a single class: classification needs at least two.")
-        empty = [name for name, count in zip(self.classes, positives) if count == 0]
-        if empty:
-            shown = ", ".join(repr(name) for name in empty[:5]) + (
-                f" … ({len(empty)} in all)" if len(empty) > 5 else ""
-            )
-            raise ValueError(
-                f"{self.source}: classes {shown} have no images, so the model could never learn them (an empty class "
-                "folder, or a stray label such as 255 in an IDX file): remove them, or pick classes with --classes."
-            )
 
 
 def from_folder(root: Path, multi_label: bool = False) -> ImageDataset:
@@ -420,6 +471,10 @@ def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False
 def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """(training, held-out): `fraction` of each class's images, drawn with `seed`, for data without a validation
     split. Disjoint; every class keeps at least one training image."""
+    if not isinstance(dataset, ImageDataset):
+        raise ValueError(
+            f"--val-split cannot hold images out of {dataset.source}: give shards of evaluation data as --eval-data."
+        )
     generator = np.random.default_rng(seed)
     held = []
     # multi-label rows show several classes: held out by their first class, so the draw stays one per image
@@ -435,9 +490,9 @@ def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDa
     return training, evaluation
 
 
-def as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
+def as_dataset(data: str | os.PathLike | LabelledImages) -> LabelledImages:
     """A dataset object as it is; anything else through `load_dataset`."""
-    return data if isinstance(data, ImageDataset) else load_dataset(data)
+    return data if isinstance(data, LabelledImages) else load_dataset(data)
 
 
 def _looks_like_dataset_name(source: str) -> bool:
@@ -457,11 +512,24 @@ def load_dataset(
     label_column: str | None = None,
     for_eval: bool = False,
     multi_label: bool = False,
-) -> ImageDataset:
+) -> LabelledImages:
     """Pick the reader from what `source` is: folder of class folders, .csv, IDX images file, saved `datasets`,
-    or the name of a `datasets` dataset. `split` and the columns apply to `datasets` sources; without a split,
+    tar shards (`shards.open_shards`), or the name of a `datasets` dataset. `split` and the columns apply to `datasets` sources; without a split,
     training reads "train" and evaluation (`for_eval`) validation, else test. `multi_label`: several classes per
     image (folder or CSV), as an N×C matrix of labels."""
+    from .shards import looks_like_shards, open_shards  # shards build on this module's datasets
+
+    if looks_like_shards(str(source)):
+        given = {"split": split, "image column": image_column, "label column": label_column}
+        if any(value is not None for value in given.values()):
+            raise ValueError(f"{source} is a set of tar shards: the {'/'.join(given)} options are for `datasets` data.")
+        shards = open_shards(str(source))
+        if shards.multi_label != multi_label:
+            raise ValueError(
+                f"{source} holds {'several classes' if shards.multi_label else 'one class'} per image: "
+                f"{'pass' if shards.multi_label else 'drop'} --multi-label."
+            )
+        return shards
     path = Path(source).expanduser()
     hf_options = dict(
         split=split, image_column=image_column, label_column=label_column, for_eval=for_eval, multi_label=multi_label

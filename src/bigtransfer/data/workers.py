@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
-from .datasets import ImageDataset
+from .datasets import LabelledImages
 
 MAX_DEFAULT_WORKERS = 16
 PREFETCH_PER_WORKER = 2
@@ -132,7 +132,7 @@ def ordered_results(task: Task, workers: int, pin_memory: bool = False) -> Itera
 
 
 def load_examples(
-    dataset: ImageDataset,
+    dataset: LabelledImages,
     indices: Sequence[int],
     ids: Sequence[int],
     transform: Callable[[Image.Image, int], np.ndarray],
@@ -142,10 +142,11 @@ def load_examples(
     pixels, loaded, labels, failures = [], [], [], []
     for index, image_id in zip(indices, ids):
         try:  # the transform too: it refuses what no model input should come from (e.g. extreme shapes)
-            pixels.append(transform(dataset.load(index), image_id))
+            image, label = dataset.example(index)
+            pixels.append(transform(image, image_id))
         except (OSError, ValueError) as error:
             failures.append((dataset.name_of(index), str(error)))
             continue
         loaded.append(image_id)
-        labels.append(dataset.labels[index].tolist())  # an int, or a multi-hot row
+        labels.append(label)  # an int, or a multi-hot row
     return LoadedImages(stack_images(pixels) if pixels else None, loaded, labels, failures)

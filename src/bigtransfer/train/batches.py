@@ -9,14 +9,14 @@ depend on nothing but its step and positions — not on the process or worker th
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..data.datasets import ImageDataset
+from ..data.datasets import LabelledImages
 from ..data.device import gather_pixels, to_device
+from ..data.order import LaneOrder, ShuffledOrder
 from ..data.workers import LoadedImages, load_examples
 from ..processing.transform import EvalTransform
 
@@ -28,23 +28,15 @@ IMAGES_PER_CHUNK = 32
 Augment = Callable[..., np.ndarray]  # (image, rng=generator) → H×W×3 uint8; must pickle for worker processes
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, size]).permutation(size)
-
-
-def batch_indices(step: int, batch_size: int, size: int, seed: int) -> np.ndarray:
-    """Dataset indices of a step's global batch: consecutive slices of per-epoch seeded permutations."""
-    positions = np.arange(step * batch_size, (step + 1) * batch_size)
-    return np.array([_epoch_order(size, seed, int(p // size))[p % size] for p in positions])
-
-
-def mixup_draw(seed: int, step: int, alpha: float, batch_size: int) -> tuple[float, np.ndarray] | None:
-    """One λ ~ Beta(α, α) per optimiser step, and a partner permutation over the global batch."""
+def mixup_draw(seed: int, step: int, alpha: float, batch_size: int, blocks: int = 1) -> tuple[float, np.ndarray] | None:
+    """One λ ~ Beta(α, α) per optimiser step, and a partner permutation over the global batch — within each of
+    `blocks` equal blocks of it when the data order has lanes (a process then reads only its own lanes)."""
     if alpha <= 0:
         return None
     rng = np.random.default_rng([seed, step, MIXUP_STREAM])
-    return float(rng.beta(alpha, alpha)), rng.permutation(batch_size)
+    lam = float(rng.beta(alpha, alpha))
+    size = batch_size // blocks
+    return lam, np.concatenate([block * size + rng.permutation(size) for block in range(blocks)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +91,8 @@ class MicroBatchPlan:
 class TrainingExamples:
     """The loading work of a run, from `first_step` on: item i is one chunk of one micro-batch."""
 
-    dataset: ImageDataset
+    dataset: LabelledImages
+    order: ShuffledOrder | LaneOrder  # the dataset's `training_order` for this batch size and seed
     augment: Augment
     seed: int
     layout: Layout
@@ -113,8 +106,8 @@ class TrainingExamples:
     def plan(self, step: int, part: int) -> MicroBatchPlan:
         batch_size = self.layout.batch_size
         return MicroBatchPlan(
-            step, self.layout.positions(part), batch_indices(step, batch_size, len(self.dataset), self.seed),
-            mixup_draw(self.seed, step, self.mixup_alpha, batch_size),
+            step, self.layout.positions(part), self.order.indices(step),
+            mixup_draw(self.seed, step, self.mixup_alpha, batch_size, self.order.lanes),
         )  # fmt: skip
 
     def __getitem__(self, item: int) -> LoadedImages:

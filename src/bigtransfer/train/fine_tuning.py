@@ -14,7 +14,7 @@ import torch
 
 from ..checkpoints.catalogue import architecture_of
 from ..checkpoints.io import check_writable, write_json
-from ..data.datasets import ImageDataset, as_dataset
+from ..data.datasets import LabelledImages, as_dataset
 from ..inference.few_shot import few_shot_subset
 from ..inference.metrics import headline
 from ..models.config import BitConfig
@@ -91,8 +91,8 @@ class FineTuning:
 
 def finetune(
     model: str | os.PathLike | BitPreTrainedModel,
-    data: str | os.PathLike | ImageDataset,
-    eval_data: str | os.PathLike | ImageDataset | None = None,
+    data: str | os.PathLike | LabelledImages,
+    eval_data: str | os.PathLike | LabelledImages | None = None,
     *,
     recipe: FineTuning = FineTuning(),
     run: RunOptions = RunOptions(),
@@ -111,8 +111,8 @@ def finetune(
 
 def fine_tuning_job(
     model: str | os.PathLike | BitPreTrainedModel,
-    data: str | os.PathLike | ImageDataset,
-    eval_data: str | os.PathLike | ImageDataset | None,
+    data: str | os.PathLike | LabelledImages,
+    eval_data: str | os.PathLike | LabelledImages | None,
     recipe: FineTuning,
     seed: int,
 ) -> TrainingJob:
@@ -143,7 +143,7 @@ def fine_tuning_job(
         what=f"fine-tune {name}", network=network, train_set=train_set,
         eval_set=as_dataset(eval_data) if eval_data is not None else None,
         regime=Regime(rule, augment, image_size=rule.crop), processor=processor,
-        fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), "seed": seed,
+        fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), **train_set.resume_identity(), "seed": seed,
                      "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip,
                      **({"multi_label": True} if train_set.multi_label else {})},
         report={"rule": dataclasses.asdict(rule), "base_model": name}, shots=recipe.shots, eval_every=recipe.eval_every,
@@ -154,8 +154,8 @@ def fine_tuning_job(
 def finetune_runs(
     runs: int,
     model: str | os.PathLike | BitPreTrainedModel,
-    data: str | os.PathLike | ImageDataset,
-    eval_data: str | os.PathLike | ImageDataset | None = None,
+    data: str | os.PathLike | LabelledImages,
+    eval_data: str | os.PathLike | LabelledImages | None = None,
     *,
     recipe: FineTuning = FineTuning(),
     run: RunOptions = RunOptions(),

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from ..checkpoints.io import atomic_path, atomic_write_text
 from ..checkpoints.weights import load_torch_file
-from ..data.datasets import ImageDataset
+from ..data.datasets import LabelledImages
 from ..data.device import use_channels_last
+from ..data.order import LaneOrder, ShuffledOrder
 from ..data.workers import LoadedImages, ordered_results, resolve_workers
 from ..processing.transform import EvalTransform
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
@@ -251,6 +252,7 @@ class TrainingRun:
         self.forward = torch.compile(self.ddp) if speed.compile else self.ddp
         self.autocast = torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.step = 0
+        self.order: ShuffledOrder | LaneOrder | None = None  # the data order, whose position checkpoints record
         self.saved_step: int | None = None
         self.skipped: set[str] = set()
 
@@ -282,7 +284,8 @@ class TrainingRun:
         """Save the run's state on rank 0, once per step (the last periodic save may fall on the last step)."""
         if self.context.is_main and self.step != self.saved_step:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                     "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint}  # fmt: skip
+                     "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint,
+                     "data_position": self.order.position(self.step) if self.order is not None else None}  # fmt: skip
             save_checkpoint(self.out / CHECKPOINT, state)
             self.saved_step = self.step
 
@@ -415,7 +418,7 @@ def one_hot_targets(batch: MicroBatch, classes: int) -> torch.Tensor:
 
 def train(
     model: torch.nn.Module,
-    dataset: ImageDataset,
+    dataset: LabelledImages,
     regime: Regime,
     out: Path,
     *,
@@ -437,7 +440,10 @@ def train(
     layout = dataclasses.replace(layout, chunks=chunks_per_micro_batch(layout.micro, workers))
     run = TrainingRun(model, regime, transform, out, context, speed, bf16, saving)
     run.begin()
-    examples = TrainingExamples(dataset, regime.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps)
+    order = run.order = dataset.training_order(schedule.batch_size, seed)
+    examples = TrainingExamples(
+        dataset, order, regime.augment, seed, layout, schedule.mixup_alpha, run.step, schedule.steps
+    )
     console = StepProgress(schedule.steps, run.step, enabled=progress and context.is_main)
     if saving.resume:
         console.note(f"resuming at step {run.step} of {schedule.steps} from {out / CHECKPOINT}")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..checkpoints.io import check_writable
-from ..data.datasets import ImageDataset, as_dataset
+from ..data.datasets import LabelledImages, as_dataset
 from ..inference.few_shot import fewshot
 from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitPreTrainedModel
@@ -28,8 +28,8 @@ class FewShotCheck:
     monitors an upstream: how well its features transfer to `eval_data`'s classes, long before a fine-tuning
     run could say."""
 
-    data: str | os.PathLike | ImageDataset
-    eval_data: str | os.PathLike | ImageDataset
+    data: str | os.PathLike | LabelledImages
+    eval_data: str | os.PathLike | LabelledImages
     every: int
     classes: list[str] | None = None
     shots: tuple[int, ...] = (1, 5, 10)
@@ -69,9 +69,9 @@ LOSSES = (None, "softmax", "sigmoid")
 
 
 def pretrain(
-    data: str | os.PathLike | ImageDataset,
+    data: str | os.PathLike | LabelledImages,
     config: BitConfig,
-    eval_data: str | os.PathLike | ImageDataset | None = None,
+    eval_data: str | os.PathLike | LabelledImages | None = None,
     *,
     recipe: Pretraining = Pretraining(),
     run: RunOptions = RunOptions(out="bigtransfer-upstream"),
@@ -103,7 +103,7 @@ def pretrain(
         regime=Regime(schedule, augment, image_size=recipe.crop, loss=loss),
         processor=processor,
         fingerprint={"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
-                     "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop,
+                     **dataset.resume_identity(), "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop,
                      **({"loss": loss} if loss != "softmax" else {})},
         report={"schedule": dataclasses.asdict(schedule), "objective": loss}, plan_details={"crop": recipe.crop},
         extra_monitor=fewshot_check.monitor if fewshot_check else None,

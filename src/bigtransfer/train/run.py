@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..checkpoints.io import exclusive, write_json
-from ..data.datasets import ImageDataset
+from ..data.datasets import LabelledImages
 from ..data.device import resolve_device
 from ..data.workers import resolve_workers
 from ..inference.metrics import headline
@@ -57,8 +57,8 @@ class TrainingJob:
 
     what: str  # e.g. "fine-tune BiT-M-R50x1", for the plan
     network: BitForImageClassification
-    train_set: ImageDataset
-    eval_set: ImageDataset | None
+    train_set: LabelledImages
+    eval_set: LabelledImages | None
     regime: Regime  # schedule and augmentation
     processor: BitImageProcessor  # the evaluation transform: training normalises with it; saved beside the model
     fingerprint: dict[str, Any]  # what a resumed run must share with this one
@@ -198,7 +198,7 @@ def _save_model(
 
 def evaluation_of(
     model: torch.nn.Module,
-    eval_set: ImageDataset | None,
+    eval_set: LabelledImages | None,
     processor: BitImageProcessor,
     options: RunOptions,
     context: Distributed,

@@ -1,0 +1,329 @@
+"""WebDataset tar shards: `bigtransfer shard` writes them, every command reads them (folder, pattern, pipe:,
+http://), and training on them keeps the guarantees of the folder readers — the same weights whatever the
+workers, after kill -9 and --resume, and from two processes as from one."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from bigtransfer import BitConfig, BitForImageClassification
+from bigtransfer.cli import main as cli
+from bigtransfer.data import shards as shards_module
+from bigtransfer.data.datasets import load_dataset
+from bigtransfer.data.order import LaneOrder, lane_count
+from bigtransfer.data.shards import open_shards
+from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
+
+SIZES = [(40, 30), (24, 56), (32, 32)]  # (width, height): three sizes, as photo collections have
+CLASSES = ("cat", "dog", "owl")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """3 classes × 8 images of three sizes, PNG and JPEG, with class-dependent colour (learnable)."""
+    root = tmp_path_factory.mktemp("photos") / "photos"
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            width, height = SIZES[i % 3]
+            pixels = np.clip(rng.normal(60 + 60 * label, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(photos, tmp_path_factory):
+    """The photos as shards of 5, nothing reduced (max side 64): byte-identical images."""
+    out = tmp_path_factory.mktemp("shards") / "shards"
+    assert cli(["shard", str(photos), str(out), "--shard-size", "5", "--max-side", "64", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("upstream") / "upstream"
+    BitForImageClassification(BitConfig(**{**TINY, "num_labels": 3})).save_pretrained(path)
+    return path
+
+
+def finetune(upstream, data, out, *extra):
+    command = ["finetune", "--model", str(upstream), "--data", str(data), "--out", str(out), "--batch-size", "8",
+               "--steps", "6", "--resize", "24", "--crop", "20", "--seed", "3", "--mixup", "0.4", "--quiet", *extra]  # fmt: skip
+    assert cli(command) == 0
+    return load_file(out / "model" / "model.safetensors")
+
+
+def tar_names(path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- writing ---------------------------------------------------------------------------------------------------
+
+
+def test_shard_writes_tars_and_a_manifest_with_counts_classes_and_sizes(sharded, photos):
+    manifest = json.loads((sharded / "dataset.json").read_text())
+    assert manifest["classes"] == list(CLASSES) and manifest["examples"] == 24 and manifest["class_counts"] == [8] * 3
+    assert [s["name"] for s in manifest["shards"]] == [f"shard-{i:06d}.tar" for i in range(5)]
+    assert [s["examples"] for s in manifest["shards"]] == [5, 5, 5, 5, 4]
+    assert manifest["image_size"]["height"] == 32 and manifest["image_size"]["width"] == 32
+    with tarfile.open(sharded / "shard-000000.tar") as tar:
+        names = tar.getnames()
+        assert all(info.mtime == 0 for info in tar.getmembers())  # no timestamps: the same data, the same bytes
+        stored = {name: tar.extractfile(name).read() for name in names}
+    keys = sorted({name.split(".")[0] for name in names})
+    assert [int(key) for key in keys] != list(range(5))  # a seeded shuffle of the whole set, not the folder's order
+    for key in keys:  # key = the folder's index: class-major, files in sorted order
+        index = int(key)
+        image = next(name for name in stored if name.startswith(key) and not name.endswith(".cls"))
+        source = photos / CLASSES[index // 8] / f"{index % 8}.{image.split('.')[1]}"
+        assert stored[image] == source.read_bytes()  # small JPEG/PNG files are stored as they are
+        assert stored[f"{key}.cls"] == str(index // 8).encode()
+
+
+def test_large_images_are_reduced_to_max_side_and_the_order_is_seeded(photos, tmp_path, capsys):
+    assert cli(["shard", str(photos), str(tmp_path / "a"), "--max-side", "20", "--shard-size", "10", "--quiet"]) == 0
+    assert cli(["shard", str(photos), str(tmp_path / "b"), "--max-side", "20", "--shard-size", "10", "--quiet"]) == 0
+    assert (tmp_path / "a" / "shard-000000.tar").read_bytes() == (tmp_path / "b" / "shard-000000.tar").read_bytes()
+    reduced = open_shards(str(tmp_path / "a"))
+    sizes = [reduced.example(i)[0].size for i in range(len(reduced))]
+    assert max(max(size) for size in sizes) == 20 and {(20, 15), (9, 20)} <= set(sizes)  # aspect kept
+    assert reduced.manifest["max_side"] == 20
+    assert cli(["shard", str(photos), str(tmp_path / "a"), "--quiet"]) == 2
+    assert "already exists: choose another output path, or pass --overwrite" in capsys.readouterr().err
+    assert cli(["shard", str(photos), str(tmp_path / "a"), "--quiet", "--overwrite", "--seed", "1"]) == 0
+    assert (tmp_path / "a" / "shard-000000.tar").read_bytes() != (tmp_path / "b" / "shard-000000.tar").read_bytes()
+
+
+def test_unreadable_images_are_left_out_and_listed(photos, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "photos"
+    shutil.copytree(photos, copy)
+    (copy / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert cli(["shard", str(copy), str(tmp_path / "s"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 24 and summary["skipped"][0]["image"].endswith("broken.jpg")
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+
+def test_every_spelling_of_the_shards_reads_the_same_examples(sharded):
+    whole = load_dataset(str(sharded))
+    assert len(whole) == 24 and whole.classes == list(CLASSES) and "5 shards" in whole.source
+    pattern = load_dataset(f"{sharded}/shard-{{000001..000002}}.tar")
+    assert len(pattern) == 10 and pattern.classes == list(CLASSES)
+    assert np.array_equal(np.asarray(pattern.example(0)[0]), np.asarray(whole.example(5)[0]))
+    piped = load_dataset(f"pipe:cat {sharded}/shard-000000.tar")  # no dataset.json to be found: counted
+    assert len(piped) == 5 and piped.classes == ["0", "1", "2"]
+    assert np.array_equal(np.asarray(piped.example(3)[0]), np.asarray(whole.example(3)[0]))
+    assert piped.example(3)[1] == whole.example(3)[1]
+
+
+def test_shards_over_http_with_their_manifest(sharded):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(sharded))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/shard-{{000000..000004}}.tar"
+        remote, local = load_dataset(url), load_dataset(str(sharded))
+        assert len(remote) == 24 and remote.classes == list(CLASSES)  # classes from the manifest beside them
+        assert np.array_equal(np.asarray(remote.example(23)[0]), np.asarray(local.example(23)[0]))
+    finally:
+        server.shutdown()
+
+
+def test_a_folder_of_tars_without_a_manifest_is_counted_in_one_pass(sharded, tmp_path):
+    import shutil
+
+    shutil.copytree(sharded, tmp_path / "bare")
+    (tmp_path / "bare" / "dataset.json").unlink()
+    bare = load_dataset(str(tmp_path / "bare"))
+    assert len(bare) == 24 and bare.positives_per_class().tolist() == [8] * 3
+    assert "read from the shards" in bare.typical_image_size().statistic
+
+
+def test_the_plan_comes_from_the_manifest_without_opening_a_shard(sharded, upstream, tmp_path, monkeypatch, capsys):
+    def no_reading(url):
+        raise AssertionError(f"{url} was opened")
+
+    monkeypatch.setattr(shards_module, "read_samples", no_reading)
+    command = ["finetune", "--model", str(upstream), "--data", str(sharded), "--out", str(tmp_path / "run"),
+               "--dry-run", "--json"]  # fmt: skip
+    assert cli(command) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert (
+        plan["images"] == 24
+        and plan["image_size"]["height"] == 32
+        and "dataset.json" in plan["image_size"]["statistic"]
+    )
+    assert plan["rule"]["resize"] == 160 and plan["rule"]["steps"] == 500  # small images, < 20k examples
+
+
+def test_a_shard_that_changed_after_its_manifest_is_refused(sharded, tmp_path):
+    import shutil
+
+    shutil.copytree(sharded, tmp_path / "changed")
+    manifest = json.loads((tmp_path / "changed" / "dataset.json").read_text())
+    manifest["shards"][0]["examples"] = 6
+    (tmp_path / "changed" / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="holds 5 samples but dataset.json says 6: the shard changed"):
+        load_dataset(str(tmp_path / "changed")).example(0)
+
+
+def test_options_that_do_not_apply_to_shards_are_refused(sharded, upstream, tmp_path, capsys):
+    with pytest.raises(ValueError, match="tar shards: the split/image column/label column options"):
+        load_dataset(str(sharded), split="train")
+    with pytest.raises(ValueError, match="one class per image: drop --multi-label"):
+        load_dataset(str(sharded), multi_label=True)
+    command = ["finetune", "--model", str(upstream), "--data", str(sharded), "--val-split", "0.2", "--out",
+               str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    assert cli(command) == 2
+    assert "give shards of evaluation data as --eval-data" in capsys.readouterr().err
+
+
+# -- the order ------------------------------------------------------------------------------------------------
+
+
+def test_lanes_visit_every_example_once_per_epoch_and_keep_each_rank_to_its_shards():
+    counts = [50] * 11 + [37]
+    order = LaneOrder(counts, batch_size=64, seed=5, lanes=lane_count(len(counts), 64))
+    assert order.lanes == 8
+    steps_per_epoch = sum(counts) // 64  # whole steps inside the first epoch of every lane
+    seen = np.concatenate([order.indices(step) for step in range(steps_per_epoch)])
+    assert len(np.unique(seen)) == len(seen)  # no example twice within an epoch
+    starts = np.cumsum([0, *counts])
+    shard_of = np.searchsorted(starts, seen, side="right") - 1
+    by_rank = shard_of.reshape(steps_per_epoch, 2, 32)  # 2 processes: positions 0-31 and 32-63
+    assert set(by_rank[:, 0].ravel()).isdisjoint(set(by_rank[:, 1].ravel()) - set(by_rank[:, 0].ravel()))
+    assert len(set(by_rank[:, 0].ravel()) & set(by_rank[:, 1].ravel())) <= 2  # at most the shards cut between lanes
+    per_step = [len(set(step)) for step in shard_of.reshape(steps_per_epoch, 64)]
+    assert max(per_step) <= 2 * order.lanes  # a step reads a few shards, not the whole set
+    assert np.array_equal(LaneOrder(counts, 64, 5, 8).indices(7), order.indices(7))  # a pure function of the step
+    assert order.position(3)[0] == {"lane": 0, "epoch": 0, **dict(zip(("shard", "offset"), order._locate(0, 24)))}
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+
+def test_finetune_evaluate_and_predict_from_shards_match_the_folder(sharded, photos, upstream, tmp_path, capsys):
+    weights = finetune(upstream, sharded, tmp_path / "run", "--eval-data", str(sharded))
+    assert all(torch.isfinite(value).all() for value in weights.values())
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["eval"]["examples"] == 24 and report["train_examples"] == 24
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert [lane["lane"] for lane in checkpoint["data_position"]] == [0, 1, 2, 3]  # where each lane stands
+    capsys.readouterr()
+    model = str(tmp_path / "run" / "model")
+    results = []
+    for data in (sharded, photos):  # the same bytes in both: the same metrics
+        assert cli(["evaluate", "--model", model, "--data", str(data), "--json", "--quiet"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["per_class"] == results[1]["per_class"]
+
+
+def test_any_number_of_workers_gives_bit_identical_weights_on_shards(sharded, upstream, tmp_path, monkeypatch):
+    import bigtransfer.train.batches as batches
+
+    monkeypatch.setattr(batches, "IMAGES_PER_CHUNK", 2)  # several chunks per micro-batch, spread over workers
+    serial = finetune(upstream, sharded, tmp_path / "serial", "--workers", "0")
+    assert same(serial, finetune(upstream, sharded, tmp_path / "parallel", "--workers", "2"))
+    split = finetune(upstream, sharded, tmp_path / "split", "--workers", "1", "--batch-split", "2")
+    assert max(max_abs_diff(serial[k], split[k]) for k in serial) < 1e-6  # sums in another grouping
+
+
+def test_kill_9_then_resume_on_shards_gives_the_same_weights(sharded, upstream, tmp_path):
+    """With a loading worker: the killed run's orphaned worker must not keep the folder locked for --resume."""
+    options = ["--batch-size", "8", "--steps", "24", "--resize", "72", "--crop", "64", "--seed", "3",
+               "--save-every", "3", "--workers", "1", "--quiet"]  # fmt: skip
+    base = [sys.executable, "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(sharded)]
+    subprocess.run([*base, "--out", str(tmp_path / "straight"), *options], check=True, timeout=300)
+    for attempt in range(3):  # a loaded machine may let the run reach its next checkpoint before the kill lands
+        out = tmp_path / f"killed-{attempt}"
+        checkpoint_step, logged = kill_one_row_past_a_checkpoint([*base, "--out", str(out), *options], out)
+        if checkpoint_step < max(logged):
+            break
+    assert checkpoint_step < max(logged) < 24
+    subprocess.run([*base, "--out", str(out), *options, "--resume"], check=True, timeout=300)
+    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    assert same(straight, load_file(out / "model" / "model.safetensors"))
+
+
+def test_two_processes_on_shards_equal_one_process(sharded, upstream, tmp_path):
+    single = finetune(upstream, sharded, tmp_path / "single", "--workers", "1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(sharded), "--batch-size", "8",
+               "--steps", "6", "--resize", "24", "--crop", "20", "--seed", "3", "--mixup", "0.4",
+               "--out", str(tmp_path / "ddp"), "--eval-data", str(sharded), "--quiet", "--device", "cpu",
+               "--workers", "1"]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = load_file(tmp_path / "ddp" / "model" / "model.safetensors")
+    assert max(max_abs_diff(single[k], ddp[k]) for k in single) < 1e-5
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["eval"]["examples"] == 24
+
+
+def test_multi_label_data_shards_and_trains_with_its_label_lists(tmp_path, upstream):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{['cat', 'cat;dog', 'dog;owl', 'owl'][i % 4]}\n")
+    (tmp_path / "train.csv").write_text("path,label\n" + "".join(rows))
+    assert cli(["shard", str(tmp_path / "train.csv"), str(tmp_path / "s"), "--multi-label", "--quiet"]) == 0
+    shards = load_dataset(str(tmp_path / "s"), multi_label=True)
+    csv = load_dataset(tmp_path / "train.csv", multi_label=True)
+    assert shards.positives_per_class().tolist() == csv.positives_per_class().tolist() == [6, 6, 6]
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar") as tar:
+        name = next(n for n in tar.getnames() if n.endswith(".json"))
+        labels = json.load(io.BytesIO(tar.extractfile(name).read()))["labels"]
+    assert labels == np.flatnonzero(csv.labels[int(name.split(".")[0])]).tolist()
+    with pytest.raises(ValueError, match="several classes per image: pass --multi-label"):
+        load_dataset(str(tmp_path / "s"))
+    finetune(upstream, tmp_path / "s", tmp_path / "run", "--multi-label", "--eval-data", str(tmp_path / "s"))
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]
+    assert 0 <= report["map"] <= 1 and report["examples"] == 12
+
+
+def test_pixels_held_in_memory_are_stored_losslessly_in_a_seeded_order(tmp_path):
+    from bigtransfer.data.datasets import write_idx
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "x-images-idx3-ubyte", rng.integers(0, 255, (30, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "x-labels-idx1-ubyte", np.arange(30) % 3)
+    digits = load_dataset(tmp_path / "x-images-idx3-ubyte")
+    assert (
+        cli(["shard", str(tmp_path / "x-images-idx3-ubyte"), str(tmp_path / "s"), "--shard-size", "7", "--quiet"]) == 0
+    )
+    shards = load_dataset(str(tmp_path / "s"))
+    written = [
+        int(name.split(".")[0]) for i in range(5) for name in tar_names(tmp_path / "s" / f"shard-{i:06d}.tar")[::2]
+    ]
+    assert sorted(written) == list(range(30)) and written != list(range(30))
+    for position, index in enumerate(written):  # examples are numbered shard after shard, in the written order
+        image, label = shards.example(position)
+        assert np.array_equal(np.asarray(image), np.asarray(digits.load(index))) and label == digits.labels[index]
