@@ -327,3 +327,54 @@ def test_pixels_held_in_memory_are_stored_losslessly_in_a_seeded_order(tmp_path)
     for position, index in enumerate(written):  # examples are numbered shard after shard, in the written order
         image, label = shards.example(position)
         assert np.array_equal(np.asarray(image), np.asarray(digits.load(index))) and label == digits.labels[index]
+
+
+# -- streaming a dataset by name ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def streamed_hub(monkeypatch):
+    """`datasets.load_dataset("toy/photos", streaming=True)` answers with an IterableDataset over 3 data files of
+    mixed-size images with a ClassLabel — what streaming a Hub dataset gives — without the network."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in SIZES * 7]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES)),
+                                  "caption": datasets.Value("string")})  # fmt: skip
+    table = datasets.Dataset.from_dict(
+        {"image": images, "label": [i % 3 for i in range(21)], "caption": ["x"] * 21}, features=features
+    )
+    calls = []
+
+    def load_dataset(name, split=None, streaming=False, **kwargs):
+        calls.append((name, split, streaming))
+        assert name == "toy/photos" and streaming, "only streaming is served"
+        return table.to_iterable_dataset(num_shards=3)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_dataset_streams_into_shards_in_a_seeded_order(streamed_hub, upstream, tmp_path, capsys):
+    calls = streamed_hub
+    command = ["shard", "toy/photos", str(tmp_path / "a"), "--streaming", "--shard-size", "8", "--max-side", "32",
+               "--shuffle-buffer", "5", "--json"]  # fmt: skip
+    assert cli(command) == 0 and calls == [("toy/photos", "train", True)]
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 21 and summary["shards"] == 3 and summary["classes"] == list(CLASSES)
+    assert cli([*command[:2], str(tmp_path / "b"), *command[3:]]) == 0
+    assert tar_names(tmp_path / "a" / "shard-000000.tar") == tar_names(tmp_path / "b" / "shard-000000.tar")
+    shards = load_dataset(str(tmp_path / "a"))
+    assert shards.positives_per_class().tolist() == [7, 7, 7] and shards.manifest["streamed"]["shuffle_buffer"] == 5
+    stored = sorted(np.asarray(shards.example(i)[0]).shape[:2] for i in range(21))
+    assert stored == sorted([(24, 32), (32, 14), (32, 32)] * 7)  # (height, width): longer sides reduced to 32
+    finetune(upstream, tmp_path / "a", tmp_path / "run")
+
+
+def test_streaming_needs_class_labels_known_up_front(streamed_hub, tmp_path, capsys):
+    command = ["shard", "toy/photos", str(tmp_path / "s"), "--streaming", "--label-column", "caption"]
+    assert cli(command) == 2
+    assert "streaming needs ClassLabel labels" in capsys.readouterr().err
+    assert cli(["shard", str(tmp_path), str(tmp_path / "s"), "--streaming"]) == 2
+    assert "--streaming reads a dataset by name" in capsys.readouterr().err

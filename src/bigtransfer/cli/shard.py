@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..data.shards import STREAM_BUFFER
 from ._options import (
     DATA_HELP,
     add_datasets_arguments,
@@ -40,7 +42,14 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the order the images are written in")
     parser.add_argument("--classes", help="write only these classes (comma-separated names or indices)")
     parser.add_argument("--multi-label", action="store_true", help="several classes per image (as for finetune)")
-    add_datasets_arguments(parser, "DATA", "train")
+    hf = add_datasets_arguments(parser, "DATA", "train")
+    hf.add_argument("--streaming", action="store_true",
+                    help="stream DATA (a dataset name) instead of reading it through the datasets cache: each row "
+                    "is read once and nothing is kept, for datasets larger than the disk; its labels must be a "
+                    "ClassLabel")  # fmt: skip
+    hf.add_argument("--shuffle-buffer", type=positive_int, default=STREAM_BUFFER, metavar="N",
+                    help=f"with --streaming: rows in the seeded shuffle buffer (default {STREAM_BUFFER:,}); "
+                    "without it the whole dataset is shuffled")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (once the new one is whole)")
     add_workers_argument(parser)
     add_output_arguments(parser, "print dataset.json's summary as JSON")
@@ -49,14 +58,26 @@ def register(commands) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from ..data.datasets import ImageDataset
-    from ..data.shards import write_shards
+    from ..data.shards import stream_shards, write_shards
 
+    if args.streaming:
+        if Path(args.data).exists() or args.classes:
+            raise ValueError("--streaming reads a dataset by name, all of its classes; drop it for data on disk.")
+        manifest = stream_shards(args.data, args.out, split=args.split, image_column=args.image_column,
+                                 label_column=args.label_column, multi_label=args.multi_label, max_side=args.max_side,
+                                 shard_size=args.shard_size, seed=args.seed, buffer_size=args.shuffle_buffer,
+                                 overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
+        return _report(args, manifest)
     dataset = load_data(args.data, args.classes, split=args.split, image_column=args.image_column,
                         label_column=args.label_column, multi_label=args.multi_label)  # fmt: skip
     if not isinstance(dataset, ImageDataset):
         raise ValueError(f"{args.data} is already sharded: train on it with --data {args.data}.")
     manifest = write_shards(dataset, args.out, max_side=args.max_side, shard_size=args.shard_size, seed=args.seed,
                             workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
+    return _report(args, manifest)
+
+
+def _report(args: argparse.Namespace, manifest: dict) -> int:
     summary = {key: manifest[key] for key in ("examples", "classes", "multi_label", "image_size", "skipped")}
     summary["shards"] = len(manifest["shards"])
     summary["bytes"] = sum(shard["bytes"] for shard in manifest["shards"])

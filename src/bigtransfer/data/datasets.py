@@ -347,7 +347,7 @@ LABEL_COLUMNS = ("label", "labels", "fine_label")
 EVAL_SPLITS = ("validation", "valid", "val", "test")  # what evaluation reads from a DatasetDict, in this order
 
 
-def _datasets():
+def datasets_library():
     try:
         import datasets
     except ImportError:
@@ -355,7 +355,7 @@ def _datasets():
     return datasets
 
 
-def _column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+def find_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
     if given is not None and given not in columns:
         raise ValueError(f"{source} has no column {given!r}; its columns are {columns}.")
     found = given or next((c for c in candidates if c in columns), None)
@@ -408,9 +408,9 @@ def from_hf_dataset(
 ) -> ImageDataset:
     """A `datasets.Dataset` as an ImageDataset that reads only its label column up front: images stay in the
     Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory)."""
-    datasets = _datasets()
-    image_column = _column(dataset.column_names, image_column, IMAGE_COLUMNS, "image", source)
-    label_column = _column(dataset.column_names, label_column, LABEL_COLUMNS, "label", source)
+    datasets = datasets_library()
+    image_column = find_column(dataset.column_names, image_column, IMAGE_COLUMNS, "image", source)
+    label_column = find_column(dataset.column_names, label_column, LABEL_COLUMNS, "label", source)
     if not isinstance(dataset.features[image_column], datasets.Image):
         raise ValueError(
             f"{source}: column {image_column!r} holds {dataset.features[image_column]}, not images: name the image "
@@ -440,7 +440,7 @@ def _pick_split(splits: list[str], split: str | None, for_eval: bool, source: st
 
 def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **columns: Any) -> ImageDataset:
     """The chosen split of a DatasetDict (a Dataset as it is) as an ImageDataset named with its split."""
-    datasets = _datasets()
+    datasets = datasets_library()
     if isinstance(loaded, datasets.DatasetDict):
         split = _pick_split(list(loaded), split, for_eval, source)
         loaded, source = loaded[split], f"{source} [{split}]"
@@ -450,13 +450,13 @@ def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **col
 def from_hf_datasets(path: Path, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read);
     `columns`: from_hf_dataset's image_column, label_column, multi_label."""
-    return _split_of(_datasets().load_from_disk(str(path)), str(path), split, for_eval, **columns)
+    return _split_of(datasets_library().load_from_disk(str(path)), str(path), split, for_eval, **columns)
 
 
 def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A dataset by its name (`food101`, `user/name`): `datasets.load_dataset`, which reads its cache first and
     the Hub when reachable (HF_HUB_OFFLINE=1: the cache only)."""
-    datasets = _datasets()
+    datasets = datasets_library()
     try:
         loaded = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as error:
