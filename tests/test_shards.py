@@ -378,3 +378,15 @@ def test_streaming_needs_class_labels_known_up_front(streamed_hub, tmp_path, cap
     assert "streaming needs ClassLabel labels" in capsys.readouterr().err
     assert cli(["shard", str(tmp_path), str(tmp_path / "s"), "--streaming"]) == 2
     assert "--streaming reads a dataset by name" in capsys.readouterr().err
+
+
+def test_a_reading_process_holds_only_the_shards_its_next_examples_need(sharded):
+    from bigtransfer.data.workers import load_examples
+
+    shards = load_dataset(str(sharded))
+    blank = lambda image, position: np.zeros((2, 2, 3), np.uint8)  # noqa: E731 — the pixels do not matter here
+    load_examples(shards, [0, 6, 7], [0, 1, 2], blank)  # shards 0 and 1 (5 examples each)
+    assert sorted(shards._held) == [0, 1]
+    load_examples(shards, [8, 12], [0, 1], blank)
+    assert sorted(shards._held) == [1, 2]
+    assert shards.example(8)[1] == load_dataset(str(sharded)).example(8)[1]  # a held shard serves as a fresh one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,6 +72,9 @@ class LabelledImages:
 
     def name_of(self, index: int) -> str:
         raise NotImplementedError
+
+    def about_to_read(self, indices: Sequence[int]) -> None:
+        """The examples the next reads are for: a reader that holds data (shards) may drop what they do not need."""
 
     def training_order(self, batch_size: int, seed: int) -> Any:
         """What each training step's global batch holds (`order.ShuffledOrder` or `order.LaneOrder`)."""

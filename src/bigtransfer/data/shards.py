@@ -19,7 +19,7 @@ import json
 import os
 import re
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ SHARD_NAME = "shard-{:06d}.tar"
 FORMAT = "webdataset"
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # stored as they are when small enough: no re-encoding loss
 JPEG_QUALITY = 95  # for images reduced to --max-side
-HELD_SHARDS = MAX_LANES + 2  # shards a reading process keeps decoded-to-bytes: every lane's, and a step's overlap
+HELD_SHARDS = MAX_LANES + 2  # at most, per reading process: every lane's shard, and a step's overlap
 TIMEOUT_S = 30  # reading a remote dataset.json
 
 
@@ -321,8 +321,8 @@ def looks_like_shards(source: str) -> bool:
 
 class ShardDataset(LabelledImages):
     """Examples in WebDataset tar shards: counts, classes and sizes from `dataset.json` (or, without one, from
-    one pass over the shards); images read a whole shard at a time through `webdataset`, keeping the last
-    HELD_SHARDS shards' encoded bytes per process."""
+    one pass over the shards); images read a whole shard at a time through `webdataset`. A process holds the
+    encoded bytes of the shards its current examples need (`about_to_read`), at most HELD_SHARDS."""
 
     def __init__(self, urls: list[str], manifest: dict[str, Any], source: str, selection: np.ndarray | None = None):
         self.urls, self.manifest, self.source, self.selection = urls, manifest, source, selection
@@ -379,6 +379,13 @@ class ShardDataset(LabelledImages):
         if self.multi_label:  # class ids → the multi-hot row training and evaluation take
             label = np.isin(np.arange(len(self.classes)), label).astype(int).tolist()
         return decode_stored_image({"bytes": data}, f"{self.urls[shard]}[{offset}].{suffix}"), label
+
+    def about_to_read(self, indices: Sequence[int]) -> None:
+        """Drop held shards the next examples do not need: a loading process then holds only the shards of the
+        lanes it reads (one or two each), not the last HELD_SHARDS it happened to open."""
+        needed = {self._locate(int(index))[0] for index in indices}
+        for shard in [held for held in self._held if held not in needed]:
+            del self._held[shard]
 
     def _shard(self, shard: int) -> list[tuple[bytes, Any, str]]:
         if shard in self._held:

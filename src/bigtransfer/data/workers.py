@@ -140,6 +140,7 @@ def load_examples(
     """Decode and transform images (`transform(image, id)` → H×W×3 uint8); the unreadable are reported by name,
     not raised."""
     pixels, loaded, labels, failures = [], [], [], []
+    dataset.about_to_read(indices)
     for index, image_id in zip(indices, ids):
         try:  # the transform too: it refuses what no model input should come from (e.g. extreme shapes)
             image, label = dataset.example(index)
