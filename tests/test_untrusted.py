@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor,
 from bigtransfer.cli import main as cli
 from bigtransfer.processing.decoding import fetch_image
 from bigtransfer.train import FineTuning, RunOptions, Speed, finetune
+from helpers import png_header
 
 SMALL = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16, num_labels=3)
 
@@ -33,19 +33,6 @@ def run_measured(code: str) -> tuple[list[str], int]:
     script = code + "\nimport re\nprint(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
     words = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     return words[:-1], int(words[-1])
-
-
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A 70-byte PNG that declares width × height pixels (a decompression bomb when that is large)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 @pytest.fixture

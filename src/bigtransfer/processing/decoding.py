@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 import urllib.request
 import warnings
@@ -71,7 +72,8 @@ def open_checked(source: Any, name: Any) -> Image.Image:
             f"Cannot use {name}: it declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)."
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+        detail = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))  # bytes in memory: no file to name
+        raise ValueError(f"Cannot read {name} as an image ({detail}); the file is corrupt or not an image.") from None
     try:
         check_image_size(opened.width, opened.height, name)
     except ValueError:

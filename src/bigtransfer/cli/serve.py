@@ -1,0 +1,57 @@
+"""`bigtransfer serve`: a KServe v2 inference server for a model, with dynamic batching and a page to try it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._options import add_device_arguments, add_model_argument, non_negative_float, positive_float, positive_int
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP: KServe v2 (Triton's protocol), POST /predict, a page at /, /metrics",
+        description="Serve MODEL (anything predict takes: a zoo name, a run's model/, an export directory) with "
+        "dynamic batching: requests arriving within --max-delay-ms share one forward pass of up to "
+        "--max-batch-size images. Routes: GET / (a page to try the model), POST /predict (an image as the body or "
+        "a multipart file; ?top_k=5), the KServe v2 REST protocol under /v2 (health, metadata, "
+        "/v2/models/NAME/infer with pixel_values FP32 N×3×H×W or image BYTES, JSON or binary tensors, the "
+        "classification extension), GET /metrics (Prometheus). SIGTERM stops accepting, lets the requests under way "
+        "finish, then exits 0 (Ctrl-C does the same and exits 130).",
+        epilog="curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/predict?top_k=3'   "
+        "· tritonclient.http.InferenceServerClient('127.0.0.1:8000') works unchanged.",
+    )
+    add_model_argument(parser, "the model to serve", positional=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--name", help="the model's name in /v2/models/NAME (default: from MODEL)")
+    add_device_arguments(parser)
+    batching = parser.add_argument_group("batching and limits")
+    batching.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
+                          help="images per forward pass (default 32; 1 = no batching)")  # fmt: skip
+    batching.add_argument("--max-delay-ms", type=non_negative_float, default=5.0, metavar="MS",
+                          help="how long a request waits for others to share its batch (default 5)")  # fmt: skip
+    batching.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
+                          help="images waiting for the model; more are refused with 503 and Retry-After (default 256)")  # fmt: skip
+    batching.add_argument("--max-body-bytes", type=positive_int, default=20 * 2**20, metavar="BYTES",
+                          help="largest request body; larger ones get 413 (default 20 MiB)")  # fmt: skip
+    batching.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
+                          help="per-request limit; slower requests get 504 (default 30)")  # fmt: skip
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="server processes, each with the model (CPUs: they share the cores; default 1)")  # fmt: skip
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="info logs every request as one JSON line on stderr (default)")  # fmt: skip
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        from ..serve.app import Limits
+        from ..serve.runner import serve
+    except ImportError as error:
+        raise ImportError(f"Serving needs {error.name}: pip install 'bigtransfer[serve]'.") from None
+
+    limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout)
+    serve(args.model, args.host, args.port, limits=limits, processes=args.workers, device=args.device, bf16=args.bf16,
+          name=args.name, log_level=args.log_level)  # fmt: skip
+    return 0

@@ -1,0 +1,147 @@
+"""Dynamic batching: requests that arrive within a short delay share one forward pass.
+
+One task drains a bounded queue: it takes the oldest request, waits at most `max_delay` for more of the same
+input shape up to `max_batch_size` images, runs the model once on the batch in a worker thread (the event loop
+keeps accepting requests meanwhile) and hands each request its rows. The model sees one batch at a time. A full
+queue refuses new requests at once (`QueueFull` → 503) instead of letting latency grow without bound; a request
+whose caller stopped waiting (timeout) is dropped before it reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+class QueueFull(RuntimeError):
+    """More requests wait than the queue holds: the server is overloaded; retry later."""
+
+
+@dataclasses.dataclass(eq=False)  # one request is equal to itself only
+class Pending:
+    inputs: np.ndarray  # N × … float32, N ≥ 1
+    done: asyncio.Future
+    queued_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRecord:
+    """One forward pass, for the metrics."""
+
+    images: int
+    requests: int
+    seconds: float
+
+
+class DynamicBatcher:
+    """`await batcher.run(inputs)` → the model's output rows for `inputs` (N × …), computed in a shared batch.
+
+    `model(batch)` takes and returns NumPy arrays (B × … in, B × … out) and runs in a thread. `on_batch` receives
+    a BatchRecord after each pass (metrics). `max_batch_size` 1 serves one image per pass (no batching).
+    """
+
+    def __init__(
+        self,
+        model: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int = 32,
+        max_delay: float = 0.005,
+        max_queue: int = 256,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ):
+        if max_batch_size < 1 or max_delay < 0 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be ≥ 1, max_delay ≥ 0.")
+        self.model, self.max_batch_size, self.max_delay, self.max_queue = model, max_batch_size, max_delay, max_queue
+        self.on_batch = on_batch
+        self._queue: list[Pending] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for the model."""
+        return sum(len(pending.inputs) for pending in self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then end the batching task."""
+        while self._queue:
+            await asyncio.sleep(self.max_delay or 0.001)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self, inputs: np.ndarray) -> np.ndarray:
+        if len(inputs) > self.max_batch_size:
+            raise ValueError(f"{len(inputs)} images in one request: at most {self.max_batch_size} (--max-batch-size).")
+        if self.depth + len(inputs) > self.max_queue:
+            raise QueueFull(f"{self.depth} images are waiting (--max-queue {self.max_queue}): retry shortly.")
+        pending = Pending(inputs, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._queue.append(pending)
+        self._arrived.set()
+        return await pending.done
+
+    async def _serve(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queue:
+                batch = await self._gather()
+                if batch:
+                    await self._forward(batch)
+
+    async def _gather(self) -> list[Pending]:
+        """The oldest live request and those of its shape that fit, waiting up to max_delay after it arrived."""
+        self._drop_abandoned()
+        if not self._queue:
+            return []
+        first = self._queue[0]
+        deadline = first.queued_at + self.max_delay
+        while (remaining := deadline - time.perf_counter()) > 0 and self._fits(first) < self.max_batch_size:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            self._arrived.clear()
+        self._drop_abandoned()
+        batch, waiting, size = [], [], 0
+        for pending in self._queue:
+            if pending.inputs.shape[1:] == first.inputs.shape[1:] and size + len(pending.inputs) <= self.max_batch_size:
+                batch.append(pending)
+                size += len(pending.inputs)
+            else:
+                waiting.append(pending)
+        self._queue = waiting
+        return batch
+
+    def _fits(self, first: Pending) -> int:
+        return sum(len(p.inputs) for p in self._queue if p.inputs.shape[1:] == first.inputs.shape[1:])
+
+    def _drop_abandoned(self) -> None:
+        self._queue = [pending for pending in self._queue if not pending.done.done()]
+
+    async def _forward(self, batch: list[Pending]) -> None:
+        began = time.perf_counter()
+        inputs = np.concatenate([pending.inputs for pending in batch])
+        try:
+            outputs = await asyncio.to_thread(self.model, inputs)
+            if len(outputs) != len(inputs):
+                raise RuntimeError(f"The model returned {len(outputs)} rows for {len(inputs)} inputs.")
+        except Exception as error:  # the model failed on this batch: its requests get the error, others go on
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(error)
+            return
+        if self.on_batch is not None:
+            self.on_batch(BatchRecord(len(inputs), len(batch), time.perf_counter() - began))
+        start = 0
+        for pending in batch:
+            rows = outputs[start : start + len(pending.inputs)]
+            start += len(pending.inputs)
+            if not pending.done.done():  # its caller may have timed out meanwhile
+                pending.done.set_result(rows)

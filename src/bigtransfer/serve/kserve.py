@@ -1,0 +1,192 @@
+"""The KServe v2 / Open Inference Protocol's REST messages: JSON tensors, the binary-tensor extension, and the
+classification extension, as Triton speaks them (so `tritonclient.http` works unchanged).
+
+A request is a JSON header, optionally followed by raw tensor bytes: the `Inference-Header-Content-Length`
+header then gives the JSON's length, and each binary input says its byte count in `parameters.binary_data_size`.
+BYTES elements in binary form are each a 4-byte little-endian length and the bytes; in JSON they are strings,
+which this server reads as base64 (an image is not text).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+          "UINT8": np.uint8}  # fmt: skip
+
+
+class ProtocolError(ValueError):
+    """A request that does not follow the protocol, or asks for what this model does not have (HTTP 400)."""
+
+
+@dataclasses.dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    value: np.ndarray | list[bytes]  # a NumPy array, or the elements of a BYTES tensor
+
+
+@dataclasses.dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int  # top-k as "score:index:label" strings; 0: the tensor itself
+
+
+@dataclasses.dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None  # None: every output, as Triton does
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """An infer request from its HTTP body (`header_length`: the Inference-Header-Content-Length header)."""
+    try:
+        length = int(header_length) if header_length is not None else len(body)
+        if not 0 < length <= len(body):
+            raise ValueError
+        header = json.loads(body[:length])
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("The request is not a KServe v2 infer request: a JSON object (then binary tensors, with "
+                            f"{HEADER_LENGTH} giving the JSON's length).") from None  # fmt: skip
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
+        raise ProtocolError('The request needs "inputs": a list of tensors {"name", "datatype", "shape", "data"}.')
+    binary, offset = body[length:], 0
+    inputs = []
+    for item in header["inputs"]:
+        tensor, used = _input_tensor(item, binary, offset)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes after the tensors that binary_data_size accounts for.")
+    binary_default = bool(header.get("parameters", {}).get("binary_data_output", False))
+    outputs = None
+    if "outputs" in header:
+        outputs = [
+            RequestedOutput(
+                str(output.get("name")),
+                bool(output.get("parameters", {}).get("binary_data", binary_default)),
+                int(output.get("parameters", {}).get("classification", 0)),
+            )
+            for output in header["outputs"]
+        ]
+    return InferRequest(header.get("id"), inputs, outputs)
+
+
+def _input_tensor(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
+    try:
+        name, datatype, shape = str(item["name"]), str(item["datatype"]), [int(n) for n in item["shape"]]
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f'Every input needs "name", "datatype" and "shape", got {str(item)[:200]}.') from None
+    if any(n < 0 for n in shape):
+        raise ProtocolError(f"Input {name!r}: shape {shape} has a negative dimension.")
+    size = (item.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        raw = binary[offset : offset + int(size)]
+        if len(raw) != int(size):
+            raise ProtocolError(f"Input {name!r} says {size} binary bytes, but only {len(raw)} follow.")
+        value = _bytes_elements(raw, name) if datatype == "BYTES" else _array_from_bytes(raw, datatype, shape, name)
+        used = int(size)
+    elif "data" in item:
+        value = (
+            _base64_elements(item["data"], name) if datatype == "BYTES" else _array(item["data"], datatype, shape, name)
+        )
+        used = 0
+    else:
+        raise ProtocolError(f'Input {name!r} has neither "data" nor parameters.binary_data_size.')
+    count = int(np.prod(shape)) if shape else 1
+    if (len(value) if datatype == "BYTES" else value.size) != count:
+        raise ProtocolError(f"Input {name!r}: shape {shape} needs {count} elements.")
+    return Tensor(name, datatype, shape, value), used
+
+
+def _dtype(datatype: str, name: str) -> np.dtype:
+    if datatype not in DTYPES:
+        raise ProtocolError(f"Input {name!r}: datatype {datatype} is not supported ({', '.join(DTYPES)} or BYTES).")
+    return np.dtype(DTYPES[datatype]).newbyteorder("<")
+
+
+def _array_from_bytes(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    dtype = _dtype(datatype, name)
+    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+        raise ProtocolError(f"Input {name!r}: {len(raw)} bytes do not hold a {datatype} tensor of shape {shape}.")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    try:
+        array = np.asarray(data, dtype=_dtype(datatype, name))
+    except (TypeError, ValueError):
+        raise ProtocolError(f"Input {name!r}: data is not a list of {datatype} numbers.") from None
+    if array.size != int(np.prod(shape)):
+        raise ProtocolError(f"Input {name!r}: {array.size} values do not fill shape {shape}.")
+    return array.reshape(shape)
+
+
+def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError(f"Input {name!r}: a BYTES element's 4-byte length is cut off.")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        if offset + 4 + length > len(raw):
+            raise ProtocolError(f"Input {name!r}: a BYTES element says {length} bytes, fewer follow.")
+        elements.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return elements
+
+
+def _base64_elements(data: Any, name: str) -> list[bytes]:
+    flat = list(np.ravel(np.asarray(data, dtype=object)))
+    try:
+        return [base64.b64decode(str(element), validate=True) for element in flat]
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"Input {name!r}: in JSON, BYTES elements must be base64 strings (images are not text); "
+                            "or send them as binary data.") from None  # fmt: skip
+
+
+def classification_strings(values: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+    """Triton's classification extension: per row the k largest values as "value:index:label", best first."""
+    k = min(k, values.shape[-1])
+    order = np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    return np.array(
+        [[f"{row[i]:f}:{i}:{labels[i]}".encode() for i in best] for row, best in zip(values, order)], dtype=object
+    )
+
+
+def response_body(
+    model: str, request_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[bytes, dict]:
+    """(body, headers) of an infer response; each output is (name, array or BYTES strings, as binary)."""
+    header: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": []}
+    if request_id is not None:
+        header["id"] = request_id
+    binary = []
+    for name, array, as_binary in outputs:
+        datatype = "BYTES" if array.dtype == object else "FP32"
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if as_binary:
+            raw = (
+                b"".join(struct.pack("<I", len(item)) + item for item in array.ravel())
+                if datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype="<f4").tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            entry["data"] = [item.decode() for item in array.ravel()] if datatype == "BYTES" else array.ravel().tolist()
+        header["outputs"].append(entry)
+    text = json.dumps(header).encode()
+    if not binary:
+        return text, {"content-type": "application/json"}
+    return text + b"".join(binary), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}

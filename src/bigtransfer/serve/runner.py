@@ -1,0 +1,102 @@
+"""Running the server: uvicorn in this process, or in N processes (each loads the model: CPUs serve in parallel)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ..data.workers import available_cores
+from .app import InferenceServer, Limits
+from .model import ServedModel
+
+SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    limits: Limits = Limits(),
+    processes: int = 1,
+    device: str | None = None,
+    bf16: bool = False,
+    name: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
+    finish (up to the request timeout) before the process exits."""
+    import uvicorn
+
+    _log_access_to_stderr(log_level)
+    options = dict(
+        host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=int(limits.timeout_s) + 1
+    )
+    settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
+                "threads": max(1, available_cores() // processes)}  # fmt: skip
+    with _exit_0_once_drained():
+        if processes == 1:
+            server = InferenceServer(ServedModel(model, device, bf16, name), limits)  # loads before the port opens
+            uvicorn.Server(uvicorn.Config(server.app(), **options)).run()
+            return
+        os.environ[SETTINGS_ENV] = json.dumps(settings)
+        # a process loading the model answers the supervisor's health pings late: 5 s (uvicorn's default) on a
+        # busy machine had it killed and restarted in a loop
+        health = {"timeout_worker_healthcheck": 120} if _supports(uvicorn.Config, "timeout_worker_healthcheck") else {}
+        uvicorn.run(
+            "bigtransfer.serve.runner:app_from_environment", factory=True, workers=processes, **options, **health
+        )
+
+
+def _supports(function: Any, parameter: str) -> bool:
+    return parameter in inspect.signature(function).parameters
+
+
+class _Drained(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _exit_0_once_drained() -> Iterator[None]:
+    """uvicorn drains on SIGTERM, then raises the signal again to the handler it found: this one, which ends the
+    server normally — a stop asked for by the operator (or Kubernetes) is not a failure."""
+
+    def drained(signum: int, frame: Any) -> None:
+        raise _Drained
+
+    previous = signal.signal(signal.SIGTERM, drained)
+    try:
+        yield
+    except _Drained:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def app_from_environment() -> Any:
+    """The app of one of several server processes, from the settings the parent left in the environment."""
+    import torch
+
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    torch.set_num_threads(settings["threads"])  # the processes share the cores
+    _log_access_to_stderr("info")
+    model = ServedModel(settings["model"], settings["device"], settings["bf16"], settings["name"])
+    return InferenceServer(model, Limits(**settings["limits"])).app()
+
+
+def _log_access_to_stderr(level: str) -> None:
+    """The access log (one JSON object per request) and the server's messages, on stderr."""
+    root = logging.getLogger("bigtransfer.serve")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())

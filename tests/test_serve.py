@@ -1,0 +1,314 @@
+"""`bigtransfer serve`: dynamic batching, the KServe v2 protocol (driven by tritonclient, unchanged), the simple
+/predict route, limits that answer with their status instead of falling over, metrics, and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bigtransfer import BitConfig, BitForImageClassification
+from bigtransfer.cli import main as cli
+from bigtransfer.serve.app import InferenceServer, Limits
+from bigtransfer.serve.batching import DynamicBatcher, QueueFull
+from bigtransfer.serve.model import ServedModel, model_name
+from bigtransfer.train.augment import eval_processor
+from helpers import TINY, ServeProcess, png_header
+
+LABELS = {0: "tabby cat", 1: "coffee", 2: "rocket"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("served") / "cats" / "model"
+    config = BitConfig(**{**TINY, "num_labels": 3}, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    BitForImageClassification(config).save_pretrained(path)
+    eval_processor(32).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Real photos (skimage's cat, coffee, rocket) as JPEGs of three sizes."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, size in (("chelsea", (90, 60)), ("coffee", (64, 48)), ("rocket", (40, 70))):
+        path = folder / f"{name}.jpg"
+        Image.fromarray(getattr(data, name)()).resize(size).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    running = ServeProcess(model_dir, tmp_path_factory.mktemp("log") / "server.log", "--max-batch-size", "8",
+                           "--max-delay-ms", "200")  # fmt: skip
+    yield running
+    code, log = running.stop()
+    assert code == 0, log[-3000:]
+
+
+def forward_passes(metrics: str) -> float:
+    """The batch-size histogram's count in a /metrics text."""
+    return float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("bigtransfer_batch_images_count"))
+    )
+
+
+def predicted_logits(model_dir, files) -> np.ndarray:
+    """`predict`'s path (its dataset reader and workers), one image per batch: the unbatched reference."""
+    from bigtransfer.data.datasets import ImageDataset
+    from bigtransfer.inference.pipelines import load_classifier
+    from bigtransfer.inference.predict import predict_logits
+    from bigtransfer.processing.exact import BitImageProcessor
+
+    images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "files", paths=list(files))
+    return predict_logits(load_classifier(model_dir, "cpu"), images, BitImageProcessor.from_pretrained(model_dir),
+                          batch_size=1, workers=0).rows  # fmt: skip
+
+
+# -- the batcher ------------------------------------------------------------------------------------------------
+
+
+def test_requests_arriving_together_share_one_forward_pass_and_get_their_own_rows():
+    passes = []
+
+    def model(batch):
+        passes.append(len(batch))
+        return batch.sum(axis=(1, 2)) * 10
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_batch_size=6, max_delay=0.2)
+        batcher.start()
+        inputs = [np.full((n, 2, 2), i, dtype=np.float32) for i, n in enumerate([1, 2, 1, 3, 1])]
+        results = await asyncio.gather(*(batcher.run(x) for x in inputs))
+        await batcher.stop()
+        return inputs, results
+
+    inputs, results = asyncio.run(scenario())
+    assert passes == [5, 3]  # 1+2+1 fit, 3 does not (6 max): next pass with the last
+    for x, rows in zip(inputs, results):
+        assert np.array_equal(rows, x.sum(axis=(1, 2)) * 10)
+
+
+def test_a_full_queue_refuses_at_once_and_a_failing_batch_fails_only_its_requests():
+    async def scenario():
+        slow = DynamicBatcher(lambda batch: time.sleep(0.3) or batch, max_batch_size=1, max_delay=0, max_queue=2)
+        slow.start()
+        first = asyncio.ensure_future(slow.run(np.zeros((1, 1))))
+        await asyncio.sleep(0.05)  # the first is in the model
+        queued = [asyncio.ensure_future(slow.run(np.zeros((1, 1)))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="--max-queue 2"):
+            await slow.run(np.zeros((1, 1)))
+        await asyncio.gather(first, *queued)
+        await slow.stop()
+
+        def picky(batch):
+            if (batch < 0).any():
+                raise RuntimeError("negative input")
+            return batch
+
+        batcher = DynamicBatcher(picky, max_batch_size=1, max_delay=0)
+        batcher.start()
+        bad, good = await asyncio.gather(
+            batcher.run(-np.ones((1, 1))), batcher.run(np.ones((1, 1))), return_exceptions=True
+        )
+        await batcher.stop()
+        return bad, good
+
+    bad, good = asyncio.run(scenario())
+    assert isinstance(bad, RuntimeError) and np.array_equal(good, np.ones((1, 1)))
+
+
+def test_a_request_whose_caller_stopped_waiting_never_reaches_the_model():
+    seen = []
+
+    async def scenario():
+        batcher = DynamicBatcher(lambda batch: seen.append(batch.copy()) or batch, max_batch_size=4, max_delay=0.2)
+        batcher.start()
+        abandoned = asyncio.ensure_future(batcher.run(np.full((1, 1), 7.0)))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        kept = await batcher.run(np.full((1, 1), 1.0))
+        await batcher.stop()
+        return kept
+
+    assert asyncio.run(scenario()).tolist() == [[1.0]] and [batch.tolist() for batch in seen] == [[[1.0]]]
+
+
+# -- routes, in process -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    return ServedModel(model_dir, "cpu")
+
+
+def client_for(served, **limits):
+    from starlette.testclient import TestClient
+
+    return TestClient(InferenceServer(served, Limits(**limits)).app())
+
+
+def test_predict_equals_the_predict_command_for_raw_and_multipart_uploads(served, model_dir, photos, capsys):
+    assert model_name(model_dir) == "cats" and served.name == "cats"
+    assert cli(["predict", "--model", str(model_dir), *map(str, photos), "--json", "--workers", "0"]) == 0
+    expected = {item["file"]: item["predictions"] for item in json.loads(capsys.readouterr().out)["results"]}
+    with client_for(served) as client:
+        for photo in photos:
+            raw = client.post("/predict?top_k=5", content=photo.read_bytes()).json()
+            form = client.post("/predict", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
+            for answer in (raw, form):
+                assert [item["label"] for item in answer["labels"]] == [p["label"] for p in expected[str(photo)]]
+                assert np.allclose(
+                    [i["score"] for i in answer["labels"]], [p["score"] for p in expected[str(photo)]], atol=1e-5
+                )
+            assert raw["model"] == "cats" and raw["milliseconds"] > 0
+        assert len(client.post("/predict?top_k=1", content=photos[0].read_bytes()).json()["labels"]) == 1
+
+
+def test_bad_requests_get_their_status_and_reason(served, photos, tmp_path):
+    with client_for(served, max_body_bytes=50_000) as client:
+        answer = client.post("/predict", content=b"not an image")
+        assert answer.status_code == 400 and "Cannot read the upload as an image" in answer.json()["error"]
+        assert "BytesIO" not in answer.json()["error"]
+        big = client.post("/predict", content=b"\xff" * 60_000)
+        assert big.status_code == 413 and "50,000 bytes (--max-body-bytes)" in big.json()["error"]
+        assert client.post("/predict?top_k=0", content=photos[0].read_bytes()).status_code == 400
+        assert client.post("/predict", content=b"").status_code == 400
+        assert client.get("/v2/models/dogs").status_code == 404
+        bomb = png_header(tmp_path / "bomb.png", 30_000, 30_000)  # 900 megapixels declared in 70 bytes
+        answer = client.post("/predict", content=bomb.read_bytes())
+        assert answer.status_code == 400 and "pixels" in answer.json()["error"]
+        assert client.get("/v2/health/live").json() == {"live": True}  # nothing above disturbed the server
+        assert client.post("/predict", content=photos[0].read_bytes()).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'bigtransfer_requests_total{code="413",route="predict"} 1.0' in metrics
+        assert 'bigtransfer_requests_total{code="400",route="predict"} 4.0' in metrics
+        assert "bigtransfer_batch_images_bucket" in metrics and "bigtransfer_queue_images 0.0" in metrics
+
+
+def test_overload_answers_503_with_retry_after_and_slowness_504(served, photos, monkeypatch):
+    from bigtransfer.serve import batching
+
+    async def full(self, inputs):
+        raise QueueFull("7 images are waiting (--max-queue 4): retry shortly.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batching.DynamicBatcher, "run", full)
+        with client_for(served) as client:
+            answer = client.post("/predict", content=photos[0].read_bytes())
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    slow = ServedModel.__new__(ServedModel)
+    slow.__dict__.update(served.__dict__)
+    slow.logits = lambda batch: time.sleep(1.0) or served.logits(batch)
+    with client_for(slow, timeout_s=0.3) as client:
+        answer = client.post("/predict", content=photos[0].read_bytes())
+        assert answer.status_code == 504 and "0.3 s" in answer.json()["error"]
+
+
+def test_kserve_json_and_base64_bytes_and_the_classification_extension(served, model_dir, photos):
+    expected = predicted_logits(model_dir, photos[:2])
+    images = [base64.b64encode(p.read_bytes()).decode() for p in photos[:2]]
+    request = {"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": images}],
+               "outputs": [{"name": "logits"}, {"name": "scores", "parameters": {"classification": 2}}]}  # fmt: skip
+    with client_for(served) as client:
+        answer = client.post("/v2/models/cats/infer", json=request).json()
+        assert answer["id"] == "r1" and answer["model_name"] == "cats"
+        logits, top = answer["outputs"]
+        assert logits["shape"] == [2, 3] and np.allclose(np.reshape(logits["data"], (2, 3)), expected, atol=1e-5)
+        assert top["datatype"] == "BYTES" and top["shape"] == [2, 2]
+        score, index, label = top["data"][0].split(":")
+        assert int(index) == int(np.argmax(expected[0])) and label == LABELS[int(index)] and 0 < float(score) <= 1
+        pixels = {
+            "inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0] * 768}]
+        }
+        wrong = client.post("/v2/models/cats/infer", json=pixels)
+        assert wrong.status_code == 400 and "[N, 3, 32, 32]" in wrong.json()["error"]
+        text = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}
+        assert "base64" in client.post("/v2/models/cats/infer", json=text).json()["error"]
+
+
+# -- a real server --------------------------------------------------------------------------------------------
+
+
+def test_tritonclient_works_unchanged_binary_and_json(server, model_dir, photos):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cats")
+    metadata = client.get_model_metadata("cats")
+    assert [item["name"] for item in metadata["inputs"]] == ["pixel_values", "image"]
+    assert "classification" in client.get_server_metadata()["extensions"]
+    expected = predicted_logits(model_dir, photos)
+    images = triton.InferInput("image", [3], "BYTES")
+    images.set_data_from_numpy(np.array([p.read_bytes() for p in photos], dtype=np.object_))  # binary by default
+    outputs = [triton.InferRequestedOutput("logits"), triton.InferRequestedOutput("scores", class_count=3)]
+    result = client.infer("cats", [images], outputs=outputs)
+    assert np.allclose(result.as_numpy("logits"), expected, atol=1e-5)
+    ranked = result.as_numpy("scores")
+    assert ranked.shape == (3, 3) and [int(row[0].split(b":")[1]) for row in ranked] == list(expected.argmax(1))
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    request = triton.InferInput("pixel_values", list(pixels.shape), "FP32")
+    request.set_data_from_numpy(pixels, binary_data=False)
+    reference = BitForImageClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        direct = reference(torch.from_numpy(pixels)).logits.numpy()
+    answer = client.infer("cats", [request], outputs=[triton.InferRequestedOutput("logits", binary_data=False)])
+    assert np.allclose(answer.as_numpy("logits"), direct, atol=1e-5)
+
+
+def test_concurrent_requests_are_batched_and_equal_unbatched_inference(server, model_dir, photos):
+    files = photos * 4  # 12 requests of one image each
+    expected = predicted_logits(model_dir, files)
+    before = httpx.get(f"{server.url}/metrics").text
+
+    def ask(path):
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                            "data": [base64.b64encode(path.read_bytes()).decode()]}], "outputs": [{"name": "logits"}]}  # fmt: skip
+        return httpx.post(f"{server.url}/v2/models/cats/infer", json=body, timeout=60).json()["outputs"][0]["data"]
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = np.array(list(pool.map(ask, files)))
+    assert np.abs(answers - expected).max() < 1e-5
+    after = httpx.get(f"{server.url}/metrics").text
+    assert forward_passes(after) - forward_passes(before) < len(files)  # some requests shared a forward pass
+
+
+def test_sigterm_lets_the_request_under_way_finish_then_exits_0(model_dir, photos, tmp_path):
+    running = ServeProcess(
+        model_dir, tmp_path / "server.log", "--max-delay-ms", "1500"
+    )  # a request waits 1.5 s for company: time to signal
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{running.url}/predict", content=photos[0].read_bytes(), timeout=60)
+        time.sleep(0.5)
+        code, log = running.stop()
+        answer = pending.result()
+    assert answer.status_code == 200 and answer.json()["labels"]
+    assert code == 0, log[-2000:]
+    access = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(row["path"] == "/predict" and row["status"] == 200 and row["ms"] >= 1000 for row in access)
+
+
+def test_several_server_processes_answer_and_stop_together(model_dir, photos, tmp_path):
+    running = ServeProcess(model_dir, tmp_path / "server.log", "--workers", "2")
+    deadline = time.monotonic() + 120
+    while running.log.read_text().count("serving cats") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the second process may still be loading the model
+    answers = [httpx.post(f"{running.url}/predict", content=photos[i % 3].read_bytes(), timeout=60) for i in range(6)]
+    code, log = running.stop()
+    assert [answer.status_code for answer in answers] == [200] * 6
+    assert log.count("serving cats") == 2 and "died" not in log  # none killed while loading and restarted
+    assert code == 0, log[-2000:]

@@ -1,0 +1,135 @@
+"""The page at `bigtransfer serve`'s `/`, driven in headless Chromium: it shows the model from /info and the same
+predictions and errors as POST /predict, and leaves a screenshot for a person to look at."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from bigtransfer import BitConfig, BitForImageClassification
+from bigtransfer.train.augment import eval_processor
+from helpers import TINY, ServeProcess
+
+LABELS = ["tabby cat", "coffee", "rocket"]
+MODEL_NAME = "photos"
+PAGE_WAIT_S = 30
+
+
+def _screenshot_path() -> Path:
+    """Where a person finds the screenshot: $BIGTRANSFER_TEST_ARTIFACTS, else test-artifacts/ in the checkout."""
+    folder = os.environ.get("BIGTRANSFER_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder) / "serve-page.png"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """A tiny classifier with 64 px preprocessing, a cat photo and a text file."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("page")
+    torch.manual_seed(0)
+    config = BitConfig(**TINY, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+    BitForImageClassification(config).save_pretrained(folder / MODEL_NAME)
+    eval_processor(64).save_pretrained(folder / MODEL_NAME)
+    Image.fromarray(data.chelsea()).save(folder / "cat.jpg", quality=90)
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(files) -> str:
+    """`bigtransfer serve` on a free port; its URL, once ready. SIGTERM at the end must exit 0."""
+    running = ServeProcess(files / MODEL_NAME, files / "server.log")
+    yield running.url
+    code, log = running.stop()
+    assert code == 0, f"SIGTERM should drain and exit 0, got {code}:\n{log}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through the system chromedriver (the Debian packages, as CI installs them)."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.fail("The page tests need Chromium and its driver: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(browser, server):
+    """The page, freshly loaded, once it shows the model's name from /info."""
+    browser.get(server)
+    WebDriverWait(browser, PAGE_WAIT_S).until(expected_conditions.text_to_be_present_in_element(
+        (By.ID, "model-name"), MODEL_NAME))  # fmt: skip
+    return browser
+
+
+def _upload(page, path: Path, answered) -> None:
+    """Choose `path` in the file input and wait until `answered(driver)`."""
+    page.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(page, PAGE_WAIT_S).until(answered)
+
+
+def _predictions_shown(driver) -> bool:
+    return driver.find_element(By.ID, "latency").text.startswith("server")
+
+
+def _error_shown(driver) -> bool:
+    return driver.find_element(By.ID, "error").is_displayed()
+
+
+def test_page_shows_the_model_from_info(page):
+    assert page.title == f"{MODEL_NAME} · bigtransfer"
+    assert f"{len(LABELS)} labels" in page.find_element(By.ID, "model-source").text
+    page.find_element(By.TAG_NAME, "summary").click()
+    assert ", ".join(LABELS) in page.find_element(By.ID, "details").text
+
+
+def test_file_input_is_reachable_by_keyboard(page):
+    page.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert page.switch_to.active_element.get_attribute("id") == "file"
+
+
+def test_page_shows_the_predictions_of_the_api(page, server, files):
+    _upload(page, files / "cat.jpg", _predictions_shown)
+    expected = httpx.post(f"{server}/predict?top_k=5", content=(files / "cat.jpg").read_bytes(), timeout=30).json()
+    rows = page.find_elements(By.CSS_SELECTOR, ".row.prediction")
+    shown = [
+        (row.find_element(By.CLASS_NAME, "label").text, row.find_element(By.CLASS_NAME, "score").text) for row in rows
+    ]
+    assert [label for label, _ in shown] == [entry["label"] for entry in expected["labels"]]
+    assert [float(score) for _, score in shown] == pytest.approx([e["score"] for e in expected["labels"]], abs=1e-3)
+    assert re.fullmatch(r"server \d+\.\d ms · round trip \d+\.\d ms", page.find_element(By.ID, "latency").text)
+    assert page.find_element(By.ID, "preview").is_displayed()
+    screenshot = _screenshot_path()
+    assert page.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 20_000, "the screenshot looks blank"
+
+
+def test_page_shows_the_server_error_for_a_non_image(page, server, files):
+    _upload(page, files / "cat.jpg", _predictions_shown)
+    _upload(page, files / "notes.txt", _error_shown)
+    answer = httpx.post(f"{server}/predict", content=(files / "notes.txt").read_bytes(), timeout=30)
+    assert answer.status_code == 400
+    assert page.find_element(By.ID, "error").text == answer.json()["error"]
+    assert not page.find_elements(By.CSS_SELECTOR, ".row.prediction"), "the cat's predictions are still shown"
+    WebDriverWait(page, PAGE_WAIT_S).until_not(lambda driver: driver.find_element(By.ID, "preview").is_displayed())
