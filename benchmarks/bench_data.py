@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bigtransfer.data.datasets import load_dataset
 from bigtransfer.data.order import MAX_LANES, LaneOrder, ShuffledOrder, lane_count
 from bigtransfer.data.shards import HELD_SHARDS, MANIFEST, read_samples, write_shards
+from bigtransfer.data.sources import load_dataset
 from bigtransfer.data.workers import ordered_results
 from bigtransfer.train.augment import hyperrule_augment
 from bigtransfer.train.batches import Layout, TrainingExamples, chunks_per_micro_batch

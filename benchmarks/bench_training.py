@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from bigtransfer import BitConfig, BitForImageClassification
-from bigtransfer.data.datasets import load_dataset
+from bigtransfer.data.sources import load_dataset
 from bigtransfer.data.workers import available_cores, default_workers
 from bigtransfer.train.augment import hyperrule_augment
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from bigtransfer.data.datasets import ImageDataset, load_dataset, write_idx
+from bigtransfer.data.datasets import ImageDataset, write_idx
+from bigtransfer.data.sources import load_dataset
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 UPSTREAM_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]

@@ -189,7 +189,7 @@ def test_int8_bundled_model_keeps_fashion_mnist_top1_within_one_point(tmp_path, 
 
 def test_large_models_keep_weights_beside_the_graph_and_still_quantize(monkeypatch, tmp_path):
     import bigtransfer.deploy.export as export_module
-    from bigtransfer.data.datasets import load_dataset
+    from bigtransfer.data.sources import load_dataset
     from bigtransfer.deploy.quantize import Calibration
 
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)  # as if it were beyond protobuf's 2 GiB

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bigtransfer import BitConfig, BitForImageClassification, BitModel
 from bigtransfer.cli import main as cli
-from bigtransfer.data.datasets import load_dataset
+from bigtransfer.data.sources import load_dataset
 from bigtransfer.inference.few_shot import ridge_accuracy
 from bigtransfer.train import FewShotCheck, Pretraining, RunOptions, Speed, fewshot, pretrain
 from helpers import TINY, randomize_norms

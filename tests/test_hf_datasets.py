@@ -16,7 +16,8 @@ from PIL import Image
 
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import main as cli
-from bigtransfer.data.datasets import hold_out, load_dataset
+from bigtransfer.data.datasets import hold_out
+from bigtransfer.data.sources import load_dataset
 
 SIZES = [(20, 30), (36, 24), (28, 28)]  # (width, height): three sizes, as photo datasets have
 
@@ -132,7 +133,7 @@ def test_a_dataset_name_goes_to_datasets_load_dataset(monkeypatch):
 
 def test_an_unknown_name_offline_says_what_was_tried(tmp_path):
     """A real `datasets.load_dataset` with the Hub off and an empty cache: the error names both readings."""
-    code = "from bigtransfer.data.datasets import load_dataset\nload_dataset('no-such-dataset-anywhere')"
+    code = "from bigtransfer.data.sources import load_dataset\nload_dataset('no-such-dataset-anywhere')"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1

@@ -2,7 +2,7 @@
 its own layer and the layers below it, and nothing imports itself through others.
 
 Bottom to top: checkpoints (files and names, no model class) → models → processing → data → deploy →
-inference → train → cli; the package's own `__init__` (the public API) and `__main__` sit on top.
+inference → train → serve → cli; the package's own `__init__` (the public API) and `__main__` sit on top.
 """
 
 import ast
@@ -13,7 +13,7 @@ import pytest
 import bigtransfer
 
 PACKAGE = Path(bigtransfer.__file__).parent
-LAYERS = ["checkpoints", "models", "processing", "data", "deploy", "inference", "train", "cli"]
+LAYERS = ["checkpoints", "models", "processing", "data", "deploy", "inference", "train", "serve", "cli"]
 TOP = {"bigtransfer", "bigtransfer.__main__", "bigtransfer._moved"}
 
 
@@ -82,7 +82,7 @@ def test_a_lazy_upward_import_is_caught():
     ("old", "new", "name"),
     [
         ("bigtransfer.config", "bigtransfer.models.config", "BitConfig"),
-        ("bigtransfer.train.data", "bigtransfer.data.datasets", "load_dataset"),
+        ("bigtransfer.train.data", "bigtransfer.data.sources", "load_dataset"),
         ("bigtransfer.sources", "bigtransfer.checkpoints.catalogue", "bundled_model"),
         ("bigtransfer.convert", "bigtransfer.checkpoints.timm", "timm_to_bit_state_dict"),
         ("bigtransfer.convert.npz", "bigtransfer.checkpoints.npz", "read_npz"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bigtransfer.data.datasets import load_dataset
+from bigtransfer.data.sources import load_dataset
 
 # image name → the classes it shows; every class has a positive and a negative
 SCENES = {

@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import main as cli
 from bigtransfer.data import shards as shards_module
-from bigtransfer.data.datasets import load_dataset
 from bigtransfer.data.order import LaneOrder, lane_count
 from bigtransfer.data.shards import open_shards
+from bigtransfer.data.sources import load_dataset
 from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
 
 SIZES = [(40, 30), (24, 56), (32, 32)]  # (width, height): three sizes, as photo collections have

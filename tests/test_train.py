@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.cli import main as cli
-from bigtransfer.data.datasets import from_csv, from_folder, load_dataset, write_idx
+from bigtransfer.data.datasets import from_csv, from_folder, write_idx
+from bigtransfer.data.sources import load_dataset
 from bigtransfer.data.workers import LoaderWorkerError
 from bigtransfer.inference.few_shot import few_shot_subset
 from bigtransfer.inference.predict import evaluate

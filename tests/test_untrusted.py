@@ -277,7 +277,7 @@ def test_pickle_payloads_are_refused_without_unsafe_advice(tmp_path, capsys):
 def test_a_csv_row_without_a_label_is_named_and_a_bom_is_fine(tmp_path, folder):
     first = next((folder / "a").glob("*.png"))
     (tmp_path / "good.csv").write_text(f"\ufeffpath,label\n{first},a\n{first},b\n", encoding="utf-8")
-    from bigtransfer.data.datasets import load_dataset
+    from bigtransfer.data.sources import load_dataset
 
     assert load_dataset(tmp_path / "good.csv").classes == ["a", "b"]
     (tmp_path / "bad.csv").write_text(f"path,label\n{first},a\n{first}\n", encoding="utf-8")

@@ -35,7 +35,7 @@ MOVED = {
     "bigtransfer.processing_fast": ("bigtransfer.processing.fast",),
     "bigtransfer.loading": ("bigtransfer.data.workers", "bigtransfer.data.device"),
     "bigtransfer.pipeline": ("bigtransfer.inference.pipelines",),
-    "bigtransfer.train.data": ("bigtransfer.data.datasets",),
+    "bigtransfer.train.data": ("bigtransfer.data.datasets", "bigtransfer.data.sources"),
     "bigtransfer.train.evaluate": (
         "bigtransfer.inference.predict",
         "bigtransfer.inference.metrics",

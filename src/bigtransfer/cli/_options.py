@@ -190,7 +190,7 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
 def load_data(source: str, classes: str | None, **reading: Any):
     """A --data argument as a dataset, restricted to --classes when given; `reading` goes to `load_dataset`
     (split, image_column, label_column, for_eval)."""
-    from ..data.datasets import load_dataset
+    from ..data.sources import load_dataset
 
     dataset = load_dataset(source, **reading)
     return dataset.select_classes(classes.split(",")) if classes else dataset

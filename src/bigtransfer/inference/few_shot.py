@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.datasets import ImageDataset, as_dataset
+from ..data.datasets import ImageDataset
 from ..data.device import resolve_device
+from ..data.sources import as_dataset
 from ..models.modeling import BitModel, BitPreTrainedModel
 from ..processing.base import ProcessorBase
 from .predict import pooled_features

@@ -127,7 +127,7 @@ class InferenceServer:
         self.ready = True
         logger.info("serving %s (%s) on %s", self.model.name, self.model.source, self.model.device)
         yield
-        self.ready = False  # draining: uvicorn has stopped accepting and waits for the requests under way
+        self.ready = False  # uvicorn has stopped accepting and the requests under way have been answered
         await self.batcher.stop()
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:

@@ -14,7 +14,8 @@ import torch
 
 from ..checkpoints.catalogue import architecture_of
 from ..checkpoints.io import check_writable, write_json
-from ..data.datasets import LabelledImages, as_dataset
+from ..data.datasets import LabelledImages
+from ..data.sources import as_dataset
 from ..inference.few_shot import few_shot_subset
 from ..inference.metrics import headline
 from ..models.config import BitConfig

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ..checkpoints.io import check_writable
-from ..data.datasets import LabelledImages, as_dataset
+from ..data.datasets import LabelledImages
+from ..data.sources import as_dataset
 from ..inference.few_shot import fewshot
 from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitPreTrainedModel
