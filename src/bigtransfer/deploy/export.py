@@ -123,6 +123,7 @@ class ExportReport:
     max_abs_logit_difference: float
     int8: dict[str, Any] | None = None
     seconds: float = 0.0
+    triton: dict[str, Any] | None = None  # the serving settings of a Triton model repository
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "directory": str(self.directory), "input_size": list(self.input_size)}
