@@ -1,8 +1,11 @@
-"""`bigtransfer export`: a model as a deployable ONNX (float32 or int8) or torch.export directory."""
+"""`bigtransfer export`: a model as a deployable ONNX (float32 or int8) or torch.export directory, or as a Triton
+model repository."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+from pathlib import Path
 
 from ._options import (
     add_model_argument,
@@ -11,19 +14,42 @@ from ._options import (
     add_workers_argument,
     emit,
     load_data,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
 
+# 24.08 or any later release: their ONNX Runtime (1.18+) reads the IR version 10 that torch's exporter writes
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+
+
+def serve_command(repository: str, gpu: bool = False) -> str:
+    """The `docker run` that serves the model repository at `repository` (a path as the shell should read it)."""
+    return (
+        f"docker run --rm {'--gpus all ' if gpu else ''}-p8000:8000 -p8001:8001 -p8002:8002 "
+        f"-v {repository}:/models {TRITON_IMAGE} tritonserver --model-repository=/models"
+    )
+
+
+def triton_name(args: argparse.Namespace) -> str:
+    """--name, or one made from MODEL; checked before the model is loaded, which may be a download."""
+    from ..deploy.triton import check_model_name, default_model_name
+
+    name = args.name if args.name is not None else default_model_name(args.model)
+    check_model_name(name)
+    return name
+
 
 def run_export(args: argparse.Namespace) -> dict:
     from ..deploy.export import export
+    from ..deploy.triton import export_triton
     from ..models.modeling import BitForImageClassification
     from ..processing.exact import BitImageProcessor
 
     if args.int8 != bool(args.calibration):
         raise ValueError("--int8 needs --calibration DATA (real images to calibrate on), and vice versa.")
+    name = triton_name(args) if args.format == "triton" else None
     model = BitForImageClassification.from_pretrained(args.model)
     processor = BitImageProcessor.from_pretrained(args.model)
     calibration = None
@@ -32,8 +58,13 @@ def run_export(args: argparse.Namespace) -> dict:
 
         calibration = Calibration(load_data(args.calibration, args.classes), processor, size=args.calibration_size,
                                   heldout=args.heldout_size, seed=args.seed, workers=args.workers)  # fmt: skip
-    report = export(model, processor, args.out, format=args.format, tolerance=args.tolerance,
-                    overwrite=args.overwrite, int8=calibration)  # fmt: skip
+    if args.format == "triton":
+        report = export_triton(model, processor, args.out, name=name, max_batch_size=args.max_batch_size,
+                               max_delay_ms=args.max_delay_ms, gpu=args.gpu, tolerance=args.tolerance,
+                               overwrite=args.overwrite, int8=calibration)  # fmt: skip
+    else:
+        report = export(model, processor, args.out, format=args.format, tolerance=args.tolerance,
+                        overwrite=args.overwrite, int8=calibration)  # fmt: skip
     return report.to_dict()
 
 
@@ -54,6 +85,14 @@ def describe(report: dict) -> list[str]:
         else:
             line += " (no held-out images left to measure agreement on)"
         lines.append(line)
+    triton = report.get("triton")
+    if triton:
+        repository = shlex.quote(str(Path(report["directory"]).resolve()))
+        lines += [
+            f"Triton model {triton['model_name']!r}: up to {triton['max_batch_size']} images per batch, gathered for "
+            f"up to {triton['max_queue_delay_microseconds']} µs, one {triton['instance_kind']} instance; serve it with",
+            "  " + serve_command(repository, gpu=triton["instance_kind"] == "KIND_GPU"),
+        ]
     return lines
 
 
@@ -62,23 +101,43 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Write OUT/: model.onnx (or model.pt2) with weight standardisation folded into the convolutions and a
+dynamic batch axis, plus config.json (labels), preprocessor_config.json and export.json. The export is
+checked against the eager model on sample images and is written only if its logits agree within
+--tolerance. predict, evaluate and pipeline() run OUT with ONNX Runtime.
+
+--format triton writes OUT as a Triton Inference Server model repository (KServe's Triton runtime takes
+it too): OUT/NAME/config.pbtxt (dynamic batching), OUT/NAME/labels.txt (for the classification
+extension) and OUT/NAME/1/, the checked ONNX export (float32, or int8) with its preprocessor_config.json.
+Triton takes preprocessed float32 pixel_values, N×3×H×W: clients resize, crop and normalise as that file
+says."""
+
+EPILOG = f"""\
+int8: bigtransfer export --model MODEL --out OUT --int8 --calibration DATA quantizes convolutions and the
+head (static, per-channel, u8 activations / s8 weights: fast on CPUs with AVX-512 VNNI or AVX-VNNI),
+calibrated on real images and checked against float32 on held-out images of DATA.
+
+Triton: bigtransfer export --model MODEL --out OUT --format triton, then serve OUT (24.08 or any later release):
+  {serve_command("$PWD/OUT")}"""
+
+
 def register(commands) -> None:
     parser = commands.add_parser(
         "export",
-        help="export a model to ONNX (float32 or int8) or torch.export for deployment",
-        description="Write OUT/: model.onnx (or model.pt2) with weight standardisation folded into the "
-        "convolutions and a dynamic batch axis, plus config.json (labels), preprocessor_config.json and "
-        "export.json. The export is checked against the eager model on sample images and is written only if "
-        "its logits agree within --tolerance. predict, evaluate and pipeline() run OUT with ONNX Runtime.",
-        epilog="int8: bigtransfer export --model MODEL --out OUT --int8 --calibration DATA quantizes convolutions and the head "
-        "(static, per-channel, u8 activations / s8 weights: fast on CPUs with AVX-512 VNNI or AVX-VNNI), "
-        "calibrated on real images and checked against float32 on held-out images of DATA.",
+        help="export a model to ONNX (float32 or int8), torch.export, or a Triton model repository",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(parser, "the model to export", positional=True)
     add_out_argument(parser, "output directory (refused if it exists, unless --overwrite)", positional=True)
-    parser.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
-                        help="onnx (run with ONNX Runtime; default) or pt2 (a torch.export program)")  # fmt: skip
-    parser.add_argument("--int8", action="store_true", help="quantize to int8 (ONNX only; needs --calibration)")
+    parser.add_argument("--format", choices=["onnx", "pt2", "triton"], default="onnx",
+                        help="onnx (run with ONNX Runtime; default), pt2 (a torch.export program) or triton "
+                        "(a Triton model repository holding the onnx export)")  # fmt: skip
+    parser.add_argument(
+        "--int8", action="store_true", help="quantize to int8 (onnx and triton formats; needs --calibration)"
+    )
     parser.add_argument("--calibration", metavar="DATA",
                         help="images to calibrate int8 on, in any form --data takes (folder, CSV, IDX, datasets dir)")  # fmt: skip
     parser.add_argument("--classes", help="calibrate on these classes of DATA only (comma-separated)")
@@ -92,6 +151,14 @@ def register(commands) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is whole)"
     )
+    triton = parser.add_argument_group("Triton model repository (--format triton)")
+    triton.add_argument("--name", help="the model's name in the repository and in request URLs (letters, digits, "
+                        "'_', '-', '.'; default: from MODEL, e.g. bit-tiny-fashion5)")  # fmt: skip
+    triton.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
+                        help="largest batch Triton forms from queued requests (default 32)")  # fmt: skip
+    triton.add_argument("--max-delay-ms", type=non_negative_float, default=5.0, metavar="MS",
+                        help="how long a request may wait for others to batch with (default 5)")  # fmt: skip
+    triton.add_argument("--gpu", action="store_true", help="serve on a GPU (KIND_GPU) rather than the CPU")
     add_workers_argument(parser)
     add_output_arguments(parser, "print the export report as JSON", progress=False)
     parser.set_defaults(handler=handle)

@@ -23,7 +23,7 @@ from ..checkpoints.hub import package_version
 from ..checkpoints.io import atomic_directory
 from ..processing.base import ProcessorBase
 from .fold import fold_weight_standardization
-from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, PT2_FILE, ExportedClassifier
+from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, PT2_FILE, ExportedClassifier
 
 if TYPE_CHECKING:
     from .quantize import Calibration
@@ -91,7 +91,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
     with warnings.catch_warnings(), _quiet(TORCHVISION_NOTICES):
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices from inside the exporter
         program = torch.onnx.export(
-            LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME], output_names=["logits"],
+            LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=_batch_axis(), external_data=large, optimize=True, verbose=False,
         )  # fmt: skip
     program.save(str(path), external_data=large)
@@ -123,6 +123,7 @@ class ExportReport:
     max_abs_logit_difference: float
     int8: dict[str, Any] | None = None
     seconds: float = 0.0
+    triton: dict[str, Any] | None = None  # the serving settings of a Triton model repository
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "directory": str(self.directory), "input_size": list(self.input_size)}
@@ -143,6 +144,23 @@ def export(
     The directory appears only once the export has passed its check: logits within `tolerance` of the eager
     model. `int8`, when given, is a `quantize.Calibration` and the saved model.onnx is quantized with it.
     """
+    out = Path(out)
+    with atomic_directory(out, overwrite) as staging:
+        report = export_into(staging, model, processor, format=format, tolerance=tolerance, int8=int8)
+    return dataclasses.replace(report, directory=out)
+
+
+def export_into(
+    directory: Path,
+    model: nn.Module,
+    processor: ProcessorBase,
+    *,
+    format: str = "onnx",
+    tolerance: float = TOLERANCE,
+    int8: Calibration | None = None,
+) -> ExportReport:
+    """The checked export of `export`, written into the empty `directory`, which the caller stages with
+    `atomic_directory` so that a failed check leaves nothing behind; other layouts (Triton's) wrap it too."""
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
     if int8 is not None and format != "onnx":
@@ -152,33 +170,32 @@ def export(
         model = copy.deepcopy(model).float()
     was_training = model.training
     try:
-        report = _export_checked(model.eval(), processor, Path(out), format, tolerance, overwrite, int8)
+        report = _export_checked(model.eval(), processor, directory, format, tolerance, int8)
     finally:
         model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 1)
     return report
 
 
-def _export_checked(model, processor, out: Path, format: str, tolerance: float, overwrite: bool, int8) -> ExportReport:
+def _export_checked(model, processor, directory: Path, format: str, tolerance: float, int8) -> ExportReport:
     folded = fold_weight_standardization(model)
     height, width = input_size(processor)
-    with atomic_directory(out, overwrite) as staging:
-        model.config.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        example = sample_pixel_values(processor, 2)
-        (export_onnx if format == "onnx" else export_pt2)(folded, staging / FORMATS[format], example)
-        difference = largest_difference(model, ExportedClassifier(staging), processor)
-        if not difference <= tolerance:
-            raise ExportCheckError(
-                f"The exported {format} model's logits differ from the eager model's by up to {difference:.3g} "
-                f"(allowed {tolerance:g}); nothing was written to {out}. Please report this with the model's "
-                "config.json; --format pt2 (or onnx) may export this layout faithfully meanwhile."
-            )
-        int8_report = int8.quantize_export(staging, model.config) if int8 is not None else None
-        report = ExportReport(out, format, "int8" if int8 is not None else "float32", (height, width), difference,
-                              int8=int8_report)  # fmt: skip
-        info = {**report.to_dict(), "bigtransfer": package_version(), "torch": torch.__version__}
-        for unknown_yet in ("directory", "seconds"):
-            info.pop(unknown_yet)
-        (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    model.config.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    example = sample_pixel_values(processor, 2)
+    (export_onnx if format == "onnx" else export_pt2)(folded, directory / FORMATS[format], example)
+    difference = largest_difference(model, ExportedClassifier(directory), processor)
+    if not difference <= tolerance:
+        raise ExportCheckError(
+            f"The exported {format} model's logits differ from the eager model's by up to {difference:.3g} "
+            f"(allowed {tolerance:g}); nothing was written. Please report this with the model's config.json; "
+            "--format pt2 (or onnx) may export this layout faithfully meanwhile."
+        )
+    int8_report = int8.quantize_export(directory, model.config) if int8 is not None else None
+    report = ExportReport(directory, format, "int8" if int8 is not None else "float32", (height, width), difference,
+                          int8=int8_report)  # fmt: skip
+    info = {**report.to_dict(), "bigtransfer": package_version(), "torch": torch.__version__}
+    for unknown_yet in ("directory", "seconds"):
+        info.pop(unknown_yet)
+    (directory / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return report

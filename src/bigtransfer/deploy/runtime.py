@@ -18,6 +18,7 @@ ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"
 EXPORT_INFO_FILE = "export.json"
 INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
 INSTALL_HINT = "pip install 'bigtransfer[onnx]' (onnx, onnxruntime, onnxscript)"
 
 
