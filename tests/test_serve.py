@@ -312,3 +312,15 @@ def test_several_server_processes_answer_and_stop_together(model_dir, photos, tm
     assert [answer.status_code for answer in answers] == [200] * 6
     assert log.count("serving cats") == 2 and "died" not in log  # none killed while loading and restarted
     assert code == 0, log[-2000:]
+
+
+def test_an_onnx_export_serves_what_predict_gives_for_it(model_dir, photos, tmp_path, capsys):
+    assert cli(["export", "--model", str(model_dir), "--out", str(tmp_path / "onnx"), "--json"]) == 0
+    capsys.readouterr()
+    assert cli(["predict", "--model", str(tmp_path / "onnx"), str(photos[0]), "--json", "--workers", "0"]) == 0
+    expected = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
+    with client_for(ServedModel(tmp_path / "onnx", "cpu")) as client:
+        assert client.get("/v2/models/onnx").json()["platform"] == "onnxruntime_onnx"
+        answer = client.post("/predict", content=photos[0].read_bytes()).json()
+    assert [item["label"] for item in answer["labels"]] == [item["label"] for item in expected]
+    assert np.allclose([i["score"] for i in answer["labels"]], [i["score"] for i in expected], atol=1e-5)
