@@ -19,7 +19,7 @@ from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import main as cli
 from bigtransfer.serve.app import InferenceServer, Limits
 from bigtransfer.serve.batching import DynamicBatcher, QueueFull
-from bigtransfer.serve.model import ServedModel, model_name
+from bigtransfer.serve.model import ServedModel
 from bigtransfer.train.augment import eval_processor
 from helpers import TINY, ServeProcess, png_header
 
@@ -163,7 +163,7 @@ def client_for(served, **limits):
 
 
 def test_predict_equals_the_predict_command_for_raw_and_multipart_uploads(served, model_dir, photos, capsys):
-    assert model_name(model_dir) == "cats" and served.name == "cats"
+    assert served.name == "cats"  # a run's …/cats/model, as the Triton export names it
     assert cli(["predict", "--model", str(model_dir), *map(str, photos), "--json", "--workers", "0"]) == 0
     expected = {item["file"]: item["predictions"] for item in json.loads(capsys.readouterr().out)["results"]}
     with client_for(served) as client:
@@ -200,17 +200,7 @@ def test_bad_requests_get_their_status_and_reason(served, photos, tmp_path):
         assert "bigtransfer_batch_images_bucket" in metrics and "bigtransfer_queue_images 0.0" in metrics
 
 
-def test_overload_answers_503_with_retry_after_and_slowness_504(served, photos, monkeypatch):
-    from bigtransfer.serve import batching
-
-    async def full(self, inputs):
-        raise QueueFull("7 images are waiting (--max-queue 4): retry shortly.")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(batching.DynamicBatcher, "run", full)
-        with client_for(served) as client:
-            answer = client.post("/predict", content=photos[0].read_bytes())
-    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+def test_a_request_slower_than_the_timeout_gets_504(served, photos):
     slow = ServedModel.__new__(ServedModel)
     slow.__dict__.update(served.__dict__)
     slow.logits = lambda batch: time.sleep(1.0) or served.logits(batch)
@@ -324,3 +314,49 @@ def test_an_onnx_export_serves_what_predict_gives_for_it(model_dir, photos, tmp_
         answer = client.post("/predict", content=photos[0].read_bytes()).json()
     assert [item["label"] for item in answer["labels"]] == [item["label"] for item in expected]
     assert np.allclose([i["score"] for i in answer["labels"]], [i["score"] for i in expected], atol=1e-5)
+
+
+def test_malformed_requests_are_400_and_the_protocol_options_are_honoured(served, photos):
+    import gzip
+
+    image = base64.b64encode(photos[0].read_bytes()).decode()
+    good = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [image]}]}
+    malformed = [
+        {**good, "parameters": None, "outputs": 5},
+        {**good, "outputs": [{"name": "scores", "parameters": {"classification": "x"}}]},
+        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": "abc"}}]},
+        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": 1, "data": [image]}]},
+    ]
+    with client_for(served, max_body_bytes=200_000) as client:
+        for request in malformed:
+            answer = client.post("/v2/models/cats/infer", json=request)
+            assert answer.status_code == 400, (request, answer.text)
+            assert "error" in answer.json()
+        binary = client.post("/v2/models/cats/infer", json={**good, "parameters": {"binary_data_output": True}})
+        header = int(binary.headers["inference-header-content-length"])  # no outputs named: all, as binary
+        outputs = json.loads(binary.content[:header])["outputs"]
+        assert [o["parameters"]["binary_data_size"] for o in outputs] == [12, 12] and len(binary.content) == header + 24
+        packed = gzip.compress(json.dumps(good).encode())
+        zipped = client.post("/v2/models/cats/infer", content=packed, headers={"content-encoding": "gzip"})
+        assert zipped.status_code == 200 and zipped.json()["outputs"][0]["shape"] == [1, 3]
+        bomb = gzip.compress(b" " * 1_000_000)  # 1 MB of spaces in 1 KB: the limit holds after inflating
+        assert client.post("/predict", content=bomb, headers={"content-encoding": "gzip"}).status_code == 413
+        assert client.post("/predict", content=b"x", headers={"content-encoding": "br"}).status_code == 415
+
+
+def test_a_full_queue_answers_503_and_a_request_larger_than_the_queue_413(served, photos):
+    slow = ServedModel.__new__(ServedModel)
+    slow.__dict__.update(served.__dict__)
+    slow.logits = lambda batch: time.sleep(0.6) or served.logits(batch)
+    with client_for(slow, max_batch_size=1, max_delay_ms=0, max_queue=1) as client:
+        post = lambda _: client.post("/predict", content=photos[0].read_bytes())  # noqa: E731
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(post, range(4)))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes[0] == 200 and 503 in codes, codes  # one in the model, one waiting, the others refused at once
+        refused = next(answer for answer in answers if answer.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and "--max-queue 1" in refused.json()["error"]
+        images = [base64.b64encode(photos[0].read_bytes()).decode()] * 2
+        request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": images}]}
+        answer = client.post("/v2/models/cats/infer", json=request)
+        assert answer.status_code == 413 and "at most 1 (--max-queue)" in answer.json()["error"]

@@ -209,3 +209,8 @@ def test_int8_without_calibration_data_says_what_is_missing(saved_model, tmp_pat
     assert cli(["export", str(saved_model), str(tmp_path / "out"), "--format", "triton", "--int8"]) == 2
     assert "--int8 needs --calibration DATA" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_runs_model_folder_is_named_for_its_run(tmp_path):
+    (tmp_path / "food" / "model").mkdir(parents=True)
+    assert default_model_name(tmp_path / "food" / "model") == "food"  # as `serve` names it too

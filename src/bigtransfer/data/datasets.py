@@ -150,10 +150,7 @@ class ImageDataset(LabelledImages):
         if self.paths is not None:
             return Path(self.paths[index]).read_bytes()
         if self.table is not None:
-            stored = self._stored(index)
-            if stored.get("bytes"):
-                return stored["bytes"]
-            return Path(stored["path"]).read_bytes() if stored.get("path") else None
+            return stored_image_bytes(self._stored(index))
         return None
 
     def _stored(self, index: int) -> dict:
@@ -349,6 +346,22 @@ def from_idx(images_path: Path) -> ImageDataset:
 IMAGE_COLUMNS = ("image", "img", "pixel_values")  # what datasets on the Hub call them, in order of preference
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 EVAL_SPLITS = ("validation", "valid", "val", "test")  # what evaluation reads from a DatasetDict, in this order
+
+
+def stored_image_bytes(stored: dict[str, Any]) -> bytes | None:
+    """A `datasets` image value's file bytes: its own, else its path's — local, or remote (`hf://…`,
+    `zip://…::hf://…` when streaming) through fsspec, as `datasets` itself opens them; None when it has neither."""
+    if stored.get("bytes"):
+        return stored["bytes"]
+    path = stored.get("path")
+    if not path:
+        return None
+    if Path(path).is_file():
+        return Path(path).read_bytes()
+    import fsspec
+
+    with fsspec.open(path, "rb") as file:
+        return file.read()
 
 
 def datasets_library():

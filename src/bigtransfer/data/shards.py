@@ -12,6 +12,7 @@ which keeps each step to a few shards.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import io
@@ -37,6 +38,7 @@ from .datasets import (
     LabelledImages,
     datasets_library,
     find_column,
+    stored_image_bytes,
 )
 from .order import MAX_LANES, LaneOrder, lane_count
 from .workers import ordered_results, resolve_workers
@@ -47,6 +49,7 @@ FORMAT = "webdataset"
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # stored as they are when small enough: no re-encoding loss
 JPEG_QUALITY = 95  # for images reduced to --max-side
 HELD_SHARDS = MAX_LANES + 2  # at most, per reading process: every lane's shard, and a step's overlap
+RECENT_READS = 8  # a held shard no read among a process's last 8 needed is dropped
 TIMEOUT_S = 30  # reading a remote dataset.json
 
 
@@ -72,6 +75,7 @@ def encode_image(
         with open_checked(io.BytesIO(stored), name) as opened:
             kept = KEPT_FORMATS.get(opened.format or "")
             if kept and max(opened.size) <= max_side and opened.getexif().get(0x0112, 1) == 1:
+                decode_stored_image({"bytes": stored}, name)  # a truncated file passes the header check: decode it
                 return stored, kept, (opened.height, opened.width)
     image = load()
     buffer = io.BytesIO()
@@ -277,7 +281,7 @@ def _streamed_sample(number: int, stored: dict[str, Any], label: Any, source: st
     try:
         if not isinstance(label, list) and label < 0:
             raise ValueError("it has no label (-1)")
-        data = stored.get("bytes") or (Path(stored["path"]).read_bytes() if stored.get("path") else None)
+        data = stored_image_bytes(stored)
         if data is None:
             raise ValueError("it holds no image bytes")
         encoded = encode_image(data, functools.partial(decode_stored_image, {"bytes": data}, name), name, max_side)
@@ -330,9 +334,10 @@ class ShardDataset(LabelledImages):
         self.counts = [int(shard["examples"]) for shard in manifest["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self._held: collections.OrderedDict[int, list[tuple[bytes, Any, str]]] = collections.OrderedDict()
+        self._reads, self._last_read = 0, {}  # `about_to_read` calls, and the last that needed each shard
 
     def __getstate__(self) -> dict[str, Any]:  # loading workers start with no shard held
-        return {**self.__dict__, "_held": collections.OrderedDict()}
+        return {**self.__dict__, "_held": collections.OrderedDict(), "_reads": 0, "_last_read": {}}
 
     def __len__(self) -> int:
         return int(self.starts[-1]) if self.selection is None else len(self.selection)
@@ -381,10 +386,13 @@ class ShardDataset(LabelledImages):
         return decode_stored_image({"bytes": data}, f"{self.urls[shard]}[{offset}].{suffix}"), label
 
     def about_to_read(self, indices: Sequence[int]) -> None:
-        """Drop held shards the next examples do not need: a loading process then holds only the shards of the
-        lanes it reads (one or two each), not the last HELD_SHARDS it happened to open."""
-        needed = {self._locate(int(index))[0] for index in indices}
-        for shard in [held for held in self._held if held not in needed]:
+        """Drop held shards that none of this process's last RECENT_READS reads needed: a worker that loads parts
+        of several micro-batches in turn (`--batch-split`, several chunks) keeps every part's shards, and one that
+        follows a single lane keeps its current shard or two, not the last HELD_SHARDS it happened to open."""
+        self._reads += 1
+        for index in indices:
+            self._last_read[self._locate(int(index))[0]] = self._reads
+        for shard in [held for held in self._held if self._reads - self._last_read.get(held, 0) >= RECENT_READS]:
             del self._held[shard]
 
     def _shard(self, shard: int) -> list[tuple[bytes, Any, str]]:
@@ -463,7 +471,8 @@ def _scanned_manifest(urls: list[str], progress: bool) -> dict[str, Any]:
         count = 0
         for sample in read_samples(url):
             data, label, suffix = _image_field(sample)
-            with open_checked(io.BytesIO(data), f"{url}[{count}].{suffix}") as opened:
+            # an unreadable image still counts (its sample is there): training skips and lists it
+            with contextlib.suppress(ValueError), open_checked(io.BytesIO(data), f"{url}[{count}].{suffix}") as opened:
                 heights.append(opened.height)
                 widths.append(opened.width)
             rows.append(label)

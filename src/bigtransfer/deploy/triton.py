@@ -4,6 +4,7 @@ OUT/<name>/config.pbtxt and labels.txt beside version 1, the checked ONNX export
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,12 +38,15 @@ def check_model_name(name: str) -> None:
         )
 
 
-def default_model_name(model: str) -> str:
+def default_model_name(model: str | os.PathLike) -> str:
     """A model name from how the model was named: the last part of its path or Hub id (a file's without its
-    suffix), with every run of other characters replaced by '_'."""
+    suffix; a run's `…/food/model` is "food"), with every run of other characters replaced by '_'. `serve` and
+    the Triton repository name a model alike, so clients of one find it in the other."""
     path = Path(model)
     if path.exists():
         path = path.resolve()
+    if path.is_dir() and path.name == "model" and path.parent.name:  # what finetune and pretrain leave
+        path = path.parent
     return _usable(path.stem if path.is_file() else path.name)
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
@@ -128,7 +129,7 @@ class InferenceServer:
         logger.info("serving %s (%s) on %s", self.model.name, self.model.source, self.model.device)
         yield
         self.ready = False  # uvicorn has stopped accepting and the requests under way have been answered
-        await self.batcher.stop()
+        await self.batcher.stop(self.limits.timeout_s)
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:
@@ -219,7 +220,20 @@ class InferenceServer:
             if size > limit:
                 raise too_large
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise HTTPError(415, f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none.")
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            inflated = inflater.decompress(body, limit + 1)  # the limit holds for what the body inflates to
+        except zlib.error as error:
+            raise ProtocolError(f"The {encoding} body cannot be decompressed ({error}).") from None
+        if len(inflated) > limit or inflater.unconsumed_tail:
+            raise too_large
+        return inflated
 
     async def _pixels(self, images: list[bytes]) -> np.ndarray:
         """Encoded images → N×3×H×W model input, decoded in threads; 400 naming the first unusable one."""
@@ -232,15 +246,35 @@ class InferenceServer:
             raise ProtocolError(str(error)) from None
         return np.stack(decoded)
 
+    def _admit(self, images: int = 1) -> None:
+        """503 before a request's body is read or decoded, when the model's queue is full."""
+        if images > self.limits.max_queue:
+            raise HTTPError(413, f"{images} images in one request: at most {self.limits.max_queue} (--max-queue).")
+        if self.batcher.depth + images > self.limits.max_queue:
+            raise QueueFull(
+                f"{self.batcher.depth} images are waiting (--max-queue {self.limits.max_queue}): retry shortly."
+            )
+
     async def _logits(self, pixels: np.ndarray) -> np.ndarray:
-        """Logits through the batcher; a request larger than a batch goes in batch-sized parts."""
+        """Logits through the batcher; a request larger than a batch goes in batch-sized parts, all admitted
+        together, and all withdrawn when one fails."""
+        self._admit(len(pixels))
         size = self.limits.max_batch_size
-        parts = [pixels[start : start + size] for start in range(0, len(pixels), size)]
-        return np.concatenate(await asyncio.gather(*(self.batcher.run(part) for part in parts)))
+        parts = [
+            asyncio.ensure_future(self.batcher.run(pixels[start : start + size]))
+            for start in range(0, len(pixels), size)
+        ]
+        try:
+            return np.concatenate(await asyncio.gather(*parts))
+        except BaseException:
+            for part in parts:
+                part.cancel()
+            raise
 
     async def predict(self, request: Request) -> Response:
         began = time.perf_counter()
         top_k = _positive_int(request.query_params.get("top_k", str(TOP_K)), "top_k")
+        self._admit()
         body = await self._body(request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             request._body = body  # the form parser reads the body already checked against the limit
@@ -261,6 +295,7 @@ class InferenceServer:
 
     async def infer(self, request: Request) -> Response:
         self._check_model(request)
+        self._admit()
         parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
         if len(parsed.inputs) != 1:
             raise ProtocolError("Send exactly one input: pixel_values (FP32 N×3×H×W) or image (BYTES, encoded images).")
@@ -285,7 +320,7 @@ class InferenceServer:
         logits = await self._logits(pixels)
         values = {"logits": logits, "scores": self.model.scores(logits)}
         outputs = []
-        for output in parsed.outputs or [RequestedOutput(name, False, 0) for name in OUTPUTS]:  # none asked: all
+        for output in parsed.outputs or [RequestedOutput(name, parsed.binary_default, 0) for name in OUTPUTS]:
             if output.name not in values:
                 raise ProtocolError(f"Unknown output {output.name!r}: this model has {', '.join(OUTPUTS)}.")
             array = values[output.name]

@@ -10,12 +10,16 @@ whose caller stopped waiting (timeout) is dropped before it reaches the model.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
@@ -60,6 +64,7 @@ class DynamicBatcher:
         self._queue: list[Pending] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")  # not behind decodes
 
     @property
     def depth(self) -> int:
@@ -69,14 +74,17 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
-    async def stop(self) -> None:
-        """Finish what is queued, then end the batching task."""
-        while self._queue:
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Finish what is queued (for at most `timeout` seconds; what is left then fails), then end the task."""
+        deadline = time.perf_counter() + timeout
+        while self._queue and time.perf_counter() < deadline and self._task is not None and not self._task.done():
             await asyncio.sleep(self.max_delay or 0.001)
+        self._fail_queued(RuntimeError("The server is stopping."))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._model_thread.shutdown(wait=False)
 
     async def run(self, inputs: np.ndarray) -> np.ndarray:
         if len(inputs) > self.max_batch_size:
@@ -92,10 +100,20 @@ class DynamicBatcher:
         while True:
             await self._arrived.wait()
             self._arrived.clear()
-            while self._queue:
-                batch = await self._gather()
-                if batch:
-                    await self._forward(batch)
+            try:
+                while self._queue:
+                    batch = await self._gather()
+                    if batch:
+                        await self._forward(batch)
+            except Exception as error:  # a bug here must not leave requests waiting for a task that is gone
+                logger.exception("the batching loop failed; its queued requests get the error")
+                self._fail_queued(error)
+
+    def _fail_queued(self, error: BaseException) -> None:
+        for pending in self._queue:
+            if not pending.done.done():
+                pending.done.set_exception(error)
+        self._queue = []
 
     async def _gather(self) -> list[Pending]:
         """The oldest live request and those of its shape that fit, waiting up to max_delay after it arrived."""
@@ -129,7 +147,7 @@ class DynamicBatcher:
         began = time.perf_counter()
         inputs = np.concatenate([pending.inputs for pending in batch])
         try:
-            outputs = await asyncio.to_thread(self.model, inputs)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._model_thread, self.model, inputs)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"The model returned {len(outputs)} rows for {len(inputs)} inputs.")
         except Exception as error:  # the model failed on this batch: its requests get the error, others go on

@@ -47,6 +47,7 @@ class InferRequest:
     id: str | None
     inputs: list[Tensor]
     outputs: list[RequestedOutput] | None  # None: every output, as Triton does
+    binary_default: bool  # parameters.binary_data_output: outputs as binary unless they say otherwise
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -59,28 +60,36 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("The request is not a KServe v2 infer request: a JSON object (then binary tensors, with "
                             f"{HEADER_LENGTH} giving the JSON's length).") from None  # fmt: skip
+    try:
+        return _request(header, body[length:])
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as error:  # a field of the wrong type or shape
+        raise ProtocolError(f"A malformed infer request ({type(error).__name__}: {error}).") from None
+
+
+def _request(header: Any, binary: bytes) -> InferRequest:
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise ProtocolError('The request needs "inputs": a list of tensors {"name", "datatype", "shape", "data"}.')
-    binary, offset = body[length:], 0
-    inputs = []
+    inputs, offset = [], 0
     for item in header["inputs"]:
         tensor, used = _input_tensor(item, binary, offset)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes after the tensors that binary_data_size accounts for.")
-    binary_default = bool(header.get("parameters", {}).get("binary_data_output", False))
+    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
     outputs = None
     if "outputs" in header:
         outputs = [
             RequestedOutput(
-                str(output.get("name")),
-                bool(output.get("parameters", {}).get("binary_data", binary_default)),
-                int(output.get("parameters", {}).get("classification", 0)),
+                str(output["name"]),
+                bool((output.get("parameters") or {}).get("binary_data", binary_default)),
+                int((output.get("parameters") or {}).get("classification", 0)),
             )
             for output in header["outputs"]
         ]
-    return InferRequest(header.get("id"), inputs, outputs)
+    return InferRequest(header.get("id"), inputs, outputs, binary_default)
 
 
 def _input_tensor(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
@@ -90,7 +99,7 @@ def _input_tensor(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
         raise ProtocolError(f'Every input needs "name", "datatype" and "shape", got {str(item)[:200]}.') from None
     if any(n < 0 for n in shape):
         raise ProtocolError(f"Input {name!r}: shape {shape} has a negative dimension.")
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    size = (item.get("parameters") or {}).get("binary_data_size")  # a dict, or the error above
     if size is not None:
         raw = binary[offset : offset + int(size)]
         if len(raw) != int(size):

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..deploy.triton import check_model_name, default_model_name
 from ..inference.pipelines import class_scores, default_function, load_classifier
 from ..processing.decoding import decode_stored_image
 from ..processing.exact import BitImageProcessor
-
-
-def model_name(model: str | os.PathLike) -> str:
-    """A URL-safe name for a model: a zoo name as it is, a run's `…/food/model` as "food"."""
-    path = Path(str(model).rstrip("/"))
-    name = path.parent.name if path.name == "model" and path.parent.name else path.name
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name) or "model"
 
 
 class ServedModel:
@@ -39,7 +31,9 @@ class ServedModel:
         config = self.network.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.score_function = default_function(config)  # softmax, or sigmoid for a multi-label head
-        self.name = name or model_name(model)
+        if name is not None:
+            check_model_name(name)
+        self.name = name or default_model_name(model)
         self.source = str(model)
         parameter = next(self.network.parameters(), None) if isinstance(self.network, torch.nn.Module) else None
         self.device = (

@@ -37,9 +37,9 @@ def serve(
     import uvicorn
 
     _log_access_to_stderr(log_level)
-    options = dict(
-        host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=int(limits.timeout_s) + 1
-    )
+    # open requests are bounded too (uvicorn answers 503 past it): each may hold a body and decoded images
+    options = dict(host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=2 * limits.max_queue,
+                   timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
                 "threads": max(1, available_cores() // processes)}  # fmt: skip
     with _exit_0_once_drained():
