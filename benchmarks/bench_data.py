@@ -43,7 +43,8 @@ import numpy as np
 from PIL import Image
 
 from bigtransfer.data.order import MAX_LANES, LaneOrder, ShuffledOrder, lane_count
-from bigtransfer.data.shards import HELD_SHARDS, MANIFEST, read_samples, write_shards
+from bigtransfer.data.shard_writing import write_shards
+from bigtransfer.data.shards import HELD_SHARDS, MANIFEST, read_samples
 from bigtransfer.data.sources import load_dataset
 from bigtransfer.data.workers import ordered_results
 from bigtransfer.train.augment import hyperrule_augment

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.shards import STREAM_BUFFER
+from ..data.shard_writing import STREAM_BUFFER
 from ._options import (
     DATA_HELP,
     add_datasets_arguments,
@@ -58,7 +58,7 @@ def register(commands) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from ..data.datasets import ImageDataset
-    from ..data.shards import stream_shards, write_shards
+    from ..data.shard_writing import stream_shards, write_shards
 
     if args.streaming:
         if Path(args.data).exists() or args.classes:
