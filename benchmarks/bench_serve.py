@@ -1,0 +1,579 @@
+"""Serving (issue 23): `bigtransfer serve` on an exported BiT-R50x1 — throughput and latency with dynamic batching
+against one image per forward pass, and a soak with bad inputs mixed in.
+
+    python benchmarks/bench_serve.py            # R50x1 at 224 px, 2 rounds per configuration, 10,000-request soak
+    python benchmarks/bench_serve.py --quick    # a tiny model at 64 px, 1 round, 1,000-request soak: to try it
+
+1. The model. BiT-R50x1 (BitConfig's defaults), 1000 classes, random weights (the library's initialisation: the
+   hubs are out of reach here, and the weights' values do not change the work of a float32 forward pass), with
+   BiT's 224-px evaluation preprocessing (`eval_processor(224)`) saved beside it, exported by `bigtransfer export`
+   to ONNX float32. Timed alone first (a fresh process, no server): decoding + preprocessing of one photo, and the
+   ONNX Runtime forward pass per image at batch 1, 8 and 32 — what batching can gain on this CPU at most.
+2. The photos. scikit-image's photos, centre-cropped to a square and resized to 224×224, JPEG q90.
+3. Throughput and latency. `python -m bigtransfer serve EXPORT --port P` in a subprocess, twice per round: with
+   dynamic batching (--max-batch-size 32 --max-delay-ms 10 by default) and unbatched (--max-batch-size 1), the
+   order alternating between rounds, a fresh server each time. After a warm-up, asyncio clients (a minimal
+   HTTP/1.1 client, one keep-alive connection each: httpx.AsyncClient spent ~9 ms of CPU per request at 32
+   clients and stalled, this one ~0.4 ms) POST the photos to /predict: 1, 8 and 32 concurrent clients, a fixed
+   number of requests per level. Requests/s, p50/p99 of the client-side latency, errors (anything but 200), the
+   client's and the server's CPU time, the other processes' (from /proc/stat: the noise check; NOISY is printed
+   beyond 10 % of a core), and from /metrics the mean batch and the forward pass's time per image. Medians over
+   rounds; ratios batched ÷ unbatched.
+4. Soak. A tiny model (the tests' TINY config at 64 px: 10,000 requests in minutes), the server started with
+   --max-body-bytes 1000000, 8 clients, 10,000 requests of which 10 % (seeded positions) are bad: random bytes,
+   a 70-byte PNG declaring 30000×30000 pixels, 1.5 MB bodies, and photos cut short. Every bad one must get its
+   4xx (400; 413 for the large body), every good one 200; the server must stay up; its RSS after the first 500
+   requests against the end must grow ≤ 10 %; SIGTERM must end it with exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_data import cpu_description
+from helpers import TINY, png_header
+
+FULL = dict(model="R50x1", size=224, rounds=2, requests={1: 50, 8: 200, 32: 256}, warmup=(8, 64), alone_rounds=3,
+            soak_requests=10_000)  # fmt: skip
+QUICK = dict(model="tiny", size=64, rounds=1, requests={1: 20, 8: 80, 32: 96}, warmup=(8, 64), alone_rounds=2,
+             soak_requests=1000)  # fmt: skip
+# the soak's model (and --quick's): TINY at 64 px, so that 10,000 requests take minutes
+TINY_SIZE = 64
+CLASSES = 1000
+BATCHES = (1, 8, 32)  # the forward pass alone
+PHOTO_SIZE = 224
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry",
+          "retina", "colorwheel", "camera", "coins", "brick")  # fmt: skip
+SOAK = dict(clients=8, bad_fraction=0.1, max_body_bytes=1_000_000, large_body_bytes=1_500_000, warmup=500,
+            rss_every=1000, seed=0)  # fmt: skip
+BAD_KINDS = ("garbage", "bomb", "too_large", "truncated")
+EXPECTED = {"good": 200, "garbage": 400, "bomb": 400, "too_large": 413, "truncated": 400}
+REQUEST_TIMEOUT_S = 120
+NOISY_OTHER_CPU_PCT = 10  # other processes' CPU during a level beyond which the figures are not comparable
+GOALS = dict(throughput_ratio_at_32=1.5, p99_over_p50_at_8=2.0)
+
+
+# -- the model and the photos ---------------------------------------------------------------------------------------
+
+
+def make_export(work: Path, kind: str, size: int) -> tuple[Path, dict]:
+    """A random-weight classifier with its evaluation preprocessing, exported by `bigtransfer export` (ONNX)."""
+    import torch
+
+    from bigtransfer import BitConfig, BitForImageClassification
+    from bigtransfer.train.augment import eval_processor
+
+    torch.manual_seed(0)
+    config = BitConfig(num_labels=CLASSES) if kind == "R50x1" else BitConfig(**{**TINY, "num_labels": CLASSES})
+    model_dir, export_dir = work / f"{kind}-model", work / f"{kind}-export"
+    BitForImageClassification(config).save_pretrained(model_dir)
+    eval_processor(size).save_pretrained(model_dir)
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bigtransfer", "export", str(model_dir), str(export_dir)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"bigtransfer export failed:\n{done.stderr[-3000:]}")
+    onnx_bytes = sum(path.stat().st_size for path in export_dir.glob("*.onnx*"))
+    return export_dir, {"model": kind, "input_px": size, "export_s": round(time.perf_counter() - began, 1),
+                        "onnx_mb": round(onnx_bytes / 1e6, 1)}  # fmt: skip
+
+
+def photo_jpegs() -> list[bytes]:
+    """scikit-image's photos, centre-cropped square, resized to 224×224, JPEG q90."""
+    from skimage import data
+
+    jpegs = []
+    for name in PHOTOS:
+        pixels = getattr(data, name)()
+        pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+        image = Image.fromarray(pixels).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize(
+            (PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.LANCZOS
+        )
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+# -- CPU time: the noise check (other processes on these cores) --------------------------------------------------------
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (every process, all cores), from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user … steal; guest time is inside user
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- 1. the model alone ---------------------------------------------------------------------------------------------
+
+
+def measure_model(export_dir: str, rounds: int) -> dict:
+    """In a fresh process: ms to decode and preprocess one photo, and ms per image of the forward pass at each batch
+    size (batches alternating within a round, median over rounds), through the server's own ServedModel."""
+    from bigtransfer.serve.model import ServedModel
+
+    served = ServedModel(export_dir, "cpu")
+    jpegs = photo_jpegs()
+    began = time.perf_counter()
+    pixels = [served.pixels(jpeg) for jpeg in jpegs * 4]
+    decode_ms = (time.perf_counter() - began) * 1000 / len(pixels)
+    batches = {size: np.stack([pixels[i % len(pixels)] for i in range(size)]) for size in BATCHES}
+    for batch in batches.values():
+        served.logits(batch)  # untimed: the first call of each shape allocates
+    times: dict[int, list[float]] = {size: [] for size in BATCHES}
+    for _ in range(rounds):
+        for size, batch in batches.items():
+            calls = max(1, 8 // size)
+            began = time.perf_counter()
+            for _ in range(calls):
+                served.logits(batch)
+            times[size].append((time.perf_counter() - began) * 1000 / calls / size)
+    return {"decode_preprocess_ms_per_image": round(decode_ms, 2),
+            "forward_ms_per_image": {size: round(statistics.median(t), 2) for size, t in times.items()},
+            "forward_ms_per_image_rounds": {size: [round(x, 2) for x in t] for size, t in times.items()}}  # fmt: skip
+
+
+def model_alone(export_dir: Path, rounds: int) -> dict:
+    machine, children, began = machine_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--measure-model", str(export_dir), "--alone-rounds", str(rounds)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"measuring the model failed:\n{done.stderr[-3000:]}")
+    others = machine_cpu_seconds() - machine - (children_cpu_seconds() - children)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    measured["other_cpu_pct"] = round(100 * max(0.0, others) / (time.perf_counter() - began), 1)
+    measured["forward_ms_per_image"] = {int(k): v for k, v in measured["forward_ms_per_image"].items()}
+    return measured
+
+
+# -- the server -----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    exit_code: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus samples, by name with labels: {'bigtransfer_batch_images_sum': …, …}."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return {match[1]: float(match[2]) for match in re.finditer(r"^(\w+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(export_dir: Path, options: list[str], log: Path) -> Iterator[Server]:
+    """`python -m bigtransfer serve` on a free port, its log in `log`; stopped with SIGTERM (exit status kept)."""
+    port = free_port()
+    command = [sys.executable, "-m", "bigtransfer", "serve", str(export_dir), "--port", str(port), *options]
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    server = Server(process, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if not server.alive:
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server was not ready in 180 s:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield server
+    finally:
+        if server.alive:
+            process.send_signal(signal.SIGTERM)
+        try:
+            server.exit_code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            server.exit_code = process.wait()
+
+
+# -- the clients ----------------------------------------------------------------------------------------------------
+
+
+class Connection:
+    """One client's keep-alive HTTP/1.1 connection, written by hand on asyncio streams: it spends ~0.4 ms of CPU
+    per request, where httpx.AsyncClient spent ~9 ms at 32 clients on these cores (and stalled: p99 of seconds)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        """POST `body` to `path`; the response's status (its body read and dropped)."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        writer.write(f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/octet-stream\r\n"
+                     f"content-length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        status_line, *header_lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in header_lines if ": " in line)
+        await reader.readexactly(int(headers["content-length"]))
+        if headers.get("connection") == "close":
+            self.close()
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def _drive(url: str, bodies: list[bytes], clients: int) -> list[tuple[float, int, str]]:
+    """POST every body once, `clients` at a time (each client the next body as soon as its answer is in):
+    (seconds, HTTP status or 0 for a transport error, error type) per body, in order."""
+    parts = urllib.parse.urlsplit(url)
+    results: list[tuple[float, int, str]] = [(0.0, 0, "")] * len(bodies)
+    queue = iter(range(len(bodies)))  # shared by the clients: one event loop, so no lock is needed
+
+    async def one_client() -> None:
+        connection = Connection(parts.hostname, parts.port)
+        for index in queue:
+            began = time.perf_counter()
+            try:
+                status = await asyncio.wait_for(connection.post(parts.path, bodies[index]), REQUEST_TIMEOUT_S)
+                results[index] = (time.perf_counter() - began, status, "")
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as error:
+                results[index] = (time.perf_counter() - began, 0, type(error).__name__)
+                connection.close()  # a fresh connection for the next request
+        connection.close()
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return results
+
+
+def drive(url: str, bodies: list[bytes], clients: int) -> tuple[list[tuple[float, int, str]], float, float]:
+    """_drive, with its wall time and the CPU time this (client) process spent."""
+    cpu, began = time.process_time(), time.perf_counter()
+    results = asyncio.run(_drive(url, bodies, clients))
+    return results, time.perf_counter() - began, time.process_time() - cpu
+
+
+def percentile_ms(latencies: list[float], q: float) -> float:
+    return round(float(np.percentile(np.array(latencies) * 1000, q)), 1)
+
+
+# -- 3. throughput and latency --------------------------------------------------------------------------------------
+
+
+def load_level(server: Server, jpegs: list[bytes], clients: int, requests: int) -> dict:
+    """One level of load: `requests` photos from `clients` concurrent clients, and what the server saw meanwhile."""
+    before, cpu_before, machine_before = server.metrics(), server.cpu_seconds(), machine_cpu_seconds()
+    bodies = [jpegs[i % len(jpegs)] for i in range(requests)]
+    results, wall, client_cpu = drive(f"{server.url}/predict", bodies, clients)
+    server_cpu, machine_cpu = server.cpu_seconds() - cpu_before, machine_cpu_seconds() - machine_before
+    after = server.metrics()
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    latencies = [seconds for seconds, status, _ in results if status == 200]
+    images, passes = delta("bigtransfer_batch_images_sum"), delta("bigtransfer_batch_images_count")
+    return {
+        "clients": clients, "requests": requests, "seconds": round(wall, 2),
+        "requests_per_s": round(requests / wall, 2),
+        "p50_ms": percentile_ms(latencies, 50) if latencies else None,
+        "p99_ms": percentile_ms(latencies, 99) if latencies else None,
+        "errors": sum(status != 200 for _, status, _ in results),
+        "statuses": dict(Counter(str(status) for _, status, _ in results)),
+        "client_cpu_s": round(client_cpu, 2), "client_cpu_pct": round(100 * client_cpu / wall, 1),
+        "server_cpu_pct": round(100 * server_cpu / wall, 1),
+        "other_cpu_pct": round(100 * max(0.0, machine_cpu - server_cpu - client_cpu) / wall, 1),
+        "mean_batch": round(images / passes, 2) if passes else None,
+        "forward_ms_per_image": round(1000 * delta("bigtransfer_batch_seconds_sum") / images, 1) if images else None,
+        "server_ms_per_request": round(1000 * server_cpu / requests, 1),
+    }  # fmt: skip
+
+
+def measure_configuration(export_dir: Path, options: list[str], jpegs: list[bytes], setting: dict, log: Path) -> dict:
+    with running_server(export_dir, options, log) as server:
+        singles, full = setting["warmup"]  # warm-up: single requests, then batches up to the largest
+        for clients, requests in ((1, singles), (max(setting["requests"]), full)):
+            drive(f"{server.url}/predict", [jpegs[i % len(jpegs)] for i in range(requests)], clients)
+        levels = {}
+        for clients, requests in setting["requests"].items():
+            levels[clients] = load_level(server, jpegs, clients, requests)
+            print(f"    {clients:2d} clients: {json.dumps(levels[clients])}", flush=True)
+    if server.exit_code != 0:
+        raise RuntimeError(f"the server exited with {server.exit_code} after SIGTERM:\n{log.read_text()[-3000:]}")
+    return levels
+
+
+def throughput(export_dir: Path, jpegs: list[bytes], setting: dict, configurations: dict, work: Path) -> dict:
+    rounds: dict[str, list[dict]] = {name: [] for name in configurations}
+    for round_index in range(setting["rounds"]):
+        order = list(configurations) if round_index % 2 == 0 else list(reversed(configurations))
+        for name in order:
+            print(f"  round {round_index + 1}, {name}: serve {' '.join(configurations[name])}", flush=True)
+            log = work / f"serve-{name}-{round_index}.log"
+            rounds[name].append(measure_configuration(export_dir, configurations[name], jpegs, setting, log))
+    return {"configurations": {name: " ".join(options) for name, options in configurations.items()}, "rounds": rounds,
+            "median": {name: median_levels(measured) for name, measured in rounds.items()}}  # fmt: skip
+
+
+def median_levels(rounds: list[dict]) -> dict:
+    """Per client count, the median over rounds of each figure (errors: summed)."""
+    summary = {}
+    for clients in rounds[0]:
+        levels = [measured[clients] for measured in rounds]
+        summary[clients] = {
+            key: (sum(level[key] for level in levels) if key == "errors" else
+                  round(statistics.median(level[key] for level in levels), 2))
+            for key in ("requests_per_s", "p50_ms", "p99_ms", "errors", "client_cpu_pct", "server_cpu_pct",
+                        "other_cpu_pct", "mean_batch", "forward_ms_per_image", "server_ms_per_request")
+            if all(level[key] is not None for level in levels)
+        }  # fmt: skip
+    return summary
+
+
+def ratios(measured: dict) -> dict:
+    """Batched ÷ unbatched requests/s per client count (of the medians, and per round), p99 ÷ p50 at 8 clients."""
+    batched, unbatched = measured["median"]["batched"], measured["median"]["unbatched"]
+    pairs = list(zip(measured["rounds"]["batched"], measured["rounds"]["unbatched"]))
+    result = {
+        "throughput_batched_over_unbatched": {
+            clients: round(batched[clients]["requests_per_s"] / unbatched[clients]["requests_per_s"], 2)
+            for clients in batched
+        },
+        "throughput_ratio_per_round": {
+            clients: [round(b[clients]["requests_per_s"] / u[clients]["requests_per_s"], 2) for b, u in pairs]
+            for clients in batched
+        },
+        "p99_over_p50_at_8": {
+            name: round(levels[8]["p99_ms"] / levels[8]["p50_ms"], 2) for name, levels in measured["median"].items()
+        },
+        "errors": sum(level["errors"] for levels in measured["median"].values() for level in levels.values()),
+    }
+    result["goals"] = {
+        "throughput_at_32_ge_1.5x": result["throughput_batched_over_unbatched"][32] >= GOALS["throughput_ratio_at_32"],
+        "p99_le_2x_p50_at_8_batched": result["p99_over_p50_at_8"]["batched"] <= GOALS["p99_over_p50_at_8"],
+        "zero_errors": result["errors"] == 0,
+    }
+    return result
+
+
+# -- 4. soak --------------------------------------------------------------------------------------------------------
+
+
+def bad_body(kind: str, rng: np.random.Generator, jpegs: list[bytes], bomb: bytes) -> bytes:
+    if kind == "garbage":
+        return rng.bytes(int(rng.integers(16, 20_000)))
+    if kind == "bomb":
+        return bomb
+    if kind == "too_large":
+        return rng.bytes(SOAK["large_body_bytes"])
+    jpeg = jpegs[int(rng.integers(len(jpegs)))]
+    return jpeg[: int(len(jpeg) * rng.uniform(0.2, 0.8))]  # a photo cut short: the decoder runs out of scanlines
+
+
+def soak_requests(jpegs: list[bytes], count: int, bomb: bytes) -> tuple[list[str], list[bytes]]:
+    """`count` requests, SOAK['bad_fraction'] of them bad at seeded positions, the bad kinds in turn."""
+    rng = np.random.default_rng(SOAK["seed"])
+    bad_positions = rng.permutation(count)[: round(count * SOAK["bad_fraction"])]
+    kinds = ["good"] * count
+    for turn, position in enumerate(bad_positions):
+        kinds[position] = BAD_KINDS[turn % len(BAD_KINDS)]
+    bodies = [
+        jpegs[i % len(jpegs)] if kind == "good" else bad_body(kind, rng, jpegs, bomb) for i, kind in enumerate(kinds)
+    ]
+    return kinds, bodies
+
+
+def soak(export_dir: Path, jpegs: list[bytes], count: int, options: list[str], work: Path) -> dict:
+    bomb = png_header(work / "bomb.png", 30_000, 30_000).read_bytes()
+    kinds, bodies = soak_requests(jpegs, count, bomb)
+    options = [*options, "--max-body-bytes", str(SOAK["max_body_bytes"])]
+    log = work / "serve-soak.log"
+    outcomes: list[tuple[float, int, str]] = []
+    rss, alive = [], True
+    began = time.perf_counter()
+    client_cpu = 0.0
+    with running_server(export_dir, options, log) as server:
+        rss.append((0, round(server.rss_mb(), 1)))
+        marks = [SOAK["warmup"], *range(SOAK["rss_every"], count + 1, SOAK["rss_every"])]
+        for start, stop in zip([0, *marks], marks):
+            results, _, cpu = drive(f"{server.url}/predict", bodies[start:stop], SOAK["clients"])
+            outcomes += results
+            client_cpu += cpu
+            alive = alive and server.alive
+            rss.append((stop, round(server.rss_mb(), 1)))
+        metrics = server.metrics()
+    wall = time.perf_counter() - began
+    by_kind: dict[str, Counter] = {kind: Counter() for kind in EXPECTED}
+    for kind, (_, status, error) in zip(kinds, outcomes):
+        by_kind[kind][str(status) if status else f"transport error ({error})"] += 1
+    wrong = {
+        kind: {s: n for s, n in statuses.items() if s != str(EXPECTED[kind])} for kind, statuses in by_kind.items()
+    }
+    served_counts = {re.search(r'code="(\d+)"', name)[1]: int(value) for name, value in metrics.items()
+                     if name.startswith("bigtransfer_requests_total") and 'route="predict"' in name}  # fmt: skip
+    warm, end = dict(rss)[SOAK["warmup"]], rss[-1][1]
+    good_latencies = [
+        seconds for kind, (seconds, status, _) in zip(kinds, outcomes) if kind == "good" and status == 200
+    ]
+    return {
+        "model": f"tiny (TINY config, {TINY_SIZE} px)", "options": " ".join(options), "requests": count,
+        "clients": SOAK["clients"], "seconds": round(wall, 1), "requests_per_s": round(count / wall, 1),
+        "good_p50_ms": percentile_ms(good_latencies, 50), "good_p99_ms": percentile_ms(good_latencies, 99),
+        "client_cpu_s": round(client_cpu, 1),
+        "by_kind": {kind: dict(statuses) for kind, statuses in by_kind.items()},
+        "server_counted_by_status": served_counts,
+        "unexpected": {kind: statuses for kind, statuses in wrong.items() if statuses},
+        "server_stayed_up": alive, "rss_mb": rss, "rss_after_warmup_mb": warm, "rss_end_mb": end,
+        "rss_growth_pct": round(100 * (end - warm) / warm, 1), "exit_code_after_sigterm": server.exit_code,
+    }  # fmt: skip
+
+
+# -- the report -----------------------------------------------------------------------------------------------------
+
+
+def versions() -> dict:
+    names = ("torch", "onnxruntime", "uvicorn", "starlette", "httpx", "pillow", "numpy", "prometheus-client")
+    found = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return {"python": sys.version.split()[0], **found}
+
+
+def print_summary(results: dict) -> None:
+    alone = results.get("model_alone")
+    if alone:
+        per_image = ", ".join(f"batch {b}: {ms} ms" for b, ms in alone["forward_ms_per_image"].items())
+        print(f"model alone: decode+preprocess {alone['decode_preprocess_ms_per_image']} ms per photo; forward pass "
+              f"per image {per_image} (other processes {alone['other_cpu_pct']} % of a core)")  # fmt: skip
+    measured = results.get("throughput")
+    if measured:
+        for name, levels in measured["median"].items():
+            for clients, level in levels.items():
+                print(f"{name:9s} {clients:2d} clients: {level['requests_per_s']:7.2f} req/s  "
+                      f"p50 {level['p50_ms']:7.1f} ms  p99 {level['p99_ms']:7.1f} ms  errors {level['errors']}  "
+                      f"mean batch {level.get('mean_batch')}  forward {level.get('forward_ms_per_image')} ms/image  "
+                      f"CPU: client {level['client_cpu_pct']} %, server {level['server_cpu_pct']} %, other processes "
+                      f"{level['other_cpu_pct']} %")  # fmt: skip
+        print(f"ratios: {json.dumps(results['ratios'])}")
+        busiest = max(level["other_cpu_pct"] for levels in measured["median"].values() for level in levels.values())
+        if busiest > NOISY_OTHER_CPU_PCT:
+            print(f"NOISY: other processes used up to {busiest} % of a core during a level (median over rounds)")
+    if results.get("soak"):
+        print(f"soak: {json.dumps(results['soak'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny model at 64 px, fewer requests: to try the script")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder for the models and logs (default: temp, removed)"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per server configuration (default 2; quick 1)")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="the batched configuration's (default 32)")
+    parser.add_argument("--max-delay-ms", type=float, default=10.0, help="the batched configuration's (default 10)")
+    parser.add_argument("--soak-requests", type=int, default=None, help="default 10,000; quick 1,000")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["alone", "throughput", "soak"], help="parts to skip")
+    parser.add_argument("--measure-model", default=None, help=argparse.SUPPRESS)  # the subprocess of part 1
+    parser.add_argument("--alone-rounds", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure_model:
+        print(json.dumps(measure_model(args.measure_model, args.alone_rounds)))
+        return
+    setting = dict(QUICK if args.quick else FULL)
+    setting.update({key: value for key, value in (("rounds", args.rounds), ("soak_requests", args.soak_requests))
+                    if value is not None})  # fmt: skip
+    configurations = {
+        "batched": ["--max-batch-size", str(args.max_batch_size), "--max-delay-ms", f"{args.max_delay_ms:g}"],
+        "unbatched": ["--max-batch-size", "1"],
+    }
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"cpu": cpu_description(), "versions": versions(), "setting": setting,
+                     "load_average_at_start": os.getloadavg()[0], "command": " ".join(sys.argv)}  # fmt: skip
+    print(results["cpu"], results["versions"], flush=True)
+    began = time.perf_counter()
+    try:
+        jpegs = photo_jpegs()
+        results["photos"] = {"count": len(jpegs), "mean_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1000, 1)}
+        export_dir, results["model"] = make_export(work, setting["model"], setting["size"])
+        print(f"model: {results['model']}", flush=True)
+        if "alone" not in args.skip:
+            results["model_alone"] = model_alone(export_dir, setting["alone_rounds"])
+            print(f"model alone: {json.dumps(results['model_alone'])}", flush=True)
+        if "throughput" not in args.skip:
+            results["throughput"] = throughput(export_dir, jpegs, setting, configurations, work)
+            results["ratios"] = ratios(results["throughput"])
+        if "soak" not in args.skip:
+            tiny_dir = export_dir if setting["model"] == "tiny" else make_export(work, "tiny", TINY_SIZE)[0]
+            results["soak"] = soak(tiny_dir, jpegs, setting["soak_requests"], configurations["batched"], work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results["seconds"] = round(time.perf_counter() - began, 1)
+    results["load_average_at_end"] = os.getloadavg()[0]  # another process on these cores makes the figures noisy
+    print_summary(results)
+    print(f"total {results['seconds']} s; load average at start {results['load_average_at_start']:.1f}, at end "
+          f"{results['load_average_at_end']:.1f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
