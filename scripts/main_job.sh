@@ -16,7 +16,7 @@ bigtransfer finetune --model bit-tiny-glyphs "${rule[@]}" --eval-every 100 --out
 mkdir -p "$out/held-out"
 python - "$data/t10k-images-idx3-ubyte.gz" "$out/held-out" <<'PY'
 import sys
-from bigtransfer.data.datasets import load_dataset
+from bigtransfer.data.sources import load_dataset
 held_out = load_dataset(sys.argv[1])
 for label, name in enumerate(held_out.classes):  # one test digit per class, never seen in training
     index = int((held_out.labels == label).nonzero()[0][0])

@@ -124,3 +124,20 @@ def test_the_weights_functions_are_where_0_1_had_them():
     from bigtransfer.checkpoints.weights import match_state_dict as moved
 
     assert match_state_dict is moved and callable(read_state_dict)
+
+
+def test_the_scripts_import_names_that_exist():
+    """The main job's inline Python is not run by the suite: its imports are checked here, so a moved name fails CI."""
+    import importlib
+    import re
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    found = [
+        (module, name.strip())
+        for script in sorted(scripts.glob("*.sh"))
+        for module, names in re.findall(r"^\s*from (bigtransfer[\w.]*) import ([\w, ]+)$", script.read_text(), re.M)
+        for name in names.split(",")
+    ]
+    assert found, "no imports found: the pattern no longer matches the scripts"
+    missing = [f"{module}.{name}" for module, name in found if not hasattr(importlib.import_module(module), name)]
+    assert missing == []
