@@ -450,3 +450,8 @@ def test_streamed_rows_that_hold_a_remote_path_are_read_through_fsspec(monkeypat
     shards = load_dataset(str(tmp_path / "s"))
     assert len(shards) == 6 and shards.manifest["skipped"] == []
     assert sorted(shards.example(i)[0].size for i in range(6)) == [(30, 20)] * 6
+
+
+def test_a_pattern_naming_missing_shards_says_which(sharded):
+    with pytest.raises(FileNotFoundError, match=r"2 of the 7 shards .* do not exist, e\.g\. .*shard-000005\.tar"):
+        load_dataset(f"{sharded}/shard-{{000000..000006}}.tar")

@@ -250,6 +250,12 @@ def open_shards(source: str, progress: bool = False) -> ShardDataset:
         manifest = _read_manifest(f"{folder}/{MANIFEST}") if folder else None
     if not urls:
         raise FileNotFoundError(f"No .tar shards in {source}.")
+    missing = [url for url in urls if ":" not in url.split("/", 1)[0] and not Path(url).is_file()]  # local files
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(urls)} shards {source} names do not exist, e.g. {missing[0]}: check the "
+            "folder and the {first..last} range."
+        )
     named = f"{source} ({len(urls)} shards)"
     if manifest is None:
         return ShardDataset(urls, _scanned_manifest(urls, progress), named)

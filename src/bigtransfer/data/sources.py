@@ -64,7 +64,7 @@ def load_dataset(
         if _looks_like_dataset_name(str(source)):
             return from_hub_dataset(str(source), **hf_options)
         raise FileNotFoundError(
-            f"No dataset at {path}: pass an image folder, a CSV, an IDX images file or a saved dataset."
+            f"No dataset at {path}: pass an image folder, a CSV, an IDX images file, a saved dataset or tar shards."
         )
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():

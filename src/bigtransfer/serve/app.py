@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import numpy as np
+import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..checkpoints.hub import package_version
+from ..inference.pipelines import ranked
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import HEADER_LENGTH, ProtocolError, RequestedOutput, classification_strings, parse_request, response_body
 from .model import ServedModel
@@ -285,11 +287,10 @@ class InferenceServer:
             body = await uploads[0].read()
         if not body:
             raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
-        scores = self.model.scores(await self._logits(await self._pixels([body])))[0]
-        best = np.argsort(-scores, kind="stable")[: min(top_k, len(scores))]
+        scores = self.model.scores(await self._logits(await self._pixels([body])))
+        (labels,) = ranked(torch.from_numpy(scores), top_k, self.model.network.config.id2label)  # as predict ranks
         return JSONResponse({
-            "model": self.model.name, "scores": self.model.score_function,
-            "labels": [{"label": self.model.labels[i], "score": float(scores[i])} for i in best],
+            "model": self.model.name, "scores": self.model.score_function, "labels": labels,
             "milliseconds": round((time.perf_counter() - began) * 1000, 2),
         })  # fmt: skip
 
