@@ -19,39 +19,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import conftest  # noqa: F401  (torchvision shim so that transformers and timm import)
-
-
-def block_ms(function, x, calls: int) -> float:
-    """ms per call over `calls` timed calls, after one untimed call that brings this model's weights back
-    into the caches (the other contenders evicted them)."""
-    function(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        function(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / calls
-
-
-def alternate(contenders: dict, x, rounds: int, calls: int) -> dict[str, float]:
-    """Median ms per call of each contender: rounds × (one block of warm calls per contender, in turn)."""
-    timings = {name: [] for name in contenders}
-    with torch.inference_mode():
-        for function in contenders.values():
-            function(x)  # warm-up (and compilation)
-        for _ in range(rounds):
-            for name, function in contenders.items():
-                timings[name].append(block_ms(function, x, calls))
-    return {name: statistics.median(values) for name, values in timings.items()}
+from bigtransfer.deploy.bench import alternate
 
 
 def sample_photos(directory: Path):
@@ -186,7 +160,10 @@ def main() -> None:
         for batch in batches:
             x = photo_batch(photos, batch, args.device)
             check_agreement(contenders, x, float32=not gpu)
-            results[batch] = alternate(contenders, x, args.rounds, args.calls)
+            results[batch] = {
+                name: statistics.median(times)
+                for name, times in alternate(contenders, x, args.rounds, args.calls).items()
+            }
             base = results[batch]["transformers"]
             cells = [f"{name} {ms:.1f} ({base / ms:.2f}×)" for name, ms in results[batch].items()]
             print(f"batch {batch:3d}: " + " | ".join(cells), flush=True)

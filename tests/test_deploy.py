@@ -1,4 +1,4 @@
-"""Export (ONNX, torch.export, int8) and running export directories: parity with eager, checks, errors."""
+"""Export (ONNX, OpenVINO, torch.export, int8) and running export directories: parity with eager, checks, errors."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ PROCESSOR = BitImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 6
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("format", ["onnx", "pt2"])
+@pytest.mark.parametrize("format", ["onnx", "openvino", "pt2"])
 def test_export_matches_eager_on_real_photos(layout, format, tmp_path):
     model = tiny_classifier(layout)
     report = export(model, PROCESSOR, tmp_path / "out", format=format)
@@ -168,7 +168,7 @@ def test_int8_needs_calibration_data(saved_model, tmp_path, capsys):
     assert "--int8 needs --calibration DATA" in capsys.readouterr().err
     assert cli(["export", str(saved_model), str(tmp_path / "out"), "--format", "pt2", "--int8", "--calibration",
                 FASHION_TEST]) == 2  # fmt: skip
-    assert "use --format onnx with --int8" in capsys.readouterr().err
+    assert "use --format onnx or openvino with --int8" in capsys.readouterr().err
 
 
 def test_int8_bundled_model_keeps_fashion_mnist_top1_within_one_point(tmp_path, capsys):

@@ -9,7 +9,7 @@ import sys
 
 from ..checkpoints.hub import package_version
 from ..data.workers import LoaderWorkerError
-from . import demo, export, features, predict, serve, shard, training, zoo_commands
+from . import bench, demo, export, features, predict, serve, shard, training, zoo_commands
 from ._options import resolve_positionals
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bigtransfer {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, zoo_commands, predict, training, features, export, shard, serve):
+    for module in (demo, zoo_commands, predict, training, features, export, bench, shard, serve):
         module.register(commands)
     return parser
 

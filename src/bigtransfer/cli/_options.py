@@ -124,7 +124,9 @@ def fraction(text: str) -> float:
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (PyTorch models)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16: autocast for PyTorch models; an OpenVINO export is compiled in bf16 where the "
+                        "CPU has it (AMX or AVX512_BF16; elsewhere it says so and runs float32)")  # fmt: skip
 
 
 def add_workers_argument(parser: argparse.ArgumentParser, training: bool = False) -> None:

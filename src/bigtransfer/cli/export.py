@@ -1,5 +1,5 @@
-"""`bigtransfer export`: a model as a deployable ONNX (float32 or int8) or torch.export directory, or as a Triton
-model repository."""
+"""`bigtransfer export`: a model as a deployable ONNX or OpenVINO (float32 or int8) or torch.export directory, or
+as a Triton model repository."""
 
 from __future__ import annotations
 
@@ -102,10 +102,12 @@ def handle(args: argparse.Namespace) -> int:
 
 
 DESCRIPTION = """\
-Write OUT/: model.onnx (or model.pt2) with weight standardisation folded into the convolutions and a
-dynamic batch axis, plus config.json (labels), preprocessor_config.json and export.json. The export is
-checked against the eager model on sample images and is written only if its logits agree within
---tolerance. predict, evaluate and pipeline() run OUT with ONNX Runtime.
+Write OUT/: model.onnx (or openvino_model.xml + .bin, or model.pt2) with weight standardisation folded
+into the convolutions and a dynamic batch axis, plus config.json (labels), preprocessor_config.json and
+export.json. The export is checked against the eager model on sample images and is written only if its
+logits agree within --tolerance. predict, evaluate, serve and pipeline() run OUT with ONNX Runtime or
+OpenVINO; an OpenVINO export also gives pooled features, so embed runs it too, and --bf16 compiles it in
+bfloat16 on CPUs that have it (AMX or AVX512_BF16). `bigtransfer bench` says which is fastest here.
 
 --format triton writes OUT as a Triton Inference Server model repository (KServe's Triton runtime takes
 it too): OUT/NAME/config.pbtxt (dynamic batching), OUT/NAME/labels.txt (for the classification
@@ -114,9 +116,11 @@ Triton takes preprocessed float32 pixel_values, N×3×H×W: clients resize, crop
 says."""
 
 EPILOG = f"""\
-int8: bigtransfer export --model MODEL --out OUT --int8 --calibration DATA quantizes convolutions and the
-head (static, per-channel, u8 activations / s8 weights: fast on CPUs with AVX-512 VNNI or AVX-VNNI),
-calibrated on real images and checked against float32 on held-out images of DATA.
+int8: bigtransfer export MODEL OUT --int8 --calibration DATA quantizes convolutions and the head
+(static, per-channel weights: fast on CPUs with AVX-512 VNNI, AVX-VNNI or AMX), calibrated on real images
+and checked against float32 on held-out images of DATA. --format onnx uses ONNX Runtime's quantizer;
+--format openvino uses NNCF (needs pip install 'bigtransfer[openvino]'), whose int8 graph keeps GroupNorm
+fused, where ONNX Runtime dequantizes around every norm.
 
 Triton: bigtransfer export --model MODEL --out OUT --format triton, then serve OUT (24.08 or any later release):
   {serve_command("$PWD/OUT")}"""
@@ -125,19 +129,18 @@ Triton: bigtransfer export --model MODEL --out OUT --format triton, then serve O
 def register(commands) -> None:
     parser = commands.add_parser(
         "export",
-        help="export a model to ONNX (float32 or int8), torch.export, or a Triton model repository",
+        help="export a model to ONNX or OpenVINO (float32 or int8), torch.export, or a Triton model repository",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(parser, "the model to export", positional=True)
     add_out_argument(parser, "output directory (refused if it exists, unless --overwrite)", positional=True)
-    parser.add_argument("--format", choices=["onnx", "pt2", "triton"], default="onnx",
-                        help="onnx (run with ONNX Runtime; default), pt2 (a torch.export program) or triton "
-                        "(a Triton model repository holding the onnx export)")  # fmt: skip
-    parser.add_argument(
-        "--int8", action="store_true", help="quantize to int8 (onnx and triton formats; needs --calibration)"
-    )
+    parser.add_argument("--format", choices=["onnx", "openvino", "pt2", "triton"], default="onnx",
+                        help="onnx (run with ONNX Runtime; default), openvino (OpenVINO IR), pt2 (a torch.export "
+                        "program) or triton (a Triton model repository holding the onnx export)")  # fmt: skip
+    parser.add_argument("--int8", action="store_true",
+                        help="quantize to int8 (onnx, openvino and triton formats; needs --calibration)")  # fmt: skip
     parser.add_argument("--calibration", metavar="DATA",
                         help="images to calibrate int8 on, in any form --data takes (folder, CSV, IDX, datasets dir)")  # fmt: skip
     parser.add_argument("--classes", help="calibrate on these classes of DATA only (comma-separated)")

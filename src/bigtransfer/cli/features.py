@@ -53,6 +53,8 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from ..checkpoints.io import atomic_path, printable
     from ..data.datasets import ImageDataset
     from ..data.device import resolve_device
+    from ..deploy.runtime import is_export_directory
+    from ..inference.pipelines import load_classifier
     from ..inference.predict import pooled_features
     from ..models.modeling import BitModel
     from ..processing.exact import BitImageProcessor
@@ -67,8 +69,11 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     files, errors = collect_images(args.inputs)
     if not files:
         raise FileNotFoundError(f"No images found in {', '.join(args.inputs)}.")
-    model = BitModel.from_pretrained(args.model).to(resolve_device(args.device))
-    model = torch.compile(model) if args.compile else model
+    if is_export_directory(args.model):  # an OpenVINO export gives pooled features beside the logits
+        model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
+    else:
+        model = BitModel.from_pretrained(args.model).to(resolve_device(args.device))
+        model = torch.compile(model) if args.compile else model
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
     pooled = pooled_features(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
                              workers=args.workers, bf16=args.bf16, progress=not args.quiet)  # fmt: skip

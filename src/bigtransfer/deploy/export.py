@@ -1,6 +1,7 @@
 """`bigtransfer export`: a BiT classifier as a self-contained directory that needs no bigtransfer model code —
-model.onnx (or model.pt2) with weight standardisation folded and a dynamic batch axis, config.json (labels),
-preprocessor_config.json and export.json — checked against the eager model before it is written."""
+model.onnx (or openvino_model.xml/.bin, or model.pt2) with weight standardisation folded and a dynamic batch
+axis, config.json (labels), preprocessor_config.json and export.json — checked against the eager model before
+it is written."""
 
 from __future__ import annotations
 
@@ -23,12 +24,23 @@ from ..checkpoints.hub import package_version
 from ..checkpoints.io import atomic_directory
 from ..processing.base import ProcessorBase
 from .fold import fold_weight_standardization
-from .runtime import EXPORT_INFO_FILE, INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, PT2_FILE, ExportedClassifier
+from .openvino import OPENVINO_FILE, convert
+from .runtime import (
+    EXPORT_INFO_FILE,
+    FEATURES_NAME,
+    INPUT_NAME,
+    INSTALL_HINT,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    PT2_FILE,
+    ExportedClassifier,
+)
 
 if TYPE_CHECKING:
     from .quantize import Calibration
 
-FORMATS = {"onnx": ONNX_FILE, "pt2": PT2_FILE}
+FORMATS = {"onnx": ONNX_FILE, "openvino": OPENVINO_FILE, "pt2": PT2_FILE}
+QUANTIZABLE = ("onnx", "openvino")
 TOLERANCE = 1e-4  # largest |logit difference| to eager that an fp32 export may show
 CHECK_BATCHES = (1, 3)
 EXTERNAL_DATA_BYTES = 1 << 30  # beyond this the weights go to model.onnx.data (protobuf stops at 2 GiB)
@@ -47,6 +59,14 @@ class LogitsOnly(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.classifier(pixel_values, return_dict=True).logits
+
+
+class LogitsAndFeatures(LogitsOnly):
+    """Logits and the pooled features they are computed from: one graph serves predict and embed."""
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.classifier.bit(pixel_values, return_dict=True).pooler_output
+        return self.classifier.classifier(pooled), pooled
 
 
 def input_size(processor: ProcessorBase) -> tuple[int, int]:
@@ -82,7 +102,8 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(previous)
 
 
-def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, features: bool = False) -> None:
+    """model.onnx at `path`; with `features`, the pooled features are a second output."""
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
@@ -91,10 +112,23 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
     with warnings.catch_warnings(), _quiet(TORCHVISION_NOTICES):
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices from inside the exporter
         program = torch.onnx.export(
-            LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            (LogitsAndFeatures if features else LogitsOnly)(model).eval(), (example,), dynamo=True,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, FEATURES_NAME] if features else [OUTPUT_NAME],
             dynamic_shapes=_batch_axis(), external_data=large, optimize=True, verbose=False,
         )  # fmt: skip
     program.save(str(path), external_data=large)
+
+
+def export_openvino(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+    """OpenVINO IR at `path`, converted from the ONNX graph (logits and pooled features) that torch's exporter
+    writes: 4× quicker to convert than tracing the model again, and measured no slower to run."""
+    onnx_file = path.with_name("converted-from.onnx")
+    export_onnx(model, onnx_file, example, features=True)
+    try:
+        convert(onnx_file, path)
+    finally:
+        for written in path.parent.glob(onnx_file.name + "*"):
+            written.unlink()
 
 
 def export_pt2(model: nn.Module, path: Path, example: torch.Tensor) -> None:
@@ -104,13 +138,16 @@ def export_pt2(model: nn.Module, path: Path, example: torch.Tensor) -> None:
 
 
 def largest_difference(model: nn.Module, exported: ExportedClassifier, processor: ProcessorBase) -> float:
-    """max |eager − exported| over the logits of sample images, at several batch sizes."""
+    """max |eager − exported| over the logits (and pooled features, where exported) of sample images, at several
+    batch sizes."""
     worst = 0.0
     for batch in CHECK_BATCHES:
         pixel_values = sample_pixel_values(processor, batch)
         with torch.inference_mode():
-            expected = model(pixel_values).logits.float()
-        worst = max(worst, (exported(pixel_values).logits.float() - expected).abs().max().item())
+            expected = model.bit(pixel_values).pooler_output.float()
+            expected = {OUTPUT_NAME: model.classifier(expected), FEATURES_NAME: expected}
+        for name, values in exported.outputs(pixel_values).items():
+            worst = max(worst, (values.float() - expected[name]).abs().max().item())
     return worst
 
 
@@ -163,8 +200,9 @@ def export_into(
     `atomic_directory` so that a failed check leaves nothing behind; other layouts (Triton's) wrap it too."""
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
-    if int8 is not None and format != "onnx":
-        raise ValueError("int8 quantization is done with ONNX Runtime: use --format onnx with --int8.")
+    if int8 is not None and format not in QUANTIZABLE:
+        raise ValueError(f"int8 quantization is for ONNX Runtime and OpenVINO: use --format onnx or openvino with "
+                         f"--int8, not {format}.")  # fmt: skip
     start = time.perf_counter()
     if next(model.parameters()).dtype != torch.float32:  # export and check in float32, leaving the caller's model be
         model = copy.deepcopy(model).float()
@@ -183,7 +221,8 @@ def _export_checked(model, processor, directory: Path, format: str, tolerance: f
     model.config.save_pretrained(directory)
     processor.save_pretrained(directory)
     example = sample_pixel_values(processor, 2)
-    (export_onnx if format == "onnx" else export_pt2)(folded, directory / FORMATS[format], example)
+    exporter = {"onnx": export_onnx, "openvino": export_openvino, "pt2": export_pt2}[format]
+    exporter(folded, directory / FORMATS[format], example)
     difference = largest_difference(model, ExportedClassifier(directory), processor)
     if not difference <= tolerance:
         raise ExportCheckError(

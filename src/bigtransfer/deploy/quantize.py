@@ -1,12 +1,13 @@
-"""Static int8 quantization of an exported ONNX model with ONNX Runtime, calibrated on real images through the
-model's own preprocessing, and the top-1 agreement with float32 on held-out images."""
+"""Static int8 quantization of an exported model — ONNX with ONNX Runtime's tools, OpenVINO IR with NNCF —
+calibrated on real images through the model's own preprocessing, and the top-1 agreement with float32 on
+held-out images."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ from ..data.datasets import ImageDataset
 from ..data.eval_batches import input_batches
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
-from .runtime import INPUT_NAME, INSTALL_HINT, ONNX_FILE, onnx_session
+from . import openvino
+from .runtime import INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, onnx_session
 
 # Only convolutions and the head run in int8. GroupNorm has no int8 kernel in ONNX Runtime, so quantizing the
 # ops around it (residual adds, pooling) only adds quantize/dequantize pairs: measured slower, not faster.
 QUANTIZED_OPS = ["Conv", "Gemm"]
 CALIBRATION_BATCH = 4
+Logits = Callable[[np.ndarray], np.ndarray]  # float32 pixel_values → logits, one runtime's model
 
 
 def _quantization():
@@ -64,7 +67,10 @@ class Calibration:
                 yield batch.pixel_values.numpy(), [int(indices[i]) for i in batch.indices]
 
     def quantize_export(self, directory: Path, config: BitConfig) -> dict[str, Any]:
-        """Replace directory/model.onnx (float32) by its int8 version; report calibration and agreement."""
+        """Replace the float32 model of `directory` (ONNX or OpenVINO) by its int8 version; report calibration
+        and agreement."""
+        if (directory / openvino.OPENVINO_FILE).is_file():
+            return self.quantize_openvino(directory, config)
         quantization = _quantization()
         float_model = directory / ONNX_FILE
         large = float_model.with_name(float_model.name + ".data").exists()
@@ -83,22 +89,42 @@ class Calibration:
                 op_types_to_quantize=QUANTIZED_OPS, use_external_data_format=large, reduce_range=True,
                 extra_options={"CalibStridedMinMax": 1},
             )  # fmt: skip
-            report = {"calibration_images": reader.images, **self.agreement(float_model, quantized, config)}
+            float_session, int8_session = onnx_session(float_model), onnx_session(quantized)
+            report = {
+                "calibration_images": reader.images,
+                **self.agreement(_logits_of(float_session), _logits_of(int8_session), config),
+            }
             for path in directory.glob(ONNX_FILE + "*"):
                 path.unlink()
             for path in Path(scratch).glob(ONNX_FILE + "*"):
                 shutil.move(path, directory / path.name)
         return report
 
-    def agreement(self, float_model: Path, int8_model: Path, config: BitConfig) -> dict[str, Any]:
+    def quantize_openvino(self, directory: Path, config: BitConfig) -> dict[str, Any]:
+        """NNCF on directory/openvino_model.xml, one calibration image per sample (NNCF's statistics assume
+        batch 1); the int8 IR replaces the float32 one once both have been compared."""
+        float_model = directory / openvino.OPENVINO_FILE
+        images = [image[None] for pixels, _ in self.batches(self.calibration_indices, CALIBRATION_BATCH)
+                  for image in pixels]  # fmt: skip
+        if not images:
+            raise ValueError(f"None of the calibration images of {self.dataset.source} could be read.")
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            quantized = Path(scratch) / float_model.name
+            openvino.quantize(float_model, quantized, images)
+            report = {"calibration_images": len(images), **self.agreement(
+                _openvino_logits(float_model), _openvino_logits(quantized), config)}  # fmt: skip
+            for path in (quantized, openvino.weights_file(quantized)):
+                shutil.move(path, directory / path.name)
+        return report
+
+    def agreement(self, float_logits: Logits, int8_logits: Logits, config: BitConfig) -> dict[str, Any]:
         """Top-1 agreement of int8 with float32 on the held-out images, and both accuracies when labelled."""
         if not len(self.heldout_indices):
             return {"heldout_images": 0}
-        float_session, int8_session = onnx_session(float_model), onnx_session(int8_model)
         float_top1, int8_top1, indices = [], [], []
         for pixel_values, batch_indices in self.batches(self.heldout_indices, 16):
-            float_top1 += float_session.run(None, {INPUT_NAME: pixel_values})[0].argmax(-1).tolist()
-            int8_top1 += int8_session.run(None, {INPUT_NAME: pixel_values})[0].argmax(-1).tolist()
+            float_top1 += float_logits(pixel_values).argmax(-1).tolist()
+            int8_top1 += int8_logits(pixel_values).argmax(-1).tolist()
             indices += batch_indices
         float_top1, int8_top1 = np.array(float_top1), np.array(int8_top1)
         report = {"heldout_images": len(indices), "top1_agreement": float((float_top1 == int8_top1).mean())}
@@ -109,6 +135,15 @@ class Calibration:
             report["float32_top1"] = float((float_top1 == truth).mean())
             report["int8_top1"] = float((int8_top1 == truth).mean())
         return report
+
+
+def _logits_of(session) -> Logits:
+    return lambda pixel_values: session.run([OUTPUT_NAME], {INPUT_NAME: pixel_values})[0]
+
+
+def _openvino_logits(xml: Path) -> Logits:
+    runner = openvino.OpenVINORunner(xml)
+    return lambda pixel_values: runner(pixel_values)[OUTPUT_NAME]
 
 
 class _Reader:

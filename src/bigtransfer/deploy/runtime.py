@@ -1,5 +1,5 @@
-"""An export directory (from `bigtransfer export`) as a classifier: ONNX Runtime for model.onnx, torch for
-model.pt2, with the labels and preprocessing saved beside the model."""
+"""An export directory (from `bigtransfer export`) as a classifier: ONNX Runtime for model.onnx, OpenVINO for
+openvino_model.xml, torch for model.pt2, with the labels and preprocessing saved beside the model."""
 
 from __future__ import annotations
 
@@ -13,18 +13,28 @@ import torch
 
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
+from .openvino import OPENVINO_FILE, OpenVINORunner
 
 ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"
 EXPORT_INFO_FILE = "export.json"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "pooler_output"  # the pooled pre-logit features, a second output of OpenVINO exports
+EXPORT_FILES = (ONNX_FILE, OPENVINO_FILE, PT2_FILE)
 INSTALL_HINT = "pip install 'bigtransfer[onnx]' (onnx, onnxruntime, onnxscript)"
 
 
+def exported_file(directory: str | os.PathLike) -> Path | None:
+    """The model file of an export directory (ONNX, OpenVINO IR or torch.export), if it is one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    return next((directory / name for name in EXPORT_FILES if (directory / name).is_file()), None)
+
+
 def is_export_directory(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return path.is_dir() and ((path / ONNX_FILE).is_file() or (path / PT2_FILE).is_file())
+    return exported_file(path) is not None
 
 
 def import_onnxruntime():
@@ -53,27 +63,60 @@ def onnx_session(path: str | os.PathLike, device: torch.device | None = None, th
     return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
+def _runner(model_file: Path, device: torch.device, bf16: bool):
+    """(pixel_values → {output name: tensor}, the float precision it computes in) for the runtime that reads
+    `model_file`."""
+    if model_file.name == PT2_FILE:
+        program = torch.export.load(model_file).module().to(device)
+        return lambda pixel_values: {OUTPUT_NAME: program(pixel_values.to(device, torch.float32))}, "float32"
+    precision = "float32"
+    if model_file.name == OPENVINO_FILE:
+        if device.type != "cpu":
+            raise ValueError(f"OpenVINO exports run on the CPU, not {device}: use --device cpu, or export with "
+                             "--format onnx to run on a GPU with onnxruntime-gpu.")  # fmt: skip
+        run = OpenVINORunner(model_file, bf16)
+        precision = run.precision
+    else:
+        session = onnx_session(model_file, device)
+        names = [output.name for output in session.get_outputs()]
+
+        def run(pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(None, {INPUT_NAME: pixel_values})))
+
+    def numpy_run(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())
+        return {name: torch.from_numpy(array).to(device) for name, array in run(inputs).items()}
+
+    return numpy_run, precision
+
+
 class ExportedClassifier:
     """Logits from an exported BiT classifier; duck-types the parts of BitForImageClassification that
-    prediction uses (`config`, `device`, `dtype`, `eval()`, calling it on pixel_values)."""
+    prediction uses (`config`, `device`, `dtype`, `eval()`, calling it on pixel_values).
+
+    bf16: OpenVINO exports only, compiled with bfloat16 inference precision where the CPU has it (else float32,
+    with a warning); other exports' graphs are fixed float32 (or int8)."""
 
     dtype = torch.float32
 
-    def __init__(self, directory: str | os.PathLike, device: torch.device | str | None = None):
+    def __init__(self, directory: str | os.PathLike, device: torch.device | str | None = None, bf16: bool = False):
         directory = Path(directory)
-        if not is_export_directory(directory):
+        model_file = exported_file(directory)
+        if model_file is None:
             raise FileNotFoundError(
-                f"{directory} holds no {ONNX_FILE} or {PT2_FILE}: make one with `bigtransfer export`."
+                f"{directory} holds no {', '.join(EXPORT_FILES)}: make one with `bigtransfer export`."
             )
-        self.directory = directory
+        if bf16 and model_file.name != OPENVINO_FILE:
+            raise ValueError(
+                f"{directory} is a fixed {model_file.name} graph, so bf16 does not apply: export with --format "
+                "openvino (which compiles in bf16 on CPUs that have it), or run the original model with --bf16."
+            )
+        self.directory, self.bf16 = directory, bf16
         self.config = BitConfig.from_pretrained(directory)
         self.device = torch.device(device or "cpu")
         info_file = directory / EXPORT_INFO_FILE
         self.info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        if (directory / ONNX_FILE).is_file():
-            self.session, self.program = onnx_session(directory / ONNX_FILE, self.device), None
-        else:
-            self.session, self.program = None, torch.export.load(directory / PT2_FILE).module().to(self.device)
+        self._run, self.compute_precision = _runner(model_file, self.device, bf16)
 
     def eval(self) -> ExportedClassifier:
         return self
@@ -81,23 +124,30 @@ class ExportedClassifier:
     def to(self, device: torch.device | str) -> ExportedClassifier:
         device = torch.device(device)
         if device != self.device:
-            return type(self)(self.directory, device)
+            return type(self)(self.directory, device, self.bf16)
         return self
 
-    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.program is not None:
-            return self.program(pixel_values.to(self.device, self.dtype))
-        inputs = {INPUT_NAME: np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())}
-        return torch.from_numpy(self.session.run(None, inputs)[0]).to(self.device)
-
-    def __call__(self, pixel_values: torch.Tensor, **_: Any) -> ImageClassifierOutputWithNoAttention:
+    def outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         expected = self.info.get("input_size")
         if expected and list(pixel_values.shape[-2:]) != expected:
             raise ValueError(
                 f"This export takes {expected[0]}×{expected[1]} images, got {tuple(pixel_values.shape[-2:])}: "
                 f"preprocess with the preprocessor_config.json in {self.directory}, or export again at this size."
             )
-        return ImageClassifierOutputWithNoAttention(logits=self.logits(pixel_values))
+        return self._run(pixel_values)
+
+    def __call__(self, pixel_values: torch.Tensor, **_: Any) -> ImageClassifierOutputWithNoAttention:
+        return ImageClassifierOutputWithNoAttention(logits=self.outputs(pixel_values)[OUTPUT_NAME])
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features (BitModel's pooler_output, flattened), from exports that give them."""
+        outputs = self.outputs(pixel_values)
+        if FEATURES_NAME not in outputs:
+            raise ValueError(
+                f"{self.directory} computes logits only: use the original model for features, or export it with "
+                "--format openvino, whose graph gives the pooled features as well."
+            )
+        return outputs[FEATURES_NAME].flatten(1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r}, {self.info.get('precision', 'float32')})"

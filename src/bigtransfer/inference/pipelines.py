@@ -21,18 +21,19 @@ logger = logging.getLogger(__name__)
 def load_classifier(
     model: str | os.PathLike, device: Any = None, *, compile: bool = False, bf16: bool = False, **model_kwargs: Any
 ) -> Any:
-    """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime or
-    torch.export, anything else loads as BitForImageClassification (torch.compile'd when asked)."""
+    """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime, OpenVINO
+    (compiled in bf16 when asked) or torch.export, anything else loads as BitForImageClassification
+    (torch.compile'd when asked)."""
     from ..deploy.runtime import ExportedClassifier, is_export_directory
 
     device = resolve_device(device)
     if is_export_directory(model):
-        if compile or bf16 or model_kwargs:
+        if compile or model_kwargs:
             raise ValueError(
-                f"{model} is an export directory: its graph is fixed at export time, so compile, bf16 and config "
+                f"{model} is an export directory: its graph is fixed at export time, so compile and config "
                 "overrides do not apply. Use the original model for those."
             )
-        return ExportedClassifier(model, device)
+        return ExportedClassifier(model, device, bf16=bf16)
     loaded = BitForImageClassification.from_pretrained(model, **model_kwargs).to(device)
     return torch.compile(loaded) if compile else loaded
 
@@ -171,7 +172,8 @@ def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, mo
 
         if is_export_directory(model):
             raise ValueError(
-                f"{model} is an export directory: it computes logits only; extract features with the original model."
+                f"{model} is an export directory: it computes logits (and, exported for OpenVINO, pooled features, "
+                "which `bigtransfer embed` reads); extract hidden states with the original model."
             )
         base = BitModel.from_pretrained(model, **model_kwargs)
     return torch.compile(base) if compile else base

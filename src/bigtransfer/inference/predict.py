@@ -12,6 +12,7 @@ import torch
 from ..data.datasets import ImageDataset
 from ..data.device import use_channels_last
 from ..data.eval_batches import input_batches
+from ..deploy.runtime import ExportedClassifier
 from ..processing.base import ProcessorBase
 from .metrics import accuracy_metrics, multi_label_metrics, top_classes
 
@@ -92,10 +93,13 @@ def pooled_features(
     progress: bool = False,
 ) -> Predictions:
     """Pooled pre-logit features (BitModel's `pooler_output`, flattened) of every readable image; `model` is a
-    BitModel or a classifier, whose head is then skipped."""
-    base = getattr(model, "bit", model)
-    return predict_rows(base, lambda network, pixels: network(pixels).pooler_output.flatten(1), dataset, processor,
-                        batch_size, workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+    BitModel or a classifier, whose head is then skipped, or an export that gives features (OpenVINO's)."""
+    if isinstance(model, ExportedClassifier):
+        base, rows_of = model, lambda network, pixels: network.features(pixels)
+    else:
+        base, rows_of = getattr(model, "bit", model), lambda network, pixels: network(pixels).pooler_output.flatten(1)
+    return predict_rows(base, rows_of, dataset, processor, batch_size, workers=workers, bf16=bf16,
+                        channels_last=channels_last, progress=progress)  # fmt: skip
 
 
 def evaluate(

@@ -15,7 +15,7 @@ from ..processing.exact import BitImageProcessor
 
 
 class ServedModel:
-    """A classifier (torch, or an export directory run by ONNX Runtime) and its preprocessing.
+    """A classifier (torch, or an export directory run by ONNX Runtime or OpenVINO) and its preprocessing.
 
     `pixels` turns encoded image bytes into model input exactly as `predict` does (the checked decoder, the
     saved preprocessing); `logits` runs a float32 batch. Both run in worker threads of the server.

@@ -1,0 +1,97 @@
+"""OpenVINO for exported BiT classifiers: the IR converted from the checked ONNX graph, compiled for the CPU in
+float32 or bfloat16, and quantized to int8 by NNCF. OpenVINO has a native GroupNormalization kernel and uses
+AMX/VNNI for bf16 and int8, where ONNX Runtime must dequantize around every GroupNorm."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+OPENVINO_FILE = "openvino_model.xml"  # optimum-intel's names; the weights go beside it in openvino_model.bin
+OPENVINO_HINT = "pip install 'bigtransfer[openvino]' (openvino, nncf)"
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ImportError(f"OpenVINO exports need OpenVINO: {OPENVINO_HINT}.") from None
+    return openvino
+
+
+def weights_file(xml: Path) -> Path:
+    return xml.with_suffix(".bin")
+
+
+def convert(onnx_file: Path, xml: Path) -> None:
+    """The ONNX graph as OpenVINO IR, weights kept in float32 (OpenVINO's save_model halves them by default)."""
+    openvino = import_openvino()
+    openvino.save_model(openvino.convert_model(str(onnx_file)), str(xml), compress_to_fp16=False)
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can run natively here: FP32, INT8, and BF16 on CPUs with AVX512_BF16 or AMX."""
+    return list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVINORunner:
+    """A compiled OpenVINO model on the CPU, one inference request at a time, outputs by name.
+
+    Precision is always set: OpenVINO's CPU plugin otherwise runs bfloat16 by itself on CPUs that have it, and
+    an export checked to 1e-4 in float32 would silently run at bf16 accuracy there. `precision` is what the
+    plugin compiled, read back: a bf16 request on a CPU without bf16 compiles float32."""
+
+    def __init__(self, xml: Path, bf16: bool = False):
+        openvino = import_openvino()
+        settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+        self.compiled = openvino.Core().compile_model(str(xml), "CPU", settings)
+        compiled_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = "bfloat16" if compiled_type == openvino.Type.bf16 else "float32"
+        if bf16 and self.precision != "bfloat16":
+            logger.warning(
+                "This CPU has no bfloat16 support (AVX512_BF16 or AMX), so OpenVINO runs the model in float32; "
+                "--bf16 pays off on 4th-generation Xeon (Sapphire Rapids) and later."
+            )
+        self.request = self.compiled.create_infer_request()
+        self.output_names = [next(iter(output.get_names())) for output in self.compiled.outputs]
+
+    def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        results = self.request.infer({0: pixel_values}, share_inputs=True)
+        return {name: np.array(results[output]) for name, output in zip(self.output_names, self.compiled.outputs)}
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterable[None]:
+    """NNCF draws progress bars and logs to stdout, which `--json` keeps for the report: send them to stderr."""
+    logger = logging.getLogger("nncf")
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        logger.setLevel(previous)
+
+
+def quantize(xml: Path, out: Path, images: list[np.ndarray]) -> None:
+    """NNCF post-training quantization of the IR at `xml` to int8, written to `out`: convolutions and matmuls in
+    int8 with per-channel weights, activation ranges from `images` (one preprocessed image per array), and
+    NNCF's fast bias correction. GroupNorm stays in float: OpenVINO fuses it into its neighbours."""
+    openvino = import_openvino()
+    try:
+        import nncf
+    except ImportError:
+        raise ImportError(f"int8 OpenVINO export needs NNCF: {OPENVINO_HINT}.") from None
+    with _quiet_nncf():
+        quantized = nncf.quantize(
+            openvino.Core().read_model(str(xml)), nncf.Dataset(images), subset_size=len(images),
+            preset=nncf.QuantizationPreset.MIXED,
+        )  # fmt: skip
+    openvino.save_model(quantized, str(out), compress_to_fp16=False)
