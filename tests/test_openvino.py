@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 
 import numpy as np
@@ -134,3 +135,23 @@ def test_missing_openvino_says_how_to_install_it(bundled_openvino, tmp_path, cap
     assert "pip install 'bigtransfer[openvino]'" in capsys.readouterr().err
     assert cli(["export", str(BUNDLED), str(tmp_path / "out"), "--format", "openvino"]) == 2
     assert "pip install 'bigtransfer[openvino]'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_releasing_compiled_models_in_any_order_leaves_signals_working(bundled_openvino):
+    """OpenVINO leaves a dangling signal stack on the thread that compiled models released out of order; the
+    next signal (a loading worker's SIGCHLD) then killed the process. Run apart: a failure is a crash."""
+    script = f"""
+import gc, os, signal
+from pathlib import Path
+from bigtransfer.deploy.openvino import OpenVINORunner
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(1))
+first = OpenVINORunner(Path({str(bundled_openvino / "openvino_model.xml")!r}))
+second = OpenVINORunner(Path({str(bundled_openvino / "openvino_model.xml")!r}))
+del first; gc.collect()
+del second; gc.collect()
+os.kill(os.getpid(), signal.SIGUSR1)
+assert handled == [1]
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -4,6 +4,7 @@ AMX/VNNI for bf16 and int8, where ONNX Runtime must dequantize around every Grou
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import sys
@@ -51,7 +52,7 @@ class OpenVINORunner:
     def __init__(self, xml: Path, bf16: bool = False):
         openvino = import_openvino()
         settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
-        self.compiled = openvino.Core().compile_model(str(xml), "CPU", settings)
+        self.compiled = _compile_off_this_thread(openvino.Core(), xml, settings)
         compiled_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = "bfloat16" if compiled_type == openvino.Type.bf16 else "float32"
         if bf16 and self.precision != "bfloat16":
@@ -65,6 +66,15 @@ class OpenVINORunner:
     def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         results = self.request.infer({0: pixel_values}, share_inputs=True)
         return {name: np.array(results[output]) for name, output in zip(self.output_names, self.compiled.outputs)}
+
+
+def _compile_off_this_thread(core, xml: Path, settings: dict):
+    """core.compile_model on a short-lived thread. OpenVINO's CPU plugin (2026.4) gives the compiling thread an
+    alternate signal stack and, when compiled models are released in another order than they were made, leaves
+    that thread's signal stack pointing at freed memory: the next signal handled there (a loading worker's
+    SIGCHLD) kills the process with SIGSEGV. Compiled elsewhere, the caller's thread is never touched."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as compiling:
+        return compiling.submit(core.compile_model, str(xml), "CPU", settings).result()
 
 
 @contextlib.contextmanager
