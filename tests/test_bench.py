@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -69,3 +70,13 @@ def test_bench_refuses_what_it_cannot_time(capsys):
     with pytest.raises(SystemExit):
         cli(["bench", str(BUNDLED), "--batch-size", "0"])
     assert "each at least 1" in capsys.readouterr().err
+
+
+def test_a_runtime_that_is_not_installed_is_listed_with_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert cli(["bench", str(BUNDLED), "--batch-size", "1", "--runtimes", "torch,openvino", "--rounds", "1",
+                "--calls", "1", "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert [row["runtime"] for row in report["results"]] == ["torch"]
+    assert report["skipped"][0]["path"] == "openvino"
+    assert "pip install 'bigtransfer[openvino]'" in report["skipped"][0]["reason"]

@@ -84,8 +84,9 @@ def register(commands) -> None:
     parser.add_argument("--batch-size", type=comma_list(int), default=[1, 8], metavar="N[,N…]",
                         help="batch sizes to time (default 1,8)")  # fmt: skip
     parser.add_argument("--runtimes", type=comma_list(str), default=["torch", "onnx", "openvino"],
-                        metavar="NAME[,NAME…]", help="torch, onnx, openvino (default: all three), and transformers "
-                        "to time transformers' BiT with the same weights")  # fmt: skip
+                        metavar="NAME[,NAME…]", help="torch, onnx, openvino (default: all three; one not installed is "
+                        "listed as not timed, with how to install it), and transformers to time transformers' BiT "
+                        "with the same weights")  # fmt: skip
     parser.add_argument("--int8", action="store_true", help="also time int8 exports (ONNX Runtime and OpenVINO)")
     parser.add_argument("--bf16", action="store_true",
                         help="also time bfloat16 (OpenVINO, and PyTorch autocast) where the CPU has it")  # fmt: skip

@@ -116,8 +116,8 @@ def contenders(
     calibration: ImageDataset | None = None,
     calibration_size: int = 64,
 ) -> tuple[list[Contender], list[dict[str, str]]]:
-    """Every path to time, eager PyTorch float32 first (the baseline), and the ones this machine cannot run well,
-    with the reason."""
+    """Every path to time, eager PyTorch float32 first (the baseline), and the ones this machine cannot run (its
+    CPU lacks bf16, or the runtime is not installed), with the reason."""
     found, skipped = [Contender("torch", "float32", _eager(model))], []
     if bf16 and "torch" in runtimes:
         if torch_has_bf16():
@@ -133,7 +133,11 @@ def contenders(
     for runtime in ("onnx", "openvino"):
         if runtime not in runtimes:
             continue
-        export(model, processor, scratch / runtime, format=runtime)
+        try:
+            export(model, processor, scratch / runtime, format=runtime)
+        except ImportError as missing:  # compare what is installed; say how to add the rest
+            skipped.append({"path": runtime, "reason": str(missing)})
+            continue
         found.append(Contender(runtime, "float32", _logits_of(ExportedClassifier(scratch / runtime))))
         if bf16 and runtime == "openvino":
             compiled = ExportedClassifier(scratch / runtime, bf16=True)
