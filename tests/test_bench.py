@@ -73,6 +73,8 @@ def test_bench_refuses_what_it_cannot_time(capsys):
 
 
 def test_a_runtime_that_is_not_installed_is_listed_with_how_to_install_it(capsys, monkeypatch):
+    import openvino
+
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert cli(["bench", str(BUNDLED), "--batch-size", "1", "--runtimes", "torch,openvino", "--rounds", "1",
                 "--calls", "1", "--json"]) == 0  # fmt: skip
@@ -80,3 +82,11 @@ def test_a_runtime_that_is_not_installed_is_listed_with_how_to_install_it(capsys
     assert [row["runtime"] for row in report["results"]] == ["torch"]
     assert report["skipped"][0]["path"] == "openvino"
     assert "pip install 'bigtransfer[openvino]'" in report["skipped"][0]["reason"]
+    monkeypatch.setitem(sys.modules, "openvino", openvino)
+    monkeypatch.setitem(sys.modules, "nncf", None)  # OpenVINO without its quantizer
+    assert cli(["bench", str(BUNDLED), "--batch-size", "1", "--runtimes", "openvino", "--int8", "--rounds", "1",
+                "--calls", "1", "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert [(row["runtime"], row["precision"]) for row in report["results"]] == [("torch", "float32"),
+                                                                                 ("openvino", "float32")]  # fmt: skip
+    assert report["skipped"][0]["path"] == "openvino int8" and "bigtransfer[openvino]" in report["skipped"][0]["reason"]

@@ -33,7 +33,9 @@ def bundled_openvino(tmp_path_factory):
 def test_openvino_export_holds_float32_weights_and_gives_pooled_features(tmp_path):
     model = tiny_classifier("hybrid_same")
     report = export(model, PROCESSOR, tmp_path / "out", format="openvino")
-    assert report.max_abs_logit_difference <= 1e-4 and report.format == "openvino"
+    assert report.max_abs_logit_difference <= 1e-4 and report.max_abs_feature_difference <= 1e-4
+    info = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert info["format"] == "openvino" and {"openvino", "nncf"} <= set(info)  # the versions that made it
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
         "openvino_model.xml", "openvino_model.bin", "config.json", "preprocessor_config.json", "export.json"}  # fmt: skip
     parameters = sum(p.numel() for p in model.parameters())
@@ -47,7 +49,7 @@ def test_openvino_export_holds_float32_weights_and_gives_pooled_features(tmp_pat
         assert (exported.features(pixel_values) - expected).abs().max() <= 1e-4
 
 
-def test_predict_evaluate_embed_pipeline_and_serve_run_an_openvino_export(bundled_openvino, tmp_path, capsys):
+def test_predict_embed_pipeline_and_serve_run_an_openvino_export(bundled_openvino, tmp_path, capsys):
     from bigtransfer.data.sources import load_dataset
 
     fashion = load_dataset(FASHION_TEST)
@@ -110,6 +112,15 @@ def test_openvino_int8_keeps_fashion_mnist_top1_within_one_point(tmp_path, capsy
                     "--quiet"]) == 0  # fmt: skip
         scores[model] = json.loads(capsys.readouterr().out)["top1"]
     assert scores[BUNDLED] > 0.8 and abs(scores[BUNDLED] - scores[out]) <= 0.01
+
+
+def test_openvino_runs_on_the_cpu_by_default_on_a_gpu_machine(bundled_openvino, monkeypatch):
+    from bigtransfer.inference.pipelines import load_classifier
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine: torch would pick cuda
+    assert load_classifier(bundled_openvino).device.type == "cpu"
+    classify = pipeline("image-classification", model=bundled_openvino)
+    assert classify.device.type == "cpu" and classify.model.device.type == "cpu"
 
 
 def test_what_an_export_cannot_do_is_refused_with_the_way_out(bundled_openvino, tmp_path, capsys):

@@ -122,11 +122,17 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="bfloat16: autocast for PyTorch models; an OpenVINO export is compiled in bf16 where the "
-                        "CPU has it (AMX or AVX512_BF16; elsewhere it says so and runs float32)")  # fmt: skip
+BF16_HELP = "bfloat16 autocast (PyTorch models)"
+BF16_EXPORT_HELP = (
+    BF16_HELP + "; an OpenVINO export is compiled in bf16 where the CPU has it (AMX or AVX512_BF16; elsewhere it "
+    "says so and runs float32)"
+)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, bf16_help: str = BF16_HELP) -> None:
+    parser.add_argument("--device", default=None,
+                        help="cpu or cuda (default: cuda when available; OpenVINO exports: cpu)")  # fmt: skip
+    parser.add_argument("--bf16", action="store_true", help=bf16_help)
 
 
 def add_workers_argument(parser: argparse.ArgumentParser, training: bool = False) -> None:
@@ -151,7 +157,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=INFERENCE_BATCH,
                         help=f"images per forward pass (default {INFERENCE_BATCH}: about 2 GB of activations for "
                         "R50x1 at 448 px; lower it for larger models, raise it on a GPU); results do not depend on it")  # fmt: skip
-    add_device_arguments(parser)
+    add_device_arguments(parser, BF16_EXPORT_HELP)
     add_workers_argument(parser)
     add_compile_argument(parser)
 

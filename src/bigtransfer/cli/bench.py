@@ -86,13 +86,13 @@ def register(commands) -> None:
     parser.add_argument("--runtimes", type=comma_list(str), default=["torch", "onnx", "openvino"],
                         metavar="NAME[,NAME…]", help="torch, onnx, openvino (default: all three; one not installed is "
                         "listed as not timed, with how to install it), and transformers to time transformers' BiT "
-                        "with the same weights")  # fmt: skip
+                        "with the same weights. Eager PyTorch float32 is always timed: it is the baseline")  # fmt: skip
     parser.add_argument("--int8", action="store_true", help="also time int8 exports (ONNX Runtime and OpenVINO)")
     parser.add_argument("--bf16", action="store_true",
                         help="also time bfloat16 (OpenVINO, and PyTorch autocast) where the CPU has it")  # fmt: skip
     parser.add_argument("--data", metavar="DATA", help="images to time on and to calibrate int8 with, in any form "
-                        "--data takes (default: synthetic pictures; the speed is the same, the int8 accuracy is not "
-                        "measured)")  # fmt: skip
+                        "--data takes (default: synthetic pictures; speed does not depend on them). bench compares "
+                        "top-1 with eager on the timed batch only: measure accuracy with export --int8 and evaluate")  # fmt: skip
     parser.add_argument("--classes", help="use these classes of DATA only (comma-separated)")
     parser.add_argument("--calibration-size", type=positive_int, default=64, metavar="N",
                         help="images of DATA to calibrate int8 with (default 64)")  # fmt: skip

@@ -119,8 +119,8 @@ EPILOG = f"""\
 int8: bigtransfer export MODEL OUT --int8 --calibration DATA quantizes convolutions and the head
 (static, per-channel weights: fast on CPUs with AVX-512 VNNI, AVX-VNNI or AMX), calibrated on real images
 and checked against float32 on held-out images of DATA. --format onnx uses ONNX Runtime's quantizer;
---format openvino uses NNCF (needs pip install 'bigtransfer[openvino]'), whose int8 graph keeps GroupNorm
-fused, where ONNX Runtime dequantizes around every norm.
+--format openvino uses NNCF (needs pip install 'bigtransfer[openvino]'); `bigtransfer bench MODEL --int8`
+says which int8 runs faster on this CPU.
 
 Triton: bigtransfer export --model MODEL --out OUT --format triton, then serve OUT (24.08 or any later release):
   {serve_command("$PWD/OUT")}"""

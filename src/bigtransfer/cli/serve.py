@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_device_arguments, add_model_argument, non_negative_float, positive_float, positive_int
+from ._options import (
+    BF16_EXPORT_HELP,
+    add_device_arguments,
+    add_model_argument,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 
 def register(commands) -> None:
@@ -25,7 +32,7 @@ def register(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--name", help="the model's name in /v2/models/NAME (default: from MODEL)")
-    add_device_arguments(parser)
+    add_device_arguments(parser, BF16_EXPORT_HELP)
     batching = parser.add_argument_group("batching and limits")
     batching.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
                           help="images per forward pass (default 32; 1 = no batching)")  # fmt: skip

@@ -100,9 +100,9 @@ def _eager(model: torch.nn.Module, bf16: bool = False) -> Callable[[torch.Tensor
     return logits
 
 
-def torch_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512_BF16 or AMX); elsewhere autocast emulates it, slowly."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def has_bf16(cpu: dict[str, Any]) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX); elsewhere autocast emulates it, slowly."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu["flags"]))
 
 
 def contenders(
@@ -120,16 +120,19 @@ def contenders(
     CPU lacks bf16, or the runtime is not installed), with the reason."""
     found, skipped = [Contender("torch", "float32", _eager(model))], []
     if bf16 and "torch" in runtimes:
-        if torch_has_bf16():
+        if has_bf16(cpu_description()):
             found.append(Contender("torch", "bfloat16", _eager(model, bf16=True)))
         else:
             skipped.append({"path": "torch bfloat16", "reason": NO_BF16})
     if "transformers" in runtimes:
-        import transformers
-
-        model.save_pretrained(scratch / "transformers")
-        reference = transformers.BitForImageClassification.from_pretrained(scratch / "transformers").eval()
-        found.append(Contender("transformers", "float32", _eager(reference)))
+        try:
+            import transformers
+        except ImportError:
+            skipped.append({"path": "transformers", "reason": "not installed: pip install transformers"})
+        else:
+            model.save_pretrained(scratch / "transformers")
+            reference = transformers.BitForImageClassification.from_pretrained(scratch / "transformers").eval()
+            found.append(Contender("transformers", "float32", _eager(reference)))
     for runtime in ("onnx", "openvino"):
         if runtime not in runtimes:
             continue
@@ -138,22 +141,26 @@ def contenders(
         except ImportError as missing:  # compare what is installed; say how to add the rest
             skipped.append({"path": runtime, "reason": str(missing)})
             continue
-        found.append(Contender(runtime, "float32", _logits_of(ExportedClassifier(scratch / runtime))))
+        found.append(Contender(runtime, "float32", _exported_logits(ExportedClassifier(scratch / runtime))))
         if bf16 and runtime == "openvino":
             compiled = ExportedClassifier(scratch / runtime, bf16=True)
             if compiled.compute_precision == "bfloat16":
-                found.append(Contender(runtime, "bfloat16", _logits_of(compiled)))
+                found.append(Contender(runtime, "bfloat16", _exported_logits(compiled)))
             else:
                 skipped.append({"path": "openvino bfloat16", "reason": NO_BF16})
         if int8:
             size = min(calibration_size, len(calibration))
             plan = Calibration(calibration, processor, size=size, heldout=0, workers=0)
-            export(model, processor, scratch / f"{runtime}-int8", format=runtime, int8=plan)
-            found.append(Contender(runtime, "int8", _logits_of(ExportedClassifier(scratch / f"{runtime}-int8"))))
+            try:
+                export(model, processor, scratch / f"{runtime}-int8", format=runtime, int8=plan)
+            except ImportError as missing:  # the quantizer (NNCF) is a package of its own
+                skipped.append({"path": f"{runtime} int8", "reason": str(missing)})
+                continue
+            found.append(Contender(runtime, "int8", _exported_logits(ExportedClassifier(scratch / f"{runtime}-int8"))))
     return found, skipped
 
 
-def _logits_of(exported: ExportedClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
+def _exported_logits(exported: ExportedClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda pixel_values: exported(pixel_values).logits
 
 

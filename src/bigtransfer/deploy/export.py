@@ -9,10 +9,8 @@ import contextlib
 import copy
 import dataclasses
 import json
-import logging
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +22,8 @@ from ..checkpoints.hub import package_version
 from ..checkpoints.io import atomic_directory
 from ..processing.base import ProcessorBase
 from .fold import fold_weight_standardization
-from .openvino import OPENVINO_FILE, convert
+from .openvino import OPENVINO_FILE, convert, import_openvino
+from .quiet import quiet_logger
 from .runtime import (
     EXPORT_INFO_FILE,
     FEATURES_NAME,
@@ -91,17 +90,6 @@ def _batch_axis() -> dict[str, dict[int, Any]]:
 TORCHVISION_NOTICES = "torch.onnx._internal.exporter._registration"
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    logger = logging.getLogger(logger_name)
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, features: bool = False) -> None:
     """model.onnx at `path`; with `features`, the pooled features are a second output."""
     try:
@@ -109,7 +97,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, features: b
     except ImportError:
         raise ImportError(f"ONNX export needs onnx and onnxscript: {INSTALL_HINT}.") from None
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
-    with warnings.catch_warnings(), _quiet(TORCHVISION_NOTICES):
+    with warnings.catch_warnings(), quiet_logger(TORCHVISION_NOTICES):
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices from inside the exporter
         program = torch.onnx.export(
             (LogitsAndFeatures if features else LogitsOnly)(model).eval(), (example,), dynamo=True,
@@ -122,6 +110,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, features: b
 def export_openvino(model: nn.Module, path: Path, example: torch.Tensor) -> None:
     """OpenVINO IR at `path`, converted from the ONNX graph (logits and pooled features) that torch's exporter
     writes: 4× quicker to convert than tracing the model again, and measured no slower to run."""
+    import_openvino()  # before the ONNX export, which would be wasted without it
     onnx_file = path.with_name("converted-from.onnx")
     export_onnx(model, onnx_file, example, features=True)
     try:
@@ -131,23 +120,36 @@ def export_openvino(model: nn.Module, path: Path, example: torch.Tensor) -> None
             written.unlink()
 
 
+def runtime_versions(format: str) -> dict[str, str]:
+    """The converter and runtime versions an export was made with, for export.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in {"onnx": ["onnx", "onnxruntime"], "openvino": ["openvino", "nncf"]}.get(format, []):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
 def export_pt2(model: nn.Module, path: Path, example: torch.Tensor) -> None:
     torch.export.save(
         torch.export.export(LogitsOnly(model).eval(), (example,), dynamic_shapes=_batch_axis()), str(path)
     )
 
 
-def largest_difference(model: nn.Module, exported: ExportedClassifier, processor: ProcessorBase) -> float:
-    """max |eager − exported| over the logits (and pooled features, where exported) of sample images, at several
-    batch sizes."""
-    worst = 0.0
+def largest_differences(model: nn.Module, exported: ExportedClassifier, processor: ProcessorBase) -> dict[str, float]:
+    """max |eager − exported| of each exported output (logits; pooled features where exported) on sample images,
+    at several batch sizes."""
+    worst: dict[str, float] = {}
     for batch in CHECK_BATCHES:
         pixel_values = sample_pixel_values(processor, batch)
         with torch.inference_mode():
             expected = model.bit(pixel_values).pooler_output.float()
             expected = {OUTPUT_NAME: model.classifier(expected), FEATURES_NAME: expected}
-        for name, values in exported.outputs(pixel_values).items():
-            worst = max(worst, (values.float() - expected[name]).abs().max().item())
+        outputs = exported.outputs(pixel_values)
+        for name in expected.keys() & outputs.keys():
+            difference = (outputs[name].float() - expected[name]).abs().max().item()
+            worst[name] = max(worst.get(name, 0.0), difference)
     return worst
 
 
@@ -158,6 +160,7 @@ class ExportReport:
     precision: str
     input_size: tuple[int, int]
     max_abs_logit_difference: float
+    max_abs_feature_difference: float | None = None  # OpenVINO exports give the pooled features too
     int8: dict[str, Any] | None = None
     seconds: float = 0.0
     triton: dict[str, Any] | None = None  # the serving settings of a Triton model repository
@@ -179,7 +182,8 @@ def export(
     """Export `model` (a BitForImageClassification) with its `processor` to the directory `out`.
 
     The directory appears only once the export has passed its check: logits within `tolerance` of the eager
-    model. `int8`, when given, is a `quantize.Calibration` and the saved model.onnx is quantized with it.
+    model. `int8`, when given, is a `quantize.Calibration` and the saved model (ONNX or OpenVINO) is quantized
+    with it.
     """
     out = Path(out)
     with atomic_directory(out, overwrite) as staging:
@@ -223,17 +227,23 @@ def _export_checked(model, processor, directory: Path, format: str, tolerance: f
     example = sample_pixel_values(processor, 2)
     exporter = {"onnx": export_onnx, "openvino": export_openvino, "pt2": export_pt2}[format]
     exporter(folded, directory / FORMATS[format], example)
-    difference = largest_difference(model, ExportedClassifier(directory), processor)
-    if not difference <= tolerance:
-        raise ExportCheckError(
-            f"The exported {format} model's logits differ from the eager model's by up to {difference:.3g} "
-            f"(allowed {tolerance:g}); nothing was written. Please report this with the model's config.json; "
-            "--format pt2 (or onnx) may export this layout faithfully meanwhile."
-        )
+    differences = largest_differences(model, ExportedClassifier(directory), processor)
+    for name, difference in differences.items():
+        if not difference <= tolerance:
+            raise ExportCheckError(
+                f"The exported {format} model's {name} differ from the eager model's by up to {difference:.3g} "
+                f"(allowed {tolerance:g}); nothing was written. Please report this with the model's config.json; "
+                "--format pt2 (or onnx) may export this layout faithfully meanwhile."
+            )
     int8_report = int8.quantize_export(directory, model.config) if int8 is not None else None
-    report = ExportReport(directory, format, "int8" if int8 is not None else "float32", (height, width), difference,
-                          int8=int8_report)  # fmt: skip
-    info = {**report.to_dict(), "bigtransfer": package_version(), "torch": torch.__version__}
+    report = ExportReport(directory, format, "int8" if int8 is not None else "float32", (height, width),
+                          differences[OUTPUT_NAME], differences.get(FEATURES_NAME), int8=int8_report)  # fmt: skip
+    info = {
+        **report.to_dict(),
+        "bigtransfer": package_version(),
+        "torch": torch.__version__,
+        **runtime_versions(format),
+    }
     for unknown_yet in ("directory", "seconds"):
         info.pop(unknown_yet)
     (directory / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """OpenVINO for exported BiT classifiers: the IR converted from the checked ONNX graph, compiled for the CPU in
-float32 or bfloat16, and quantized to int8 by NNCF. OpenVINO has a native GroupNormalization kernel and uses
-AMX/VNNI for bf16 and int8, where ONNX Runtime must dequantize around every GroupNorm."""
+float32 or bfloat16, and quantized to int8 by NNCF. OpenVINO uses AMX and VNNI for bf16 and int8 where the CPU
+has them, and fuses the quantization steps into the neighbouring operations."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import concurrent.futures
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from .quiet import quiet_logger
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ def convert(onnx_file: Path, xml: Path) -> None:
     openvino.save_model(openvino.convert_model(str(onnx_file)), str(xml), compress_to_fp16=False)
 
 
-def cpu_capabilities() -> list[str]:
-    """What OpenVINO's CPU plugin can run natively here: FP32, INT8, and BF16 on CPUs with AVX512_BF16 or AMX."""
-    return list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-
-
 class OpenVINORunner:
     """A compiled OpenVINO model on the CPU, one inference request at a time, outputs by name.
 
@@ -61,11 +57,11 @@ class OpenVINORunner:
                 "--bf16 pays off on 4th-generation Xeon (Sapphire Rapids) and later."
             )
         self.request = self.compiled.create_infer_request()
-        self.output_names = [next(iter(output.get_names())) for output in self.compiled.outputs]
 
     def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output under each of its names (a tensor may carry several, the export's own among them)."""
         results = self.request.infer({0: pixel_values}, share_inputs=True)
-        return {name: np.array(results[output]) for name, output in zip(self.output_names, self.compiled.outputs)}
+        return {name: np.array(results[output]) for output in self.compiled.outputs for name in output.get_names()}
 
 
 def _compile_off_this_thread(core, xml: Path, settings: dict):
@@ -77,29 +73,17 @@ def _compile_off_this_thread(core, xml: Path, settings: dict):
         return compiling.submit(core.compile_model, str(xml), "CPU", settings).result()
 
 
-@contextlib.contextmanager
-def _quiet_nncf() -> Iterable[None]:
-    """NNCF draws progress bars and logs to stdout, which `--json` keeps for the report: send them to stderr."""
-    logger = logging.getLogger("nncf")
-    previous = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        logger.setLevel(previous)
-
-
 def quantize(xml: Path, out: Path, images: list[np.ndarray]) -> None:
     """NNCF post-training quantization of the IR at `xml` to int8, written to `out`: convolutions and matmuls in
     int8 with per-channel weights, activation ranges from `images` (one preprocessed image per array), and
-    NNCF's fast bias correction. GroupNorm stays in float: OpenVINO fuses it into its neighbours."""
+    NNCF's fast bias correction. GroupNorm stays in float."""
     openvino = import_openvino()
     try:
         import nncf
     except ImportError:
         raise ImportError(f"int8 OpenVINO export needs NNCF: {OPENVINO_HINT}.") from None
-    with _quiet_nncf():
+    # NNCF draws progress bars and logs on stdout: send them to stderr
+    with quiet_logger("nncf", logging.WARNING), contextlib.redirect_stdout(sys.stderr):
         quantized = nncf.quantize(
             openvino.Core().read_model(str(xml)), nncf.Dataset(images), subset_size=len(images),
             preset=nncf.QuantizationPreset.MIXED,

@@ -92,7 +92,7 @@ class Calibration:
             float_session, int8_session = onnx_session(float_model), onnx_session(quantized)
             report = {
                 "calibration_images": reader.images,
-                **self.agreement(_logits_of(float_session), _logits_of(int8_session), config),
+                **self.agreement(_session_logits(float_session), _session_logits(int8_session), config),
             }
             for path in directory.glob(ONNX_FILE + "*"):
                 path.unlink()
@@ -137,7 +137,7 @@ class Calibration:
         return report
 
 
-def _logits_of(session) -> Logits:
+def _session_logits(session) -> Logits:
     return lambda pixel_values: session.run([OUTPUT_NAME], {INPUT_NAME: pixel_values})[0]
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from ..data.device import resolve_device
+from ..deploy.openvino import OPENVINO_FILE
+from ..deploy.runtime import ExportedClassifier, exported_file, is_export_directory
 from ..models.modeling import BitForImageClassification, BitModel
 from ..processing.base import ProcessorBase
 from ..processing.decoding import fetch_image, is_url
@@ -24,8 +26,8 @@ def load_classifier(
     """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime, OpenVINO
     (compiled in bf16 when asked) or torch.export, anything else loads as BitForImageClassification
     (torch.compile'd when asked)."""
-    from ..deploy.runtime import ExportedClassifier, is_export_directory
-
+    if device is None and getattr(exported_file(model), "name", None) == OPENVINO_FILE:
+        device = "cpu"  # OpenVINO runs on the CPU, whether or not the machine has a GPU
     device = resolve_device(device)
     if is_export_directory(model):
         if compile or model_kwargs:
@@ -168,8 +170,6 @@ def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, mo
     if isinstance(model, (BitModel, BitForImageClassification)):
         base = model.bit if isinstance(model, BitForImageClassification) else model
     else:
-        from ..deploy.runtime import is_export_directory
-
         if is_export_directory(model):
             raise ValueError(
                 f"{model} is an export directory: it computes logits (and, exported for OpenVINO, pooled features, "
@@ -195,7 +195,7 @@ def pipeline(
     """A pipeline for "image-classification" or "image-feature-extraction", called like transformers' ones.
 
     model: anything `from_pretrained` takes, a model object (then also pass image_processor=), or for
-    classification an export directory from `bigtransfer export` (run with ONNX Runtime). image_processor
+    classification an export directory from `bigtransfer export` (run with ONNX Runtime or OpenVINO). image_processor
     (or processor): the preprocessing, by default the checkpoint's own. model_kwargs: passed to from_pretrained.
     options: call defaults — top_k, function_to_apply, timeout for classification; pool, return_tensors,
     timeout, image_processor_kwargs for features. compile: torch.compile the model (the first batch takes a
@@ -210,7 +210,9 @@ def pipeline(
     processor = image_processor or processor
     if processor is None and isinstance(model, torch.nn.Module):
         raise ValueError("With a model object, also pass image_processor= (its BitImageProcessor or …Fast).")
-    network = _model_for(task, model, resolve_device(device), compile, bf16, model_kwargs or {})
+    network = _model_for(task, model, device, compile, bf16, model_kwargs or {})
+    if device is None and isinstance(network, ExportedClassifier):
+        device = network.device  # where the export runs (the CPU for OpenVINO), not where torch would choose
     return PIPELINES[task](
         network, processor or BitImageProcessorFast.from_pretrained(model), device, batch_size, bf16, **options
     )
