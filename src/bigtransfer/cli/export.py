@@ -75,6 +75,8 @@ def describe(report: dict) -> list[str]:
         f"any batch size) in {report['seconds']} s",
         f"largest logit difference to the eager model: {report['max_abs_logit_difference']:.2g} (float32 graph)",
     ]
+    if report.get("max_abs_feature_difference") is not None:
+        lines[-1] += f"; pooled features: {report['max_abs_feature_difference']:.2g}"
     int8 = report.get("int8")
     if int8:
         line = f"int8: calibrated on {int8['calibration_images']} images"
