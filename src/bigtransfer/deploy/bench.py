@@ -110,17 +110,19 @@ def contenders(
     processor: ProcessorBase,
     scratch: Path,
     runtimes: list[str],
+    calibration: ImageDataset,
     *,
     int8: bool = False,
     bf16: bool = False,
-    calibration: ImageDataset | None = None,
+    native_bf16: bool = False,
     calibration_size: int = 64,
 ) -> tuple[list[Contender], list[dict[str, str]]]:
     """Every path to time, eager PyTorch float32 first (the baseline), and the ones this machine cannot run (its
-    CPU lacks bf16, or the runtime is not installed), with the reason."""
+    CPU lacks bf16: not `native_bf16`, or the runtime is not installed), with the reason. `calibration`: the
+    images int8 is calibrated on."""
     found, skipped = [Contender("torch", "float32", _eager(model))], []
     if bf16 and "torch" in runtimes:
-        if has_bf16(cpu_description()):
+        if native_bf16:
             found.append(Contender("torch", "bfloat16", _eager(model, bf16=True)))
         else:
             skipped.append({"path": "torch bfloat16", "reason": NO_BF16})
@@ -242,17 +244,18 @@ def bench(
     classifier = BitForImageClassification.from_pretrained(model).eval()
     processor = BitImageProcessor.from_pretrained(model)
     images = data if data is not None else synthetic_images(processor)
+    cpu = cpu_description()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bigtransfer-bench-") as scratch:
-        found, skipped = contenders(classifier, processor, Path(scratch), list(runtimes), int8=int8, bf16=bf16,
-                                    calibration=images, calibration_size=calibration_size)  # fmt: skip
+        found, skipped = contenders(classifier, processor, Path(scratch), list(runtimes), images, int8=int8,
+                                    bf16=bf16, native_bf16=has_bf16(cpu), calibration_size=calibration_size)  # fmt: skip
         for batch_size in batch_sizes:
             rows += measure(found, input_batch(images, processor, batch_size), rounds, calls)
     return {
         "model": str(model),
         "input_size": list(input_size(processor)),
         "images": images.source,
-        "cpu": cpu_description(),
+        "cpu": cpu,
         "versions": versions(),
         "rounds": rounds,
         "calls": calls,
