@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers
 from huggingface_hub import HfApi
+from PIL import Image
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -77,9 +78,54 @@ def test_after_register_the_auto_classes_load_our_classes(saved, registered, mon
     # transformers 5's AutoBackbone.from_pretrained asks the Hub whether even a local folder is a repo
     monkeypatch.setattr(HfApi, "repo_exists", lambda self, repo_id, **options: True)
     assert type(AutoBackbone.from_pretrained(saved)) is BitBackbone
-    assert type(AutoImageProcessor.from_pretrained(saved)) is BitImageProcessorFast
     processor = AutoImageProcessor.from_pretrained(saved, backend="pil")
     assert type(processor) is BitImageProcessor and processor.to_dict() == BitImageProcessor(crop_size=32).to_dict()
+
+
+@pytest.mark.parametrize("private", ["_from_auto", "_from_pipeline", "_commit_hash", "_a_flag_of_a_later_release"])
+def test_every_private_loading_keyword_of_transformers_is_accepted_and_dropped(saved, private):
+    """transformers' loaders pass their bookkeeping as underscore-named keywords (5.25 began passing `_from_auto`
+    to the model's from_pretrained): one rule takes them all, at the config, the model and the processor."""
+    options = {private: True}
+    model = BitForImageClassification.from_pretrained(saved, config=BitConfig.from_pretrained(saved), **options)
+    assert private not in model.config.to_dict()
+    assert type(BitModel._from_config(model.config, **options)) is BitModel
+    assert private not in BitConfig.from_pretrained(saved, **options).to_dict()
+    assert private not in BitImageProcessor.from_pretrained(saved, **options).to_dict()
+
+
+def test_after_register_transformers_pipeline_runs_our_model_and_processor(saved, registered):
+    classify = transformers.pipeline("image-classification", model=str(saved))
+    assert type(classify.model) is BitForImageClassification
+    assert isinstance(classify.image_processor, BitImageProcessor | BitImageProcessorFast)
+    scores = classify(Image.new("RGB", (40, 40), (200, 30, 30)), top_k=3)
+    assert sorted(row["label"] for row in scores) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("torchvision_installed", [True, False], ids=["torchvision", "no-torchvision"])
+def test_auto_image_processor_picks_between_ours_as_it_picks_between_its_own(saved, monkeypatch, torchvision_installed):
+    """transformers' default backend is torchvision where it is installed, else PIL; after register() the same
+    choice gives our counterpart: our fast processor for its torchvision BitImageProcessor, our exact one for
+    BitImageProcessorPil (ours need no torchvision, so an explicit backend is always honoured)."""
+    monkeypatch.setattr(image_processing_auto, "is_torchvision_available", lambda: torchvision_installed)
+    counterpart = {
+        transformers.BitImageProcessor: BitImageProcessorFast,
+        transformers.BitImageProcessorPil: BitImageProcessor,
+    }
+    for options in ({}, {"backend": "pil"}, {"backend": "torchvision"}):
+        theirs = type(AutoImageProcessor.from_pretrained(saved, **options))
+        bigtransfer.register()
+        try:
+            ours = type(AutoImageProcessor.from_pretrained(saved, **options))
+        finally:
+            bigtransfer.unregister()
+        assert ours is counterpart[theirs], options
+    bigtransfer.register()
+    try:
+        default = type(AutoImageProcessor.from_pretrained(saved))
+    finally:
+        bigtransfer.unregister()
+    assert default is (BitImageProcessorFast if torchvision_installed else BitImageProcessor)
 
 
 def test_auto_options_reach_our_config_and_model(saved, registered):

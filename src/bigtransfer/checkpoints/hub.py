@@ -131,6 +131,14 @@ def pop_hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: kwargs.pop(key) for key in HUB_OPTIONS if key in kwargs}
 
 
+def without_private_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` less those named with a leading underscore. transformers' loaders hand the classes they build
+    their own bookkeeping that way (`_from_auto`, `_from_pipeline`, `_commit_hash`, `_adapter_model_path`, …),
+    a set that changes between releases; no setting of ours is so named, so every entry point that transformers
+    may call (config, model, processor) drops them all by this one rule rather than one name at a time."""
+    return {key: value for key, value in options.items() if not key.startswith("_")}
+
+
 def resolve_json(
     name_or_path: str | os.PathLike, filename: str, subfolder: str = "", **hub_options: Any
 ) -> Path | None:

@@ -8,7 +8,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.hub import SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS, PushToHubMixin
+from ..checkpoints.hub import (
+    SAFE_INDEX,
+    SAFE_WEIGHTS,
+    TORCH_INDEX,
+    TORCH_WEIGHTS,
+    PushToHubMixin,
+    without_private_options,
+)
 from ..checkpoints.sources import load_checkpoint
 from ..checkpoints.weights import match_state_dict, materialize, resolve_dtype, write_state_dict
 from .config import BitConfig
@@ -72,6 +79,7 @@ class PretrainedMixin(PushToHubMixin):
             )
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments, got {model_args}.")
+        kwargs = without_private_options(kwargs)
         hub_options = {key: kwargs.pop(key) for key in HUB_LOADING_OPTIONS if key in kwargs}
         for key in IGNORED_LOADING_OPTIONS:
             kwargs.pop(key, None)
@@ -141,6 +149,7 @@ class PretrainedMixin(PushToHubMixin):
     def _from_config(cls, config: BitConfig, **kwargs: Any):
         """A new model of `config`, as transformers' `AutoModel.from_config` builds one, in `dtype` (default: the
         config's)."""
+        kwargs = without_private_options(kwargs)
         dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
         dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, {}, config) or config.dtype
         unknown = sorted(set(kwargs) - set(IGNORED_LOADING_OPTIONS))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-TELEMETRY = ("_from_auto", "_from_pipeline")  # flags transformers adds to every Auto call; they mean nothing here
+from ..checkpoints.hub import without_private_options
+
 # Passed on to the model's from_pretrained by AutoModel, which re-adds them there; a torch.dtype cannot be saved.
 MODEL_ONLY = ("dtype", "torch_dtype")
 
@@ -28,7 +29,7 @@ def split_auto_call(overrides: dict[str, Any], config_fields: set[str]) -> tuple
     """(config overrides, the rest of the call). Asked to return unused keywords (`return_unused_kwargs`), the
     config takes only its own fields — `config_fields` — and leaves the model's options (ignore_mismatched_sizes,
     device_map, dtype, …) to the model, as transformers' configs do; otherwise every keyword is a config value."""
-    overrides = {key: value for key, value in overrides.items() if key not in TELEMETRY}
+    overrides = without_private_options(overrides)
     name_or_path = overrides.pop("name_or_path", None)
     if not overrides.pop("return_unused_kwargs", False):
         return overrides, AutoCall(name_or_path, None)

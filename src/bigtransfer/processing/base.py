@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options
+from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options, without_private_options
 from ..checkpoints.io import atomic_write_text, read_json
 from ..checkpoints.sources import PROCESSOR_DEFAULTS, preprocessing_settings
 from .transform import EvalTransform, Resampling
@@ -211,7 +211,7 @@ class ProcessorBase(PushToHubMixin):
         self.call_defaults = {key: kwargs.pop(key) for key in self._call_options() if key in kwargs}
         # Fields a newer transformers writes, kept for the JSON round trip; private ones (`_from_auto` …) are
         # the loader's bookkeeping, not settings.
-        self.extra = {key: value for key, value in kwargs.items() if not key.startswith("_")}
+        self.extra = without_private_options(kwargs)
 
     # -- per-call settings ---------------------------------------------------------------------
     def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
