@@ -81,7 +81,7 @@ def test_a_runtime_that_is_not_installed_is_listed_with_how_to_install_it(capsys
     report = json.loads(capsys.readouterr().out)
     assert [row["runtime"] for row in report["results"]] == ["torch"]
     assert report["skipped"][0]["path"] == "openvino"
-    assert "pip install 'bigtransfer[openvino]'" in report["skipped"][0]["reason"]
+    assert "pip install -e '.[openvino]'" in report["skipped"][0]["reason"]
     monkeypatch.setitem(sys.modules, "openvino", openvino)
     monkeypatch.setitem(sys.modules, "nncf", None)  # OpenVINO without its quantizer
     assert cli(["bench", str(BUNDLED), "--batch-size", "1", "--runtimes", "openvino", "--int8", "--rounds", "1",

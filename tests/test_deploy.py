@@ -160,12 +160,12 @@ def test_missing_onnxruntime_says_how_to_install_it(saved_model, photo_folder, t
     export(BitForImageClassification.from_pretrained(saved_model), PROCESSOR, tmp_path / "out")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert cli(["predict", str(photo_folder), "--model", str(tmp_path / "out")]) == 2
-    assert "pip install 'bigtransfer[onnx]'" in capsys.readouterr().err
+    assert "pip install -e '.[onnx]'" in capsys.readouterr().err
 
 
 def test_int8_needs_calibration_data(saved_model, tmp_path, capsys):
     assert cli(["export", str(saved_model), str(tmp_path / "out"), "--int8"]) == 2
-    assert "--int8 needs --calibration DATA" in capsys.readouterr().err
+    assert "--int8 needs --data DATA" in capsys.readouterr().err
     assert cli(["export", str(saved_model), str(tmp_path / "out"), "--format", "pt2", "--int8", "--calibration",
                 FASHION_TEST]) == 2  # fmt: skip
     assert "use --format onnx or openvino with --int8" in capsys.readouterr().err

@@ -119,3 +119,12 @@ def test_a_new_head_is_no_longer_the_runs_model(run_model, tmp_path):
     card = (tmp_path / "new-head" / "README.md").read_text()
     assert "Fine-tuned from" not in card and "top-1 accuracy" not in card
     assert "resized to 20×20 px" in card  # its preprocessing went beside it, and the card describes that
+
+
+def test_a_runs_card_is_titled_as_serve_names_the_run_and_counts_small_models_in_thousands(upstream, folder, tmp_path):  # noqa: F811
+    run(upstream, folder, tmp_path / "food")
+    card = (tmp_path / "food" / "model" / "README.md").read_text()
+    assert "\n# food\n" in card and "\n# model\n" not in card  # `serve runs/food/model` serves it as "food"
+    (count,) = re.findall(r"; ([\d.]+ k) parameters\.", card)
+    model = BitForImageClassification.from_pretrained(tmp_path / "food" / "model")
+    assert float(count.split()[0]) == pytest.approx(model.num_parameters() / 1e3, abs=0.05)

@@ -143,9 +143,9 @@ def test_what_an_export_cannot_do_is_refused_with_the_way_out(bundled_openvino, 
 def test_missing_openvino_says_how_to_install_it(bundled_openvino, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert cli(["evaluate", "--model", str(bundled_openvino), "--data", FASHION_TEST]) == 2
-    assert "pip install 'bigtransfer[openvino]'" in capsys.readouterr().err
+    assert "pip install -e '.[openvino]'" in capsys.readouterr().err
     assert cli(["export", str(BUNDLED), str(tmp_path / "out"), "--format", "openvino"]) == 2
-    assert "pip install 'bigtransfer[openvino]'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "pip install -e '.[openvino]'" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_releasing_compiled_models_in_any_order_leaves_signals_working(bundled_openvino):

@@ -26,7 +26,7 @@ from bigtransfer.inference.few_shot import few_shot_subset
 from bigtransfer.inference.predict import evaluate
 from bigtransfer.train import FineTuning, RunOptions, Speed, hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
-from bigtransfer.train.fine_tuning import finetune
+from bigtransfer.train.fine_tuning import fine_tuning_job, finetune
 from bigtransfer.train.schedules import upstream_schedule
 from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
 
@@ -768,3 +768,35 @@ def test_evaluate_and_predict_agree_on_transparent_photos(upstream, tmp_path, ca
     results = json.loads(capsys.readouterr().out)["results"]
     correct = [r["predictions"][0]["label"] == Path(r["file"]).parent.name for r in results]
     assert len(results) == 10 and sum(correct) / len(correct) == top1
+
+
+def test_finetune_shots_are_drawn_among_readable_images(upstream, folder, tmp_path):
+    """A 3-shot class trains on 3 images that decode, as fewshot draws: the seed's draw hits two broken files."""
+    dataset = from_folder(folder)
+    drawn_for_a = [i for i in few_shot_subset(dataset.labels, 3, seed=0) if dataset.labels[i] == 0][:2]
+    for index in drawn_for_a:
+        dataset.paths[index].write_bytes(b"not an image")
+    job = fine_tuning_job(str(upstream), str(folder), None, FineTuning(shots=3), seed=0)
+    assert len(job.train_set) == 9 and np.bincount(job.train_set.labels).tolist() == [3, 3, 3]
+    assert all(job.train_set.load(i).size == (24, 20) for i in range(len(job.train_set)))
+    assert sorted(job.plan_details["unreadable_skipped"]) == sorted(str(dataset.paths[i]) for i in drawn_for_a)
+
+
+def test_finetune_shots_fail_for_a_class_with_too_few_readable_images(upstream, folder):
+    for path in sorted((folder / "b").iterdir())[:3]:
+        path.write_bytes(b"broken")
+    with pytest.raises(ValueError, match="Class 'b' has only 2 examples, fewer than --shots 3"):
+        fine_tuning_job(str(upstream), str(folder), None, FineTuning(shots=3), seed=0)
+
+
+def test_cpu_plan_offers_the_models_own_resolution(tmp_path, capsys):
+    """The bundled 32-px model under the rule's 160 → 128: the note names 36 → 32, not a fixed 160 → 128."""
+    make_folder(tmp_path / "images", classes=("a", "b"), per_class=3)
+    assert cli(["finetune", "--model", "bit-tiny-glyphs", "--data", str(tmp_path / "images"), "--device", "cpu",
+                "--dry-run", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    printed = capsys.readouterr()
+    note = " ".join((printed.out + printed.err).split())
+    assert "resize 160 → crop 128" in note and "pass --resize 36 --crop 32 (the model's own resolution: 16×" in note
+    assert cli(["finetune", "--model", "bit-tiny-glyphs", "--data", str(tmp_path / "images"), "--device", "cpu",
+                "--dry-run", "--resize", "36", "--crop", "32", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    assert "note:" not in "".join(capsys.readouterr())

@@ -21,8 +21,9 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
+from bigtransfer.checkpoints.naming import default_model_name
 from bigtransfer.cli import main as cli
-from bigtransfer.deploy.triton import check_model_config, default_model_name
+from bigtransfer.deploy.triton import check_model_config
 from helpers import TINY, randomize_norms
 
 LABELS = {0: "cat", 1: "cup", 2: "person"}
@@ -207,7 +208,7 @@ def test_int8_repository_serves_the_quantized_graph_under_the_same_config(saved_
 
 def test_int8_without_calibration_data_says_what_is_missing(saved_model, tmp_path, capsys):
     assert cli(["export", str(saved_model), str(tmp_path / "out"), "--format", "triton", "--int8"]) == 2
-    assert "--int8 needs --calibration DATA" in capsys.readouterr().err
+    assert "--int8 needs --data DATA" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

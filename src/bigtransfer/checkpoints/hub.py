@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 import tempfile
 import urllib.parse
@@ -18,6 +19,7 @@ from .io import read_json
 
 CONFIG_NAME = "config.json"
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+TRITON_CONFIG_NAME = "config.pbtxt"  # a model of a Triton model repository: OUT/<name>/config.pbtxt, OUT/<name>/1/
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
@@ -33,6 +35,21 @@ def package_version() -> str:
         return version("bigtransfer")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "0+unknown"
+
+
+def install_hint(extra: str) -> str:
+    """How to install the optional feature `extra`: bigtransfer is installed from its repository (it is not on
+    PyPI), so the command is pip's editable install of the extra in a clone; the packages it brings are read from
+    the installed metadata, so the hint and pyproject.toml cannot disagree."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        requirements = requires("bigtransfer") or []
+    except PackageNotFoundError:
+        requirements = []
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    packages = [re.split(r"[\s;<>=!~\[]", line, maxsplit=1)[0] for line in requirements if marker.search(line)]
+    return f"pip install -e '.[{extra}]' in a bigtransfer clone" + (f" ({', '.join(packages)})" if packages else "")
 
 
 class HubUnavailableError(OSError):
@@ -159,8 +176,26 @@ def resolve_config_file(name_or_path: str | os.PathLike, subfolder: str = "", **
                 "pass the model's config too (`from_pretrained(path, config=model.config)`), or write it beside the "
                 "weights with `model.config.save_pretrained(path)`."
             )
-        raise FileNotFoundError(message)
+        raise FileNotFoundError(message + triton_hint(Path(name_or_path) / subfolder))
     return path
+
+
+def triton_hint(path: Path) -> str:
+    """What to pass instead, when `path` is a Triton model repository or one of its models: predict and evaluate
+    run the export in a model's version folder, which holds everything a BiT directory does."""
+    if not path.is_dir():
+        return ""
+    if (path / TRITON_CONFIG_NAME).is_file():
+        version = _latest_version(path)
+        return f" It is a model of a Triton model repository: pass its version folder, {version}." if version else ""
+    versions = [_latest_version(model) for model in sorted(path.iterdir()) if (model / TRITON_CONFIG_NAME).is_file()]
+    versions = [version for version in versions if version is not None]
+    return f" It is a Triton model repository: pass a model's version folder, e.g. {versions[0]}." if versions else ""
+
+
+def _latest_version(model: Path) -> Path | None:
+    versions = [p for p in model.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
 def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", **hub_options: Any) -> list[Path]:
@@ -184,7 +219,7 @@ def resolve_weight_files(name_or_path: str | os.PathLike, subfolder: str = "", *
             " It is an export directory (`bigtransfer export`): run it with predict, evaluate or pipeline(), "
             "and load PyTorch weights from the model it was exported from."
         )
-    raise FileNotFoundError(message)
+    raise FileNotFoundError(message + triton_hint(Path(name_or_path) / subfolder))
 
 
 MODEL_CARD_NAME = "README.md"

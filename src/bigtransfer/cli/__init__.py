@@ -10,11 +10,11 @@ import sys
 from ..checkpoints.hub import package_version
 from ..data.workers import LoaderWorkerError
 from . import bench, demo, export, features, predict, serve, shard, training, zoo_commands
-from ._options import resolve_positionals
+from ._options import CommandParser, resolve_positionals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="bigtransfer",
         description="BiT (Big Transfer) models: pretrained checkpoints, prediction, conversion and transfer learning.",
         epilog="A MODEL is a zoo name (see `bigtransfer models`), an original BiT .npz file, a transformers "
@@ -30,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2, Ctrl-C 130."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    resolve_positionals(args, parser)
+    args, unknown = parser.parse_known_args(argv)
+    command_parser = parser.command_parser(args.command)
+    if unknown:
+        command_parser.reject_unknown(unknown)
+    resolve_positionals(args, command_parser)
     if args.command is None:  # `bigtransfer` alone: the overview of commands
         parser.print_help()
         return 0

@@ -4,11 +4,14 @@ reader, and one way to print a result as text or `--json`."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 MODEL_HELP = (
     "MODEL: a name from `bigtransfer models` (e.g. BiT-M-R50x1, or the bundled bit-tiny-glyphs), an original BiT "
@@ -22,6 +25,49 @@ DATA_HELP = (
     "https:// URLs)"
 )
 INFERENCE_BATCH = 32  # R50x1 at 448 px: ~2 GB of activations per forward pass; large models need less
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse whose errors a person reads at once: one line naming the command and the problem, with the
+    nearest valid spelling of a mistyped option or choice and a pointer to --help (argparse prints its whole
+    usage block first, 20 lines that hide the one that matters); exit code 2 as argparse's. Options are never
+    abbreviated: `--lr` must not quietly mean `--lr-scaling`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {_with_suggestion(message)} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+    def reject_unknown(self, unknown: list[str]) -> NoReturn:
+        """Fail on the arguments no option of this command took, suggesting the option each one was meant as."""
+        named = []
+        for argument in unknown:
+            option = argument.split("=", 1)[0]
+            near = difflib.get_close_matches(option, self._visible_options(), n=1) if option.startswith("-") else []
+            named.append(f"{argument} (did you mean {near[0]}?)" if near else argument)
+        self.error(f"unrecognized arguments: {' '.join(named)}")
+
+    def command_parser(self, command: str | None) -> CommandParser:
+        """The parser of `command` (a sub-command's name), or this one: errors are told in the command's name."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return action.choices[command]
+        return self
+
+    def _visible_options(self) -> list[str]:
+        return [name for action in self._actions if action.help != argparse.SUPPRESS for name in action.option_strings]
+
+
+def _with_suggestion(message: str) -> str:
+    """argparse's "invalid choice: 'x' (choose from …)" with the nearest choice named first."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not found:
+        return message
+    choices = re.findall(r"'([^']*)'", found.group(2)) or [c.strip() for c in found.group(2).split(",")]
+    near = difflib.get_close_matches(found.group(1), choices, n=1)
+    return f"{message}; did you mean {near[0]!r}?" if near else message
 
 
 def _bounded(kind: type, low: float, inclusive: bool) -> Callable[[str], Any]:
@@ -61,24 +107,49 @@ def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model",
     parser.add_argument("--model", required=not positional, help=f"{what}: {MODEL_HELP}")
 
 
-def add_out_argument(parser: argparse.ArgumentParser, help: str, positional: bool = False) -> None:
+def add_out_argument(parser: argparse.ArgumentParser, help: str, positional: bool = False, **options: Any) -> None:
     """--out PATH; where 0.1 took it as a positional argument, that spelling still works."""
     if positional:
         parser.add_argument("out_positional", nargs="?", metavar="OUT", help=argparse.SUPPRESS)
-    parser.add_argument("--out", required=not positional, help=help)
+    parser.add_argument("--out", required=not positional, help=help, **options)
+
+
+def add_data_argument(
+    parser: argparse.ArgumentParser, help: str, positional: bool = False, required: bool = True, **options: Any
+) -> None:
+    """--data DATA, the one name of every command's input data; `shard DATA OUT` keeps its positional form."""
+    if positional:
+        parser.add_argument("data_positional", nargs="?", metavar="DATA", help=argparse.SUPPRESS)
+    parser.add_argument("--data", required=required and not positional, help=f"{help}: {DATA_HELP}", **options)
+
+
+def add_images_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The images a command reads, as positional paths or as --data PATH … (the name every other command uses)."""
+    parser.add_argument("inputs", nargs="*", metavar="PATH", help=f"{help} (or give them as --data PATH …)")
+    parser.add_argument("--data", nargs="+", action="extend", default=[], metavar="PATH", help=f"{help}, as the "
+                        "positional PATHs (one name for input data in every command)")  # fmt: skip
+
+
+def image_inputs(args: argparse.Namespace) -> list[str]:
+    """The paths given positionally and with --data, in that order; at least one."""
+    inputs = list(args.inputs) + list(args.data)
+    if not inputs:
+        raise ValueError("no images given: name image files or folders, positionally or as --data PATH …")
+    return inputs
 
 
 def resolve_positionals(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Fold the 0.1 positional MODEL and OUT into --model / --out: positionals fill, in order, whichever of the
-    two were not given as options (so `export --model X OUT` works too); more values than gaps is an error."""
-    names = [name for name in ("model", "out") if hasattr(args, f"{name}_positional")]
+    """Fold the 0.1 positional MODEL, DATA and OUT into --model / --data / --out: positionals fill, in order,
+    whichever were not given as options (so `export --model X OUT` works too); more values than gaps is an error."""
+    names = [name for name in ("model", "data", "out") if hasattr(args, f"{name}_positional")]
     if not names:
         return
     given = [getattr(args, f"{name}_positional") for name in names]
     values = [value for value in given if value is not None]
     gaps = [name for name in names if getattr(args, name) is None]
     if len(values) > len(gaps):
-        parser.error(f"give {' and '.join(n.upper() for n in names)} once each, as --model/--out or positionally")
+        options = "/".join(f"--{name}" for name in names)
+        parser.error(f"give {' and '.join(n.upper() for n in names)} once each, as {options} or positionally")
     for name, value in zip(gaps, values):
         setattr(args, name, value)
     missing = [name for name in names if getattr(args, name) is None]
@@ -89,7 +160,7 @@ def resolve_positionals(args: argparse.Namespace, parser: argparse.ArgumentParse
 def add_data_arguments(
     parser: argparse.ArgumentParser, data_help: str, eval_help: str | None = None, for_eval: bool = False
 ) -> None:
-    parser.add_argument("--data", required=True, help=f"{data_help}: {DATA_HELP}")
+    add_data_argument(parser, data_help)
     if eval_help:
         parser.add_argument("--eval-data", help=eval_help)
     parser.add_argument("--classes", help="use only these classes (comma-separated names or indices)")
@@ -178,21 +249,24 @@ def shot_counts(text: str) -> list[int]:
     return counts
 
 
-def collect_images(inputs: list[str]) -> tuple[list[Path], list[dict]]:
-    """Files as given, directories searched recursively for images; missing paths reported, not fatal."""
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Files as given, directories searched recursively for images. A path that does not exist was named by the
+    user and is a mistake (a typo, the wrong folder), not an unreadable image to skip: it fails before any model
+    loads, naming every such path."""
     from ..checkpoints.io import printable
     from ..processing.decoding import IMAGE_SUFFIXES
 
-    files, errors = [], []
+    missing = [printable(name) for name in inputs if not Path(name).expanduser().exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or directory: {', '.join(missing)} (check the path)")
+    files = []
     for name in inputs:
         path = Path(name).expanduser()
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            files.append(path)
         else:
-            errors.append({"file": printable(name), "error": "no such file or directory"})
-    return files, errors
+            files.append(path)
+    return files
 
 
 def load_data(source: str, classes: str | None, **reading: Any):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.hub import install_hint
 from ._options import emit
 
 
@@ -20,7 +21,7 @@ def _demo_image(path: str | None):
     try:
         import skimage.data
     except ImportError:
-        sys.exit("The demo photo comes from scikit-image: `pip install scikit-image`, or pass --image PATH.")
+        sys.exit(f"The demo photo comes from scikit-image: {install_hint('demo')}, or pass --image PATH.")
     from PIL import Image
 
     return Image.fromarray(skimage.data.chelsea()), "scikit-image chelsea (a cat)"

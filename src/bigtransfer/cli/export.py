@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from ._options import (
+    add_data_argument,
     add_model_argument,
     add_out_argument,
     add_output_arguments,
@@ -34,7 +35,8 @@ def serve_command(repository: str, gpu: bool = False) -> str:
 
 def triton_name(args: argparse.Namespace) -> str:
     """--name, or one made from MODEL; checked before the model is loaded, which may be a download."""
-    from ..deploy.triton import check_model_name, default_model_name
+    from ..checkpoints.naming import default_model_name
+    from ..deploy.triton import check_model_name
 
     name = args.name if args.name is not None else default_model_name(args.model)
     check_model_name(name)
@@ -47,8 +49,8 @@ def run_export(args: argparse.Namespace) -> dict:
     from ..models.modeling import BitForImageClassification
     from ..processing.exact import BitImageProcessor
 
-    if args.int8 != bool(args.calibration):
-        raise ValueError("--int8 needs --calibration DATA (real images to calibrate on), and vice versa.")
+    if args.int8 != bool(args.data):
+        raise ValueError("--int8 needs --data DATA (real images to calibrate on), and --data needs --int8.")
     name = triton_name(args) if args.format == "triton" else None
     model = BitForImageClassification.from_pretrained(args.model)
     processor = BitImageProcessor.from_pretrained(args.model)
@@ -56,7 +58,7 @@ def run_export(args: argparse.Namespace) -> dict:
     if args.int8:
         from ..deploy.quantize import Calibration
 
-        calibration = Calibration(load_data(args.calibration, args.classes), processor, size=args.calibration_size,
+        calibration = Calibration(load_data(args.data, args.classes), processor, size=args.calibration_size,
                                   heldout=args.heldout_size, seed=args.seed, workers=args.workers)  # fmt: skip
     if args.format == "triton":
         report = export_triton(model, processor, args.out, name=name, max_batch_size=args.max_batch_size,
@@ -118,10 +120,10 @@ Triton takes preprocessed float32 pixel_values, N×3×H×W: clients resize, crop
 says."""
 
 EPILOG = f"""\
-int8: bigtransfer export MODEL OUT --int8 --calibration DATA quantizes convolutions and the head
+int8: bigtransfer export MODEL OUT --int8 --data DATA quantizes convolutions and the head
 (static, per-channel weights: fast on CPUs with AVX-512 VNNI, AVX-VNNI or AMX), calibrated on real images
 and checked against float32 on held-out images of DATA. --format onnx uses ONNX Runtime's quantizer;
---format openvino uses NNCF (needs pip install 'bigtransfer[openvino]'); `bigtransfer bench MODEL --int8`
+--format openvino uses NNCF (needs the openvino extra: pip install -e '.[openvino]'); `bigtransfer bench MODEL --int8`
 says which int8 runs faster on this CPU.
 
 Triton: bigtransfer export --model MODEL --out OUT --format triton, then serve OUT (24.08 or any later release):
@@ -142,9 +144,10 @@ def register(commands) -> None:
                         help="onnx (run with ONNX Runtime; default), openvino (OpenVINO IR), pt2 (a torch.export "
                         "program) or triton (a Triton model repository holding the onnx export)")  # fmt: skip
     parser.add_argument("--int8", action="store_true",
-                        help="quantize to int8 (onnx, openvino and triton formats; needs --calibration)")  # fmt: skip
-    parser.add_argument("--calibration", metavar="DATA",
-                        help="images to calibrate int8 on, in any form --data takes (folder, CSV, IDX, datasets dir)")  # fmt: skip
+                        help="quantize to int8 (onnx, openvino and triton formats; needs --data)")  # fmt: skip
+    add_data_argument(parser, "with --int8: the images to calibrate on (--calibration DATA is the same)",
+                      required=False, metavar="DATA")  # fmt: skip
+    parser.add_argument("--calibration", dest="data", help=argparse.SUPPRESS)
     parser.add_argument("--classes", help="calibrate on these classes of DATA only (comma-separated)")
     parser.add_argument("--calibration-size", type=positive_int, default=128, metavar="N",
                         help="calibration images, a seeded draw from DATA (default 128)")  # fmt: skip

@@ -8,11 +8,14 @@ import os
 from pathlib import Path
 
 from ._options import (
+    add_data_argument,
+    add_images_argument,
     add_inference_arguments,
     add_model_argument,
     add_output_arguments,
     collect_images,
     emit,
+    image_inputs,
     load_data,
     positive_float,
     positive_int,
@@ -66,9 +69,10 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         raise FileExistsError(
             f"{out} (or {sidecar_of(out).name}) already exists: choose another --out, or --overwrite."
         )
-    files, errors = collect_images(args.inputs)
+    inputs = image_inputs(args)
+    files, errors = collect_images(inputs), []
     if not files:
-        raise FileNotFoundError(f"No images found in {', '.join(args.inputs)}.")
+        raise FileNotFoundError(f"No images found in {', '.join(inputs)}.")
     if is_export_directory(args.model):  # an OpenVINO export gives pooled features beside the logits
         model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     else:
@@ -115,7 +119,7 @@ def register(commands) -> None:
         "L2-regularised least squares onto ±1 one-hot targets; top-1 on all of --eval-data.",
     )
     add_model_argument(fewshot, "the model whose features are measured (a classifier's head is ignored)")
-    fewshot.add_argument("--data", required=True, help="images to draw the few shots from, as for finetune --data")
+    add_data_argument(fewshot, "images to draw the few shots from")
     fewshot.add_argument("--eval-data", required=True, help="labelled test images with the same class names")
     fewshot.add_argument("--classes", help="use only these classes (comma-separated names or indices of --data)")
     fewshot.add_argument("--shots", type=shot_counts, default=[1, 5, 10], help="images per class (default 1,5,10)")
@@ -135,7 +139,7 @@ def register(commands) -> None:
         "readable image in FILE.npy, their paths in FILE.paths.txt. Unreadable images are reported and skipped "
         "(exit code 1); both files appear whole or not at all.",
     )
-    embed.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
+    add_images_argument(embed, "image files and/or directories (searched recursively)")
     add_model_argument(embed, "the model whose features are written (a classifier's head is ignored)")
     embed.add_argument("--out", required=True, metavar="FILE.npy", help="the features file to write")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing FILE.npy")

@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 
 from ._options import (
+    add_images_argument,
     add_inference_arguments,
     add_model_argument,
     add_output_arguments,
     collect_images,
     emit,
+    image_inputs,
     positive_int,
     probability,
     report_skipped,
@@ -31,7 +33,7 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     from ..inference.predict import predict_logits
     from ..processing.exact import BitImageProcessor
 
-    files, errors = collect_images(args.inputs)
+    files, errors = collect_images(image_inputs(args)), []
     if not files:
         return [], errors
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
@@ -74,10 +76,18 @@ def _print_predictions(results: list[dict]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    out = args.out or args.csv
+    if out and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--out {out}: name a .csv file (file,rank,label,score rows) or a .json file (the report).")
     results, errors = run_predict(args)
-    if args.csv:
-        _write_predictions_csv(args.csv, results)
-        print(f"wrote {len(results)} predictions to {args.csv}")
+    if out and Path(out).suffix.lower() == ".json":
+        from ..checkpoints.io import write_json
+
+        write_json(Path(out), {"results": results, "errors": errors})
+    elif out:
+        _write_predictions_csv(out, results)
+    if out:
+        print(f"wrote {len(results)} predictions to {out}")
     else:
         emit({"results": results, "errors": errors} if args.json else results, args.json, _print_predictions)
     return report_skipped(errors)
@@ -91,7 +101,7 @@ def register(commands) -> None:
         "model every class whose sigmoid score reaches --threshold. Unreadable images are reported and skipped; the "
         "exit code is 1 when any input failed.",
     )
-    predict.add_argument("inputs", nargs="+", help="image files and/or directories")
+    add_images_argument(predict, "image files and/or directories")
     add_model_argument(predict, "the classifier")
     predict.add_argument("--top-k", type=positive_int, default=None,
                          help=f"at most this many classes per image, best first (default {TOP_K}; a multi-label "
@@ -101,7 +111,9 @@ def register(commands) -> None:
                          "model, whose scores are independent sigmoids; none for a single-label one)")  # fmt: skip
     add_inference_arguments(predict)
     output = predict.add_mutually_exclusive_group()
-    output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE")
+    output.add_argument("--out", metavar="FILE", help="write the predictions to FILE: .csv for file,rank,label,score "
+                        "rows, .json for the report --json prints")  # fmt: skip
+    output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE (as --out FILE.csv)")
     add_output_arguments(output, "print results as JSON", progress=False)
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=handle)

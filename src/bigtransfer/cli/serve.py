@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoints.hub import install_hint
 from ._options import (
     BF16_EXPORT_HELP,
     add_device_arguments,
@@ -56,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
         from ..serve.app import Limits
         from ..serve.runner import serve
     except ImportError as error:
-        raise ImportError(f"Serving needs {error.name}: pip install 'bigtransfer[serve]'.") from None
+        raise ImportError(f"Serving needs {error.name}: {install_hint('serve')}.") from None
 
     limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout)
     serve(args.model, args.host, args.port, limits=limits, processes=args.workers, device=args.device, bf16=args.bf16,

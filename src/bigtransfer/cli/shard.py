@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoints.io import byte_size, plural
 from ..data.shard_writing import STREAM_BUFFER
 from ._options import (
-    DATA_HELP,
+    add_data_argument,
     add_datasets_arguments,
+    add_out_argument,
     add_output_arguments,
     add_workers_argument,
     emit,
@@ -25,14 +27,14 @@ def register(commands) -> None:
         '<key>.json {"labels": […]} for multi-label data) and OUT/dataset.json (classes, counts, image sizes). '
         "Images are written in a seeded random order, so every shard samples every class; a JPEG or PNG already "
         "within --max-side is stored as it is, others are reduced to it and stored as JPEG (quality 95). "
-        "Train on them with --data OUT, a pattern such as 'OUT/shard-{000000..000099}.tar', or pipe:/https:// "
+        "DATA and OUT may also be given positionally: `bigtransfer shard DATA OUT`. Train on them with --data OUT, a pattern such as 'OUT/shard-{000000..000099}.tar', or pipe:/https:// "
         "URLs of the shards (dataset.json is read beside them).",
         epilog="A dataset too large for the datasets cache: shard it once on a machine that can read it, then "
         "copy or serve the shards. Reading holds about 10 shards per loading process: keep shards near 100-200 MB.",
     )
-    parser.add_argument("data", metavar="DATA", help=DATA_HELP)
-    parser.add_argument(
-        "out", metavar="OUT", help="the folder of shards to write (refused if it exists, unless --overwrite)"
+    add_data_argument(parser, "the dataset to shard", positional=True)
+    add_out_argument(
+        parser, "the folder of shards to write (refused if it exists, unless --overwrite)", positional=True
     )
     parser.add_argument("--max-side", type=positive_int, default=512, metavar="PX",
                         help="reduce images whose longer side exceeds PX to PX (default 512: BiT fine-tunes at "
@@ -87,7 +89,7 @@ def _report(args: argparse.Namespace, manifest: dict) -> int:
 
 def _print_summary(summary: dict) -> None:
     size = summary["image_size"]
-    print(f"wrote {summary['examples']} images of {len(summary['classes'])} classes as {summary['shards']} shards "
-          f"({summary['bytes'] / 1e6:.1f} MB) to {summary['out']}; median image {size['height']}×{size['width']}")  # fmt: skip
+    print(f"wrote {plural(summary['examples'], 'image')} of {plural(len(summary['classes']), 'class')} as "
+          f"{plural(summary['shards'], 'shard')} ({byte_size(summary['bytes'])}) to {summary['out']}; median image {size['height']}×{size['width']}")  # fmt: skip
     for skipped in summary["skipped"]:
         print(f"skipped {skipped['image']}: {skipped['error']}")

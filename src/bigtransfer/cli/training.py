@@ -73,8 +73,9 @@ def register(commands) -> None:
     add_data_arguments(finetune, "training data", "evaluation data, in any of the same forms")
     _add_multi_label_argument(finetune)
     finetune.add_argument("--shots", type=positive_int, default=None, help="K examples per class (balanced, seeded)")
-    finetune.add_argument("--runs", type=positive_int, default=1,
-                          help="repeat over this many consecutive seeds from --seed; report mean ± std (default 1)")  # fmt: skip
+    finetune.add_argument("--runs", "--seeds", type=positive_int, default=1, dest="runs",
+                          help="repeat over this many consecutive seeds from --seed; report mean ± std (default 1), "
+                          "as fewshot --runs")  # fmt: skip
     finetune.add_argument(
         "--preset", choices=["code", "paper"], default="code", help="HyperRule variant (default code)"
     )
@@ -197,20 +198,31 @@ def print_plan(plan: dict, stream) -> None:
         lines.append(f"  HyperRule ({rule['preset']}): resize {rule['resize']} → crop {crop}, {rule['steps']} steps "
                      f"(warm-up {rule['warmup_steps']}, ÷10 at {decays}), batch {rule['batch_size']} (micro-batch "
                      f"{rule['batch_size'] // plan['batch_split']}), MixUp α {rule['mixup_alpha']:g}, lr {rule['base_lr']:g}")  # fmt: skip
-        quicker = "--resize 160 --crop 128 --batch-size 64 (or --steps N)"
+        quicker = _quicker_on_cpu(crop, plan.get("model_resolution"))
     else:
         schedule, crop = plan["schedule"], plan["crop"]
         lines.append(f"  upstream recipe: Inception crop {crop} + flip, {schedule['steps']} steps (warm-up "
                      f"{schedule['warmup_steps']}, ÷10 at 1/3, 2/3, 8/9), batch {schedule['batch_size']} (micro-batch "
                      f"{schedule['batch_size'] // plan['batch_split']}), lr {schedule['base_lr']:g}, weight decay "
                      f"{schedule['weight_decay']:g}" + (", sigmoid loss" if plan["objective"] == "sigmoid" else ""))  # fmt: skip
-        quicker = "--crop 128 --batch-size 64 (or fewer --epochs)"
+        quicker = "--crop 128 --batch-size 64 (or fewer --epochs)" if crop >= 224 else None
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
                  f"loading workers → {plan['out']}")  # fmt: skip
-    if plan["device"] == "cpu" and crop >= 224:
-        lines.append(f"  note: {crop}-px crops on a CPU take minutes per step; for a quicker run pass e.g. {quicker}, "
-                     "or use a GPU (--device cuda)")  # fmt: skip
+    if plan["device"] == "cpu" and quicker:
+        threads = "; with loading workers on a few cores, OMP_NUM_THREADS=1 trained fastest (benchmarks/RESULTS.md)"
+        lines.append(f"  note: {crop}-px crops are slow on a CPU; for a quicker run pass {quicker}, or use a GPU "
+                     f"(--device cuda){threads if plan['workers'] else ''}")  # fmt: skip
     print("\n".join(lines), file=stream, flush=True)
+
+
+def _quicker_on_cpu(crop: int, native: int | None) -> str | None:
+    """A fine-tuning's quicker settings for a CPU: the model's own resolution when the rule crops larger (the
+    bundled 32-px models train at 36 → 32 in a fraction of the time of the rule's 160 → 128), else smaller
+    crops once they reach 224 px; None when the run is already at the model's resolution."""
+    if native and native < crop:
+        return (f"--resize {native + native // 8} --crop {native} (the model's own resolution: "
+                f"{(crop / native) ** 2:.0f}× less compute per image)")  # fmt: skip
+    return "--resize 160 --crop 128 --batch-size 64 (or --steps N)" if crop >= 224 else None
 
 
 def run_pretrain(args: argparse.Namespace) -> dict:

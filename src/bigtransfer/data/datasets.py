@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from ..checkpoints.hub import install_hint
 from ..checkpoints.io import atomic_path, printable
 from ..processing.decoding import (
     IMAGE_SUFFIXES,
@@ -368,7 +369,7 @@ def datasets_library():
     try:
         import datasets
     except ImportError:
-        raise ImportError("Reading a Hugging Face dataset needs `pip install datasets`.") from None
+        raise ImportError(f"Reading a Hugging Face dataset needs `datasets`: {install_hint('datasets')}.") from None
     return datasets
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..checkpoints.hub import install_hint
 from ..processing.decoding import decode_stored_image, open_checked
 from .datasets import ImageSize, LabelledImages
 from .order import MAX_LANES, LaneOrder, lane_count
@@ -41,7 +42,7 @@ def webdataset_library():
     try:
         import webdataset
     except ImportError:
-        raise ImportError("Reading or writing tar shards needs `pip install webdataset`.") from None
+        raise ImportError(f"Reading or writing tar shards needs webdataset: {install_hint('shards')}.") from None
     return webdataset
 
 

@@ -3,6 +3,7 @@ Hugging Face dataset, or tar shards — and the dataset it gives."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -24,12 +25,26 @@ def as_dataset(data: str | os.PathLike | LabelledImages) -> LabelledImages:
 
 
 def _looks_like_dataset_name(source: str) -> bool:
-    """`food101` or `user/name`: at most one slash, no suffix, nothing a path would start with."""
+    """`food101` or `user/name`: at most one slash, no suffix, nothing a path would start with, and no existing
+    local folder as its first part (`data/missing_dir` beside a `data/` folder is a misspelt path, not a Hub user's
+    dataset: it fails at once rather than after the Hub's retries)."""
+    head, slash, _ = source.partition("/")
     return (
         source.count("/") <= 1
         and "\\" not in source
         and not source.startswith((".", "/", "~"))
         and not Path(source).suffix
+        and not (slash and Path(head).expanduser().is_dir())
+    )
+
+
+def _no_dataset_at(path: Path) -> FileNotFoundError:
+    """The error for a local path that does not exist, naming the nearest names its folder does hold."""
+    folder = path.parent if path.parent.is_dir() else None
+    near = difflib.get_close_matches(path.name, [p.name for p in folder.iterdir()], n=3) if folder else []
+    hint = f" (did you mean {' or '.join(str(folder / name) for name in near)}?)" if near else ""
+    return FileNotFoundError(
+        f"No dataset at {path}{hint}: pass an image folder, a CSV, an IDX images file, a saved dataset or tar shards."
     )
 
 
@@ -63,9 +78,7 @@ def load_dataset(
     if not path.exists():
         if _looks_like_dataset_name(str(source)):
             return from_hub_dataset(str(source), **hf_options)
-        raise FileNotFoundError(
-            f"No dataset at {path}: pass an image folder, a CSV, an IDX images file, a saved dataset or tar shards."
-        )
+        raise _no_dataset_at(path)
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return from_hf_datasets(path, **hf_options)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoints.hub import install_hint
 from .quiet import quiet_logger
 
 logger = logging.getLogger(__name__)
 
 OPENVINO_FILE = "openvino_model.xml"  # optimum-intel's names; the weights go beside it in openvino_model.bin
-OPENVINO_HINT = "pip install 'bigtransfer[openvino]' (openvino, nncf)"
+OPENVINO_HINT = install_hint("openvino")
 
 
 def import_openvino():

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints.hub import install_hint
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
 from .openvino import OPENVINO_FILE, OpenVINORunner
@@ -22,7 +23,7 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "pooler_output"  # the pooled pre-logit features, a second output of OpenVINO exports
 EXPORT_FILES = (ONNX_FILE, OPENVINO_FILE, PT2_FILE)
-INSTALL_HINT = "pip install 'bigtransfer[onnx]' (onnx, onnxruntime, onnxscript)"
+INSTALL_HINT = install_hint("onnx")
 
 
 def exported_file(directory: str | os.PathLike) -> Path | None:

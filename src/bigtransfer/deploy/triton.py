@@ -4,14 +4,15 @@ OUT/<name>/config.pbtxt and labels.txt beside version 1, the checked ONNX export
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..checkpoints.hub import TRITON_CONFIG_NAME
 from ..checkpoints.io import atomic_directory
+from ..checkpoints.naming import usable_name
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
 from .export import TOLERANCE, ExportReport, export_into, input_size
@@ -20,7 +21,6 @@ from .runtime import INPUT_NAME, OUTPUT_NAME
 if TYPE_CHECKING:
     from .quantize import Calibration
 
-CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 VERSION = "1"
 MAX_BATCH_SIZE = 32
@@ -34,24 +34,8 @@ def check_model_name(name: str) -> None:
     if not MODEL_NAME.fullmatch(name):
         raise ValueError(
             f"{name!r} is not a usable Triton model name: use letters, digits, '_', '-' and '.' (not first), "
-            f"e.g. {_usable(name)!r}."
+            f"e.g. {usable_name(name)!r}."
         )
-
-
-def default_model_name(model: str | os.PathLike) -> str:
-    """A model name from how the model was named: the last part of its path or Hub id (a file's without its
-    suffix; a run's `…/food/model` is "food"), with every run of other characters replaced by '_'. `serve` and
-    the Triton repository name a model alike, so clients of one find it in the other."""
-    path = Path(model)
-    if path.exists():
-        path = path.resolve()
-    if path.is_dir() and path.name == "model" and path.parent.name:  # what finetune and pretrain leave
-        path = path.parent
-    return _usable(path.stem if path.is_file() else path.name)
-
-
-def _usable(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip(".") or "bit"
 
 
 def model_config(
@@ -150,7 +134,7 @@ def export_triton(
         version = staging / name / VERSION
         version.mkdir(parents=True)
         report = export_into(version, model, processor, tolerance=tolerance, int8=int8)
-        (staging / name / CONFIG_FILE).write_text(text)
+        (staging / name / TRITON_CONFIG_NAME).write_text(text)
         (staging / name / LABELS_FILE).write_text(labels)
     triton = {"model_name": name, "version": VERSION, **serving}
     return dataclasses.replace(report, directory=out, format="triton", triton=triton)

@@ -40,6 +40,38 @@ def few_shot_subset(labels: np.ndarray, shots: int, seed: int, class_names: list
     return np.concatenate(chosen)
 
 
+def readable_few_shot_subset(dataset: ImageDataset, shots: int, seed: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """`few_shot_subset` drawn among the images that decode: one that cannot be read is dropped and the draw made
+    again without it (as `fewshot` draws), so a K-shot class trains on K real images. Only the drawn images are
+    decoded; with every one readable the subset is exactly `few_shot_subset`'s. Returns (indices, [(image,
+    error)] for the images dropped); a class left with no readable image fails, naming it."""
+    readable = np.arange(len(dataset))
+    checked: set[int] = set()
+    dropped: list[tuple[str, str]] = []
+    while True:
+        chosen = readable[few_shot_subset(dataset.labels[readable], shots, seed, dataset.classes)]
+        unreadable = [
+            int(index) for index in chosen if int(index) not in checked and not _decodes(dataset, index, dropped)
+        ]
+        checked.update(int(index) for index in chosen)
+        if not unreadable:
+            break
+        readable = np.setdiff1d(readable, unreadable)
+    emptied = sorted(set(np.unique(dataset.labels).tolist()) - set(np.unique(dataset.labels[readable]).tolist()))
+    if emptied:
+        raise ValueError(f"Class {dataset.classes[emptied[0]]!r} has no readable image: every one failed to decode.")
+    return chosen, dropped
+
+
+def _decodes(dataset: ImageDataset, index: int, dropped: list[tuple[str, str]]) -> bool:
+    try:
+        dataset.load(int(index))
+    except (OSError, ValueError) as error:
+        dropped.append((dataset.name_of(int(index)), str(error)))
+        return False
+    return True
+
+
 # -- big_vision's few-shot linear evaluation -------------------------------------------------------------------
 
 BIAS_FEATURE = 100.0  # a constant input column, large enough that its weight (the bias) is barely regularised

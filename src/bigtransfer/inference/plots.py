@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoints.hub import install_hint
 from ..checkpoints.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed: skipping plots (pip install 'bigtransfer[train]').")
+        logger.warning("matplotlib is not installed: skipping plots (%s).", install_hint("train"))
         return None
     return plt
 

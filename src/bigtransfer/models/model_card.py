@@ -12,7 +12,8 @@ from typing import Any
 
 from ..checkpoints.catalogue import BUNDLED_MODELS, architecture_of, find_entry
 from ..checkpoints.hub import GENERATED_CARD_MARK, MODEL_CARD_NAME, PROCESSOR_CONFIG_NAME, is_generated_card
-from ..checkpoints.io import atomic_write_text, read_json, write_json
+from ..checkpoints.io import atomic_write_text, parameter_count, read_json, write_json
+from ..checkpoints.naming import default_model_name
 from ..checkpoints.sources import timm_pretrained_cfg
 from .timm_surface import stage_feature_info
 
@@ -65,7 +66,7 @@ def model_card(model: Any, directory: Path, repo_id: str | None) -> str:
     )  # fmt: skip
     name = repo_id or str(directory)
     sections = [
-        f"# {name.rstrip('/').split('/')[-1]}",
+        f"# {repo_id.split('/')[-1] if repo_id else default_model_name(directory)}",  # as `serve` names it
         _summary(model, directory),
         *_labels(model),
         *_usage(model, name, auto_class),
@@ -114,7 +115,7 @@ def _summary(model: Any, directory: Path) -> str:
         + f", made with [bigtransfer](https://pypi.org/project/bigtransfer/): {len(config.depths)} stages of "
         f"{'-'.join(map(str, config.depths))} blocks, {'-'.join(str(c) for c in stages.channels()[1:])} channels "
         f"(stem {stages.channels(0)}, width ×{config.width_factor}), GroupNorm with {config.num_groups} groups and "
-        f"weight-standardised convolutions; {model.num_parameters() / 1e6:.2f} M parameters."
+        f"weight-standardised convolutions; {parameter_count(model.num_parameters())} parameters."
     )
     return f"{what}\n\n{_preprocessing(directory, model.config.num_channels)}"
 
@@ -205,7 +206,13 @@ with torch.inference_mode():
         else "transformers' own BiT computes this configuration differently (width factor, dilation or padding), "
         "so let bigtransfer serve its Auto classes:"
     )
-    return ["## How to use", "With bigtransfer (`pip install bigtransfer`):", ours, f"With transformers. {why}", theirs]
+    return [
+        "## How to use",
+        "With bigtransfer (installed from its repository: `pip install -e .` in a clone):",
+        ours,
+        f"With transformers. {why}",
+        theirs,
+    ]
 
 
 SETTINGS = (  # (key of the rule or schedule, row name, format)

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..deploy.triton import check_model_name, default_model_name
+from ..checkpoints.naming import default_model_name
+from ..deploy.triton import check_model_name
 from ..inference.pipelines import class_scores, default_function, load_classifier
 from ..processing.decoding import decode_stored_image
 from ..processing.exact import BitImageProcessor

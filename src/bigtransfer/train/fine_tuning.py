@@ -16,10 +16,11 @@ from ..checkpoints.catalogue import architecture_of
 from ..checkpoints.io import check_writable, write_json
 from ..data.datasets import LabelledImages
 from ..data.sources import as_dataset
-from ..inference.few_shot import few_shot_subset
+from ..inference.few_shot import readable_few_shot_subset
 from ..inference.metrics import headline
 from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitModel, BitPreTrainedModel
+from ..processing.exact import BitImageProcessor
 from .augment import eval_processor, hyperrule_augment
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Regime
@@ -120,10 +121,12 @@ def fine_tuning_job(
     """The data, the HyperRule for it, and a zero-initialised head on the pretrained body."""
     train_set = as_dataset(data)
     train_set.check_trainable()
+    unreadable: list[tuple[str, str]] = []
     if recipe.shots is not None:
         if train_set.multi_label:
             raise ValueError("--shots needs single-label data: a multi-label image would count for several classes.")
-        train_set = train_set.subset(few_shot_subset(train_set.labels, recipe.shots, seed, train_set.classes))
+        shots, unreadable = readable_few_shot_subset(train_set, recipe.shots, seed)
+        train_set = train_set.subset(shots)
     network = classifier_for(model, dict(enumerate(train_set.classes)), train_set.multi_label)
     typical = train_set.typical_image_size(seed=seed)
     rule = hyperrule(len(train_set), typical[:2], recipe.preset, recipe.batch_size, recipe.base_lr,
@@ -148,8 +151,20 @@ def fine_tuning_job(
                      "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip,
                      **({"multi_label": True} if train_set.multi_label else {})},
         report={"rule": dataclasses.asdict(rule), "base_model": name}, shots=recipe.shots, eval_every=recipe.eval_every,
-        plan_details={"image_size": {"height": typical.height, "width": typical.width, "statistic": typical.statistic}},
+        plan_details={"image_size": {"height": typical.height, "width": typical.width, "statistic": typical.statistic},
+                      "model_resolution": native_resolution(model),
+                      **({"unreadable_skipped": [name for name, _ in unreadable]} if recipe.shots and unreadable else {})},
     )  # fmt: skip
+
+
+def native_resolution(model: str | os.PathLike | BitPreTrainedModel) -> int | None:
+    """The side the checkpoint's own preprocessing feeds it (its processor's eval size), which a CPU run's plan
+    offers instead of the HyperRule's larger crops; None when the checkpoint names none."""
+    name = getattr(model.config, "_name_or_path", None) if isinstance(model, BitPreTrainedModel) else model
+    try:
+        return min(BitImageProcessor.from_pretrained(name).eval_transform().fixed_size()) if name else None
+    except (OSError, ValueError):
+        return None
 
 
 def finetune_runs(

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.io import check_writable
+from ..checkpoints.io import check_writable, parameter_count
 from ..data.datasets import LabelledImages
 from ..data.sources import as_dataset
 from ..inference.few_shot import fewshot
@@ -99,7 +99,7 @@ def pretrain(
     augment = functools.partial(inception_augment, crop=recipe.crop, flip=True)
     layout = "-".join(map(str, config.depths)) + f", width ×{config.width_factor}" * (config.width_factor != 1)
     job = TrainingJob(
-        what=f"pre-train a BiT ({layout}, {model.num_parameters() / 1e6:.1f} M parameters) from scratch",
+        what=f"pre-train a BiT ({layout}, {parameter_count(model.num_parameters())} parameters) from scratch",
         network=model, train_set=dataset, eval_set=as_dataset(eval_data) if eval_data is not None else None,
         regime=Regime(schedule, augment, image_size=recipe.crop, loss=loss),
         processor=processor,
