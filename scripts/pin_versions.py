@@ -1,5 +1,6 @@
-"""Write scripts/constraints.txt: the exact versions of everything `scripts/setup.sh test` (and so `demo`) installs (the
-`test` extra and what it pulls in, the oracles in .oracles/, pyyaml), read from the current environment.
+"""Write scripts/constraints.txt: the exact versions of everything `scripts/setup.sh test` installs (the `test`
+extra and what it pulls in, the oracles in .oracles/, pyyaml), read from the current environment; `demo`
+installs a subset of it, at the same versions.
 
 Run it after the suite passed on the newest releases (`BIGTRANSFER_LATEST=1 bash scripts/setup.sh test &&
 python -m pytest`): the file then records versions the suite passed with, and set-up installs exactly those, so
