@@ -89,4 +89,7 @@ def test_a_runtime_that_is_not_installed_is_listed_with_how_to_install_it(capsys
     report = json.loads(capsys.readouterr().out)
     assert [(row["runtime"], row["precision"]) for row in report["results"]] == [("torch", "float32"),
                                                                                  ("openvino", "float32")]  # fmt: skip
-    assert report["skipped"][0]["path"] == "openvino int8" and "pip install -e '.[openvino]'" in report["skipped"][0]["reason"]
+    assert (
+        report["skipped"][0]["path"] == "openvino int8"
+        and "pip install -e '.[openvino]'" in report["skipped"][0]["reason"]
+    )

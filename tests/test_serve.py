@@ -7,6 +7,9 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -16,6 +19,7 @@ import torch
 from PIL import Image
 
 from bigtransfer import BitConfig, BitForImageClassification
+from bigtransfer.cli import build_parser
 from bigtransfer.cli import main as cli
 from bigtransfer.serve.app import InferenceServer, Limits
 from bigtransfer.serve.batching import DynamicBatcher, QueueFull
@@ -231,6 +235,74 @@ def test_kserve_json_and_base64_bytes_and_the_classification_extension(served, m
         assert "base64" in client.post("/v2/models/cats/infer", json=text).json()["error"]
 
 
+def test_a_wrong_method_or_an_unknown_path_answers_a_json_error_with_the_fix(served):
+    with client_for(served) as client:
+        for path in ("/predict", "/v2/models/cats/infer"):
+            answer = client.get(path)
+            assert answer.status_code == 405 and answer.headers["allow"] == "POST", path
+            assert answer.json()["error"].startswith(f"GET {path} is not allowed: POST "), path
+        assert "as the body or as a multipart file field" in client.get("/predict").json()["error"]
+        answer = client.post("/info")
+        assert answer.status_code == 405 and answer.json() == {"error": "POST /info is not allowed: use GET or HEAD."}
+        answer = client.get("/nowhere")
+        assert answer.status_code == 404 and answer.json()["error"].startswith("No route /nowhere: ")
+
+
+def test_a_multipart_form_without_its_boundary_is_the_clients_400_not_a_server_failure(served):
+    with client_for(served) as client:
+        answer = client.post("/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+    assert answer.status_code == 400 and "The multipart form cannot be read" in answer.json()["error"]
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+
+
+def serve_until_it_exits(*options: str) -> subprocess.CompletedProcess:
+    """`bigtransfer serve` in a subprocess, for the failures that end it before it listens."""
+    command = [sys.executable, "-m", "bigtransfer", "serve", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_port_in_use_fails_in_one_line_before_the_model_loads(processes, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # no model there: had the server loaded it first, its error would be the one shown
+        result = serve_until_it_exits(str(tmp_path / "no-model"), "--port", str(port), "--processes", processes)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"bigtransfer serve: port {port} on 127.0.0.1 is in use: stop what holds it or pick another with --port"
+    ]
+
+
+@pytest.mark.parametrize(
+    "option, value, reason",
+    [("--port", "99999", "port 99999 is out of range: ports run from 1 to 65535"),
+     ("--port", "http", "'http' is not a port"),
+     ("--host", "no-such-host.invalid", "host 'no-such-host.invalid' does not resolve")],
+)  # fmt: skip
+def test_a_port_or_host_that_cannot_be_listened_on_fails_in_one_line_naming_it(option, value, reason, tmp_path):
+    result = serve_until_it_exits(str(tmp_path / "no-model"), option, value)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and reason in result.stderr, result.stderr
+
+
+def test_serve_workers_is_the_old_spelling_of_processes_and_says_so(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["serve", "m", "--workers", "3"]).processes == 3
+    assert capsys.readouterr().err.splitlines() == [
+        "bigtransfer serve: --workers is now --processes for serve; --workers will be removed"
+    ]
+    assert parser.parse_args(["serve", "m", "--processes", "2"]).processes == 2
+    assert parser.parse_args(["serve", "m"]).processes == 1 and not capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    shown = capsys.readouterr().out
+    assert "--processes N" in shown and "--workers" not in shown
+
+
 # -- a real server --------------------------------------------------------------------------------------------
 
 
@@ -293,7 +365,7 @@ def test_sigterm_lets_the_request_under_way_finish_then_exits_0(model_dir, photo
 
 
 def test_several_server_processes_answer_and_stop_together(model_dir, photos, tmp_path):
-    running = ServeProcess(model_dir, tmp_path / "server.log", "--workers", "2")
+    running = ServeProcess(model_dir, tmp_path / "server.log", "--processes", "2")
     deadline = time.monotonic() + 120
     while running.log.read_text().count("serving cats") < 2 and time.monotonic() < deadline:
         time.sleep(0.5)  # the second process may still be loading the model

@@ -24,13 +24,15 @@ from helpers import TINY, ServeProcess
 LABELS = ["tabby cat", "coffee", "rocket"]
 MODEL_NAME = "photos"
 PAGE_WAIT_S = 30
+DESKTOP_WINDOW = (1000, 900)
+PHONE_WIDTH = 400
 
 
-def _screenshot_path() -> Path:
-    """Where a person finds the screenshot: $BIGTRANSFER_TEST_ARTIFACTS, else test-artifacts/ in the checkout."""
+def _screenshot_path(name: str = "serve-page.png") -> Path:
+    """Where a person finds a screenshot: $BIGTRANSFER_TEST_ARTIFACTS, else test-artifacts/ in the checkout."""
     folder = os.environ.get("BIGTRANSFER_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder) / "serve-page.png"
+    return Path(folder) / name
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ def browser():
         pytest.fail("The page tests need Chromium and its driver: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+    window = "--window-size={},{}".format(*DESKTOP_WINDOW)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", window):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     try:
@@ -74,13 +77,27 @@ def browser():
         driver.quit()
 
 
-@pytest.fixture
-def page(browser, server):
+def _opened(browser, server: str):
     """The page, freshly loaded, once it shows the model's name from /info."""
     browser.get(server)
     WebDriverWait(browser, PAGE_WAIT_S).until(expected_conditions.text_to_be_present_in_element(
         (By.ID, "model-name"), MODEL_NAME))  # fmt: skip
     return browser
+
+
+@pytest.fixture
+def page(browser, server):
+    return _opened(browser, server)
+
+
+@pytest.fixture
+def phone_page(browser, server):
+    """The page in a phone-wide window; the window is desktop-sized again afterwards."""
+    browser.set_window_size(PHONE_WIDTH, DESKTOP_WINDOW[1])
+    try:
+        yield _opened(browser, server)
+    finally:
+        browser.set_window_size(*DESKTOP_WINDOW)
 
 
 def _upload(page, path: Path, answered) -> None:
@@ -102,6 +119,25 @@ def test_page_shows_the_model_from_info(page):
     assert f"{len(LABELS)} labels" in page.find_element(By.ID, "model-source").text
     page.find_element(By.TAG_NAME, "summary").click()
     assert ", ".join(LABELS) in page.find_element(By.ID, "details").text
+
+
+def test_page_names_the_resize_filter_and_gives_the_limits_with_units(page):
+    page.find_element(By.TAG_NAME, "summary").click()
+    details = page.find_element(By.ID, "details").text
+    assert "resize: 64×64 px, bilinear" in details and "resample" not in details  # PIL's code 2, by its name
+    assert "limits: batch ≤ 32 images, wait ≤ 5 ms, queue 256 images, body ≤ 20 MiB, timeout 30 s" in details
+
+
+def test_page_fits_a_phone_wide_window_without_scrolling_sideways(phone_page, files):
+    _upload(phone_page, files / "cat.jpg", _predictions_shown)
+    phone_page.find_element(By.TAG_NAME, "summary").click()
+    page_width, window_width = phone_page.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert window_width == PHONE_WIDTH and page_width <= window_width
+    screenshot = _screenshot_path(f"serve-page-{PHONE_WIDTH}px.png")
+    assert phone_page.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 20_000, "the screenshot looks blank"
 
 
 def test_file_input_is_reachable_by_keyboard(page):

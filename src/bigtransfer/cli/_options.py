@@ -60,6 +60,19 @@ class CommandParser(argparse.ArgumentParser):
         return [name for action in self._actions if action.help != argparse.SUPPRESS for name in action.option_strings]
 
 
+class RenamedOption(argparse.Action):
+    """An option's old spelling, hidden from --help: it still sets the new option, and says on stderr that it is
+    going (`note`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, note: str, **kwargs: Any):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.note = note
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: {self.note}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _with_suggestion(message: str) -> str:
     """argparse's "invalid choice: 'x' (choose from …)" with the nearest choice named first."""
     found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)

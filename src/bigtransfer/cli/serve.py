@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoints.hub import install_hint
+from ..serve.address import HIGHEST_PORT, LOWEST_PORT, check_port
 from ._options import (
     BF16_EXPORT_HELP,
+    RenamedOption,
     add_device_arguments,
     add_model_argument,
     non_negative_float,
@@ -25,13 +27,15 @@ def register(commands) -> None:
         "a multipart file; ?top_k=5), the KServe v2 REST protocol under /v2 (health, metadata, "
         "/v2/models/NAME/infer with pixel_values FP32 N×3×H×W or image BYTES, JSON or binary tensors, the "
         "classification extension), GET /metrics (Prometheus). SIGTERM stops accepting, lets the requests under way "
-        "finish, then exits 0 (Ctrl-C does the same and exits 130).",
+        "finish, then exits 0 (Ctrl-C does the same and exits 130). The host and port are checked before the model "
+        "loads.",
         epilog="curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/predict?top_k=3'   "
         "· tritonclient.http.InferenceServerClient('127.0.0.1:8000') works unchanged.",
     )
     add_model_argument(parser, "the model to serve", positional=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help=f"port to listen on, {LOWEST_PORT} to {HIGHEST_PORT} (default 8000)")  # fmt: skip
     parser.add_argument("--name", help="the model's name in /v2/models/NAME (default: from MODEL)")
     add_device_arguments(parser, BF16_EXPORT_HELP)
     batching = parser.add_argument_group("batching and limits")
@@ -45,11 +49,26 @@ def register(commands) -> None:
                           help="largest request body; larger ones get 413 (default 20 MiB)")  # fmt: skip
     batching.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                           help="per-request limit; slower requests get 504 (default 30)")  # fmt: skip
-    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+    parser.add_argument("--processes", type=positive_int, default=1, metavar="N",
                         help="server processes, each with the model (CPUs: they share the cores; default 1)")  # fmt: skip
+    # the old spelling, renamed because every other command's --workers counts image-loading processes
+    parser.add_argument("--workers", dest="processes", type=positive_int, action=RenamedOption,
+                        note="--workers is now --processes for serve; --workers will be removed")  # fmt: skip
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="info logs every request as one JSON line on stderr (default)")  # fmt: skip
     parser.set_defaults(handler=handle)
+
+
+def port_number(text: str) -> int:
+    """An argparse type for --port, so that a port no socket can have is refused before anything loads."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: ports are whole numbers from {LOWEST_PORT} to {HIGHEST_PORT}"
+        )
+    try:
+        return check_port(int(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -60,6 +79,6 @@ def handle(args: argparse.Namespace) -> int:
         raise ImportError(f"Serving needs {error.name}: {install_hint('serve')}.") from None
 
     limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout)
-    serve(args.model, args.host, args.port, limits=limits, processes=args.workers, device=args.device, bf16=args.bf16,
+    serve(args.model, args.host, args.port, limits=limits, processes=args.processes, device=args.device, bf16=args.bf16,
           name=args.name, log_level=args.log_level)  # fmt: skip
     return 0

@@ -4,6 +4,7 @@ and Prometheus metrics — a Starlette app run by uvicorn, with dynamic batching
 Every route answers through `_observed`: it bounds the request's time, maps failures to their HTTP status (400
 bad input, 404 unknown model, 413 body too large, 503 queue full with Retry-After, 504 timeout), counts the
 answer and its latency, and writes one JSON line to the access log. A bad request never reaches the model.
+Starlette's own refusals (no such route, a method the route does not take) answer in the same JSON body.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from importlib import resources
 import numpy as np
 import torch
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -35,6 +37,11 @@ access_log = logging.getLogger("bigtransfer.serve.access")
 logger = logging.getLogger(__name__)
 OUTPUTS = ("logits", "scores")
 TOP_K = 5
+WHAT_TO_POST = {  # by route: what a request sent with the wrong method is told to send instead
+    "predict": "POST an image, as the body or as a multipart file field (e.g. curl -F image=@cat.jpg)",
+    "infer": "POST a KServe v2 inference request (JSON tensors, or the binary-tensor extension)",
+}
+AS_A_FILE_FIELD = "send the image as a file field (e.g. -F image=@cat.jpg)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +127,9 @@ class InferenceServer:
             ("/v2/models/{name}/versions/{version}/infer", "infer", self.infer, ["POST"]),
         ]
         return Starlette(
-            routes=[Route(path, self._observed(route, handler), methods=methods) for path, route, handler, methods in routes],
+            routes=[Route(path, self._observed(route, handler), methods=methods, name=route)
+                    for path, route, handler, methods in routes],
+            exception_handlers={HTTPException: _refused_by_routing},
             lifespan=self._lifespan,
         )  # fmt: skip
 
@@ -280,10 +289,13 @@ class InferenceServer:
         body = await self._body(request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             request._body = body  # the form parser reads the body already checked against the limit
-            form = await request.form()
+            try:
+                form = await request.form()
+            except HTTPException as error:  # Starlette's answer to a malformed form: the client's fault, not ours
+                raise ProtocolError(f"The multipart form cannot be read ({error.detail}): {AS_A_FILE_FIELD}.") from None
             uploads = [value for value in form.values() if hasattr(value, "read")]
             if not uploads:
-                raise ProtocolError("The form holds no file: send the image as a file field (e.g. -F image=@cat.jpg).")
+                raise ProtocolError(f"The form holds no file: {AS_A_FILE_FIELD}.")
             body = await uploads[0].read()
         if not body:
             raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
@@ -336,6 +348,23 @@ def _positive_int(text: str, name: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ProtocolError(f"{name} must be a whole number ≥ 1, got {text!r}.")
     return int(text)
+
+
+async def _refused_by_routing(request: Request, refusal: HTTPException) -> Response:
+    """Starlette's own answers (no such route; a method the route does not take) in our error body, with the fix."""
+    path = request.url.path
+    if refusal.status_code == 405:
+        route = request.scope["route"].name  # the route whose path matched
+        allowed = " or ".join(sorted(refusal.headers["Allow"].split(", ")))
+        message = f"{request.method} {path} is not allowed: {WHAT_TO_POST.get(route, f'use {allowed}')}."
+    elif refusal.status_code == 404:
+        message = (
+            f"No route {path}: this server answers GET / (a page to try the model), POST /predict, the KServe v2 "
+            "routes under /v2, and GET /metrics."
+        )
+    else:
+        message = refusal.detail
+    return _error(refusal.status_code, message, refusal.headers)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

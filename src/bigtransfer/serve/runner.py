@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..data.workers import available_cores
+from .address import check_address
 from .app import InferenceServer, Limits
 from .model import ServedModel
 
@@ -33,7 +34,9 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
-    finish (up to the request timeout) before the process exits."""
+    finish (up to the request timeout) before the process exits. The address is checked first: a port in use
+    fails before a minute of model loading, not after."""
+    check_address(host, port)
     import uvicorn
 
     _log_access_to_stderr(log_level)
