@@ -163,3 +163,18 @@ def test_predict_on_a_triton_repository_names_the_folder_to_pass(tiny_model, tmp
         assert cli(["predict", str(tmp_path / "x.png"), "--model", str(model)]) == 2
         err = capsys.readouterr().err
         assert hint in err and str(repository / "tiny" / "1") in err
+
+
+def test_predict_keeps_an_existing_out_file_unless_told_to_replace_it(tiny_model, tmp_path, capsys):
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "green.png")
+    kept = tmp_path / "p.csv"
+    kept.write_text("the user's own rows\n")
+    command = ["predict", str(tmp_path / "green.png"), "--model", str(tiny_model), "--out", str(kept)]
+    assert cli(command) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("already exists: choose another --out, or pass --overwrite to replace it.")
+    )
+    assert kept.read_text() == "the user's own rows\n"
+    assert cli([*command, "--overwrite"]) == 0 and kept.read_text().startswith("file,rank,label,score")

@@ -79,6 +79,8 @@ def handle(args: argparse.Namespace) -> int:
     out = args.out or args.csv
     if out and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: name a .csv file (file,rank,label,score rows) or a .json file (the report).")
+    if out and Path(out).exists() and not args.overwrite:  # before the model loads: nothing is spent to be refused
+        raise FileExistsError(f"{out} already exists: choose another --out, or pass --overwrite to replace it.")
     results, errors = run_predict(args)
     if out and Path(out).suffix.lower() == ".json":
         from ..checkpoints.io import write_json
@@ -115,5 +117,6 @@ def register(commands) -> None:
                         "rows, .json for the report --json prints")  # fmt: skip
     output.add_argument("--csv", metavar="FILE", help="write file,rank,label,score rows to FILE (as --out FILE.csv)")
     add_output_arguments(output, "print results as JSON", progress=False)
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out FILE")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=handle)
