@@ -124,6 +124,31 @@ class NonFiniteLoss(ValueError):
     """The loss became NaN or infinite: the weights are no longer worth saving."""
 
 
+class NonFiniteWeights(ValueError):
+    """A weight (or momentum) became NaN or infinite: an update can do that while its loss, computed before it,
+    was still finite, so the state is checked itself before it is saved."""
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity (one device synchronisation for all)."""
+    named = {name: tensor for name, tensor in tensors.items() if tensor.is_floating_point()}
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(tensor).all() for tensor in named.values()]).tolist()
+    return [name for name, ok in zip(named, finite) if not ok]
+
+
+def require_finite(tensors: dict[str, torch.Tensor], when: str) -> None:
+    """Refuse to save a state holding NaN or infinity, naming what went wrong and the way out."""
+    bad = non_finite(tensors)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteWeights(
+            f"the weights became NaN or infinite {when} ({shown}): the run diverged, so it stops without saving "
+            "this state; lower --base-lr (or check the data). The last saved checkpoint, if any, is intact."
+        )
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during training, raised once the checkpoint is saved; the message says how to continue,
     `signal` which signal stopped the run (the command exits 128 + signal: 130, 143)."""
@@ -283,11 +308,18 @@ class TrainingRun:
     def checkpoint(self) -> None:
         """Save the run's state on rank 0, once per step (the last periodic save may fall on the last step)."""
         if self.context.is_main and self.step != self.saved_step:
+            require_finite({**self.model.state_dict(), **self.momentum()}, f"at step {self.step}")
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                      "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint,
                      "data_position": self.order.position(self.step) if self.order is not None else None}  # fmt: skip
             save_checkpoint(self.out / CHECKPOINT, state)
             self.saved_step = self.step
+
+    def momentum(self) -> dict[str, torch.Tensor]:
+        """SGD's momentum buffers by their parameters' names: a NaN there turns the weights NaN on --resume."""
+        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        return {f"{names[id(parameter)]} (momentum)": state["momentum_buffer"]
+                for parameter, state in self.optimizer.state.items() if state.get("momentum_buffer") is not None}  # fmt: skip
 
     # -- load -----------------------------------------------------------------------------------------
     def next_micro_batch(self, examples: TrainingExamples, loaded: Iterator[LoadedImages], part: int):
