@@ -27,7 +27,7 @@ from bigtransfer.data import shards as shards_module
 from bigtransfer.data.order import LaneOrder, lane_count
 from bigtransfer.data.shards import open_shards
 from bigtransfer.data.sources import load_dataset
-from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
+from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff, png_header
 
 SIZES = [(40, 30), (24, 56), (32, 32)]  # (width, height): three sizes, as photo collections have
 CLASSES = ("cat", "dog", "owl")
@@ -312,6 +312,25 @@ def test_multi_label_data_shards_and_trains_with_its_label_lists(tmp_path, upstr
     finetune(upstream, tmp_path / "s", tmp_path / "run", "--multi-label", "--eval-data", str(tmp_path / "s"))
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]
     assert 0 <= report["map"] <= 1 and report["examples"] == 12
+
+
+def test_training_on_shards_without_a_readable_image_fails_in_one_line(upstream, tmp_path, capsys):
+    """Shards written by another tool can hold images that pass a header check but do not decode."""
+    import webdataset
+
+    (tmp_path / "bad").mkdir()
+    with open(tmp_path / "bad" / "shard-000000.tar", "wb") as file:
+        writer = webdataset.TarWriter(file)
+        for i in range(12):
+            writer.write({"__key__": f"{i:06d}", "png": png_header(tmp_path / "header.png", 24, 24).read_bytes(),
+                          "cls": str(i % 3)})  # fmt: skip
+        writer.close()
+    command = ["finetune", "--model", str(upstream), "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "run"),
+               "--batch-size", "8", "--steps", "2", "--resize", "24", "--crop", "20", "--quiet", "--workers", "0"]  # fmt: skip
+    assert cli(command) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bigtransfer")]
+    assert len(error) == 1 and "step 1: none of the 8 examples of its batch had a readable image" in error[0]
+    assert not (tmp_path / "run" / "model").exists()
 
 
 def test_pixels_held_in_memory_are_stored_losslessly_in_a_seeded_order(tmp_path):

@@ -28,7 +28,7 @@ from bigtransfer.train import FineTuning, RunOptions, Speed, hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.fine_tuning import fine_tuning_job, finetune
 from bigtransfer.train.schedules import upstream_schedule
-from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
+from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff, png_header
 
 # -- the rule, as a table -----------------------------------------------------------------------------
 
@@ -715,6 +715,21 @@ def test_ddp_rank_with_only_unreadable_images_still_joins_the_all_reduce(upstrea
     assert result.returncode == 0, result.stderr[-3000:]
     single_weights, ddp = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     assert max(max_abs_diff(single_weights[k], ddp[k]) for k in single_weights) < 1e-5
+
+
+def test_ddp_stops_when_the_global_batch_holds_no_readable_image(upstream, folder, tmp_path):
+    for path in folder.rglob("*.png"):
+        png_header(path, 20, 24)  # a readable header (the plan passes), no pixels: unreadable in training
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
+               "--steps", "2", "--resize", "24", "--crop", "20", "--out", str(tmp_path / "ddp"), "--quiet",
+               "--device", "cpu", "--workers", "0"]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode != 0
+    assert "bigtransfer finetune: step 1: none of the 8 examples of its batch had a readable image" in result.stderr
+    assert not (tmp_path / "ddp" / "model").exists()
 
 
 @pytest.mark.slow

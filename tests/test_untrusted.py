@@ -265,6 +265,50 @@ def test_predict_flags_non_finite_scores_instead_of_printing_them(upstream, tmp_
     assert "not finite" in report["errors"][0]["error"] and "not finite" in captured.err
 
 
+# -- issue 31, 8: a run whose batches hold no readable image fails instead of "training" ----------------------------
+
+
+def test_a_run_without_a_readable_image_fails_naming_the_skipped(upstream, folder, tmp_path, capsys):
+    for image in folder.rglob("*.png"):
+        png_header(image, 24, 24)  # a valid header, so the plan's size sample passes; no pixel data
+    command = [
+        "finetune",
+        "--model",
+        str(upstream),
+        "--data",
+        str(folder),
+        "--batch-size",
+        "8",
+        "--steps",
+        "3",
+        "--resize",
+        "24",
+        "--crop",
+        "20",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--workers",
+        "0",
+    ]
+    assert cli(command) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bigtransfer")]
+    assert len(error) == 1 and "step 1: none of the 8 examples of its batch had a readable image" in error[0]
+    assert "8 unreadable training images skipped so far, e.g." in error[0] and "truncated" in error[0]
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_fraction_of_examples_left_out_is_reported(upstream, folder, tmp_path, capsys):
+    for image in sorted(folder.rglob("*.png"))[::3]:  # 5 of the 15
+        image.write_bytes(b"not a png")
+    command = ["finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "15", "--steps", "2",
+               "--resize", "24", "--crop", "20", "--out", str(tmp_path / "run"), "--quiet", "--workers", "0",
+               "--mixup", "0"]  # fmt: skip
+    assert cli(command) == 0
+    assert "skipped 5 unreadable training images: 33.3% of the examples were left out" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_fraction"] == 0.3333
+
+
 # -- 7: one run per folder --------------------------------------------------------------------------------------------
 
 

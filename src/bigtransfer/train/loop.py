@@ -31,7 +31,7 @@ from ..data.order import LaneOrder, ShuffledOrder
 from ..data.workers import LoadedImages, ordered_results, resolve_workers
 from ..processing.transform import EvalTransform
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
-from .distributed import Distributed, barrier, sync_gradients, wrap
+from .distributed import Distributed, barrier, sum_over_processes, sync_gradients, wrap
 from .interrupts import StopRequest
 from .progress import StepProgress
 from .schedules import StepSchedule
@@ -127,6 +127,10 @@ class NonFiniteLoss(ValueError):
 class NonFiniteWeights(ValueError):
     """A weight (or momentum) became NaN or infinite: an update can do that while its loss, computed before it,
     was still finite, so the state is checked itself before it is saved."""
+
+
+class NoReadableExamples(ValueError):
+    """A step's global batch held no readable image: a step on nothing would only pretend to train."""
 
 
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -279,7 +283,8 @@ class TrainingRun:
         self.step = 0
         self.order: ShuffledOrder | LaneOrder | None = None  # the data order, whose position checkpoints record
         self.saved_step: int | None = None
-        self.skipped: set[str] = set()
+        self.skipped: dict[str, str] = {}  # unreadable image → why
+        self.examples_planned = self.examples_trained = 0  # over all processes, this session's steps
 
     # -- restore and checkpoint --------------------------------------------------------------------
     def begin(self) -> None:
@@ -336,7 +341,7 @@ class TrainingRun:
         for name, error in failures:
             if name not in self.skipped:
                 logger.warning("Skipping unreadable training image %s: %s", name, error)
-                self.skipped.add(name)
+                self.skipped[name] = error
 
     # -- the schedule ---------------------------------------------------------------------------------
     def follow_schedule(
@@ -376,8 +381,10 @@ class TrainingRun:
         return False
 
     def summary(self, seconds: float, workers: int) -> dict:
-        summary = {"steps": self.step, "skipped_images": sorted(self.skipped), "seconds": round(seconds, 1),
-                   "rank": self.context.rank, "world_size": self.context.world_size, "workers": workers}  # fmt: skip
+        left_out = 1 - self.examples_trained / self.examples_planned if self.examples_planned else 0.0
+        summary = {"steps": self.step, "skipped_images": sorted(self.skipped), "skipped_fraction": round(left_out, 4),
+                   "seconds": round(seconds, 1), "rank": self.context.rank, "world_size": self.context.world_size,
+                   "workers": workers}  # fmt: skip
         if self.context.device.type == "cuda":
             summary["cuda_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.context.device) / 2**30, 2)
         return summary
@@ -404,10 +411,25 @@ class TrainingRun:
                     examples_seen += len(batch)
                 elif last and layout.world_size > 1:
                     self.join_gradient_all_reduce()
+        self.count_examples(examples_seen, layout.batch_size)
         self.optimizer.step()
         self.step += 1
         return {"step": self.step, "lr": lr, "examples": examples_seen, "loss_sum": loss_total,
                 "data_wait_s": round(waited, 4)}  # fmt: skip
+
+    def count_examples(self, examples_seen: int, batch_size: int) -> None:
+        """Add the step's examples, over all processes, to the run's count; refuse a step whose global batch is
+        empty (one process without readable images is fine: it joins the all-reduce with zero)."""
+        trained = sum_over_processes(examples_seen, self.context)
+        if not trained:
+            example = next((f", e.g. {name}: {error.rstrip('.')}" for name, error in self.skipped.items()), "")
+            raise NoReadableExamples(
+                f"step {self.step + 1}: none of the {batch_size} examples of its batch had a readable image "
+                f"({len(self.skipped)} unreadable training images skipped so far{example}): fix or remove the "
+                "unreadable images, or check --data. The last saved checkpoint, if any, is intact."
+            )
+        self.examples_planned += batch_size
+        self.examples_trained += trained
 
     def loss_sum(self, batch: MicroBatch) -> torch.Tensor:
         with self.autocast:

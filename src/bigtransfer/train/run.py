@@ -146,7 +146,7 @@ def finish_run(
     result = evaluation() if evaluation is not None else None
     if summary["rank"] != 0:
         return summary
-    reported = ("skipped_images", "steps", "seconds", "workers", "cuda_peak_memory_gib")
+    reported = ("skipped_images", "skipped_fraction", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
     if result is not None:
         metrics["eval"] = result
