@@ -116,6 +116,7 @@ class ImageDataset(LabelledImages):
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
     table: Any = None  # a datasets.Dataset of one column: images read undecoded ({"bytes", "path"})
+    image_roots: tuple[Path, ...] = ()  # the folders a table's path-only images may lie in (`contained_image_path`)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -155,8 +156,11 @@ class ImageDataset(LabelledImages):
         return None
 
     def _stored(self, index: int) -> dict:
+        """A table's image value; one that holds only a path is read from that file only inside `image_roots`."""
         (stored,) = self.table[int(index)].values()
-        return stored
+        if stored.get("bytes") or not stored.get("path"):
+            return stored
+        return {"bytes": None, "path": contained_image_path(stored["path"], self.image_roots, self.name_of(index))}
 
     def _header(self, index: int) -> Image.Image:
         """The image opened for its header only (size checked, nothing decoded)."""
@@ -194,6 +198,7 @@ class ImageDataset(LabelledImages):
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             arrays=self.arrays[indices] if self.arrays is not None else None,
             table=self.table.select(indices) if self.table is not None else None,
+            image_roots=self.image_roots,
         )
 
     def select_classes(self, wanted: list[str]) -> ImageDataset:
@@ -350,19 +355,27 @@ EVAL_SPLITS = ("validation", "valid", "val", "test")  # what evaluation reads fr
 
 
 def stored_image_bytes(stored: dict[str, Any]) -> bytes | None:
-    """A `datasets` image value's file bytes: its own, else its path's — local, or remote (`hf://…`,
-    `zip://…::hf://…` when streaming) through fsspec, as `datasets` itself opens them; None when it has neither."""
+    """A `datasets` image value's file bytes: its own, else its (checked, `ImageDataset._stored`) local file's;
+    None when it has neither."""
     if stored.get("bytes"):
         return stored["bytes"]
-    path = stored.get("path")
-    if not path:
-        return None
-    if Path(path).is_file():
-        return Path(path).read_bytes()
-    import fsspec
+    return Path(stored["path"]).read_bytes() if stored.get("path") else None
 
-    with fsspec.open(path, "rb") as file:
-        return file.read()
+
+def contained_image_path(path: str, roots: Sequence[Path], name: str) -> str:
+    """The file a `datasets` image value names, when it lies inside one of `roots` (a saved dataset's own folder,
+    or the caches `datasets` downloads into). Any other file, and any URL, is refused: a dataset is data, and must
+    not make reading it (or `shard`, which copies what it reads into shards) fetch what its author pointed it at.
+    `datasets`' save_to_disk embeds images' bytes, so a dataset saved by it never needs an outside path."""
+    if "://" not in path and roots:
+        resolved = (roots[0] / path).resolve()  # symbolic links and .. followed: where the bytes really are
+        if any(resolved.is_relative_to(root.resolve()) for root in roots):
+            return str(resolved)
+    raise ValueError(
+        f"{name} names its image as {printable(path)}, outside {printable(roots[0]) if roots else 'the dataset'}: "
+        "only images stored in a dataset, or files inside its folder, are read; save the dataset with its images "
+        "embedded (datasets' save_to_disk does so)."
+    )
 
 
 def datasets_library():
@@ -423,9 +436,11 @@ def from_hf_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     multi_label: bool = False,
+    image_roots: Sequence[Path] = (),
 ) -> ImageDataset:
     """A `datasets.Dataset` as an ImageDataset that reads only its label column up front: images stay in the
-    Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory)."""
+    Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory). An image held as a path
+    only is read when the file lies in `image_roots` (`contained_image_path`)."""
     datasets = datasets_library()
     image_column = find_column(dataset.column_names, image_column, IMAGE_COLUMNS, "image", source)
     label_column = find_column(dataset.column_names, label_column, LABEL_COLUMNS, "label", source)
@@ -437,7 +452,7 @@ def from_hf_dataset(
     read_labels = _label_sets if multi_label else _class_ids
     labels, classes = read_labels(dataset[label_column], dataset.features[label_column], source)
     table = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
-    return ImageDataset(labels, classes, source, table=table)
+    return ImageDataset(labels, classes, source, table=table, image_roots=tuple(image_roots))
 
 
 def _pick_split(splits: list[str], split: str | None, for_eval: bool, source: str) -> str:
@@ -468,7 +483,8 @@ def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **col
 def from_hf_datasets(path: Path, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read);
     `columns`: from_hf_dataset's image_column, label_column, multi_label."""
-    return _split_of(datasets_library().load_from_disk(str(path)), str(path), split, for_eval, **columns)
+    loaded = datasets_library().load_from_disk(str(path))
+    return _split_of(loaded, str(path), split, for_eval, image_roots=(Path(path),), **columns)
 
 
 def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
@@ -483,7 +499,18 @@ def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False
             f"({type(error).__name__}: {error}). Pass an image folder, a CSV, an IDX file or a saved dataset; a "
             "name needs the Hub, or the datasets cache when offline (HF_HUB_OFFLINE=1)."
         ) from None
-    return _split_of(loaded, f"{name} [{split}]" if split else name, split, for_eval, **columns)
+    return _split_of(loaded, f"{name} [{split}]" if split else name, split, for_eval, image_roots=download_folders(),
+                     **columns)  # fmt: skip
+
+
+def download_folders() -> tuple[Path, ...]:
+    """Where `datasets` keeps what it downloads for a dataset by name: its own cache (downloads, extracted
+    archives) and the Hub's, whose files it fetches with huggingface_hub."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    return (config.HF_DATASETS_CACHE, config.DOWNLOADED_DATASETS_PATH, config.EXTRACTED_DATASETS_PATH,
+            Path(constants.HF_HUB_CACHE))  # fmt: skip
 
 
 def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
