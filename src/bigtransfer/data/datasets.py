@@ -483,7 +483,15 @@ def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **col
 def from_hf_datasets(path: Path, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read);
     `columns`: from_hf_dataset's image_column, label_column, multi_label."""
-    loaded = datasets_library().load_from_disk(str(path))
+    datasets = datasets_library()
+    loaded = datasets.load_from_disk(str(path))
+    if split is not None and not isinstance(loaded, datasets.DatasetDict) and split != loaded.split:
+        option = "--eval-split" if for_eval else "--split"
+        saved_from = f", or {option} {loaded.split} (the split it was saved from)" if loaded.split else ""
+        raise ValueError(
+            f"{path} is a single dataset, not a DatasetDict of splits, so it has no split {split!r}: drop {option}"
+            f"{saved_from}."
+        )
     return _split_of(loaded, str(path), split, for_eval, image_roots=(Path(path),), **columns)
 
 
