@@ -89,6 +89,9 @@ def test_named_columns_and_string_labels(tmp_path):
         load_dataset(tmp_path / "ds", image_column="note", label_column="kind")
     loaded = load_dataset(tmp_path / "ds", image_column="photo", label_column="kind")
     assert loaded.classes == ["beagle", "collie", "tabby"] and list(loaded.labels) == [2, 1, 2, 0]
+    numbered = datasets.Dataset.from_dict({"image": photos(3, 0), "label": ["12", "3", "0"]})
+    numbered.save_to_disk(tmp_path / "numbered")
+    assert load_dataset(tmp_path / "numbered").classes == ["0", "3", "12"]  # integer text: as a CSV's, by value
 
 
 def test_unlabelled_rows_are_refused(tmp_path):

@@ -155,6 +155,19 @@ def test_folder_csv_and_idx_datasets(tmp_path):
     assert gzip_header[4:8] == bytes(4)  # no time stamp: a regenerated file is byte-identical
 
 
+def test_integer_csv_labels_are_classes_in_numeric_order(tmp_path):
+    make_folder(tmp_path / "folder", classes=("x",), per_class=5)
+    labels = ["12", "3", "0", "9", "6"]
+    rows = "".join(f"folder/x/{i}.png,{label}\n" for i, label in enumerate(labels))
+    (tmp_path / "digits.csv").write_text("path,label\n" + rows)
+    digits = from_csv(tmp_path / "digits.csv")
+    assert digits.classes == ["0", "3", "6", "9", "12"] and digits.labels.tolist() == [4, 1, 0, 3, 2]
+    (tmp_path / "multi.csv").write_text("path,label\n" + rows.replace(",12", ",12;3"))
+    assert from_csv(tmp_path / "multi.csv", multi_label=True).classes == ["0", "3", "6", "9", "12"]
+    (tmp_path / "mixed.csv").write_text("path,label\n" + rows.replace(",9", ",9b"))
+    assert from_csv(tmp_path / "mixed.csv").classes == ["0", "12", "3", "6", "9b"]  # not all integers: as text
+
+
 def test_fashion_mnist_from_the_debian_package_has_its_names():
     path = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
     if not os.path.exists(path):

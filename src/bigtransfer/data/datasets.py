@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -297,14 +298,25 @@ def from_csv(path: Path, multi_label: bool = False) -> ImageDataset:
             f"'{MULTI_LABEL_SEPARATOR}': pass --multi-label (in Python, load_dataset(..., multi_label=True)) to "
             "train on multi-label data."
         )
-    classes = sorted({row["label"] for row in rows})
+    classes = class_order({row["label"] for row in rows})
     labels = np.array([classes.index(row["label"]) for row in rows])
     return ImageDataset(labels, classes, str(path), paths=paths)
 
 
+INTEGER_LABEL = re.compile(r"-?[0-9]+")
+
+
+def class_order(names: Collection[str]) -> list[str]:
+    """Text labels as classes, in order: by value when every one is an integer (0, 3, 9, 12 — not 0, 12, 3, 9 as
+    text sorts them, which would put class "12" before "3"), else sorted as text."""
+    if all(INTEGER_LABEL.fullmatch(name) for name in names):
+        return sorted(names, key=lambda name: (int(name), name))
+    return sorted(names)
+
+
 def _multi_hot(names: list[set[str]], classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Each image's set of class names as an N×C {0, 1} matrix over `classes` (default: the sorted names)."""
-    classes = classes if classes is not None else sorted(set().union(*names))
+    """Each image's set of class names as an N×C {0, 1} matrix over `classes` (default: `class_order`)."""
+    classes = classes if classes is not None else class_order(set().union(*names))
     column = {name: i for i, name in enumerate(classes)}
     labels = np.zeros((len(names), len(classes)), dtype=np.uint8)
     for row, present in enumerate(names):
@@ -410,13 +422,13 @@ def _label_sets(values: list, feature: Any, source: str) -> tuple[np.ndarray, li
 
 
 def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, list[str]]:
-    """Class ids and names: a ClassLabel's names, strings as a CSV's labels (sorted names), or plain ints."""
+    """Class ids and names: a ClassLabel's names, strings as a CSV's labels (`class_order`), or plain ints."""
     if hasattr(feature, "feature"):
         raise ValueError(f"{source}: its labels are lists (several classes per image): pass --multi-label.")
     if hasattr(feature, "names"):
         labels, classes = np.array(values, dtype=np.int64), list(feature.names)
     elif values and all(isinstance(value, str) for value in values):
-        classes = sorted(set(values))
+        classes = class_order(set(values))
         index = {name: i for i, name in enumerate(classes)}
         labels = np.array([index[value] for value in values], dtype=np.int64)
     elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
