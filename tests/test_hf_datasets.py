@@ -66,6 +66,20 @@ def test_evaluation_reads_validation_then_test_never_silently_train(saved, tmp_p
         load_dataset(tmp_path / "two", for_eval=True)
 
 
+def test_a_split_asked_of_a_dataset_without_splits_is_refused(saved, tmp_path):
+    single = datasets.load_from_disk(str(saved))["train"]
+    single.save_to_disk(tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"a single dataset, not a DatasetDict of splits, so it has no split "
+                       r"'validation': drop --split\.$"):  # fmt: skip
+        load_dataset(tmp_path / "plain", split="validation")
+    assert len(load_dataset(tmp_path / "plain")) == 12
+    named = datasets.Dataset.from_dict(single.to_dict(), features=single.features, split="train")
+    named.save_to_disk(tmp_path / "train-only")  # it knows the split it was made from: that one name is accepted
+    assert len(load_dataset(tmp_path / "train-only", split="train")) == 12
+    with pytest.raises(ValueError, match=r"drop --eval-split, or --eval-split train \(the split it was saved from\)"):
+        load_dataset(tmp_path / "train-only", split="test", for_eval=True)
+
+
 def test_named_columns_and_string_labels(tmp_path):
     table = {"photo": photos(4, 0), "kind": ["tabby", "collie", "tabby", "beagle"], "note": ["x"] * 4}
     datasets.Dataset.from_dict(table).save_to_disk(tmp_path / "ds")
@@ -75,6 +89,9 @@ def test_named_columns_and_string_labels(tmp_path):
         load_dataset(tmp_path / "ds", image_column="note", label_column="kind")
     loaded = load_dataset(tmp_path / "ds", image_column="photo", label_column="kind")
     assert loaded.classes == ["beagle", "collie", "tabby"] and list(loaded.labels) == [2, 1, 2, 0]
+    numbered = datasets.Dataset.from_dict({"image": photos(3, 0), "label": ["12", "3", "0"]})
+    numbered.save_to_disk(tmp_path / "numbered")
+    assert load_dataset(tmp_path / "numbered").classes == ["0", "3", "12"]  # integer text: as a CSV's, by value
 
 
 def test_unlabelled_rows_are_refused(tmp_path):

@@ -27,7 +27,7 @@ from bigtransfer.data import shards as shards_module
 from bigtransfer.data.order import LaneOrder, lane_count
 from bigtransfer.data.shards import open_shards
 from bigtransfer.data.sources import load_dataset
-from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
+from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff, png_header
 
 SIZES = [(40, 30), (24, 56), (32, 32)]  # (width, height): three sizes, as photo collections have
 CLASSES = ("cat", "dog", "owl")
@@ -314,6 +314,25 @@ def test_multi_label_data_shards_and_trains_with_its_label_lists(tmp_path, upstr
     assert 0 <= report["map"] <= 1 and report["examples"] == 12
 
 
+def test_training_on_shards_without_a_readable_image_fails_in_one_line(upstream, tmp_path, capsys):
+    """Shards written by another tool can hold images that pass a header check but do not decode."""
+    import webdataset
+
+    (tmp_path / "bad").mkdir()
+    with open(tmp_path / "bad" / "shard-000000.tar", "wb") as file:
+        writer = webdataset.TarWriter(file)
+        for i in range(12):
+            writer.write({"__key__": f"{i:06d}", "png": png_header(tmp_path / "header.png", 24, 24).read_bytes(),
+                          "cls": str(i % 3)})  # fmt: skip
+        writer.close()
+    command = ["finetune", "--model", str(upstream), "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "run"),
+               "--batch-size", "8", "--steps", "2", "--resize", "24", "--crop", "20", "--quiet", "--workers", "0"]  # fmt: skip
+    assert cli(command) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bigtransfer")]
+    assert len(error) == 1 and "step 1: none of the 8 examples of its batch had a readable image" in error[0]
+    assert not (tmp_path / "run" / "model").exists()
+
+
 def test_pixels_held_in_memory_are_stored_losslessly_in_a_seeded_order(tmp_path):
     from bigtransfer.data.datasets import write_idx
 
@@ -429,27 +448,128 @@ def blank_augment(image, *_, **__):
     return np.zeros((2, 2, 3), np.uint8)
 
 
-def test_streamed_rows_that_hold_a_remote_path_are_read_through_fsspec(monkeypatch, tmp_path):
-    """Streaming an imagefolder-style Hub dataset gives {"bytes": None, "path": "hf://…"}: read as datasets does."""
-    import datasets
-    import fsspec
+def png_bytes(size=(30, 20), seed=0) -> bytes:
+    buffer = io.BytesIO()
+    width, height = size
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
+    return buffer.getvalue()
 
-    memory = fsspec.filesystem("memory")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(buffer, "PNG")
-        memory.pipe(f"/remote/{i}.png", buffer.getvalue())
+
+@pytest.fixture
+def fake_hub_files(monkeypatch):
+    """fsspec's hf:// answered from memory, as the Hub would answer a streamed dataset's files (no network)."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+    from fsspec.registry import _registry
+
+    class HubInMemory(MemoryFileSystem):
+        protocol, store, pseudo_dirs = "hf", {}, [""]
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return MemoryFileSystem._strip_protocol(path.removeprefix("hf://"))
+
+    monkeypatch.setitem(_registry, "hf", HubInMemory)
+    HubInMemory.clear_instance_cache()
+    return fsspec.filesystem("hf")
+
+
+@pytest.fixture
+def image_server():
+    """A local server that counts its requests and answers every one with a PNG."""
+    requests, body = [], png_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+
+
+def streamed_rows(monkeypatch, paths: list[str]) -> None:
+    """`datasets.load_dataset(name, streaming=True)` answers with rows holding only these paths."""
+    import datasets
+
     features = datasets.Features(
         {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=["a", "b"])}
     )
-    rows = {"image": [{"bytes": None, "path": f"memory://remote/{i}.png"} for i in range(6)], "label": [0, 1] * 3}
+    rows = {"image": [{"bytes": None, "path": path} for path in paths], "label": [i % 2 for i in range(len(paths))]}
     table = datasets.Dataset.from_dict(rows, features=features)
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split=None, streaming=False: table.to_iterable_dataset())
+
+
+def test_streamed_rows_that_hold_a_hub_path_are_read_through_fsspec(monkeypatch, tmp_path, fake_hub_files):
+    """Streaming an imagefolder-style Hub dataset gives {"bytes": None, "path": "hf://…"}: read as datasets does."""
+    for i in range(6):
+        fake_hub_files.pipe(f"/datasets/toy/remote/{i}.png", png_bytes(seed=i))
+    streamed_rows(monkeypatch, [f"hf://datasets/toy/remote/{i}.png" for i in range(6)])
     assert cli(["shard", "toy/remote", str(tmp_path / "s"), "--streaming", "--quiet"]) == 0
     shards = load_dataset(str(tmp_path / "s"))
     assert len(shards) == 6 and shards.manifest["skipped"] == []
     assert sorted(shards.example(i)[0].size for i in range(6)) == [(30, 20)] * 6
+
+
+def test_streamed_rows_naming_other_places_are_refused_and_hub_files_bounded(monkeypatch, tmp_path, fake_hub_files,
+                                                                             image_server):  # fmt: skip
+    import bigtransfer.processing.decoding as decoding
+
+    url, requests = image_server
+    (tmp_path / "local.png").write_bytes(png_bytes())
+    fake_hub_files.pipe("/datasets/toy/remote/ok.png", png_bytes())
+    fake_hub_files.pipe("/datasets/toy/remote/huge.png", png_bytes() + b"\0" * 200_000)
+    monkeypatch.setattr(decoding, "MAX_DOWNLOAD_BYTES", 100_000)
+    paths = ["hf://datasets/toy/remote/ok.png", f"{url}/secret.png", str(tmp_path / "local.png"),
+             f"zip://x.png::{url}/a.zip", "hf://datasets/toy/remote/huge.png", "hf://datasets/toy/remote/ok.png"]  # fmt: skip
+    streamed_rows(monkeypatch, paths)
+    assert cli(["shard", "toy/remote", str(tmp_path / "s"), "--streaming", "--quiet"]) == 0
+    shards = load_dataset(str(tmp_path / "s"))
+    errors = sorted(entry["error"].split(", not ")[-1] for entry in shards.manifest["skipped"])
+    assert len(shards) == 2 and requests == []  # the two hf:// copies of ok.png; no request reached the server
+    assert errors[:3] == ["a file of the dataset on the Hub (hf://)"] * 3
+    assert errors[3] == "it is beyond the limit of 100,000 bytes (BIGTRANSFER_MAX_DOWNLOAD_BYTES)"
+
+
+def test_a_saved_dataset_is_read_from_its_own_bytes_and_folder_only(tmp_path, image_server, capsys):
+    """A saved dataset whose rows hold only a path (crafted: save_to_disk embeds the bytes) names a URL, a file
+    outside its folder, one inside it through .., and one inside it: only the last is read."""
+    import datasets
+
+    url, requests = image_server
+    folder = tmp_path / "saved"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "inside.png").write_bytes(png_bytes(seed=1))
+    (tmp_path / "outside.png").write_bytes(png_bytes(seed=2))
+    stored = [{"bytes": png_bytes(seed=3), "path": None}, {"bytes": None, "path": f"{url}/secret.png"},
+              {"bytes": None, "path": str(tmp_path / "outside.png")},
+              {"bytes": None, "path": str(folder / "images" / ".." / ".." / "outside.png")},
+              {"bytes": None, "path": str(folder / "images" / "inside.png")}]  # fmt: skip
+    struct = datasets.Features({"image": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                                "label": datasets.ClassLabel(names=["a", "b"])})  # fmt: skip
+    datasets.Dataset.from_dict({"image": stored, "label": [0, 1, 0, 1, 1]}, features=struct).save_to_disk(folder)
+    info = json.loads((folder / "dataset_info.json").read_text())
+    info["features"]["image"] = {"_type": "Image"}  # what the rows are declared to be
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+
+    assert cli(["shard", str(folder), str(tmp_path / "s"), "--json", "--workers", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 2 and requests == []
+    assert sorted(entry["image"] for entry in summary["skipped"]) == [f"{folder}[{i}]" for i in (1, 2, 3)]
+    assert all(f"outside {folder}: only images stored in a dataset" in entry["error"] for entry in summary["skipped"])
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar") as tar:
+        kept = {tar.extractfile(member).read() for member in tar.getmembers() if member.name.endswith(".png")}
+    assert kept == {png_bytes(seed=3), png_bytes(seed=1)}
 
 
 def test_a_pattern_naming_missing_shards_says_which(sharded):

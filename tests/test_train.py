@@ -28,7 +28,7 @@ from bigtransfer.train import FineTuning, RunOptions, Speed, hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.fine_tuning import fine_tuning_job, finetune
 from bigtransfer.train.schedules import upstream_schedule
-from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff
+from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff, png_header
 
 # -- the rule, as a table -----------------------------------------------------------------------------
 
@@ -153,6 +153,19 @@ def test_folder_csv_and_idx_datasets(tmp_path):
     assert len(idx) == 4 and idx.classes == ["0", "1", "2"] and idx.load(3).size == (28, 28)
     gzip_header = (tmp_path / "train-labels-idx1-ubyte.gz").read_bytes()[:10]
     assert gzip_header[4:8] == bytes(4)  # no time stamp: a regenerated file is byte-identical
+
+
+def test_integer_csv_labels_are_classes_in_numeric_order(tmp_path):
+    make_folder(tmp_path / "folder", classes=("x",), per_class=5)
+    labels = ["12", "3", "0", "9", "6"]
+    rows = "".join(f"folder/x/{i}.png,{label}\n" for i, label in enumerate(labels))
+    (tmp_path / "digits.csv").write_text("path,label\n" + rows)
+    digits = from_csv(tmp_path / "digits.csv")
+    assert digits.classes == ["0", "3", "6", "9", "12"] and digits.labels.tolist() == [4, 1, 0, 3, 2]
+    (tmp_path / "multi.csv").write_text("path,label\n" + rows.replace(",12", ",12;3"))
+    assert from_csv(tmp_path / "multi.csv", multi_label=True).classes == ["0", "3", "6", "9", "12"]
+    (tmp_path / "mixed.csv").write_text("path,label\n" + rows.replace(",9", ",9b"))
+    assert from_csv(tmp_path / "mixed.csv").classes == ["0", "12", "3", "6", "9b"]  # not all integers: as text
 
 
 def test_fashion_mnist_from_the_debian_package_has_its_names():
@@ -715,6 +728,21 @@ def test_ddp_rank_with_only_unreadable_images_still_joins_the_all_reduce(upstrea
     assert result.returncode == 0, result.stderr[-3000:]
     single_weights, ddp = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     assert max(max_abs_diff(single_weights[k], ddp[k]) for k in single_weights) < 1e-5
+
+
+def test_ddp_stops_when_the_global_batch_holds_no_readable_image(upstream, folder, tmp_path):
+    for path in folder.rglob("*.png"):
+        png_header(path, 20, 24)  # a readable header (the plan passes), no pixels: unreadable in training
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
+               "--steps", "2", "--resize", "24", "--crop", "20", "--out", str(tmp_path / "ddp"), "--quiet",
+               "--device", "cpu", "--workers", "0"]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode != 0
+    assert "bigtransfer finetune: step 1: none of the 8 examples of its batch had a readable image" in result.stderr
+    assert not (tmp_path / "ddp" / "model").exists()
 
 
 @pytest.mark.slow

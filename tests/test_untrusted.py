@@ -213,6 +213,102 @@ def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_or_model(upstream
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
 
 
+# -- issue 31, 7: weights that turn NaN in an update (its loss still finite) are never saved nor used ------------
+
+
+def weights_turn_nan_in_update(at_call: int, monkeypatch) -> None:
+    """SGD's `at_call`-th update leaves a NaN in the first weight: the loss of that step, computed before the
+    update, is still finite."""
+    original, calls = torch.optim.SGD.step, {"n": 0}
+
+    def step(self, closure=None):
+        result = original(self, closure)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+
+
+@pytest.mark.parametrize("nan_at, kept", [(6, 3), (3, None)])  # the last step; a checkpoint's own step
+def test_weights_that_turn_nan_in_an_update_are_never_saved(upstream, folder, tmp_path, monkeypatch, capsys, nan_at,
+                                                            kept):  # fmt: skip
+    weights_turn_nan_in_update(nan_at, monkeypatch)
+    command = ["finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8", "--steps", "6",
+               "--resize", "24", "--crop", "20", "--out", str(tmp_path / "run"), "--quiet", "--workers", "0",
+               "--save-every", "3"]  # fmt: skip
+    assert cli(command) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"weights became NaN or infinite at step {nan_at}" in error[0], error
+    assert "lower --base-lr" in error[0] and "last saved checkpoint" in error[0]
+    assert not (tmp_path / "run" / "model").exists()
+    if kept is None:
+        assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    else:
+        state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+        assert state["step"] == kept and all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+def test_predict_flags_non_finite_scores_instead_of_printing_them(upstream, tmp_path, capsys):
+    model = BitForImageClassification.from_pretrained(upstream)
+    with torch.no_grad():
+        model.classifier[1].weight.fill_(float("nan"))  # a model saved by a diverged run
+    model.save_pretrained(tmp_path / "diverged")
+    BitImageProcessor.from_pretrained(upstream).save_pretrained(tmp_path / "diverged")
+    Image.new("RGB", (24, 24), (90, 30, 200)).save(tmp_path / "photo.png")
+    code = cli(["predict", str(tmp_path / "photo.png"), "--model", str(tmp_path / "diverged"), "--json"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert code == 1 and report["results"] == [] and "score" not in captured.out
+    assert "not finite" in report["errors"][0]["error"] and "not finite" in captured.err
+
+
+# -- issue 31, 8: a run whose batches hold no readable image fails instead of "training" ----------------------------
+
+
+def test_a_run_without_a_readable_image_fails_naming_the_skipped(upstream, folder, tmp_path, capsys):
+    for image in folder.rglob("*.png"):
+        png_header(image, 24, 24)  # a valid header, so the plan's size sample passes; no pixel data
+    command = [
+        "finetune",
+        "--model",
+        str(upstream),
+        "--data",
+        str(folder),
+        "--batch-size",
+        "8",
+        "--steps",
+        "3",
+        "--resize",
+        "24",
+        "--crop",
+        "20",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--workers",
+        "0",
+    ]
+    assert cli(command) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bigtransfer")]
+    assert len(error) == 1 and "step 1: none of the 8 examples of its batch had a readable image" in error[0]
+    assert "8 unreadable training images skipped so far, e.g." in error[0] and "truncated" in error[0]
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_fraction_of_examples_left_out_is_reported(upstream, folder, tmp_path, capsys):
+    for image in sorted(folder.rglob("*.png"))[::3]:  # 5 of the 15
+        image.write_bytes(b"not a png")
+    command = ["finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "15", "--steps", "2",
+               "--resize", "24", "--crop", "20", "--out", str(tmp_path / "run"), "--quiet", "--workers", "0",
+               "--mixup", "0"]  # fmt: skip
+    assert cli(command) == 0
+    assert "skipped 5 unreadable training images: 33.3% of the examples were left out" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_fraction"] == 0.3333
+
+
 # -- 7: one run per folder --------------------------------------------------------------------------------------------
 
 

@@ -286,8 +286,9 @@ def _print_metrics(metrics: dict) -> None:
     result = metrics.get("eval", metrics if any(key in metrics for key in HEADLINE_NAMES) else None)
     if "model_dir" in metrics:
         print(f"model saved to {metrics['model_dir']} ({metrics['steps']} steps, {metrics['seconds']} s)")
-    if metrics.get("skipped_images"):
-        print(f"skipped {len(metrics['skipped_images'])} unreadable training images")
+    if metrics.get("skipped_images") or metrics.get("skipped_fraction"):
+        print(f"skipped {len(metrics['skipped_images'])} unreadable training images: "
+              f"{metrics['skipped_fraction']:.1%} of the examples were left out")  # fmt: skip
     if result:
         print(f"{_headline_text(result)} on {result['examples']} images")
         for name in result.get("skipped_images", []):

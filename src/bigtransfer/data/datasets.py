@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -116,6 +117,7 @@ class ImageDataset(LabelledImages):
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
     table: Any = None  # a datasets.Dataset of one column: images read undecoded ({"bytes", "path"})
+    image_roots: tuple[Path, ...] = ()  # the folders a table's path-only images may lie in (`contained_image_path`)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -155,8 +157,11 @@ class ImageDataset(LabelledImages):
         return None
 
     def _stored(self, index: int) -> dict:
+        """A table's image value; one that holds only a path is read from that file only inside `image_roots`."""
         (stored,) = self.table[int(index)].values()
-        return stored
+        if stored.get("bytes") or not stored.get("path"):
+            return stored
+        return {"bytes": None, "path": contained_image_path(stored["path"], self.image_roots, self.name_of(index))}
 
     def _header(self, index: int) -> Image.Image:
         """The image opened for its header only (size checked, nothing decoded)."""
@@ -194,6 +199,7 @@ class ImageDataset(LabelledImages):
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             arrays=self.arrays[indices] if self.arrays is not None else None,
             table=self.table.select(indices) if self.table is not None else None,
+            image_roots=self.image_roots,
         )
 
     def select_classes(self, wanted: list[str]) -> ImageDataset:
@@ -292,14 +298,25 @@ def from_csv(path: Path, multi_label: bool = False) -> ImageDataset:
             f"'{MULTI_LABEL_SEPARATOR}': pass --multi-label (in Python, load_dataset(..., multi_label=True)) to "
             "train on multi-label data."
         )
-    classes = sorted({row["label"] for row in rows})
+    classes = class_order({row["label"] for row in rows})
     labels = np.array([classes.index(row["label"]) for row in rows])
     return ImageDataset(labels, classes, str(path), paths=paths)
 
 
+INTEGER_LABEL = re.compile(r"-?[0-9]+")
+
+
+def class_order(names: Collection[str]) -> list[str]:
+    """Text labels as classes, in order: by value when every one is an integer (0, 3, 9, 12 — not 0, 12, 3, 9 as
+    text sorts them, which would put class "12" before "3"), else sorted as text."""
+    if all(INTEGER_LABEL.fullmatch(name) for name in names):
+        return sorted(names, key=lambda name: (int(name), name))
+    return sorted(names)
+
+
 def _multi_hot(names: list[set[str]], classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Each image's set of class names as an N×C {0, 1} matrix over `classes` (default: the sorted names)."""
-    classes = classes if classes is not None else sorted(set().union(*names))
+    """Each image's set of class names as an N×C {0, 1} matrix over `classes` (default: `class_order`)."""
+    classes = classes if classes is not None else class_order(set().union(*names))
     column = {name: i for i, name in enumerate(classes)}
     labels = np.zeros((len(names), len(classes)), dtype=np.uint8)
     for row, present in enumerate(names):
@@ -350,19 +367,27 @@ EVAL_SPLITS = ("validation", "valid", "val", "test")  # what evaluation reads fr
 
 
 def stored_image_bytes(stored: dict[str, Any]) -> bytes | None:
-    """A `datasets` image value's file bytes: its own, else its path's — local, or remote (`hf://…`,
-    `zip://…::hf://…` when streaming) through fsspec, as `datasets` itself opens them; None when it has neither."""
+    """A `datasets` image value's file bytes: its own, else its (checked, `ImageDataset._stored`) local file's;
+    None when it has neither."""
     if stored.get("bytes"):
         return stored["bytes"]
-    path = stored.get("path")
-    if not path:
-        return None
-    if Path(path).is_file():
-        return Path(path).read_bytes()
-    import fsspec
+    return Path(stored["path"]).read_bytes() if stored.get("path") else None
 
-    with fsspec.open(path, "rb") as file:
-        return file.read()
+
+def contained_image_path(path: str, roots: Sequence[Path], name: str) -> str:
+    """The file a `datasets` image value names, when it lies inside one of `roots` (a saved dataset's own folder,
+    or the caches `datasets` downloads into). Any other file, and any URL, is refused: a dataset is data, and must
+    not make reading it (or `shard`, which copies what it reads into shards) fetch what its author pointed it at.
+    `datasets`' save_to_disk embeds images' bytes, so a dataset saved by it never needs an outside path."""
+    if "://" not in path and roots:
+        resolved = (roots[0] / path).resolve()  # symbolic links and .. followed: where the bytes really are
+        if any(resolved.is_relative_to(root.resolve()) for root in roots):
+            return str(resolved)
+    raise ValueError(
+        f"{name} names its image as {printable(path)}, outside {printable(roots[0]) if roots else 'the dataset'}: "
+        "only images stored in a dataset, or files inside its folder, are read; save the dataset with its images "
+        "embedded (datasets' save_to_disk does so)."
+    )
 
 
 def datasets_library():
@@ -397,13 +422,13 @@ def _label_sets(values: list, feature: Any, source: str) -> tuple[np.ndarray, li
 
 
 def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, list[str]]:
-    """Class ids and names: a ClassLabel's names, strings as a CSV's labels (sorted names), or plain ints."""
+    """Class ids and names: a ClassLabel's names, strings as a CSV's labels (`class_order`), or plain ints."""
     if hasattr(feature, "feature"):
         raise ValueError(f"{source}: its labels are lists (several classes per image): pass --multi-label.")
     if hasattr(feature, "names"):
         labels, classes = np.array(values, dtype=np.int64), list(feature.names)
     elif values and all(isinstance(value, str) for value in values):
-        classes = sorted(set(values))
+        classes = class_order(set(values))
         index = {name: i for i, name in enumerate(classes)}
         labels = np.array([index[value] for value in values], dtype=np.int64)
     elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
@@ -423,9 +448,11 @@ def from_hf_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     multi_label: bool = False,
+    image_roots: Sequence[Path] = (),
 ) -> ImageDataset:
     """A `datasets.Dataset` as an ImageDataset that reads only its label column up front: images stay in the
-    Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory)."""
+    Arrow table, undecoded, until a worker decodes one (any sizes, never all in memory). An image held as a path
+    only is read when the file lies in `image_roots` (`contained_image_path`)."""
     datasets = datasets_library()
     image_column = find_column(dataset.column_names, image_column, IMAGE_COLUMNS, "image", source)
     label_column = find_column(dataset.column_names, label_column, LABEL_COLUMNS, "label", source)
@@ -437,7 +464,7 @@ def from_hf_dataset(
     read_labels = _label_sets if multi_label else _class_ids
     labels, classes = read_labels(dataset[label_column], dataset.features[label_column], source)
     table = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
-    return ImageDataset(labels, classes, source, table=table)
+    return ImageDataset(labels, classes, source, table=table, image_roots=tuple(image_roots))
 
 
 def _pick_split(splits: list[str], split: str | None, for_eval: bool, source: str) -> str:
@@ -468,7 +495,16 @@ def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **col
 def from_hf_datasets(path: Path, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read);
     `columns`: from_hf_dataset's image_column, label_column, multi_label."""
-    return _split_of(datasets_library().load_from_disk(str(path)), str(path), split, for_eval, **columns)
+    datasets = datasets_library()
+    loaded = datasets.load_from_disk(str(path))
+    if split is not None and not isinstance(loaded, datasets.DatasetDict) and split != loaded.split:
+        option = "--eval-split" if for_eval else "--split"
+        saved_from = f", or {option} {loaded.split} (the split it was saved from)" if loaded.split else ""
+        raise ValueError(
+            f"{path} is a single dataset, not a DatasetDict of splits, so it has no split {split!r}: drop {option}"
+            f"{saved_from}."
+        )
+    return _split_of(loaded, str(path), split, for_eval, image_roots=(Path(path),), **columns)
 
 
 def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
@@ -483,7 +519,18 @@ def from_hub_dataset(name: str, split: str | None = None, for_eval: bool = False
             f"({type(error).__name__}: {error}). Pass an image folder, a CSV, an IDX file or a saved dataset; a "
             "name needs the Hub, or the datasets cache when offline (HF_HUB_OFFLINE=1)."
         ) from None
-    return _split_of(loaded, f"{name} [{split}]" if split else name, split, for_eval, **columns)
+    return _split_of(loaded, f"{name} [{split}]" if split else name, split, for_eval, image_roots=download_folders(),
+                     **columns)  # fmt: skip
+
+
+def download_folders() -> tuple[Path, ...]:
+    """Where `datasets` keeps what it downloads for a dataset by name: its own cache (downloads, extracted
+    archives) and the Hub's, whose files it fetches with huggingface_hub."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    return (config.HF_DATASETS_CACHE, config.DOWNLOADED_DATASETS_PATH, config.EXTRACTED_DATASETS_PATH,
+            Path(constants.HF_HUB_CACHE))  # fmt: skip
 
 
 def hold_out(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:

@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..checkpoints.io import atomic_directory
-from ..processing.decoding import decode_stored_image, open_checked
-from .datasets import IMAGE_COLUMNS, LABEL_COLUMNS, ImageDataset, datasets_library, find_column, stored_image_bytes
+from ..checkpoints.io import atomic_directory, printable
+from ..processing.decoding import URL_TIMEOUT, decode_stored_image, open_checked, read_bounded
+from .datasets import IMAGE_COLUMNS, LABEL_COLUMNS, ImageDataset, datasets_library, find_column
 from .shards import FORMAT, MANIFEST, SHARD_NAME, label_of, webdataset_library
 from .workers import ordered_results, resolve_workers
 
@@ -243,13 +244,33 @@ def _streamed_sample(number: int, stored: dict[str, Any], label: Any, source: st
     try:
         if not isinstance(label, list) and label < 0:
             raise ValueError("it has no label (-1)")
-        data = stored_image_bytes(stored)
+        data = stored.get("bytes") or (hub_file_bytes(stored["path"]) if stored.get("path") else None)
         if data is None:
             raise ValueError("it holds no image bytes")
         encoded = encode_image(data, functools.partial(decode_stored_image, {"bytes": data}, name), name, max_side)
     except (OSError, ValueError) as error:
         return skipped_sample(name, error)
     return shard_sample(f"{number:09d}", encoded, label)
+
+
+ARCHIVE_PROTOCOLS = ("zip", "tar", "gzip", "bz2", "xz", "zstd", "lz4")  # fsspec links that read the next link only
+
+
+def hub_file_bytes(path: str) -> bytes:
+    """A streamed row's image file, which `datasets` names by its place on the Hub (`hf://…`, inside an archive
+    `zip://…::hf://…`): read through fsspec as `datasets` opens it, bounded as `fetch_image` is (bytes and
+    seconds). Any other place — a local file, an http(s) URL, another store — is refused: the rows of a dataset
+    are data, and must not make `shard` fetch (and copy into its shards) what they point at."""
+    import fsspec
+
+    *inner, outer = path.split("::")
+    if not outer.startswith("hf://") or any(link.partition("://")[0] not in ARCHIVE_PROTOCOLS for link in inner):
+        raise ValueError(f"it names its image as {printable(path)}, not a file of the dataset on the Hub (hf://)")
+    deadline = time.monotonic() + URL_TIMEOUT
+    with fsspec.open(path, "rb") as file:
+        return read_bounded(
+            lambda _: file.read(1 << 16), deadline, URL_TIMEOUT, "the Hub answered too slowly: try again"
+        )
 
 
 def _chunks(samples: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -19,9 +19,15 @@ from .metrics import accuracy_metrics, multi_label_metrics, top_classes
 
 @dataclasses.dataclass
 class Predictions:
-    rows: np.ndarray  # float32, one row per readable image: logits, or pooled features for `pooled_features`
+    rows: np.ndarray  # float32, one finite row per readable image: logits, or pooled features for `pooled_features`
     indices: np.ndarray  # dataset index of each row
-    failures: list[tuple[str, str]]  # (image name, error) of the unreadable images
+    failures: list[tuple[str, str]]  # (image name, error) of the unreadable images and of those given NaN or ±inf
+
+
+NON_FINITE = (
+    "the model's outputs for it are not finite (NaN or infinity): its weights are damaged or come from a run that "
+    "diverged; retrain it, or check the model"
+)
 
 
 def device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
@@ -46,7 +52,8 @@ def predict_rows(
     progress: bool = False,
 ) -> Predictions:
     """`rows_of(model, pixel_values)` for every readable image of `dataset`, as float32 rows; unreadable images
-    are reported, not fatal (none readable: zero rows)."""
+    are reported, not fatal (none readable: zero rows), and so are rows holding NaN or infinity: no score or
+    feature that means nothing is handed on as a result."""
     device, dtype = device_and_dtype(model)
     model.eval()
     rows, indices, failures = [], [], []
@@ -62,7 +69,10 @@ def predict_rows(
         indices += batch.indices
     if not rows:
         return Predictions(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failures)
-    return Predictions(torch.cat(rows).cpu().numpy(), np.array(indices, dtype=np.int64), failures)
+    rows, indices = torch.cat(rows).cpu().numpy(), np.array(indices, dtype=np.int64)
+    finite = np.isfinite(rows).all(axis=1)
+    failures += [(dataset.name_of(int(index)), NON_FINITE) for index in indices[~finite]]
+    return Predictions(rows[finite], indices[finite], failures)
 
 
 def predict_logits(

@@ -8,7 +8,7 @@ import re
 import time
 import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +123,24 @@ def _bounded_body(response: Any, url: str, deadline: float, limit: float) -> byt
     if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
         raise ValueError(f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES:,} ({DOWNLOAD_ENV})")
     sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+
+    def read(remaining: float) -> bytes:
+        if sock is not None:
+            sock.settimeout(remaining)  # a server that stops sending cannot hold the call past the deadline
+        return response.read1(1 << 16)
+
+    return read_bounded(read, deadline, limit, "pass a larger timeout=")
+
+
+def read_bounded(read: Callable[[float], bytes], deadline: float, limit: float, advice: str) -> bytes:
+    """What `read(seconds left)` returns chunk by chunk until b"": at most `MAX_DOWNLOAD_BYTES`, and refused once
+    `deadline` (`limit` seconds after the start) has passed; `advice` is the timeout message's remedy."""
     chunks, size = [], 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"the download took longer than {limit:g} s (pass a larger timeout=)")
-        if sock is not None:
-            sock.settimeout(remaining)  # a server that stops sending cannot hold the call past the deadline
-        chunk = response.read1(1 << 16)
+            raise TimeoutError(f"the download took longer than {limit:g} s ({advice})")
+        chunk = read(remaining)
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

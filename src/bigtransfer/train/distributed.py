@@ -72,6 +72,16 @@ def sync_gradients(model: torch.nn.Module, last_micro_batch: bool):
     return contextlib.nullcontext()
 
 
+def sum_over_processes(value: int, context: Distributed) -> int:
+    """`value` summed over every process; on the gloo group, with a CPU tensor, so a GPU run does not wait for its
+    device."""
+    if context.world_size == 1:
+        return value
+    total = torch.tensor([value])
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=context.patient_group)
+    return int(total.item())
+
+
 def barrier(context: Distributed) -> None:
     if context.world_size > 1:
         dist.barrier()

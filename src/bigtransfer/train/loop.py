@@ -31,7 +31,7 @@ from ..data.order import LaneOrder, ShuffledOrder
 from ..data.workers import LoadedImages, ordered_results, resolve_workers
 from ..processing.transform import EvalTransform
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
-from .distributed import Distributed, barrier, sync_gradients, wrap
+from .distributed import Distributed, barrier, sum_over_processes, sync_gradients, wrap
 from .interrupts import StopRequest
 from .progress import StepProgress
 from .schedules import StepSchedule
@@ -122,6 +122,35 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 class NonFiniteLoss(ValueError):
     """The loss became NaN or infinite: the weights are no longer worth saving."""
+
+
+class NonFiniteWeights(ValueError):
+    """A weight (or momentum) became NaN or infinite: an update can do that while its loss, computed before it,
+    was still finite, so the state is checked itself before it is saved."""
+
+
+class NoReadableExamples(ValueError):
+    """A step's global batch held no readable image: a step on nothing would only pretend to train."""
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity (one device synchronisation for all)."""
+    named = {name: tensor for name, tensor in tensors.items() if tensor.is_floating_point()}
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(tensor).all() for tensor in named.values()]).tolist()
+    return [name for name, ok in zip(named, finite) if not ok]
+
+
+def require_finite(tensors: dict[str, torch.Tensor], when: str) -> None:
+    """Refuse to save a state holding NaN or infinity, naming what went wrong and the way out."""
+    bad = non_finite(tensors)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteWeights(
+            f"the weights became NaN or infinite {when} ({shown}): the run diverged, so it stops without saving "
+            "this state; lower --base-lr (or check the data). The last saved checkpoint, if any, is intact."
+        )
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -254,7 +283,8 @@ class TrainingRun:
         self.step = 0
         self.order: ShuffledOrder | LaneOrder | None = None  # the data order, whose position checkpoints record
         self.saved_step: int | None = None
-        self.skipped: set[str] = set()
+        self.skipped: dict[str, str] = {}  # unreadable image → why
+        self.examples_planned = self.examples_trained = 0  # over all processes, this session's steps
 
     # -- restore and checkpoint --------------------------------------------------------------------
     def begin(self) -> None:
@@ -283,11 +313,18 @@ class TrainingRun:
     def checkpoint(self) -> None:
         """Save the run's state on rank 0, once per step (the last periodic save may fall on the last step)."""
         if self.context.is_main and self.step != self.saved_step:
+            require_finite({**self.model.state_dict(), **self.momentum()}, f"at step {self.step}")
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                      "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint,
                      "data_position": self.order.position(self.step) if self.order is not None else None}  # fmt: skip
             save_checkpoint(self.out / CHECKPOINT, state)
             self.saved_step = self.step
+
+    def momentum(self) -> dict[str, torch.Tensor]:
+        """SGD's momentum buffers by their parameters' names: a NaN there turns the weights NaN on --resume."""
+        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        return {f"{names[id(parameter)]} (momentum)": state["momentum_buffer"]
+                for parameter, state in self.optimizer.state.items() if state.get("momentum_buffer") is not None}  # fmt: skip
 
     # -- load -----------------------------------------------------------------------------------------
     def next_micro_batch(self, examples: TrainingExamples, loaded: Iterator[LoadedImages], part: int):
@@ -304,7 +341,7 @@ class TrainingRun:
         for name, error in failures:
             if name not in self.skipped:
                 logger.warning("Skipping unreadable training image %s: %s", name, error)
-                self.skipped.add(name)
+                self.skipped[name] = error
 
     # -- the schedule ---------------------------------------------------------------------------------
     def follow_schedule(
@@ -344,8 +381,10 @@ class TrainingRun:
         return False
 
     def summary(self, seconds: float, workers: int) -> dict:
-        summary = {"steps": self.step, "skipped_images": sorted(self.skipped), "seconds": round(seconds, 1),
-                   "rank": self.context.rank, "world_size": self.context.world_size, "workers": workers}  # fmt: skip
+        left_out = 1 - self.examples_trained / self.examples_planned if self.examples_planned else 0.0
+        summary = {"steps": self.step, "skipped_images": sorted(self.skipped), "skipped_fraction": round(left_out, 4),
+                   "seconds": round(seconds, 1), "rank": self.context.rank, "world_size": self.context.world_size,
+                   "workers": workers}  # fmt: skip
         if self.context.device.type == "cuda":
             summary["cuda_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.context.device) / 2**30, 2)
         return summary
@@ -372,10 +411,25 @@ class TrainingRun:
                     examples_seen += len(batch)
                 elif last and layout.world_size > 1:
                     self.join_gradient_all_reduce()
+        self.count_examples(examples_seen, layout.batch_size)
         self.optimizer.step()
         self.step += 1
         return {"step": self.step, "lr": lr, "examples": examples_seen, "loss_sum": loss_total,
                 "data_wait_s": round(waited, 4)}  # fmt: skip
+
+    def count_examples(self, examples_seen: int, batch_size: int) -> None:
+        """Add the step's examples, over all processes, to the run's count; refuse a step whose global batch is
+        empty (one process without readable images is fine: it joins the all-reduce with zero)."""
+        trained = sum_over_processes(examples_seen, self.context)
+        if not trained:
+            example = next((f", e.g. {name}: {error.rstrip('.')}" for name, error in self.skipped.items()), "")
+            raise NoReadableExamples(
+                f"step {self.step + 1}: none of the {batch_size} examples of its batch had a readable image "
+                f"({len(self.skipped)} unreadable training images skipped so far{example}): fix or remove the "
+                "unreadable images, or check --data. The last saved checkpoint, if any, is intact."
+            )
+        self.examples_planned += batch_size
+        self.examples_trained += trained
 
     def loss_sum(self, batch: MicroBatch) -> torch.Tensor:
         with self.autocast:

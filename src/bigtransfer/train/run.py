@@ -27,7 +27,7 @@ from ..models.model_card import TRAINING_RECORD
 from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
 from .distributed import Distributed, process_group
-from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, train
+from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
 
 MODEL_DIR = "model"
 LOCK = ".run.lock"  # held by the process that runs in the folder (rank 0)
@@ -146,7 +146,7 @@ def finish_run(
     result = evaluation() if evaluation is not None else None
     if summary["rank"] != 0:
         return summary
-    reported = ("skipped_images", "steps", "seconds", "workers", "cuda_peak_memory_gib")
+    reported = ("skipped_images", "skipped_fraction", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
     if result is not None:
         metrics["eval"] = result
@@ -183,7 +183,9 @@ def _save_model(
     model: BitForImageClassification, processor: BitImageProcessor, directory: Path, record: dict[str, Any]
 ) -> None:
     """model/ beside the checkpoint, with its eval transform, the run's record and the model card that reads both;
-    a full disk is named in one line (each file is written whole or not at all)."""
+    a full disk is named in one line (each file is written whole or not at all). What gets deployed is checked
+    for NaN itself, whichever way the run reached here."""
+    require_finite(model.state_dict(), f"in the model to be saved to {directory}")
     try:
         processor.save_pretrained(directory)
         write_json(directory / TRAINING_RECORD, record)
