@@ -233,15 +233,32 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_first(upstream, f
         first.wait()
 
 
-# -- 8: a damaged checkpoint falls back to the previous one ----------------------------------------------------------
+# -- 8, 10: a damaged checkpoint falls back to the previous one -------------------------------------------------------
 
 
-def test_a_truncated_checkpoint_is_named_and_the_previous_one_used(upstream, folder, tmp_path, caplog):
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def flip_a_weight_bit(path: Path) -> None:
+    """One bit of the largest tensor's first float: torch.load ignores the zip CRCs, so this loaded silently."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda member: member.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, largest.header_offset + 26)
+    data[largest.header_offset + 30 + name_length + extra_length + 2] ^= 0x10  # an eighth of its value
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_weight_bit])
+def test_a_damaged_checkpoint_is_named_and_the_previous_one_used(upstream, folder, tmp_path, caplog, damage):
     tune(upstream, folder, tmp_path / "straight")
     out = tmp_path / "run"
     tune(upstream, folder, out, recipe={"steps": 6}, save_every=2)
     assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["step"] == 4
-    (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
+    damage(out / "checkpoint.pt")
     (out / "model").rename(tmp_path / "old-model")
     tune(upstream, folder, out, resume=True)
     assert "checkpoint.pt" in caplog.text and "previous checkpoint" in caplog.text
