@@ -484,3 +484,28 @@ def test_a_real_full_disk_stops_in_one_line_and_keeps_a_complete_checkpoint(upst
         tune(upstream, folder, out, recipe={"steps": 20}, save_every=1)
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert 1 <= saved["step"] <= 20 and not list(out.glob(".*.tmp"))
+
+
+# -- JSON files that are not JSON are named -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "dataset_info.json", "dataset.json", "export.json"])
+def test_a_json_file_that_is_not_json_is_named(tmp_path, damaged):
+    from bigtransfer.data.shards import open_shards
+    from bigtransfer.data.sources import load_dataset
+    from bigtransfer.deploy.runtime import ExportedClassifier
+
+    if damaged == "export.json":
+        BitConfig(**SMALL).save_pretrained(tmp_path)
+        (tmp_path / "model.onnx").write_bytes(b"")
+        read = ExportedClassifier
+    elif damaged == "dataset.json":
+        read = open_shards
+    else:
+        import datasets
+
+        datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2, "label": [0, 1]}).save_to_disk(tmp_path)
+        read = load_dataset
+    (tmp_path / damaged).write_text('{"splits": ["train"')
+    with pytest.raises(ValueError, match=f"{damaged} is not valid JSON .*line 1.*: (export|save|write) "):
+        read(str(tmp_path))
