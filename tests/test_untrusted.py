@@ -332,6 +332,23 @@ def test_an_absurd_config_is_refused_before_allocating(tmp_path):
     assert refused == "refused" and peak_kib < 1_200_000
 
 
+
+@pytest.mark.parametrize("setting", ["size", "crop_size"])
+def test_absurd_processor_sizes_are_refused_at_load(upstream, setting, tmp_path, capsys, monkeypatch):
+    import bigtransfer.processing.base as base
+
+    saved = json.loads((upstream / "preprocessor_config.json").read_text())
+    huge = {"height": 100_000, "width": 100_000}  # 9 GB of float32 pixels per image
+    (upstream / "preprocessor_config.json").write_text(json.dumps({**saved, setting: huge, "do_center_crop": True}))
+    with pytest.raises(ValueError, match=f"{setting} .* beyond the limit of 4,096 pixels a side.*BIGTRANSFER_MAX_INPUT"):
+        BitImageProcessor.from_pretrained(upstream)
+    Image.new("RGB", (24, 24)).save(tmp_path / "image.png")  # never resized: the processor is refused first
+    assert cli(["predict", str(tmp_path / "image.png"), "--model", str(upstream)]) == 2
+    assert "beyond the limit" in capsys.readouterr().err
+    monkeypatch.setattr(base, "MAX_INPUT_SIDE", 100_000)  # as BIGTRANSFER_MAX_INPUT_SIDE=100000 sets it
+    assert getattr(BitImageProcessor.from_pretrained(upstream), setting) == huge
+
+
 # -- 9: a full disk while writing the model is one line, and --resume writes it later ---------------------------------
 
 
