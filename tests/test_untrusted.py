@@ -329,15 +329,32 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_first(upstream, f
         first.wait()
 
 
-# -- 8: a damaged checkpoint falls back to the previous one ----------------------------------------------------------
+# -- 8, 10: a damaged checkpoint falls back to the previous one -------------------------------------------------------
 
 
-def test_a_truncated_checkpoint_is_named_and_the_previous_one_used(upstream, folder, tmp_path, caplog):
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def flip_a_weight_bit(path: Path) -> None:
+    """One bit of the largest tensor's first float: torch.load ignores the zip CRCs, so this loaded silently."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda member: member.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, largest.header_offset + 26)
+    data[largest.header_offset + 30 + name_length + extra_length + 2] ^= 0x10  # an eighth of its value
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_weight_bit])
+def test_a_damaged_checkpoint_is_named_and_the_previous_one_used(upstream, folder, tmp_path, caplog, damage):
     tune(upstream, folder, tmp_path / "straight")
     out = tmp_path / "run"
     tune(upstream, folder, out, recipe={"steps": 6}, save_every=2)
     assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["step"] == 4
-    (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
+    damage(out / "checkpoint.pt")
     (out / "model").rename(tmp_path / "old-model")
     tune(upstream, folder, out, resume=True)
     assert "checkpoint.pt" in caplog.text and "previous checkpoint" in caplog.text
@@ -409,6 +426,24 @@ def test_an_absurd_config_is_refused_before_allocating(tmp_path):
             f"    print('refused' if 'differ from this model' in str(error) else 'other')")  # fmt: skip
     (refused,), peak_kib = run_measured(code)
     assert refused == "refused" and peak_kib < 1_200_000
+
+
+@pytest.mark.parametrize("setting", ["size", "crop_size"])
+def test_absurd_processor_sizes_are_refused_at_load(upstream, setting, tmp_path, capsys, monkeypatch):
+    import bigtransfer.processing.base as base
+
+    saved = json.loads((upstream / "preprocessor_config.json").read_text())
+    huge = {"height": 100_000, "width": 100_000}  # 9 GB of float32 pixels per image
+    (upstream / "preprocessor_config.json").write_text(json.dumps({**saved, setting: huge, "do_center_crop": True}))
+    with pytest.raises(
+        ValueError, match=f"{setting} .* beyond the limit of 4,096 pixels a side.*BIGTRANSFER_MAX_INPUT"
+    ):
+        BitImageProcessor.from_pretrained(upstream)
+    Image.new("RGB", (24, 24)).save(tmp_path / "image.png")  # never resized: the processor is refused first
+    assert cli(["predict", str(tmp_path / "image.png"), "--model", str(upstream)]) == 2
+    assert "beyond the limit" in capsys.readouterr().err
+    monkeypatch.setattr(base, "MAX_INPUT_SIDE", 100_000)  # as BIGTRANSFER_MAX_INPUT_SIDE=100000 sets it
+    assert getattr(BitImageProcessor.from_pretrained(upstream), setting) == huge
 
 
 # -- 9: a full disk while writing the model is one line, and --resume writes it later ---------------------------------
@@ -563,3 +598,28 @@ def test_a_real_full_disk_stops_in_one_line_and_keeps_a_complete_checkpoint(upst
         tune(upstream, folder, out, recipe={"steps": 20}, save_every=1)
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert 1 <= saved["step"] <= 20 and not list(out.glob(".*.tmp"))
+
+
+# -- JSON files that are not JSON are named -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "dataset_info.json", "dataset.json", "export.json"])
+def test_a_json_file_that_is_not_json_is_named(tmp_path, damaged):
+    from bigtransfer.data.shards import open_shards
+    from bigtransfer.data.sources import load_dataset
+    from bigtransfer.deploy.runtime import ExportedClassifier
+
+    if damaged == "export.json":
+        BitConfig(**SMALL).save_pretrained(tmp_path)
+        (tmp_path / "model.onnx").write_bytes(b"")
+        read = ExportedClassifier
+    elif damaged == "dataset.json":
+        read = open_shards
+    else:
+        import datasets
+
+        datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2, "label": [0, 1]}).save_to_disk(tmp_path)
+        read = load_dataset
+    (tmp_path / damaged).write_text('{"splits": ["train"')
+    with pytest.raises(ValueError, match=f"{damaged} is not valid JSON .*line 1.*: (export|save|write) "):
+        read(str(tmp_path))

@@ -167,14 +167,26 @@ def _in_units(count: int, units: tuple[tuple[str, float], ...], bare: str) -> st
     return f"{count}{bare}"
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content; a missing or damaged file raises an error that names it."""
+RESAVE_MODEL = "re-save the model or fix the file"
+
+
+def read_json(path: Path, remedy: str = RESAVE_MODEL) -> Any:
+    """A JSON file's content; a missing or damaged file raises an error that names it and says what to do
+    (`remedy`): json's own message names a line and column, never the file."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return parse_json(Path(path).read_text(encoding="utf-8"), path, remedy)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): {remedy}.") from None
+
+
+def parse_json(text: str | bytes, source: Any, remedy: str = RESAVE_MODEL) -> Any:
+    """JSON read from `source` (a file or a URL), which a damaged text's error names."""
+    try:
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): re-save the model or fix the file.") from None
+        raise ValueError(f"{source} is not valid JSON ({error}): {remedy}.") from None
 
 
 def write_json(path: Path, data: Any) -> None:

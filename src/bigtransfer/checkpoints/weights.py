@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,24 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 DAMAGED = "the file is truncated, corrupt or not a checkpoint: delete it and save or download it again."
 
 
-def load_torch_file(path: Path, mmap: bool = False) -> Any:
+def damaged_zip_member(path: Path) -> str | None:
+    """Why the zip archive at `path` (a torch file, a torch.export program) is damaged, or None when every member
+    passes its CRC check: torch reads such archives without checking, so a flipped bit loads as a wrong weight."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            failed = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:  # the last: an unknown method
+        return f"not a readable zip archive: {error}"
+    return None if failed is None else f"{failed} fails its CRC check"
+
+
+def load_torch_file(path: Path, mmap: bool = False, verify: bool = False) -> Any:
     """A torch pickle file, unpickled with weights_only: tensors and plain containers only, never code. A file
     that holds anything else is refused as such (without torch's advice to lift the restriction, which would
-    run whatever the file contains)."""
+    run whatever the file contains). `verify` checks every member's CRC first (the whole file is read)."""
+    damage = damaged_zip_member(path) if verify and path.is_file() else None
+    if damage:
+        raise ValueError(f"Could not read {path} ({damage}); {DAMAGED}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..checkpoints.hub import install_hint
-from ..checkpoints.io import atomic_path, printable
+from ..checkpoints.io import atomic_path, printable, read_json
 from ..processing.decoding import (
     IMAGE_SUFFIXES,
     decode_image,
@@ -495,6 +495,9 @@ def _split_of(loaded: Any, source: str, split: str | None, for_eval: bool, **col
 def from_hf_datasets(path: Path, split: str | None = None, for_eval: bool = False, **columns: Any) -> ImageDataset:
     """A `datasets` directory saved with `save_to_disk` (a Dataset, or a DatasetDict and the split to read);
     `columns`: from_hf_dataset's image_column, label_column, multi_label."""
+    # load_from_disk reports a damaged dataset_dict.json, state.json or dataset_info.json without naming it
+    for file in (*path.glob("*.json"), *path.glob("*/*.json")):
+        read_json(file, "save the dataset again with save_to_disk, or fix the file")
     datasets = datasets_library()
     loaded = datasets.load_from_disk(str(path))
     if split is not None and not isinstance(loaded, datasets.DatasetDict) and split != loaded.split:

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..checkpoints.hub import install_hint
+from ..checkpoints.io import parse_json, read_json
 from ..processing.decoding import decode_stored_image, open_checked
 from .datasets import ImageSize, LabelledImages
 from .order import MAX_LANES, LaneOrder, lane_count
@@ -36,6 +37,7 @@ FORMAT = "webdataset"
 HELD_SHARDS = MAX_LANES + 2  # at most, per reading process: every lane's shard, and a step's overlap
 RECENT_READS = 8  # a held shard no read among a process's last 8 needed is dropped
 TIMEOUT_S = 30  # reading a remote dataset.json
+RESHARD = f"write the shards again with `bigtransfer shard`, or fix the file (or remove it: {MANIFEST} is optional)"
 
 
 def webdataset_library():
@@ -199,11 +201,12 @@ def _read_manifest(location: str) -> dict[str, Any] | None:
     if location.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(location, timeout=TIMEOUT_S) as response:
-                return json.loads(response.read())
+                text = response.read()
         except OSError:
             return None
+        return parse_json(text, location, RESHARD)
     path = Path(location)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, RESHARD) if path.is_file() else None
 
 
 def _scanned_manifest(urls: list[str], progress: bool) -> dict[str, Any]:

@@ -3,7 +3,6 @@ openvino_model.xml, torch for model.pt2, with the labels and preprocessing saved
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from ..checkpoints.hub import install_hint
+from ..checkpoints.io import read_json
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
 from .openvino import OPENVINO_FILE, OpenVINORunner
@@ -24,6 +24,7 @@ OUTPUT_NAME = "logits"
 FEATURES_NAME = "pooler_output"  # the pooled pre-logit features, a second output of OpenVINO exports
 EXPORT_FILES = (ONNX_FILE, OPENVINO_FILE, PT2_FILE)
 INSTALL_HINT = install_hint("onnx")
+REEXPORT = "export the model again with `bigtransfer export`"
 
 
 def exported_file(directory: str | os.PathLike) -> Path | None:
@@ -116,7 +117,7 @@ class ExportedClassifier:
         self.config = BitConfig.from_pretrained(directory)
         self.device = torch.device(device or "cpu")
         info_file = directory / EXPORT_INFO_FILE
-        self.info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        self.info: dict[str, Any] = read_json(info_file, REEXPORT) if info_file.is_file() else {}
         self._run, self.compute_precision = _runner(model_file, self.device, bf16)
 
     def eval(self) -> ExportedClassifier:

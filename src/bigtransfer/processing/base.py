@@ -28,25 +28,36 @@ SIZE_KEY_SETS = (
 )
 
 
+# Far beyond BiT's largest resolution (480; a 4096² float32 image is 200 MB), far below what exhausts memory: a
+# preprocessor_config.json asking for 100,000 × 100,000 allocated 9 GB per image before any check.
+SIDE_ENV = "BIGTRANSFER_MAX_INPUT_SIDE"
+MAX_INPUT_SIDE = int(os.environ.get(SIDE_ENV, 4096))
+
+
 def size_dict(size: Any, param_name: str, default_to_square: bool) -> dict[str, int] | None:
-    """transformers' coercion: int → shortest edge (or square), (h, w) → height/width; keys validated."""
+    """transformers' coercion: int → shortest edge (or square), (h, w) → height/width; keys and sizes validated."""
     if size is None:
         return None
     if isinstance(size, int):
-        return {"height": size, "width": size} if default_to_square else {"shortest_edge": size}
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return {"height": int(size[0]), "width": int(size[1])}
-    if isinstance(size, dict):
-        size = {key: value for key, value in size.items() if value is not None}
-        if set(size) not in SIZE_KEY_SETS:
-            raise ValueError(
-                f"{param_name} must have one of the following set of keys: {tuple(sorted(s) for s in SIZE_KEY_SETS)}, "
-                f"got {list(size)}."
-            )
-        if any(not isinstance(v, int) or v < 1 for v in size.values()):
-            raise ValueError(f"{param_name} values must be positive ints, got {size}.")
-        return dict(size)
-    raise ValueError(f"{param_name} must be an int, a (height, width) pair or a dict, got {size!r}.")
+        size = {"height": size, "width": size} if default_to_square else {"shortest_edge": size}
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        size = {"height": int(size[0]), "width": int(size[1])}
+    elif not isinstance(size, dict):
+        raise ValueError(f"{param_name} must be an int, a (height, width) pair or a dict, got {size!r}.")
+    size = {key: value for key, value in size.items() if value is not None}
+    if set(size) not in SIZE_KEY_SETS:
+        raise ValueError(
+            f"{param_name} must have one of the following set of keys: {tuple(sorted(s) for s in SIZE_KEY_SETS)}, "
+            f"got {list(size)}."
+        )
+    if any(not isinstance(v, int) or v < 1 for v in size.values()):
+        raise ValueError(f"{param_name} values must be positive ints, got {size}.")
+    if max(size.values()) > MAX_INPUT_SIDE:
+        raise ValueError(
+            f"{param_name} {size} is beyond the limit of {MAX_INPUT_SIDE:,} pixels a side: a preprocessor_config.json "
+            f"that asks for it is damaged or not meant for this model; set {SIDE_ENV} to allow larger inputs."
+        )
+    return dict(size)
 
 
 def output_layout(data_format: str | None) -> str:

@@ -181,15 +181,16 @@ def _short(value: Any) -> str:
 
 
 def load_checkpoint_state(path: Path, fingerprint: dict) -> dict:
-    """The run's checkpoint; when it is damaged, the previous one (with a warning) if there is one."""
+    """The run's checkpoint; when it is damaged (truncated, or a member failing its CRC check, which torch.load
+    does not check), the previous one (with a warning) if there is one."""
     previous = previous_checkpoint(path)
     try:
-        state = load_torch_file(path)
+        state = load_torch_file(path, verify=True)
     except (ValueError, FileNotFoundError) as error:
         if not previous.exists():
             raise
         logger.warning("%s; continuing from the previous checkpoint, %s.", error, previous)
-        state = load_torch_file(previous)
+        state = load_torch_file(previous, verify=True)
     differences = fingerprint_differences(state.get("fingerprint", {}), fingerprint)
     if differences:
         raise ValueError(
