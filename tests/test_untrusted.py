@@ -653,3 +653,54 @@ def test_a_config_json_whose_labels_are_not_the_graphs_is_refused_at_load(export
     assert f"names {labels} labels, but model.onnx gives 3 scores per image" in err and len(err.splitlines()) == 1
     with pytest.raises(ValueError, match="not this export's"):
         ServedModel(exported)
+
+
+STAGE_AND_WAIT = """
+import os, signal, sys, time
+from pathlib import Path
+from bigtransfer.checkpoints.io import atomic_directory
+with atomic_directory(Path(sys.argv[1])) as staging:
+    (staging / "model.onnx").write_bytes(b"half")
+    print("staged", flush=True)
+    if sys.argv[2] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+"""
+
+
+def staged(target: Path, how: str) -> subprocess.Popen:
+    """A process writing `target` through atomic_directory: killed mid-write, or still writing."""
+    process = subprocess.Popen([sys.executable, "-c", STAGE_AND_WAIT, str(target), how], stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    assert process.stdout.readline() == "staged\n"
+    if how == "killed":
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    return process
+
+
+def test_export_removes_what_killed_exports_left_and_only_that(tmp_path, monkeypatch):
+    from bigtransfer.deploy import export as exporting
+
+    def names() -> set[str]:
+        return {path.name for path in tmp_path.iterdir()}
+
+    out = tmp_path / "exported"
+    staged(out, "killed")
+    assert [name for name in names() if name.endswith(".partial")]  # what a kill -9 mid-export leaves
+    (tmp_path / ".exported.abc123.partial").mkdir()  # as a killed export of an earlier release left it, without lock
+    (tmp_path / ".exported.v2.abc123.partial").mkdir()  # another target's
+    before = names()
+    writing = staged(out, "writing")
+    try:
+        under_way = names() - before
+        torch.manual_seed(0)
+        model, processor = BitForImageClassification(BitConfig(**SMALL)), BitImageProcessor(size=20, crop_size=20)
+        exporting.export(model, processor, out, format="pt2")
+        assert names() == {"exported", ".exported.v2.abc123.partial", *under_way}
+        monkeypatch.setattr(exporting, "largest_differences", lambda *args: {"logits": 1.0})
+        with pytest.raises(exporting.ExportCheckError):
+            exporting.export(model, processor, out, format="pt2", overwrite=True)
+        assert names() == {"exported", ".exported.v2.abc123.partial", *under_way}
+    finally:
+        writing.kill()
+        writing.wait()
