@@ -15,6 +15,7 @@ import io
 import json
 import math
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,7 @@ def reading(model_file: Path) -> Iterator[None]:
     raise exception classes of their own (ONNX Runtime's derive from Exception alone), with long tracebacks."""
     try:
         yield
-    except (ImportError, ValueError):  # a missing runtime, or a setting refused before reading: said already
+    except ImportError:  # a missing runtime, which says what to install
         raise
     except Exception as error:
         detail = next((line.strip() for line in reversed(str(error).splitlines()) if line.strip()), "")
@@ -78,7 +79,9 @@ def check_pt2(path: Path) -> None:
             _check_program(path, _json(path, archive, entries["models/model.json"]))
         if "data/sample_inputs/model.pt" in entries:
             try:  # torch loads them again with weights_only=False when this fails
-                torch.load(io.BytesIO(archive.read(entries["data/sample_inputs/model.pt"])), weights_only=True)
+                with warnings.catch_warnings():  # torch's notices about the pickle protocol, before the refusal
+                    warnings.simplefilter("ignore")
+                    torch.load(io.BytesIO(archive.read(entries["data/sample_inputs/model.pt"])), weights_only=True)
             except Exception:
                 _refuse(path, "sample inputs that are not plain tensors (a pickle that can run code)")
 
