@@ -623,3 +623,182 @@ def test_a_json_file_that_is_not_json_is_named(tmp_path, damaged):
     (tmp_path / damaged).write_text('{"splits": ["train"')
     with pytest.raises(ValueError, match=f"{damaged} is not valid JSON .*line 1.*: (export|save|write) "):
         read(str(tmp_path))
+
+
+# -- export directories are what people hand each other: read only what export writes, damage in one line -----------
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """format → a directory exported (once per module) from the SMALL model, to copy before damaging it."""
+    from bigtransfer.deploy.export import export
+
+    made = {}
+
+    def exported(format: str) -> Path:
+        if format not in made:
+            torch.manual_seed(0)
+            processor = BitImageProcessor(size={"height": 20, "width": 20}, do_center_crop=False)
+            made[format] = tmp_path_factory.mktemp("exports") / format
+            export(BitForImageClassification(BitConfig(**SMALL)), processor, made[format], format=format)
+        return made[format]
+
+    return exported
+
+
+def copied(exports, format: str, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(exports(format), tmp_path / format))
+
+
+class WritesMarker:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def rewrite_archive(path: Path, change) -> None:
+    """The zip at `path` with each member's bytes passed through `change(name below the top folder, bytes)`."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:
+            archive.writestr(name, change(name.split("/", 1)[1], data))
+
+
+def pickled_weight(marker: Path):
+    def change(name: str, data: bytes) -> bytes:
+        if name == "data/weights/model_weights_config.json":
+            config = json.loads(data)
+            next(iter(config["config"].values()))["use_pickle"] = True  # weight_0: torch.load(weights_only=False)
+            return json.dumps(config).encode()
+        return pickle.dumps(WritesMarker(marker)) if name == "data/weights/weight_0" else data
+
+    return change
+
+
+def pickled_sample_inputs(marker: Path):
+    return lambda name, data: pickle.dumps(WritesMarker(marker)) if name == "data/sample_inputs/model.pt" else data
+
+
+def evaluated_size(marker: Path):
+    size = "Symbol('s99', positive=True, integer=True)"
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('pwned')"  # sympify evaluates sizes with eval
+    return lambda name, data: data.replace(size.encode(), code.encode(), 1) if name == "models/model.json" else data
+
+
+@pytest.mark.parametrize("payload", [pickled_weight, pickled_sample_inputs, evaluated_size])
+def test_a_model_pt2_that_would_run_code_is_refused_before_loading(exports, tmp_path, payload, capsys):
+    exported, marker = copied(exports, "pt2", tmp_path), tmp_path / "pwned"
+    rewrite_archive(exported / "model.pt2", payload(marker))
+    Image.new("RGB", (24, 24)).save(tmp_path / "image.png")
+    assert cli(["predict", str(tmp_path / "image.png"), "--model", str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert "so it was refused: torch.export.load would run code from it" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="would run code"):
+        pipeline("image-classification", model=str(exported))
+    assert not marker.exists()
+
+
+def test_an_export_as_written_still_loads_through_the_check(exports):
+    from bigtransfer.deploy.runtime import ExportedClassifier
+
+    assert ExportedClassifier(exports("pt2"))(torch.zeros(2, 3, 20, 20)).logits.shape == (2, 3)
+
+
+def halve(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[3000] ^= 0xFF  # in the first weight: torch reads the archive without checking its CRCs
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("format", "file", "damage"), [
+    ("onnx", "model.onnx", halve), ("openvino", "openvino_model.xml", halve), ("openvino", "openvino_model.bin", halve),
+    ("pt2", "model.pt2", halve), ("pt2", "model.pt2", flip_a_byte),
+])  # fmt: skip
+def test_a_damaged_export_is_one_line_naming_the_file(exports, tmp_path, format, file, damage, capsys):
+    from bigtransfer.serve.model import ServedModel
+
+    exported = copied(exports, format, tmp_path)
+    damage(exported / file)
+    Image.new("RGB", (24, 24)).save(tmp_path / "image.png")
+    assert cli(["predict", str(tmp_path / "image.png"), "--model", str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert str(exported) in err and "export the model again" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="export the model again"):  # as serve starts, before it opens its port
+        ServedModel(exported)
+
+
+@pytest.mark.parametrize("labels", [2, 5])
+def test_a_config_json_whose_labels_are_not_the_graphs_is_refused_at_load(exports, tmp_path, labels, capsys):
+    from bigtransfer.serve.model import ServedModel
+
+    exported = copied(exports, "onnx", tmp_path)
+    BitConfig(**{**SMALL, "num_labels": labels}).save_pretrained(exported)
+    Image.new("RGB", (24, 24)).save(tmp_path / "image.png")
+    assert cli(["predict", str(tmp_path / "image.png"), "--model", str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert f"names {labels} labels, but model.onnx gives 3 scores per image" in err and len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match="not this export's"):
+        ServedModel(exported)
+
+
+STAGE_AND_WAIT = """
+import os, signal, sys, time
+from pathlib import Path
+from bigtransfer.checkpoints.io import atomic_directory
+with atomic_directory(Path(sys.argv[1])) as staging:
+    (staging / "model.onnx").write_bytes(b"half")
+    print("staged", flush=True)
+    if sys.argv[2] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+"""
+
+
+def staged(target: Path, how: str) -> subprocess.Popen:
+    """A process writing `target` through atomic_directory: killed mid-write, or still writing."""
+    process = subprocess.Popen([sys.executable, "-c", STAGE_AND_WAIT, str(target), how], stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    assert process.stdout.readline() == "staged\n"
+    if how == "killed":
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    return process
+
+
+def test_export_removes_what_killed_exports_left_and_only_that(tmp_path, monkeypatch):
+    from bigtransfer.deploy import export as exporting
+
+    def names() -> set[str]:
+        return {path.name for path in tmp_path.iterdir()}
+
+    out = tmp_path / "exported"
+    staged(out, "killed")
+    assert [name for name in names() if name.endswith(".partial")]  # what a kill -9 mid-export leaves
+    (tmp_path / ".exported.abc123.partial").mkdir()  # as a killed export of an earlier release left it, without lock
+    (tmp_path / ".exported.v2.abc123.partial").mkdir()  # another target's
+    before = names()
+    writing = staged(out, "writing")
+    try:
+        under_way = names() - before
+        torch.manual_seed(0)
+        model, processor = BitForImageClassification(BitConfig(**SMALL)), BitImageProcessor(size=20, crop_size=20)
+        exporting.export(model, processor, out, format="pt2")
+        assert names() == {"exported", ".exported.v2.abc123.partial", *under_way}
+        monkeypatch.setattr(exporting, "largest_differences", lambda *args: {"logits": 1.0})
+        with pytest.raises(exporting.ExportCheckError):
+            exporting.export(model, processor, out, format="pt2", overwrite=True)
+        assert names() == {"exported", ".exported.v2.abc123.partial", *under_way}
+    finally:
+        writing.kill()
+        writing.wait()

@@ -4,8 +4,10 @@ behind."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -52,11 +54,17 @@ def atomic_write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+STAGING, RETIRED, HELD = ".partial", ".old", ".lock"  # beside the target: .NAME.XXXXXXXX.partial/.old/.lock
+_STAGED_HERE: set[Path] = set()  # this process's own (POSIX record locks never conflict within a process)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty directory beside `target` that becomes `target` only if the block succeeds.
 
-    An existing `target` is kept unless `overwrite`; then it is replaced only once the new one is whole.
+    An existing `target` is kept unless `overwrite`; then it is replaced only once the new one is whole. The
+    staging directory is held by a lock file beside it while it is written, so that what a killed process left
+    (`kill -9`, SIGTERM, a crash) is told from a write under way, and removed by the next write to `target`.
     """
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists: choose another output path, or pass --overwrite.")
@@ -65,20 +73,55 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
             f"{target} is a file, not a folder: --overwrite replaces folders only; choose another path."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    remove_stale_staging(target)
+    fd, lock_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=HELD, dir=target.parent)
+    os.close(fd)
+    lock = Path(lock_name)
+    stem = lock.with_name(lock.name.removesuffix(HELD))
+    staging, retired = _beside(stem, STAGING), _beside(stem, RETIRED)
+    _STAGED_HERE.add(stem)
     try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_UMASK)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, target)
+        with exclusive(lock, wait=False):  # held (and written: no longer empty) before the staging directory exists
+            staging.mkdir()
+            yield staging
+            os.chmod(staging, 0o777 & ~_UMASK)
+            if target.exists():
+                retired.mkdir()
+                os.replace(target, retired / target.name)
+                os.replace(staging, target)
+                shutil.rmtree(retired)
+            else:
+                os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+        lock.unlink(missing_ok=True)
+        _STAGED_HERE.discard(stem)
+
+
+def _beside(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Remove what writes to `target` left when they were killed: recognised by their names, stale when no
+    process holds their lock (an empty lock file is one being taken right now). A retired copy of `target`
+    stays while `target` is missing (a kill between the two renames of an overwrite): it is the complete one."""
+    ours = re.compile(
+        rf"\.{re.escape(target.name)}\.[a-z0-9_]+({re.escape(STAGING)}|{re.escape(RETIRED)}|{re.escape(HELD)})"
+    )
+    left = set()
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        kind = ours.fullmatch(path.name)
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile by its own process
+            if kind and (kind[1] != HELD or path.stat().st_size):
+                left.add(path.with_name(path.name.removesuffix(kind[1])))
+    for stem in left - _STAGED_HERE:
+        with contextlib.suppress(BlockingIOError), exclusive(_beside(stem, HELD), wait=False):  # else: under way
+            shutil.rmtree(_beside(stem, STAGING), ignore_errors=True)
+            if target.exists():
+                shutil.rmtree(_beside(stem, RETIRED), ignore_errors=True)
+            _beside(stem, HELD).unlink()
 
 
 @contextlib.contextmanager

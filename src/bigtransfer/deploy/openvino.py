@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoints.hub import install_hint
+from .model_files import reading
 from .quiet import quiet_logger
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _compile_off_this_thread(core, xml: Path, settings: dict):
     alternate signal stack and, when compiled models are released in another order than they were made, leaves
     that thread's signal stack pointing at freed memory: the next signal handled there (a loading worker's
     SIGCHLD) kills the process with SIGSEGV. Compiled elsewhere, the caller's thread is never touched."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as compiling:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as compiling, reading(xml):
         return compiling.submit(core.compile_model, str(xml), "CPU", settings).result()
 
 

@@ -14,7 +14,9 @@ from ..checkpoints.hub import install_hint
 from ..checkpoints.io import read_json
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
+from .model_files import REEXPORT, check_pt2, reading
 from .openvino import OPENVINO_FILE, OpenVINORunner
+from .quiet import quiet_logger
 
 ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"
@@ -24,7 +26,6 @@ OUTPUT_NAME = "logits"
 FEATURES_NAME = "pooler_output"  # the pooled pre-logit features, a second output of OpenVINO exports
 EXPORT_FILES = (ONNX_FILE, OPENVINO_FILE, PT2_FILE)
 INSTALL_HINT = install_hint("onnx")
-REEXPORT = "export the model again with `bigtransfer export`"
 
 
 def exported_file(directory: str | os.PathLike) -> Path | None:
@@ -62,15 +63,24 @@ def onnx_session(path: str | os.PathLike, device: torch.device | None = None, th
                 "onnxruntime-gpu in place of onnxruntime."
             )
         providers.insert(0, "CUDAExecutionProvider")
-    return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    with reading(Path(path)):
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
 def _runner(model_file: Path, device: torch.device, bf16: bool):
-    """(pixel_values → {output name: tensor}, the float precision it computes in) for the runtime that reads
-    `model_file`."""
+    """(pixel_values → {output name: tensor}, the float precision it computes in, the logits' width the graph
+    declares, if fixed) for the runtime that reads `model_file`."""
     if model_file.name == PT2_FILE:
-        program = torch.export.load(model_file).module().to(device)
-        return lambda pixel_values: {OUTPUT_NAME: program(pixel_values.to(device, torch.float32))}, "float32"
+        check_pt2(model_file)
+        with reading(model_file), quiet_logger("torch.export"):  # which logs a traceback before raising
+            exported = torch.export.load(model_file)
+            program = exported.module().to(device)
+        logits = next(node for node in exported.graph.nodes if node.op == "output").args[0][0]
+
+        def run_program(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {OUTPUT_NAME: program(pixel_values.to(device, torch.float32))}
+
+        return run_program, "float32", _width(logits.meta["val"].shape)
     precision = "float32"
     if model_file.name == OPENVINO_FILE:
         if device.type != "cpu":
@@ -78,9 +88,11 @@ def _runner(model_file: Path, device: torch.device, bf16: bool):
                              "--format onnx to run on a GPU with onnxruntime-gpu.")  # fmt: skip
         run = OpenVINORunner(model_file, bf16)
         precision = run.precision
+        shapes = {name: output.get_partial_shape() for output in run.compiled.outputs for name in output.get_names()}
     else:
         session = onnx_session(model_file, device)
-        names = [output.name for output in session.get_outputs()]
+        shapes = {output.name: output.shape for output in session.get_outputs()}
+        names = list(shapes)
 
         def run(pixel_values: np.ndarray) -> dict[str, np.ndarray]:
             return dict(zip(names, session.run(None, {INPUT_NAME: pixel_values})))
@@ -89,7 +101,18 @@ def _runner(model_file: Path, device: torch.device, bf16: bool):
         inputs = np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())
         return {name: torch.from_numpy(array).to(device) for name, array in run(inputs).items()}
 
-    return numpy_run, precision
+    return numpy_run, precision, _width(shapes.get(OUTPUT_NAME))
+
+
+def _width(shape: Any) -> int | None:
+    """The last dimension of an output's shape when it is fixed: torch and ONNX Runtime give an int (ONNX Runtime
+    a name for a dynamic one), OpenVINO a Dimension."""
+    if shape is None or len(shape) == 0:
+        return None
+    last = shape[-1]
+    if hasattr(last, "is_static"):
+        return last.get_length() if last.is_static else None
+    return last if isinstance(last, int) else None
 
 
 class ExportedClassifier:
@@ -118,7 +141,13 @@ class ExportedClassifier:
         self.device = torch.device(device or "cpu")
         info_file = directory / EXPORT_INFO_FILE
         self.info: dict[str, Any] = read_json(info_file, REEXPORT) if info_file.is_file() else {}
-        self._run, self.compute_precision = _runner(model_file, self.device, bf16)
+        self._run, self.compute_precision, classes = _runner(model_file, self.device, bf16)
+        if classes != self.config.num_labels:  # else a KeyError at predict, or every request of serve failing
+            raise ValueError(
+                f"{directory / 'config.json'} names {self.config.num_labels} labels, but {model_file.name} gives "
+                f"{classes or 'no fixed number of'} scores per image: that config.json is not this export's; put its "
+                f"own back, or {REEXPORT}."
+            )
 
     def eval(self) -> ExportedClassifier:
         return self
