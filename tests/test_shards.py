@@ -9,10 +9,12 @@ import http.server
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +333,61 @@ def test_training_on_shards_without_a_readable_image_fails_in_one_line(upstream,
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bigtransfer")]
     assert len(error) == 1 and "step 1: none of the 8 examples of its batch had a readable image" in error[0]
     assert not (tmp_path / "run" / "model").exists()
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of `pid` (from /proc: psutil is not a dependency)."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children |= {int(child) for child in task.read_text().split()}
+    return {child for child in children if alive(child)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+SLOW_SHARD = """
+import sys, time
+import bigtransfer.data.shard_writing as writing
+from bigtransfer.cli import main
+original = writing.encode_image
+def slow(*args, **kwargs):  # a large dataset: each image takes a while
+    time.sleep(2)
+    return original(*args, **kwargs)
+writing.encode_image = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_shard_stops_its_workers_and_leaves_no_partial_output(photos, tmp_path, signum, code):
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", SLOW_SHARD, "shard", str(photos), str(out), "--shard-size", "2", "--workers",
+               "2", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, workers = time.monotonic() + 60, set()
+        while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+            workers = children_of(process.pid)
+            time.sleep(0.1)
+        assert len(workers) == 2, "the loading workers did not start"
+        time.sleep(1)  # the workers are busy with their first shards
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == code, stderr
+        assert not {worker for worker in workers if alive(worker)}, "loading workers outlived the command"
+        assert not list(tmp_path.glob(".out.*")) and not out.exists()
+        assert stderr.strip().splitlines()[-1].startswith("bigtransfer shard: "), stderr
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for worker in workers:
+            if alive(worker):
+                os.kill(worker, signal.SIGKILL)
 
 
 def test_pixels_held_in_memory_are_stored_losslessly_in_a_seeded_order(tmp_path):

@@ -59,6 +59,13 @@ def register(commands) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from ..train.interrupts import stopped_at_once
+
+    with stopped_at_once(f"stopped: nothing was written to {args.out} (its partial folder was removed)"):
+        return _shard(args)
+
+
+def _shard(args: argparse.Namespace) -> int:
     from ..data.datasets import ImageDataset
     from ..data.shard_writing import stream_shards, write_shards
 

@@ -144,8 +144,8 @@ def write_shard_folder(
     wds = webdataset_library()
     names, skipped, heights, widths = [], [], [], []
     class_counts = np.zeros(len(classes), dtype=np.int64)
-    with atomic_directory(Path(out), overwrite=overwrite) as staging:
-        bar = tqdm(total=total, unit="image", disable=not progress, desc="shard")
+    bar = tqdm(total=total, unit="image", disable=not progress, desc="shard")
+    with atomic_directory(Path(out), overwrite=overwrite) as staging, bar:  # the bar ends before any error's line
         for number, samples in enumerate(shards):
             name = SHARD_NAME.format(number)
             with open(staging / name, "wb") as file:
@@ -163,7 +163,6 @@ def write_shard_folder(
             kept = sum("skipped" not in sample for sample in samples)
             names.append({"name": name, "examples": kept, "bytes": (staging / name).stat().st_size})
             bar.update(len(samples))
-        bar.close()
         if not heights:
             raise ValueError(f"None of the images of {source} could be read.")
         manifest = {

@@ -94,8 +94,10 @@ def _as_is(item: Any) -> Any:  # the loader's collate_fn: task items are already
 
 def _leave_interrupts_to_the_parent(_: int) -> None:
     """Ctrl-C reaches every process of the terminal's group: the workers ignore it, so the main process decides
-    (a training run finishes its step and saves) and shuts them down when the block ends."""
+    (a training run finishes its step and saves) and shuts them down when the block ends. SIGTERM, which the
+    parent sends to stop a worker at once, ends it whatever handler it inherited from the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _explain(error: RuntimeError) -> LoaderWorkerError:
@@ -105,6 +107,20 @@ def _explain(error: RuntimeError) -> LoaderWorkerError:
         "--workers, or --workers 0 to load in the main process. A training run continues from its last "
         "checkpoint with --resume."
     )
+
+
+def _terminate_workers(iterator: Any) -> None:
+    """End the loader's workers now. Its own shutdown waits up to 5 s for each worker to finish the item under way
+    (minutes, for a shard of images) before terminating it, longer than a scheduler's grace period after SIGTERM.
+    As that shutdown does, the workers leave torch's SIGCHLD watch first, which would report their ends as
+    failures."""
+    from torch.utils.data import _utils
+
+    if getattr(iterator, "_worker_pids_set", False):
+        _utils.signal_handling._remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+    for worker in getattr(iterator, "_workers", []):
+        worker.terminate()
 
 
 @contextlib.contextmanager
@@ -124,6 +140,9 @@ def ordered_results(task: Task, workers: int, pin_memory: bool = False) -> Itera
     except RuntimeError as error:
         if "DataLoader worker (pid" in str(error):  # how torch reports a dead or killed worker
             raise _explain(error) from error
+        raise
+    except KeyboardInterrupt:  # the work is abandoned (Ctrl-C, SIGTERM): the items under way are not waited for
+        _terminate_workers(iterator)
         raise
     finally:
         shutdown = getattr(iterator, "_shutdown_workers", None)

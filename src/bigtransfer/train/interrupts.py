@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .distributed import Distributed, sum_over_processes
 
@@ -42,17 +43,41 @@ class StopRequest:
     @contextlib.contextmanager
     def listening(self) -> Iterator[StopRequest]:
         """SIGINT and SIGTERM set the flag for the duration of the block (only the main thread owns signals)."""
-        if threading.current_thread() is not threading.main_thread():
+        with handling(self._handle):
             yield self
-            return
-        previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
-        try:
-            yield self
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     def agreed(self, context: Distributed) -> bool:
         """The request as every process sees it: one stopping alone would leave the others waiting in a collective.
         Asked on the gloo group, with a CPU flag, so a GPU run does not wait for its device at every step."""
         return sum_over_processes(int(self.requested), context) > 0
+
+
+@contextlib.contextmanager
+def handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` receives SIGINT and SIGTERM for the duration of the block; outside the main thread, which alone
+    owns signals, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def stopped_at_once(message: str) -> Iterator[None]:
+    """For work with nothing worth saving (writing shards): SIGINT or SIGTERM raises StoppedAtOnce(`message`) where
+    the process is, so every block unwinds — loading workers stopped, partial output removed — and the command
+    exits 128 + signal (130, 143). SIGTERM's default would end the process with no clean-up at all. Further
+    signals are ignored until the block is left, so they cannot cut that clean-up short."""
+
+    def stop(signum: int, frame: Any) -> None:
+        for each in SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise StoppedAtOnce(message, signum)
+
+    with handling(stop):
+        yield
