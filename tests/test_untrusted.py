@@ -2,9 +2,11 @@
 unreadable file; a stopped, diverged, doubled or damaged run loses nothing that was saved."""
 
 import http.server
+import io
 import json
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -165,6 +167,31 @@ def test_a_silent_server_is_bounded_without_a_timeout_given(hostile_server, monk
 def test_an_html_answer_is_named(hostile_server):
     with pytest.raises(ValueError, match="the server returned text/html, not an image"):
         fetch_image(f"{hostile_server}/html")
+
+
+# -- issue 31: tar shards from elsewhere cost their bad samples only, in bounded memory, and never run a command ------
+
+
+def tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_class_label_value_past_its_names_is_one_line_naming_the_row():
+    import datasets
+
+    from bigtransfer.data.datasets import from_hf_dataset
+
+    image = {"bytes": tiny_png(), "path": None}
+    table = datasets.Dataset.from_dict({"image": [image] * 3, "label": [0, 5, 1], "tags": [[0], [1], [-1]]})
+    table = table.cast_column("image", datasets.Image())
+    table = table.cast_column("label", datasets.ClassLabel(names=["a", "b"]))  # a cast checks no value
+    table = table.cast_column("tags", datasets.Sequence(datasets.ClassLabel(names=["a", "b"])))
+    with pytest.raises(ValueError, match=re.escape("t, row 1: the class id 5 is none of its 2 classes (0 to 1).")):
+        from_hf_dataset(table, "t")  # an IndexError mid-training before
+    with pytest.raises(ValueError, match=re.escape("t, row 2: the class id -1 is none of its 2 classes")):
+        from_hf_dataset(table, "t", label_column="tags", multi_label=True)  # class "b" before
 
 
 # -- 5: SIGTERM saves like Ctrl-C; a folder with metrics only is not a run --------------------------------------------
