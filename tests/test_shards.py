@@ -186,15 +186,19 @@ def test_the_plan_comes_from_the_manifest_without_opening_a_shard(sharded, upstr
     assert plan["rule"]["resize"] == 160 and plan["rule"]["steps"] == 500  # small images, < 20k examples
 
 
-def test_a_shard_that_changed_after_its_manifest_is_refused(sharded, tmp_path):
+def test_a_shard_that_changed_after_its_manifest_costs_only_the_examples_it_lacks(sharded, tmp_path, caplog):
     import shutil
 
     shutil.copytree(sharded, tmp_path / "changed")
     manifest = json.loads((tmp_path / "changed" / "dataset.json").read_text())
-    manifest["shards"][0]["examples"] = 6
+    manifest["shards"][0]["examples"], manifest["shards"][1]["examples"] = 6, 4
     (tmp_path / "changed" / "dataset.json").write_text(json.dumps(manifest))
+    changed, whole = load_dataset(str(tmp_path / "changed")), load_dataset(str(sharded))
+    assert np.array_equal(np.asarray(changed.example(4)[0]), np.asarray(whole.example(4)[0]))
     with pytest.raises(ValueError, match="holds 5 samples but dataset.json says 6: the shard changed"):
-        load_dataset(str(tmp_path / "changed")).example(0)
+        changed.example(5)  # the example shard 0 lacks; the next is shard 1's first
+    assert np.array_equal(np.asarray(changed.example(6)[0]), np.asarray(whole.example(5)[0]))
+    assert "shard-000001.tar holds 5 samples but dataset.json says 4: the last 1 are not read" in caplog.text
 
 
 def test_options_that_do_not_apply_to_shards_are_refused(sharded, upstream, tmp_path, capsys):
