@@ -459,3 +459,13 @@ def test_streamed_rows_that_hold_a_remote_path_are_read_through_fsspec(monkeypat
 def test_a_pattern_naming_missing_shards_says_which(sharded):
     with pytest.raises(FileNotFoundError, match=r"2 of the 7 shards .* do not exist, e\.g\. .*shard-000005\.tar"):
         load_dataset(f"{sharded}/shard-{{000000..000006}}.tar")
+
+
+def test_patterns_are_counted_as_braceexpand_expands_them():
+    import braceexpand
+
+    from bigtransfer.data.shard_patterns import _names
+
+    patterns = ["s-{000000..000099}.tar", "x{a,{b,c}{1..2}}", "{a..g..2}{4..1}", r"{1\{2,3}", "{10..1..3}", "{}",
+                "python{2.{5..7},3.{2,3}}", "{{1..3},{a,b}}", "{Z..a}", "{-3..3..2}", "{,a}", "{1..3..0}"]  # fmt: skip
+    assert [_names(p) for p in patterns] == [len(list(braceexpand.braceexpand(p))) for p in patterns]

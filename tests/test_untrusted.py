@@ -338,6 +338,16 @@ def test_a_member_beyond_the_cap_is_refused_from_its_header_without_reading_it(t
     assert peak_kib < 2_000_000
 
 
+def test_a_brace_range_of_a_hundred_million_names_is_refused_before_expanding(tmp_path):
+    pattern = f"{tmp_path}/shard-{{000000..99999999}}.tar::{tmp_path}/x.tar"
+    code = (f"from bigtransfer.data.sources import load_dataset\n{bounded(256)}\ntry:\n    load_dataset({pattern!r})\n"
+            "except ValueError as error:\n    print(error)")  # fmt: skip
+    words, _ = run_measured(code)
+    assert " ".join(words).endswith(
+        "names 100,000,001 shards, beyond the limit of 1,000,000: check the {first..last} range."
+    )
+
+
 def test_a_remote_manifest_is_bounded_in_bytes_and_time_like_an_image_url(hostile_server, monkeypatch):
     import bigtransfer.processing.decoding as decoding
     from bigtransfer.data.sources import load_dataset

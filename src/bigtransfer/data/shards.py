@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from ..processing.decoding import decode_stored_image, download, open_checked
 from .datasets import CLASSES_ENV, MAX_CLASSES, ImageSize, LabelledImages, beyond_class_limit
 from .order import MAX_LANES, LaneOrder, lane_count
-from .tar_reading import ERROR, IMAGE_FIELDS, DamagedShard, read_samples, webdataset_library
+from .shard_patterns import expand_pattern
+from .tar_reading import ERROR, IMAGE_FIELDS, DamagedShard, read_samples
 
 MANIFEST = "dataset.json"
 SHARD_NAME = "shard-{:06d}.tar"
@@ -359,7 +360,7 @@ def open_shards(source: str, progress: bool = False) -> ShardDataset:
         )
         urls = [str(folder / name) for name in names]
     else:
-        urls = list(webdataset_library().shardlists.expand_urls(source))
+        urls = expand_pattern(source)
         folder = urls[0].rsplit("/", 1)[0] if "/" in urls[0] and not urls[0].startswith("pipe:") else None
         manifest = _read_manifest(f"{folder}/{MANIFEST}") if folder else None
     if not urls:
