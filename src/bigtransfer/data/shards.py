@@ -340,7 +340,8 @@ def _scanned_manifest(urls: list[str], progress: bool) -> dict[str, Any]:
         "classes": [str(i) for i in range(classes)], "multi_label": multi_label, "examples": sum(counts),
         "class_counts": (labels.sum(axis=0) if multi_label else np.bincount(labels, minlength=classes)).tolist(),
         "image_size": {"height": int(np.median(heights)), "width": int(np.median(widths)),
-                       "statistic": f"median of all {len(heights)} readable images (from the shards: no {MANIFEST})"},
+                       "statistic": f"median of all {len(heights)} readable images (read from the shards: "
+                                    f"no {MANIFEST})"},
         "shards": [{"name": url.rsplit("/", 1)[-1], "examples": count} for url, count in zip(urls, counts)],
     }  # fmt: skip
 
