@@ -188,15 +188,19 @@ def test_the_plan_comes_from_the_manifest_without_opening_a_shard(sharded, upstr
     assert plan["rule"]["resize"] == 160 and plan["rule"]["steps"] == 500  # small images, < 20k examples
 
 
-def test_a_shard_that_changed_after_its_manifest_is_refused(sharded, tmp_path):
+def test_a_shard_that_changed_after_its_manifest_costs_only_the_examples_it_lacks(sharded, tmp_path, caplog):
     import shutil
 
     shutil.copytree(sharded, tmp_path / "changed")
     manifest = json.loads((tmp_path / "changed" / "dataset.json").read_text())
-    manifest["shards"][0]["examples"] = 6
+    manifest["shards"][0]["examples"], manifest["shards"][1]["examples"] = 6, 4
     (tmp_path / "changed" / "dataset.json").write_text(json.dumps(manifest))
+    changed, whole = load_dataset(str(tmp_path / "changed")), load_dataset(str(sharded))
+    assert np.array_equal(np.asarray(changed.example(4)[0]), np.asarray(whole.example(4)[0]))
     with pytest.raises(ValueError, match="holds 5 samples but dataset.json says 6: the shard changed"):
-        load_dataset(str(tmp_path / "changed")).example(0)
+        changed.example(5)  # the example shard 0 lacks; the next is shard 1's first
+    assert np.array_equal(np.asarray(changed.example(6)[0]), np.asarray(whole.example(5)[0]))
+    assert "shard-000001.tar holds 5 samples but dataset.json says 4: the last 1 are not read" in caplog.text
 
 
 def test_options_that_do_not_apply_to_shards_are_refused(sharded, upstream, tmp_path, capsys):
@@ -632,3 +636,13 @@ def test_a_saved_dataset_is_read_from_its_own_bytes_and_folder_only(tmp_path, im
 def test_a_pattern_naming_missing_shards_says_which(sharded):
     with pytest.raises(FileNotFoundError, match=r"2 of the 7 shards .* do not exist, e\.g\. .*shard-000005\.tar"):
         load_dataset(f"{sharded}/shard-{{000000..000006}}.tar")
+
+
+def test_patterns_are_counted_as_braceexpand_expands_them():
+    import braceexpand
+
+    from bigtransfer.data.shard_patterns import _names
+
+    patterns = ["s-{000000..000099}.tar", "x{a,{b,c}{1..2}}", "{a..g..2}{4..1}", r"{1\{2,3}", "{10..1..3}", "{}",
+                "python{2.{5..7},3.{2,3}}", "{{1..3},{a,b}}", "{Z..a}", "{-3..3..2}", "{,a}", "{1..3..0}"]  # fmt: skip
+    assert [_names(p) for p in patterns] == [len(list(braceexpand.braceexpand(p))) for p in patterns]

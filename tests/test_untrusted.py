@@ -1,14 +1,18 @@
 """Untrusted input and faults: hostile images and servers are bounded in memory and time and reported like any
 unreadable file; a stopped, diverged, doubled or damaged run loses nothing that was saved."""
 
+import gzip
 import http.server
+import io
 import json
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -27,11 +31,14 @@ from helpers import png_header
 SMALL = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16, num_labels=3)
 
 
-def run_measured(code: str) -> tuple[list[str], int]:
-    """Run `code` in a fresh interpreter: the words it printed, and its own peak memory in KiB (/proc's VmHWM
-    belongs to the new process image; ru_maxrss would carry the test process's peak over fork and exec)."""
+def run_measured(code: str, **env: str) -> tuple[list[str], int]:
+    """Run `code` in a fresh interpreter (with `env` added to the environment): the words it printed, and its own
+    peak memory in KiB (/proc's VmHWM belongs to the new process image; ru_maxrss would carry the test process's
+    peak over fork and exec)."""
     script = code + "\nimport re\nprint(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
-    words = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    environment = {**os.environ, **env}
+    words = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env=environment, timeout=300).stdout.split()  # fmt: skip
     return words[:-1], int(words[-1])
 
 
@@ -108,7 +115,7 @@ class Hostile(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        if self.path == "/silent":
+        if self.path.startswith("/silent"):
             time.sleep(5)
             return
         self.send_response(200)
@@ -117,7 +124,7 @@ class Hostile(http.server.BaseHTTPRequestHandler):
         try:
             if self.path == "/html":
                 self.wfile.write(b"<html>login required</html>")
-            elif self.path == "/endless":
+            elif self.path.startswith("/endless"):
                 for _ in range(10_000):  # bounded: 640 MB at most, the client stops long before
                     self.wfile.write(b"\0" * 65536)
             elif self.path == "/drip":
@@ -165,6 +172,198 @@ def test_a_silent_server_is_bounded_without_a_timeout_given(hostile_server, monk
 def test_an_html_answer_is_named(hostile_server):
     with pytest.raises(ValueError, match="the server returned text/html, not an image"):
         fetch_image(f"{hostile_server}/html")
+
+
+# -- issue 31: tar shards from elsewhere cost their bad samples only, in bounded memory, and never run a command ------
+
+
+def tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def tar_member(name: str, data: bytes = b"", size: int | None = None, link: str | None = None) -> bytes:
+    """One tar member's bytes: its header (declaring `size`, the data's length unless given; a symbolic link to
+    `link` when given) and its data."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if size is None else size
+    if link is not None:
+        info.type, info.linkname = tarfile.SYMTYPE, link
+    return info.tobuf(tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+
+def good_sample(key: str, label: bytes = b"0") -> bytes:
+    return tar_member(f"{key}.png", tiny_png()) + tar_member(f"{key}.cls", label)
+
+
+def write_tar(path: Path, *members: bytes, end: bool = True) -> Path:
+    path.write_bytes(b"".join(members) + (b"\0" * 1024 if end else b""))  # end: the two zero blocks closing a tar
+    return path
+
+
+def bounded(mib: int) -> str:
+    """A line of code that caps the process's address space at what it has mapped so far plus `mib` MiB: a
+    regression that would allocate gigabytes fails with MemoryError instead of taking the machine."""
+    return ("import re, resource; resource.setrlimit(resource.RLIMIT_AS, (1024 * int(re.search(r'VmSize:\\s+(\\d+)', "
+            f"open('/proc/self/status').read()).group(1)) + {mib} * 2**20, resource.RLIM_INFINITY))")  # fmt: skip
+
+
+def test_a_manifest_naming_a_command_or_a_path_elsewhere_is_refused_and_never_run(tmp_path, monkeypatch, capsys):
+    from bigtransfer.data.sources import load_dataset
+
+    monkeypatch.chdir(tmp_path)  # `cd shards && bigtransfer … --data .`: "." joined to a name is the name alone
+    size = {"height": 4, "width": 4, "statistic": "median"}
+    for name in ("pipe:touch MARKER", "../outside.tar", "/etc/passwd"):
+        manifest = {"classes": ["a", "b"], "image_size": size, "shards": [{"name": name, "examples": 1}]}
+        Path("dataset.json").write_text(json.dumps(manifest))
+        assert cli(["shard", ".", str(tmp_path / "out"), "--quiet"]) == 2
+        error = capsys.readouterr().err
+        assert f"the shard name {name!r} is not a plain file name" in error and len(error.splitlines()) == 1
+    (tmp_path / "bare").mkdir()
+    monkeypatch.chdir(tmp_path / "bare")
+    Path("pipe:touch MARKER #.tar").write_bytes(b"")  # without a manifest: a file, whatever its name says
+    with pytest.raises(ValueError, match="None of the 0 samples of 1 shards"):
+        load_dataset(".")
+    assert not Path("MARKER").exists() and not (tmp_path / "MARKER").exists()
+
+
+def test_one_bad_sample_costs_that_sample_and_the_run_lists_it(upstream, tmp_path):
+    from bigtransfer.data.sources import load_dataset
+    from bigtransfer.data.workers import load_examples
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_tar(folder / "shard-000000.tar", good_sample("a0"),
+              tar_member("a1.png", link="/etc/passwd"), tar_member("a1.cls", b"1"),  # a symlink member
+              tar_member("a2.png", tiny_png()),  # no label
+              tar_member("a3.png", tiny_png()), tar_member("a3.png", tiny_png()), tar_member("a3.cls", b"1"),
+              good_sample("a4", b"1"))  # fmt: skip
+    damaged = write_tar(folder / "shard-000001.tar", good_sample("b0", b"2"), good_sample("b1", b"1"),
+                        tar_member("b2.png", tiny_png()[:20], size=len(tiny_png())), end=False)  # fmt: skip
+    damaged.write_bytes(damaged.read_bytes()[:-492])  # truncated inside b2.png's data
+    manifest = {"classes": ["a", "b", "c"], "class_counts": [1, 2, 1], "image_size": {"height": 4, "width": 4,
+                "statistic": "median"}, "shards": [{"name": "shard-000000.tar", "examples": 6},  # 5 are there
+                {"name": "shard-000001.tar", "examples": 4}]}  # fmt: skip
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    shards = load_dataset(str(folder))
+    loaded = load_examples(shards, range(10), range(10), lambda image, _: np.asarray(image))
+    assert loaded.ids == [0, 4, 6, 7] and loaded.labels == [0, 1, 2, 1]
+    reasons = dict(loaded.failures)
+    assert sorted(reasons) == [f"{folder}/shard-000000.tar[{i}]" for i in (1, 2, 3, 5)] + [
+        f"{folder}/shard-000001.tar[{i}]" for i in (2, 3)
+    ]
+    assert "a1.png is a symbolic link, not a file" in reasons[f"{folder}/shard-000000.tar[1]"]
+    assert "sample 'a2' has no label" in reasons[f"{folder}/shard-000000.tar[2]"]
+    assert "it holds a3.png twice" in reasons[f"{folder}/shard-000000.tar[3]"]
+    assert "holds 5 samples but dataset.json says 6" in reasons[f"{folder}/shard-000000.tar[5]"]
+    assert "breaks off after 2 samples (unexpected end of data)" in reasons[f"{folder}/shard-000001.tar[2]"]
+    assert shards.labels.tolist() == [0, -1, -1, -1, 1, -1, 2, 1, -1, -1]  # evaluation skips the unusable
+    metrics = tune(upstream, folder, tmp_path / "run", recipe={"batch_size": 4, "steps": 3})  # every example seen
+    assert metrics["steps"] == 3 and sorted(metrics["skipped_images"]) == sorted(reasons)
+
+
+def test_a_label_far_beyond_the_classes_is_one_line_not_a_class_list_up_to_it(tmp_path):
+    write_tar(tmp_path / "shard-000000.tar", good_sample("k0", b"0"), good_sample("k1", b"1"),
+              good_sample("k2", b"99999999999"))  # fmt: skip
+    code = (f"from bigtransfer.data.sources import load_dataset\nimport datasets\n{bounded(512)}\n"
+            f"shards = load_dataset({str(tmp_path)!r})\nprint(len(shards), shards.classes)\n"
+            "try:\n    shards.example(2)\nexcept ValueError as error:\n    print(error)\n"
+            "from bigtransfer.data.datasets import from_hf_dataset\n"
+            f"image = {{'bytes': {tiny_png()!r}, 'path': None}}\n"
+            "table = datasets.Dataset.from_dict({'image': [image] * 3, 'label': [0, 1, 99999999999]}, "
+            "features=datasets.Features({'image': datasets.Image(), 'label': datasets.Value('int64')}))\n"
+            "try:\n    from_hf_dataset(table, 'ints')\nexcept ValueError as error:\n    print(error)")  # fmt: skip
+    words, peak_kib = run_measured(code)
+    printed = " ".join(words)
+    assert printed.startswith("3 ['0', '1'] sample 'k2': the class id 99,999,999,999 is beyond the limit of 100,000")
+    assert "ints, row 2: the class id 99,999,999,999 is beyond the limit of 100,000 classes" in printed
+    assert peak_kib < 2_000_000  # the class list up to the label took 23 GB
+
+
+def test_a_class_label_value_past_its_names_is_one_line_naming_the_row():
+    import datasets
+
+    from bigtransfer.data.datasets import from_hf_dataset
+
+    image = {"bytes": tiny_png(), "path": None}
+    table = datasets.Dataset.from_dict({"image": [image] * 3, "label": [0, 5, 1], "tags": [[0], [1], [-1]]})
+    table = table.cast_column("image", datasets.Image())
+    table = table.cast_column("label", datasets.ClassLabel(names=["a", "b"]))  # a cast checks no value
+    table = table.cast_column("tags", datasets.Sequence(datasets.ClassLabel(names=["a", "b"])))
+    with pytest.raises(ValueError, match=re.escape("t, row 1: the class id 5 is none of its 2 classes (0 to 1).")):
+        from_hf_dataset(table, "t")  # an IndexError mid-training before
+    with pytest.raises(ValueError, match=re.escape("t, row 2: the class id -1 is none of its 2 classes")):
+        from_hf_dataset(table, "t", label_column="tags", multi_label=True)  # class "b" before
+
+
+def test_labels_that_are_no_class_are_skipped_naming_the_sample(tmp_path):
+    from bigtransfer.data.sources import load_dataset
+
+    write_tar(tmp_path / "shard-000000.tar", good_sample("n0", b"0"), good_sample("n1", b"cat"),
+              good_sample("n2", b"-1"), good_sample("n3", b"2.5"), good_sample("n4", b"1"))  # fmt: skip
+    shards = load_dataset(str(tmp_path))  # no manifest: skipped like an unreadable image, keeping their places
+    assert len(shards) == 5 and shards.classes == ["0", "1"] and shards.positives_per_class().tolist() == [1, 1]
+    for index, reason in ((1, "sample 'n1' has an unreadable label"), (2, "sample 'n2': the class id -1 is negative"),
+                          (3, "sample 'n3' has an unreadable label")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            shards.example(index)
+    manifest = {"classes": ["a", "b"], "image_size": {"height": 4, "width": 4, "statistic": "median"},
+                "shards": [{"name": "shard-000000.tar", "examples": 5}]}  # fmt: skip
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    write_tar(tmp_path / "shard-000000.tar", *(good_sample(f"m{i}", b"%d" % i) for i in range(5)))
+    shards = load_dataset(str(tmp_path))
+    assert shards.example(1)[1] == 1
+    with pytest.raises(ValueError, match="sample 'm2' has the class id 2, but dataset.json lists 2 classes"):
+        shards.example(2)  # an IndexError mid-training before
+
+
+def test_a_member_beyond_the_cap_is_refused_from_its_header_without_reading_it(tmp_path):
+    with gzip.open(tmp_path / "shard-000000.tar", "wb", compresslevel=1) as tar:
+        tar.write(good_sample("g0"))
+        tar.write(tar_member("g1.png", size=160 * 2**20))
+        for _ in range(160):  # 160 MiB of zeros: 0.7 MB compressed
+            tar.write(b"\0" * 2**20)
+        tar.write(tar_member("g1.cls", b"0") + good_sample("g2", b"1"))
+        tar.write(tar_member("g3.png", size=3 * 2**30) + b"\0" * 4096)  # declares 3 GiB; the file ends first
+    code = (f"from bigtransfer.data.sources import load_dataset\n{bounded(128)}\n"
+            f"shards = load_dataset({str(tmp_path)!r})\nprint(len(shards))\nfor i in range(len(shards)):\n"
+            "    try:\n        print(shards.example(i)[1])\n    except ValueError as error:\n"
+            "        print(error)")  # fmt: skip
+    words, peak_kib = run_measured(code, BIGTRANSFER_MAX_SHARD_MEMBER_BYTES=str(4 * 2**20))
+    printed = " ".join(words)
+    assert printed.startswith("4 0 sample 'g1' is unusable: g1.png is 167,772,160 bytes, beyond the limit of "
+                              "4,194,304 (BIGTRANSFER_MAX_SHARD_MEMBER_BYTES) 1 sample 'g3' is unusable: g3.png is "
+                              "3,221,225,472 bytes, beyond the limit")  # fmt: skip
+    assert peak_kib < 2_000_000
+
+
+def test_a_brace_range_of_a_hundred_million_names_is_refused_before_expanding(tmp_path):
+    pattern = f"{tmp_path}/shard-{{000000..99999999}}.tar::{tmp_path}/x.tar"
+    code = (f"from bigtransfer.data.sources import load_dataset\n{bounded(256)}\ntry:\n    load_dataset({pattern!r})\n"
+            "except ValueError as error:\n    print(error)")  # fmt: skip
+    words, _ = run_measured(code)
+    assert " ".join(words).endswith(
+        "names 100,000,001 shards, beyond the limit of 1,000,000: check the {first..last} range."
+    )
+
+
+def test_a_remote_manifest_is_bounded_in_bytes_and_time_like_an_image_url(hostile_server, monkeypatch):
+    import bigtransfer.processing.decoding as decoding
+    from bigtransfer.data.sources import load_dataset
+
+    code = (f"from bigtransfer.data.sources import load_dataset\n{bounded(256)}\ntry:\n"
+            f"    load_dataset({hostile_server + '/endless/shard-{0..1}.tar'!r})\nexcept OSError as error:\n"
+            "    print(error)")  # fmt: skip
+    words, _ = run_measured(code, BIGTRANSFER_MAX_DOWNLOAD_BYTES=str(4 * 2**20))
+    assert f"Could not read {hostile_server}/endless/dataset.json (it is beyond the limit of 4,194,304 bytes" in (
+        " ".join(words)
+    )
+    monkeypatch.setattr(decoding, "URL_TIMEOUT", 1.5)
+    began = time.monotonic()
+    with pytest.raises(OSError, match=r"silent/dataset.json \(.*(timed out|longer than)"):
+        load_dataset(f"{hostile_server}/silent/shard-{{0..1}}.tar")
+    assert time.monotonic() - began < 4
 
 
 # -- 5: SIGTERM saves like Ctrl-C; a folder with metrics only is not a run --------------------------------------------

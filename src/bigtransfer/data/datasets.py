@@ -42,6 +42,19 @@ FASHION_MNIST = [
 
 MULTI_LABEL_SEPARATOR = ";"  # between the classes of one image in a CSV's label column
 SIZE_SAMPLE = 64  # images whose headers decide the typical size: enough for a stable median, read in milliseconds
+CLASSES_ENV = "BIGTRANSFER_MAX_CLASSES"
+# Far beyond any image classification label set (ImageNet-21k: 21,843), far below a class list or a head that
+# exhausts memory merely by being built: one stray label of 99,999,999,999 made a 23 GB list of class names.
+MAX_CLASSES = int(os.environ.get(CLASSES_ENV, 100_000))
+
+
+def beyond_class_limit(label: int) -> str | None:
+    """Why a class id is no class's (negative, or past MAX_CLASSES), before a class list up to it is built."""
+    if label < 0:
+        return f"the class id {label} is negative"
+    if label >= MAX_CLASSES:
+        return f"the class id {label:,} is beyond the limit of {MAX_CLASSES:,} classes ({CLASSES_ENV})"
+    return None
 
 
 class ImageSize(NamedTuple):
@@ -415,6 +428,9 @@ def _label_sets(values: list, feature: Any, source: str) -> tuple[np.ndarray, li
             f"{source}: --multi-label needs a column of label lists (Sequence(ClassLabel) or of strings), got {feature}."
         )
     if hasattr(inner, "names"):
+        outside = next(((row, i) for row, ids in enumerate(values) for i in ids if not 0 <= i < len(inner.names)), None)
+        if outside:  # a cast does not check them: past its names an IndexError, a negative one another class
+            raise _no_class(source, *outside, len(inner.names))
         return _multi_hot([{inner.names[i] for i in row} for row in values], list(inner.names))
     if all(isinstance(name, str) for row in values for name in row):
         return _multi_hot([set(row) for row in values])
@@ -433,13 +449,28 @@ def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, lis
         labels = np.array([index[value] for value in values], dtype=np.int64)
     elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
         labels = np.array(values, dtype=np.int64)
+        largest = int(labels.argmax()) if len(labels) else None
+        if largest is not None and labels[largest] >= MAX_CLASSES:  # before a class list up to it
+            raise ValueError(
+                f"{source}, row {largest}: {beyond_class_limit(int(labels[largest]))}: a stray label (fix the row), "
+                "or a label set that large (raise the limit)."
+            )
         classes = [str(i) for i in range(int(labels.max()) + 1)] if len(labels) else []
     else:
         raise ValueError(f"{source}: labels must be class ids, a ClassLabel or strings, got {feature}.")
     unlabelled = int(np.count_nonzero(labels < 0))
     if unlabelled:  # ClassLabel's -1: a test split published without its labels
         raise ValueError(f"{source} has {unlabelled} rows without a label (-1): pick a labelled split.")
+    beyond = np.flatnonzero(labels >= len(classes))
+    if len(beyond):  # a ClassLabel's value past its names (a cast does not check them): an IndexError mid-training
+        raise _no_class(source, int(beyond[0]), int(labels[beyond[0]]), len(classes))
     return labels, classes
+
+
+def _no_class(source: str, row: int, label: int, classes: int) -> ValueError:
+    return ValueError(
+        f"{source}, row {row}: the class id {label} is none of its {classes} classes (0 to {classes - 1})."
+    )
 
 
 def from_hf_dataset(

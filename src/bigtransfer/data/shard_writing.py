@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ..checkpoints.io import atomic_directory, printable
 from ..processing.decoding import URL_TIMEOUT, decode_stored_image, open_checked, read_bounded
 from .datasets import IMAGE_COLUMNS, LABEL_COLUMNS, ImageDataset, datasets_library, find_column
-from .shards import FORMAT, MANIFEST, SHARD_NAME, label_of, webdataset_library
+from .shards import FORMAT, MANIFEST, SHARD_NAME, label_of
+from .tar_reading import webdataset_library
 from .workers import ordered_results, resolve_workers
 
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # stored as they are when small enough: no re-encoding loss

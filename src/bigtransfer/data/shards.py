@@ -1,5 +1,5 @@
 """Reading sharded tar datasets in the WebDataset format (written by `shard_writing.py`, or any tool that follows
-the convention) with the `webdataset` library, a whole shard at a time.
+the convention), a whole shard at a time (`tar_reading.py`, over webdataset's opener).
 
 A shard holds one sample per image: `<key>.jpg` (or `.png`) and its label, `<key>.cls` (a class id, the
 WebDataset convention) or, for multi-label data, `<key>.json` {"labels": [ids…]}. `dataset.json` beside the
@@ -7,17 +7,23 @@ shards lists them with their counts, the classes and the images' sizes, so a rea
 its classes and its typical image size without opening a shard — memory and start-up grow with the number of
 shards, not of images. Examples are numbered shard after shard; training visits them in `order.LaneOrder`,
 which keeps each step to a few shards.
+
+Shards and their dataset.json may come from anyone: a bad sample (a link, a missing or impossible label, a
+member too large, the shard breaking off before it) is an unreadable example, skipped and listed like an image
+that does not decode, and costs no other; a dataset.json whose names are not plain file names is refused.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import json
+import logging
 import re
-import urllib.request
-from collections.abc import Iterator, Sequence
+import urllib.error
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,37 +31,46 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..checkpoints.hub import install_hint
-from ..checkpoints.io import parse_json, read_json
-from ..processing.decoding import decode_stored_image, open_checked
-from .datasets import ImageSize, LabelledImages
+from ..checkpoints.io import parse_json
+from ..processing.decoding import decode_stored_image, download, open_checked
+from .datasets import CLASSES_ENV, MAX_CLASSES, ImageSize, LabelledImages, beyond_class_limit
 from .order import MAX_LANES, LaneOrder, lane_count
+from .shard_patterns import expand_pattern
+from .tar_reading import ERROR, IMAGE_FIELDS, DamagedShard, read_samples
 
 MANIFEST = "dataset.json"
 SHARD_NAME = "shard-{:06d}.tar"
 FORMAT = "webdataset"
 HELD_SHARDS = MAX_LANES + 2  # at most, per reading process: every lane's shard, and a step's overlap
 RECENT_READS = 8  # a held shard no read among a process's last 8 needed is dropped
-TIMEOUT_S = 30  # reading a remote dataset.json
 RESHARD = f"write the shards again with `bigtransfer shard`, or fix the file (or remove it: {MANIFEST} is optional)"
-
-
-def webdataset_library():
-    try:
-        import webdataset
-    except ImportError:
-        raise ImportError(f"Reading or writing tar shards needs webdataset: {install_hint('shards')}.") from None
-    return webdataset
+# What a dataset.json may say a shard holds: every example costs the order a permutation entry (8 bytes) before
+# a shard is read, so a count of 10^12 would exhaust memory; 500 times the default shard size.
+MAX_SHARD_EXAMPLES = 1_000_000
+Entry = tuple[bytes, Any, str] | str  # a sample as read: (image bytes, label, suffix), or why it cannot be used
+logger = logging.getLogger(__name__)
 
 
 def label_of(sample: dict[str, Any]) -> int | list[int]:
-    """A sample's class id, or its list of class ids (multi-label), from `.cls` or `.json`."""
-    if "cls" in sample:
-        return int(sample["cls"])
-    labels = json.loads(sample["json"]).get("labels") if "json" in sample else None
-    if labels is None:
-        raise ValueError(f"Sample {sample.get('__key__')!r} has no label: expected a .cls or a .json with 'labels'.")
-    return labels
+    """A sample's class id, or its list of class ids (multi-label), from `.cls` or `.json`; ValueError naming the
+    sample for a missing label, or one that is not whole numbers, negative or beyond MAX_CLASSES."""
+    key = sample.get("__key__")
+    if "cls" not in sample and "json" not in sample:
+        raise ValueError(f"sample {key!r} has no label: expected a .cls or a .json with 'labels'")
+    unreadable = ValueError(
+        f'sample {key!r} has an unreadable label: a .cls holds a class id, a .json {{"labels": [class ids…]}}'
+    )
+    try:
+        label = int(sample["cls"]) if "cls" in sample else json.loads(sample["json"])["labels"]
+    except (ValueError, TypeError, KeyError):  # not a number; not JSON, or no "labels" in it
+        raise unreadable from None
+    ids = [label] if "cls" in sample else label
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise unreadable
+    problem = next(filter(None, map(beyond_class_limit, ids)), None)
+    if problem:
+        raise ValueError(f"sample {key!r}: {problem}")
+    return label
 
 
 def looks_like_shards(source: str) -> bool:
@@ -69,7 +84,7 @@ def looks_like_shards(source: str) -> bool:
 
 class ShardDataset(LabelledImages):
     """Examples in WebDataset tar shards: counts, classes and sizes from `dataset.json` (or, without one, from
-    one pass over the shards); images read a whole shard at a time through `webdataset`. A process holds the
+    one pass over the shards); images read a whole shard at a time (`tar_reading.read_samples`). A process holds the
     encoded bytes of the shards its current examples need (`about_to_read`), at most HELD_SHARDS."""
 
     def __init__(self, urls: list[str], manifest: dict[str, Any], source: str, selection: np.ndarray | None = None):
@@ -77,7 +92,7 @@ class ShardDataset(LabelledImages):
         self.classes = list(manifest["classes"])
         self.counts = [int(shard["examples"]) for shard in manifest["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self._held: collections.OrderedDict[int, list[tuple[bytes, Any, str]]] = collections.OrderedDict()
+        self._held: collections.OrderedDict[int, list[Entry]] = collections.OrderedDict()
         self._reads, self._last_read = 0, {}  # `about_to_read` calls, and the last that needed each shard
 
     def __getstate__(self) -> dict[str, Any]:  # loading workers start with no shard held
@@ -124,7 +139,10 @@ class ShardDataset(LabelledImages):
 
     def example(self, index: int) -> tuple[Image.Image, Any]:
         shard, offset = self._locate(index)
-        data, label, suffix = self._shard(shard)[offset]
+        entry = self._shard(shard)[offset]
+        if isinstance(entry, str):  # a bad sample: unreadable, as an image that does not decode
+            raise ValueError(entry)
+        data, label, suffix = entry
         if self.multi_label:  # class ids → the multi-hot row training and evaluation take
             label = np.isin(np.arange(len(self.classes)), label).astype(int).tolist()
         return decode_stored_image({"bytes": data}, f"{self.urls[shard]}[{offset}].{suffix}"), label
@@ -139,26 +157,37 @@ class ShardDataset(LabelledImages):
         for shard in [held for held in self._held if self._reads - self._last_read.get(held, 0) >= RECENT_READS]:
             del self._held[shard]
 
-    def _shard(self, shard: int) -> list[tuple[bytes, Any, str]]:
+    def _shard(self, shard: int) -> list[Entry]:
         if shard in self._held:
             self._held.move_to_end(shard)
             return self._held[shard]
-        samples = [_image_field(sample) for sample in read_samples(self.urls[shard])]
-        if len(samples) != self.counts[shard]:
-            raise ValueError(
-                f"{self.urls[shard]} holds {len(samples)} samples but {MANIFEST} says {self.counts[shard]}: the shard "
-                "changed after the manifest was written; rewrite both with `bigtransfer shard`."
-            )
-        self._held[shard] = samples
+        self._held[shard] = entries = self._read(shard)
         while len(self._held) > HELD_SHARDS:
             self._held.popitem(last=False)
-        return samples
+        return entries
+
+    def _read(self, shard: int) -> list[Entry]:
+        """The shard's examples as dataset.json numbers them: its samples, and for every example that it lacks
+        (it breaks off, or changed after the manifest was written) the reason."""
+        url, count = self.urls[shard], self.counts[shard]
+        entries, damage = shard_entries(url, len(self.classes))
+        if len(entries) > count:
+            _warn_unlisted(url, len(entries), count)
+            return entries[:count]
+        missing = damage or (
+            f"{url} holds {len(entries)} samples but {MANIFEST} says {count}: the shard changed after the manifest "
+            "was written; rewrite both with `bigtransfer shard`"
+        )
+        return entries + [missing] * (count - len(entries))
 
     @property
     def labels(self) -> np.ndarray:
-        """Every example's label, read from the shards (evaluation's reference; training never needs them all)."""
+        """Every example's label, read from the shards (evaluation's reference; training never needs them all);
+        -1 (multi-label: no class) for a sample that cannot be used, which evaluation skips."""
         if not hasattr(self, "_labels"):
-            rows = [label_of(sample) for url in self.urls for sample in read_samples(url)]
+            unusable = [] if self.multi_label else -1
+            rows = [unusable if isinstance(entry, str) else entry[1] for shard in range(len(self.urls))
+                    for entry in self._read(shard)]  # fmt: skip
             self._labels = _label_array(rows, len(self.classes), self.multi_label)
         return self._labels if self.selection is None else self._labels[self.selection]
 
@@ -173,12 +202,39 @@ class ShardDataset(LabelledImages):
         raise ValueError(f"{self.source}: --classes cannot subset sharded data; shard the classes you want instead.")
 
 
-def _image_field(sample: dict[str, Any]) -> tuple[bytes, Any, str]:
-    for suffix in ("jpg", "jpeg", "png", "webp"):
-        if suffix in sample:
-            label = label_of(sample)
-            return sample[suffix], label, suffix
-    raise ValueError(f"Sample {sample.get('__key__')!r} of {sample.get('__url__')} has no .jpg/.png/.webp image.")
+@functools.cache
+def _warn_unlisted(url: str, held: int, listed: int) -> None:  # once per process and shard
+    logger.warning("%s holds %d samples but %s says %d: the last %d are not read; rewrite both with `bigtransfer "
+                   "shard`.", url, held, MANIFEST, listed, held - listed)  # fmt: skip
+
+
+def shard_entries(url: str, classes: int | None) -> tuple[list[Entry], str | None]:
+    """(the shard's samples as entries, why it breaks off or None): a sample that cannot be used — the reader's
+    reason, no image, a label that is no class (of `classes`, when known) — costs that sample, not the shard."""
+    entries: list[Entry] = []
+    try:
+        for sample in read_samples(url):
+            entries.append(_entry(sample, classes))
+    except DamagedShard as error:
+        return entries, str(error)
+    return entries, None
+
+
+def _entry(sample: dict[str, Any], classes: int | None) -> Entry:
+    key = sample["__key__"]
+    suffix = next((suffix for suffix in IMAGE_FIELDS if suffix in sample), None)
+    if ERROR in sample:
+        return sample[ERROR]
+    if suffix is None:
+        return f"sample {key!r} has no .jpg/.png/.webp image"
+    try:
+        label = label_of(sample)
+    except ValueError as error:
+        return str(error)
+    beyond = [i for i in (label if isinstance(label, list) else [label]) if classes is not None and i >= classes]
+    if beyond:
+        return f"sample {key!r} has the class id {beyond[0]}, but {MANIFEST} lists {classes} classes"
+    return sample[suffix], label, suffix
 
 
 def _label_array(rows: list, classes: int, multi_label: bool) -> np.ndarray:
@@ -190,47 +246,97 @@ def _label_array(rows: list, classes: int, multi_label: bool) -> np.ndarray:
     return labels
 
 
-def read_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard, in order: webdataset's tar reader (files, `pipe:` commands, http(s) URLs)."""
-    wds = webdataset_library()
-    return iter(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()))
-
-
 def _read_manifest(location: str) -> dict[str, Any] | None:
-    """dataset.json at a local path or an http(s) URL; None when there is none."""
+    """dataset.json at a local path or an http(s) URL (bounded in bytes and time, as image URLs are), checked;
+    None when there is none."""
     if location.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(location, timeout=TIMEOUT_S) as response:
-                text = response.read()
-        except OSError:
+            text = download(location)
+        except urllib.error.HTTPError:  # the server has none (404), or does not give it
             return None
-        return parse_json(text, location, RESHARD)
-    path = Path(location)
-    return read_json(path, RESHARD) if path.is_file() else None
+        except (OSError, ValueError) as error:
+            raise OSError(f"Could not read {location} ({error}): check the URL and the server.") from None
+    elif Path(location).is_file():
+        text = Path(location).read_bytes()
+    else:
+        return None
+    manifest = parse_json(text, location, RESHARD)
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"{location} cannot be used: {problem}: {RESHARD}.")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What in a dataset.json would make reading it go wrong: a shard name that is not a plain file name (joined
+    to `--data .` it would be a path elsewhere, or a `pipe:` command that webdataset runs in a shell), counts that
+    are not whole numbers within MAX_SHARD_EXAMPLES, more than MAX_CLASSES classes, or fields of the wrong kind."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return 'it has no list of "shards"'
+    classes, counts, size = manifest.get("classes"), manifest.get("class_counts"), manifest.get("image_size")
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        return 'its "classes" are not a list of names'
+    if len(classes) > MAX_CLASSES:
+        return f"it lists {len(classes):,} classes, beyond the limit of {MAX_CLASSES:,} ({CLASSES_ENV})"
+    if counts is not None and not (
+        isinstance(counts, list) and len(counts) == len(classes) and all(map(_count, counts))
+    ):
+        return 'its "class_counts" are not a count for each class'
+    if not isinstance(manifest.get("multi_label", False), bool):
+        return '"multi_label" is not true or false'
+    if not (isinstance(size, dict) and _count(size.get("height")) and _count(size.get("width"))
+            and isinstance(size.get("statistic"), str)):  # fmt: skip
+        return 'its "image_size" is not a height and a width in pixels with its "statistic"'
+    for shard in manifest["shards"]:
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not _plain_file_name(name):
+            return f"the shard name {name!r} is not a plain file name in its folder (no '/', no ':')"
+        if not (_count(shard.get("examples")) and shard["examples"] <= MAX_SHARD_EXAMPLES):
+            return f"{name} holds {shard.get('examples')!r} examples, not a whole number up to {MAX_SHARD_EXAMPLES:,}"
+    return None
+
+
+def _plain_file_name(name: Any) -> bool:
+    return isinstance(name, str) and Path(name).name == name and name not in ("", "..") and not {":", "\0"} & set(name)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _scanned_manifest(urls: list[str], progress: bool) -> dict[str, Any]:
-    """Counts, labels and image sizes of shards without a dataset.json, from one pass over them."""
-    counts, rows, heights, widths = [], [], [], []
+    """Counts, labels and image sizes of shards without a dataset.json, from one pass over them. A sample that
+    cannot be used keeps its place (training skips and lists it) and adds no class; a shard that breaks off
+    holds the samples before."""
+    counts, rows, heights, widths, reasons = [], [], [], [], []
     for url in tqdm(urls, unit="shard", desc=f"counting (no {MANIFEST})", disable=not progress):
-        count = 0
-        for sample in read_samples(url):
-            data, label, suffix = _image_field(sample)
+        entries, damage = shard_entries(url, None)
+        if damage:
+            logger.warning("%s; the %d samples before are used.", damage, len(entries))
+        for offset, entry in enumerate(entries):
+            if isinstance(entry, str):
+                reasons.append(entry)
+                continue
+            data, label, suffix = entry
             # an unreadable image still counts (its sample is there): training skips and lists it
-            with contextlib.suppress(ValueError), open_checked(io.BytesIO(data), f"{url}[{count}].{suffix}") as opened:
+            with contextlib.suppress(ValueError), open_checked(io.BytesIO(data), f"{url}[{offset}].{suffix}") as opened:
                 heights.append(opened.height)
                 widths.append(opened.width)
             rows.append(label)
-            count += 1
-        counts.append(count)
+        counts.append(len(entries))
+    if not heights:
+        example = f", e.g. {reasons[0]}" if reasons else ""
+        raise ValueError(f"None of the {sum(counts)} samples of {len(urls)} shards has a readable image and label"
+                         f"{example}.")  # fmt: skip
     multi_label = any(isinstance(row, list) for row in rows)
-    classes = 1 + max((max(row, default=-1) if multi_label else row) for row in rows) if rows else 0
+    classes = 1 + max((max(row, default=-1) if multi_label else row) for row in rows)
     labels = _label_array(rows, classes, multi_label)
     return {
-        "classes": [str(i) for i in range(classes)], "multi_label": multi_label, "examples": len(rows),
+        "classes": [str(i) for i in range(classes)], "multi_label": multi_label, "examples": sum(counts),
         "class_counts": (labels.sum(axis=0) if multi_label else np.bincount(labels, minlength=classes)).tolist(),
         "image_size": {"height": int(np.median(heights)), "width": int(np.median(widths)),
-                       "statistic": f"median of all {len(rows)} images (read from the shards: no {MANIFEST})"},
+                       "statistic": f"median of all {len(heights)} readable images (read from the shards: "
+                                    f"no {MANIFEST})"},
         "shards": [{"name": url.rsplit("/", 1)[-1], "examples": count} for url, count in zip(urls, counts)],
     }  # fmt: skip
 
@@ -239,17 +345,18 @@ def open_shards(source: str, progress: bool = False) -> ShardDataset:
     """Shards from a folder written by `shard`, a folder of .tar files, or a URL pattern that webdataset expands
     (`{000000..000099}` ranges, `::`-separated lists). `dataset.json` is read beside the shards; shards without
     one are counted in one pass."""
-    wds = webdataset_library()
     path = Path(source).expanduser()
-    if path.is_dir():
-        manifest = _read_manifest(str(path / MANIFEST))
+    if path.is_dir():  # an absolute folder: a name joined to it is a file there, never a URL or a `pipe:` command
+        folder = path.resolve()
+        manifest = _read_manifest(str(folder / MANIFEST))
         names = (
-            [shard["name"] for shard in manifest["shards"]] if manifest else sorted(p.name for p in path.glob("*.tar"))
+            [shard["name"] for shard in manifest["shards"]]
+            if manifest
+            else sorted(p.name for p in folder.glob("*.tar"))
         )
-        urls = [str(path / name) for name in names]
-        folder = str(path)
+        urls = [str(folder / name) for name in names]
     else:
-        urls = list(wds.shardlists.expand_urls(source))
+        urls = expand_pattern(source)
         folder = urls[0].rsplit("/", 1)[0] if "/" in urls[0] and not urls[0].startswith("pipe:") else None
         manifest = _read_manifest(f"{folder}/{MANIFEST}") if folder else None
     if not urls:

@@ -98,15 +98,10 @@ def is_url(image: Any) -> bool:
 
 
 def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
-    """Download an image (as transformers' pipelines accept URLs), bounded however the server behaves: the whole
-    download within `timeout` seconds (default `URL_TIMEOUT`), at most `MAX_DOWNLOAD_BYTES`, and an answer
-    that is text (an HTML error page) refused as such."""
-    limit = URL_TIMEOUT if timeout is None else timeout
-    deadline = time.monotonic() + limit
-    request = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
+    """Download an image (as transformers' pipelines accept URLs), bounded however the server behaves
+    (`download`), an answer that is text (an HTML error page) refused as such."""
     try:
-        with urllib.request.urlopen(request, timeout=limit) as response:
-            data = _bounded_body(response, url, deadline, limit)
+        data = download(url, timeout, refuse_text=True)
     except (OSError, ValueError) as error:  # URLError, HTTPError and socket timeouts are OSErrors
         kind = ValueError if isinstance(error, ValueError) else OSError
         raise kind(
@@ -115,9 +110,20 @@ def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
     return _opened(io.BytesIO(data), url)
 
 
-def _bounded_body(response: Any, url: str, deadline: float, limit: float) -> bytes:
+def download(url: str, timeout: float | None = None, refuse_text: bool = False) -> bytes:
+    """The body of `url`, bounded however the server behaves: the whole download within `timeout` seconds
+    (default `URL_TIMEOUT`), at most `MAX_DOWNLOAD_BYTES`; with `refuse_text`, a text answer is a ValueError.
+    Raises OSError (HTTPError for an error status) or ValueError, with the reason alone."""
+    limit = URL_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    request = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
+    with urllib.request.urlopen(request, timeout=limit) as response:
+        return _bounded_body(response, deadline, limit, refuse_text)
+
+
+def _bounded_body(response: Any, deadline: float, limit: float, refuse_text: bool) -> bytes:
     kind = response.headers.get_content_type()
-    if kind.startswith("text/"):
+    if refuse_text and kind.startswith("text/"):
         raise ValueError(f"the server returned {kind}, not an image")
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
