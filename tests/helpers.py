@@ -188,6 +188,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def client_for(served, **limits):
+    """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`."""
+    from starlette.testclient import TestClient
+
+    from bigtransfer.serve.app import InferenceServer, Limits
+
+    return TestClient(InferenceServer(served, Limits(**limits)).app())
+
+
 class ServeProcess:
     """`bigtransfer serve MODEL` in a subprocess on a free port, logging to `log`; ready once its health says so,
     stopped by PID with SIGTERM (which must drain and exit 0)."""

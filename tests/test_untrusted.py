@@ -2,9 +2,11 @@
 unreadable file; a stopped, diverged, doubled or damaged run loses nothing that was saved."""
 
 import http.server
+import io
 import json
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -98,6 +100,90 @@ def test_predict_and_pipeline_refuse_them_in_bounded_memory(upstream, folder, tm
 def test_arrays_of_an_extreme_shape_are_refused_before_resizing():
     with pytest.raises(ValueError, match="aspect ratio 20000:2"):
         BitImageProcessor()(np.zeros((2, 20_000, 3), dtype=np.uint8))
+
+
+# -- issue 31, 3: only the accepted formats are opened, wherever an image comes from --------------------------------
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"  # Pillow reads it by running gs
+REFUSED_AS_EPS = r"it is EPS \(by its first bytes\), and only JPEG, PNG, WEBP, GIF, BMP, TIFF, PPM are read"
+
+
+@pytest.fixture
+def ghostscript_spy(tmp_path, monkeypatch):
+    """A `gs` first on PATH that only leaves a mark (Pillow's EPS plugin looks for it afresh): the mark's path."""
+    from PIL import EpsImagePlugin
+
+    (tmp_path / "bin").mkdir()
+    mark = tmp_path / "gs-ran"
+    (tmp_path / "bin" / "gs").write_text(f'#!/bin/sh\necho "$@" >> {mark}\n')
+    (tmp_path / "bin" / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    return mark
+
+
+def test_postscript_named_jpg_is_refused_as_a_file_without_running_ghostscript(tmp_path, ghostscript_spy):
+    from bigtransfer import BitImageProcessorFast
+    from bigtransfer.processing.decoding import decode_image
+
+    (tmp_path / "photo.jpg").write_bytes(POSTSCRIPT)
+    for read in (decode_image, BitImageProcessor(), BitImageProcessorFast(draft=True)):
+        with pytest.raises(ValueError, match=REFUSED_AS_EPS):
+            read(str(tmp_path / "photo.jpg"))
+    assert not ghostscript_spy.exists()
+
+
+def test_postscript_uploaded_to_serve_is_a_400_naming_the_format_without_running_ghostscript(upstream, ghostscript_spy):
+    from bigtransfer.serve.model import ServedModel
+    from helpers import client_for
+
+    with client_for(ServedModel(upstream, "cpu")) as client:
+        answer = client.post("/predict", content=POSTSCRIPT)
+        form = client.post("/predict", files={"image": ("cat.jpg", POSTSCRIPT, "image/jpeg")})
+    for refused in (answer, form):
+        assert refused.status_code == 400 and re.search(REFUSED_AS_EPS, refused.json()["error"])
+    assert not ghostscript_spy.exists()
+
+
+def test_postscript_in_a_shard_or_a_datasets_row_is_refused_without_running_ghostscript(tmp_path, ghostscript_spy):
+    import tarfile
+
+    import datasets
+
+    from bigtransfer.data.datasets import from_hf_dataset
+    from bigtransfer.data.shards import open_shards
+
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "shard-000000.tar", "w") as tar:
+        for name, data in (("0.jpg", POSTSCRIPT), ("0.cls", b"0"), ("1.png", png_header(tmp_path / "p.png", 4, 4)
+                                                                            .read_bytes()), ("1.cls", b"1")):  # fmt: skip
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(ValueError, match=REFUSED_AS_EPS):
+        open_shards(str(tmp_path / "shards")).example(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": POSTSCRIPT, "path": "photo.jpg"}], "label": [0]},
+                                      features=features)  # fmt: skip
+    with pytest.raises(ValueError, match=REFUSED_AS_EPS):
+        from_hf_dataset(rows, "rows").load(0)
+    assert not ghostscript_spy.exists()
+
+
+def test_no_image_is_opened_but_through_the_checked_opener():
+    """Image.open anywhere else would read every format Pillow knows, Ghostscript's included."""
+    import ast
+
+    import bigtransfer
+
+    opened = []
+    for module in Path(bigtransfer.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "open":
+                owner = node.func.value
+                if ast.unparse(owner) in ("Image", "PIL.Image"):
+                    opened.append((module.name, [keyword.arg for keyword in node.keywords]))
+    assert opened == [("decoding.py", ["formats"])]  # open_checked's
 
 
 # -- 3: image URLs are bounded in bytes and time ---------------------------------------------------------------------

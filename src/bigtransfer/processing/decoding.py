@@ -25,6 +25,10 @@ MAX_ASPECT_RATIO = float(os.environ.get(ASPECT_ENV, 200))
 DOWNLOAD_ENV = "BIGTRANSFER_MAX_DOWNLOAD_BYTES"
 MAX_DOWNLOAD_BYTES = int(os.environ.get(DOWNLOAD_ENV, 50 * 2**20))  # an image URL's body; photos are a few MB
 URL_TIMEOUT = 30.0  # seconds for a whole image download when the caller gives no timeout
+# The formats images are opened as, whatever a file's name says: photos and datasets come in these. Pillow would
+# otherwise try every format it knows, and reading some runs another program (PostScript runs Ghostscript, with
+# no time limit: 58 bytes named .jpg held `predict` forever).
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 CHANNEL_COUNTS = (1, 3, 4)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
@@ -62,16 +66,28 @@ def check_image_size(width: int, height: int, name: Any) -> None:
 
 
 def open_checked(source: Any, name: Any) -> Image.Image:
-    """Image.open (the header only) with the size limits checked: no pixel is decoded yet."""
+    """Image.open (the header only) as one of `ACCEPTED_FORMATS`, with the size limits checked: no pixel is
+    decoded yet. Every image bigtransfer reads (files, URLs, uploads, shards, `datasets` rows) is opened here."""
     try:
         with warnings.catch_warnings():  # Pillow's own bomb warning: the limits below decide
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(source)
+            opened = Image.open(source, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:  # beyond twice Pillow's threshold: it refuses to open the header
         raise ValueError(
             f"Cannot use {name}: it declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)."
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        refused = _format_by_signature(source)
+        accepted = ", ".join(ACCEPTED_FORMATS)
+        if refused is not None and refused not in ACCEPTED_FORMATS:
+            raise ValueError(
+                f"Cannot read {name} as an image: it is {refused} (by its first bytes), and only {accepted} are "
+                "read; convert it to one of those."
+            ) from None
+        raise ValueError(
+            f"Cannot read {name} as an image: the file is corrupt or not an image of the formats read ({accepted})."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         detail = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))  # bytes in memory: no file to name
         raise ValueError(f"Cannot read {name} as an image ({detail}); the file is corrupt or not an image.") from None
     try:
@@ -80,6 +96,18 @@ def open_checked(source: Any, name: Any) -> Image.Image:
         opened.close()
         raise
     return opened
+
+
+def _format_by_signature(source: Any) -> str | None:
+    """The format Pillow would take a refused file for, from its first 16 bytes alone (no plugin parses it)."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+        prefix = source.read(16)
+    else:
+        with open(source, "rb") as file:
+            prefix = file.read(16)
+    Image.init()
+    return next((kind for kind in Image.ID if Image.OPEN[kind][1] is not None and Image.OPEN[kind][1](prefix)), None)
 
 
 def _opened(source: Any, name: Any) -> Image.Image:
