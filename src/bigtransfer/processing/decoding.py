@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import re
-import time
 import urllib.request
 import warnings
 from collections.abc import Sequence
@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .http_deadline import urlopen_within
 
 PIXELS_ENV, ASPECT_ENV = "BIGTRANSFER_MAX_IMAGE_PIXELS", "BIGTRANSFER_MAX_ASPECT_RATIO"
 # What an image may be, wherever it comes from (files, URLs, arrays): 89.5 megapixels is Pillow's own
@@ -127,44 +129,41 @@ def is_url(image: Any) -> bool:
 
 def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
     """Download an image (as transformers' pipelines accept URLs), bounded however the server behaves: the whole
-    download within `timeout` seconds (default `URL_TIMEOUT`), at most `MAX_DOWNLOAD_BYTES`, and an answer
-    that is text (an HTML error page) refused as such."""
+    download, connecting to the last byte, within `timeout` seconds (default `URL_TIMEOUT`), at most
+    `MAX_DOWNLOAD_BYTES`, and an answer that is text (an HTML error page) refused as such. A server that cannot
+    be reached or is too slow is an OSError; an answer that breaks HTTP or is not an image, a ValueError."""
     limit = URL_TIMEOUT if timeout is None else timeout
-    deadline = time.monotonic() + limit
     request = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
     try:
-        with urllib.request.urlopen(request, timeout=limit) as response:
-            data = _bounded_body(response, url, deadline, limit)
-    except (OSError, ValueError) as error:  # URLError, HTTPError and socket timeouts are OSErrors
-        kind = ValueError if isinstance(error, ValueError) else OSError
-        raise kind(
-            f"Could not fetch the image {url} ({error}): check the URL, or download it and pass the file."
+        with urlopen_within(request, limit) as response:
+            data = _bounded_body(response)
+    except http.client.HTTPException as error:  # a bad status line, header or body: not an OSError of its own
+        detail = " ".join(str(error).split())[:200] or "no answer"
+        raise ValueError(
+            f"Could not fetch the image {url} (its answer is not valid HTTP: {type(error).__name__} {detail!r}): "
+            "check the URL, or download it and pass the file."
         ) from None
+    except (OSError, ValueError) as error:  # URLError, HTTPError and timeouts are OSErrors
+        kind = ValueError if isinstance(error, ValueError) else OSError
+        fix = "pass a larger timeout=" if isinstance(error, TimeoutError) else "check the URL"
+        raise kind(f"Could not fetch the image {url} ({error}): {fix}, or download it and pass the file.") from None
     return _opened(io.BytesIO(data), url)
 
 
-def _bounded_body(response: Any, url: str, deadline: float, limit: float) -> bytes:
+def _bounded_body(response: Any) -> bytes:
     kind = response.headers.get_content_type()
     if kind.startswith("text/"):
         raise ValueError(f"the server returned {kind}, not an image")
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
         raise ValueError(f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES:,} ({DOWNLOAD_ENV})")
-    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
     chunks, size = [], 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"the download took longer than {limit:g} s (pass a larger timeout=)")
-        if sock is not None:
-            sock.settimeout(remaining)  # a server that stops sending cannot hold the call past the deadline
-        chunk = response.read1(1 << 16)
-        if not chunk:
-            return b"".join(chunks)
+    while chunk := response.read1(1 << 16):
         size += len(chunk)
         if size > MAX_DOWNLOAD_BYTES:
             raise ValueError(f"it is beyond the limit of {MAX_DOWNLOAD_BYTES:,} bytes ({DOWNLOAD_ENV})")
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def flatten_images(images: ImageLike | Sequence[ImageLike], input_data_format: str | None = None) -> list[ImageLike]:
