@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
 import re
+import struct
 import urllib.request
 import warnings
 from collections.abc import Sequence
@@ -109,7 +111,12 @@ def _format_by_signature(source: Any) -> str | None:
         with open(source, "rb") as file:
             prefix = file.read(16)
     Image.init()
-    return next((kind for kind in Image.ID if Image.OPEN[kind][1] is not None and Image.OPEN[kind][1](prefix)), None)
+    for kind in Image.ID:
+        accept = Image.OPEN[kind][1]
+        with contextlib.suppress(IndexError, TypeError, struct.error):  # a short file, as Image.open allows
+            if accept is not None and accept(prefix):
+                return kind
+    return None
 
 
 def _opened(source: Any, name: Any) -> Image.Image:
