@@ -186,6 +186,76 @@ def test_no_image_is_opened_but_through_the_checked_opener():
     assert opened == [("decoding.py", ["formats"])]  # open_checked's
 
 
+# -- issue 31, 5: serve decodes no more than its model needs, and says beforehand what decoding will take ------------
+
+
+@pytest.fixture
+def served(upstream):
+    from bigtransfer.serve.model import ServedModel
+
+    return ServedModel(upstream, "cpu")  # resizes to 20×20
+
+
+def test_serve_decodes_a_large_jpeg_at_the_scale_its_model_needs_and_counts_it_so(served, tmp_path, monkeypatch):
+    import skimage.data
+
+    import bigtransfer.serve.model as model
+    from bigtransfer.processing.decoding import decode_stored_image
+
+    photo = Image.fromarray(skimage.data.chelsea()).resize((1600, 1200), Image.Resampling.BICUBIC)
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    photo.save(jpeg, "JPEG", quality=90)
+    photo.save(png, "PNG", compress_level=1)
+    assert served.decoding_bytes(jpeg.getvalue()) == 200 * 150 * 4  # 1/8 scale: still ≥ 2× the 20-px target
+    assert served.decoding_bytes(png.getvalue()) == 1600 * 1200 * 4  # Pillow keeps RGB in 4 bytes a pixel
+    full = served.transform.decoded_geometry(decode_stored_image({"bytes": jpeg.getvalue()}, "photo"))
+    reference = served.transform.normalise_pixels(torch.from_numpy(full[None])).numpy()[0]
+    assert np.abs(served.pixels(jpeg.getvalue()) - reference).mean() < 2e-2  # the fast processor's draft tolerance
+    monkeypatch.setattr(model, "SERVE_MAX_IMAGE_PIXELS", 100_000)  # decoded pixels count, not declared ones
+    assert served.pixels(jpeg.getvalue()).shape == (3, 20, 20)
+    with pytest.raises(ValueError, match="1600×1200 pixels is beyond the limit of 100,000 .*SERVE_MAX_IMAGE_PIXELS"):
+        served.decoding_bytes(png.getvalue())
+
+
+def test_serve_refuses_an_upload_beyond_its_own_pixel_limit_that_the_library_reads(served, tmp_path):
+    from bigtransfer.processing.decoding import open_checked
+    from helpers import client_for
+
+    bomb = png_header(tmp_path / "big.png", 4200, 4200)  # 17.6 megapixels: within the library's 89.5
+    open_checked(bomb, "big.png").close()
+    with client_for(served) as client:
+        answer = client.post("/predict", content=bomb.read_bytes())
+    assert answer.status_code == 400
+    assert "4200×4200 pixels is beyond the limit of 16,777,216" in answer.json()["error"]
+    assert "raise BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS" in answer.json()["error"]
+
+
+def served_peak_kib(model: Path, image: Path) -> tuple[str, int]:
+    """`ServedModel.pixels` of one image in a fresh interpreter: "decoded" or the error, and how far it raised
+    the process's peak memory (KiB)."""
+    code = (f"import re\nfrom pathlib import Path\nfrom bigtransfer.serve.model import ServedModel\n"
+            f"hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            f"served = ServedModel({str(model)!r}, 'cpu')\ndata = Path({str(image)!r}).read_bytes()\nbefore = hwm()\n"
+            f"try:\n    served.pixels(data)\n    print('decoded')\nexcept ValueError as error:\n    print(error)\n"
+            f"print(hwm() - before)")  # fmt: skip
+    *outcome, peak_kib = run_measured(code)[0]
+    return " ".join(outcome), int(peak_kib)
+
+
+def test_a_decodable_9000x9000_png_costs_serve_no_memory(upstream, tmp_path):
+    outcome, peak_kib = served_peak_kib(upstream, png_header(tmp_path / "9000.png", 9000, 9000, black=True))
+    assert "9000×9000 pixels is beyond the limit" in outcome and peak_kib < 20_000  # 850 MB before
+
+
+def test_the_decoding_cost_serve_reports_is_the_memory_decoding_takes(served, upstream, tmp_path):
+    gradient = Image.linear_gradient("L").resize((3000, 2000))
+    Image.merge("RGBA", [gradient] * 4).save(tmp_path / "rgba.png", compress_level=1)  # the dearest: onto white
+    estimate = served.decoding_bytes((tmp_path / "rgba.png").read_bytes())
+    assert estimate == 3000 * 2000 * 16
+    outcome, peak_kib = served_peak_kib(upstream, tmp_path / "rgba.png")
+    assert outcome == "decoded" and 0.8 * estimate < 1024 * peak_kib < 1.1 * estimate
+
+
 # -- 3: image URLs are bounded in bytes and time ---------------------------------------------------------------------
 
 

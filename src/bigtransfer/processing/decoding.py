@@ -51,16 +51,20 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return _opened(path, path)
 
 
-def check_image_size(width: int, height: int, name: Any) -> None:
+def check_image_size(
+    width: int, height: int, name: Any, max_pixels: int | None = None, pixels_env: str = PIXELS_ENV
+) -> None:
     """Refuse, before anything is decoded or resized, an image whose pixels or shape would make memory and time
-    depend on the image rather than on the model: more than `MAX_IMAGE_PIXELS`, or a longer side more than
-    `MAX_ASPECT_RATIO` times the shorter (a 1×20000 strip resized to a 224-px short side is 4.5 gigapixels)."""
+    depend on the image rather than on the model: more than `max_pixels` (by default `MAX_IMAGE_PIXELS`; a caller
+    with its own limit names the variable that raises it), or a longer side more than `MAX_ASPECT_RATIO` times
+    the shorter (a 1×20000 strip resized to a 224-px short side is 4.5 gigapixels)."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if width < 1 or height < 1:
         raise ValueError(f"Cannot use {name}: it has no pixels ({width}×{height}).")
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > limit:
         raise ValueError(
-            f"Cannot use {name}: {width}×{height} pixels is beyond the limit of {MAX_IMAGE_PIXELS:,} (a decompression "
-            f"bomb, or a very large photo: shrink it, or raise {PIXELS_ENV})."
+            f"Cannot use {name}: {width}×{height} pixels is beyond the limit of {limit:,} (a decompression "
+            f"bomb, or a very large photo: shrink it, or raise {pixels_env})."
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ValueError(
@@ -119,15 +123,20 @@ def _format_by_signature(source: Any) -> str | None:
     return None
 
 
+def decoded(opened: Image.Image, name: Any) -> Image.Image:
+    """The pixels of an image `open_checked` opened (at its `draft` scale, if one was set), EXIF orientation
+    applied; a file that breaks off or is corrupt past its header is a ValueError naming it."""
+    try:
+        opened.load()
+        ImageOps.exif_transpose(opened, in_place=True)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+    return opened._new(opened.im)  # the decoded pixels, without a copy, outliving `opened` (its caller closes it)
+
+
 def _opened(source: Any, name: Any) -> Image.Image:
     with open_checked(source, name) as opened:
-        try:
-            opened.load()
-            return ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(
-                f"Cannot read {name} as an image ({error}); the file is corrupt or not an image."
-            ) from None
+        return decoded(opened, name)
 
 
 def is_url(image: Any) -> bool:
@@ -263,11 +272,33 @@ def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
 def pil_to_rgb(image: Image.Image) -> Image.Image:
     """RGB, compositing transparency onto white (transformers 5.x), instead of dropping alpha."""
     image = _sixteen_bit_to_8(image)
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
+    if _transparent(image):
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _transparent(image: Image.Image) -> bool:
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
+def decoding_bytes(opened: Image.Image) -> int:
+    """The most memory decoding an opened image and converting it to RGB (`decoded`, then `pil_to_rgb`) holds at
+    once, from its header alone, at its `draft` size if one was set: the decoded pixels (Pillow keeps 1 byte a
+    pixel for grey and palette, 2 for 16-bit grey, 4 for every colour mode, RGB included) and the conversion's
+    copies: none for RGB, 4 bytes a pixel for other modes, 12 for RGBA and 16 for other transparent images
+    composited onto white, 20 for 16-bit images scaled to 8 bits (peaks measured with /proc's VmHWM). For a
+    server to admit requests by the memory their images need; the resize after it holds only the output."""
+    sixteen = opened.mode.startswith("I;16")
+    stored = 4 if len(opened.getbands()) > 1 or opened.mode in ("I", "F") else 2 if sixteen else 1
+    if sixteen or opened.mode == "I":
+        converted = 20
+    elif _transparent(opened):
+        converted = 12 if opened.mode == "RGBA" else 16
+    else:
+        converted = 0 if opened.mode == "RGB" else 4
+    return opened.width * opened.height * (stored + converted)
 
 
 def array_to_rgb(image: np.ndarray) -> np.ndarray:
