@@ -169,16 +169,17 @@ def kill_one_row_past_a_checkpoint(command: list[str], out: Path) -> tuple[int, 
     return torch.load(out / "checkpoint.pt", weights_only=True)["step"], logged_steps(out / "metrics.jsonl")
 
 
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A 70-byte PNG that declares width × height pixels (a decompression bomb when that is large)."""
+def png_header(path: Path, width: int, height: int, black: bool = False) -> Path:
+    """A 70-byte PNG that declares width × height pixels (a decompression bomb when that is large); with `black`,
+    a whole one that decodes to black RGB, compressed row by row (9000×9000 is 240 KB, built in little memory)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+    compressor, row = zlib.compressobj(9), b"\0" * (1 + 3 * width)  # each row: filter type 0, then RGB zeros
+    pixels = b"".join([compressor.compress(row) for _ in range(height if black else 0)] + [compressor.flush()])
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
     return path
 
 
@@ -186,6 +187,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def client_for(served, **limits):
+    """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`."""
+    from starlette.testclient import TestClient
+
+    from bigtransfer.serve.app import InferenceServer, Limits
+
+    return TestClient(InferenceServer(served, Limits(**limits)).app())
 
 
 class ServeProcess:

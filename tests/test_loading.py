@@ -108,3 +108,20 @@ def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):
     small = np.arange(64 * 64).reshape(64, 64).astype(np.uint16) % 256  # 8-bit values in a 16-bit file
     Image.fromarray(small).save(tmp_path / "shallow.png")
     assert np.array_equal(np.asarray(decode_image(tmp_path / "shallow.png"))[..., 0], small)
+
+
+@pytest.mark.parametrize(
+    ("mode", "transparency", "per_pixel"),
+    [("RGB", None, 4), ("L", None, 5), ("P", None, 5), ("P", 0, 17), ("RGBA", None, 16), ("I;16", None, 22)],
+)
+def test_the_decoding_cost_of_each_mode_is_pillows_storage_and_its_rgb_conversion(
+    tmp_path, mode, transparency, per_pixel
+):
+    """Pillow keeps colour in 4 bytes a pixel; grey and palette in 1 and 16-bit grey in 2, and converting to RGB
+    adds 4, 16 (transparency onto white; 12 from RGBA) or 20 (16-bit scaled to 8) more. Peaks: see test_untrusted."""
+    from bigtransfer.processing.decoding import decoding_bytes, open_checked
+
+    options = {} if transparency is None else {"transparency": transparency}
+    Image.new(mode, (30, 20)).save(tmp_path / "image.png", **options)
+    with open_checked(tmp_path / "image.png", "image.png") as opened:
+        assert opened.mode == mode and decoding_bytes(opened) == 30 * 20 * per_pixel

@@ -167,6 +167,21 @@ def test_fast_processor_reads_files_in_parallel_and_with_draft(tmp_path):
     assert np.abs(exact - draft).mean() < 2e-2  # faster, slightly further: opt-in
 
 
+@pytest.mark.parametrize("orientation", [1, 6])  # 6: stored 1600×400, shown 400×1600
+def test_a_draft_keeps_twice_the_target_on_each_shown_side(tmp_path, orientation):
+    from bigtransfer.processing.decoding import decoded, open_checked
+    from bigtransfer.processing.draft import draft_for
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo("rocket", (1600, 400)).save(tmp_path / "p.jpg", quality=90, exif=exif.tobytes())
+    with open_checked(tmp_path / "p.jpg", "p.jpg") as opened:
+        draft_for(opened, {"height": 25, "width": 100})
+        shown = decoded(opened, "p.jpg")
+    assert shown.width >= 200 and shown.height >= 50  # a quarter turn, ignored, gave 50 px for a 100-px width
+    assert shown.size == ((200, 50) if orientation == 1 else (200, 800))
+
+
 def test_unstackable_sizes_explain_the_fix():
     with pytest.raises(ValueError, match="different sizes"):
         BitImageProcessorFast(do_center_crop=False)([photo("chelsea"), photo("rocket")], return_tensors="pt")

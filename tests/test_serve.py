@@ -21,11 +21,10 @@ from PIL import Image
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import build_parser
 from bigtransfer.cli import main as cli
-from bigtransfer.serve.app import InferenceServer, Limits
 from bigtransfer.serve.batching import DynamicBatcher, QueueFull
 from bigtransfer.serve.model import ServedModel
 from bigtransfer.train.augment import eval_processor
-from helpers import TINY, ServeProcess, png_header
+from helpers import TINY, ServeProcess, client_for, png_header
 
 LABELS = {0: "tabby cat", 1: "coffee", 2: "rocket"}
 
@@ -158,12 +157,6 @@ def test_a_request_whose_caller_stopped_waiting_never_reaches_the_model():
 @pytest.fixture(scope="module")
 def served(model_dir):
     return ServedModel(model_dir, "cpu")
-
-
-def client_for(served, **limits):
-    from starlette.testclient import TestClient
-
-    return TestClient(InferenceServer(served, Limits(**limits)).app())
 
 
 def test_predict_equals_the_predict_command_for_raw_and_multipart_uploads(served, model_dir, photos, capsys):

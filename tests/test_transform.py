@@ -44,6 +44,19 @@ def test_geometry_then_normalise_is_the_exact_processor_to_one_ulp():
     assert torch.allclose(transform.normalise_pixels(pixels), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("resample", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("settings", [{"size": {"shortest_edge": 40}, "crop_size": 32},
+                                      {"size": {"height": 30, "width": 50}, "do_center_crop": False},
+                                      {"size": {"shortest_edge": 60}, "crop_size": {"height": 64, "width": 70}}])  # fmt: skip
+def test_decoded_geometry_resizes_the_image_itself_to_the_same_pixels(resample, settings):
+    """Resizing the decoded image saves two full-size copies; the pixels are geometry's of its array exactly."""
+    image = _photo(50, 70, seed=3)
+    transform = BitImageProcessor(resample=resample, **settings).eval_transform()
+    expected = np.moveaxis(transform.geometry(np.moveaxis(np.asarray(image), -1, 0)), 0, -1)
+    got = transform.decoded_geometry(image)
+    assert got.dtype == np.uint8 and got.flags.writeable and np.array_equal(got, expected)
+
+
 def test_the_fast_processor_normalises_through_the_same_transform():
     """Same 8-bit pixels in, identical numbers out: the fast processor adds only batched geometry."""
     image = np.asarray(_photo(32, 32, seed=2))

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import os
 import re
+import struct
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .http_deadline import urlopen_within
 
 PIXELS_ENV, ASPECT_ENV = "BIGTRANSFER_MAX_IMAGE_PIXELS", "BIGTRANSFER_MAX_ASPECT_RATIO"
 # What an image may be, wherever it comes from (files, URLs, arrays): 89.5 megapixels is Pillow's own
@@ -25,6 +30,10 @@ MAX_ASPECT_RATIO = float(os.environ.get(ASPECT_ENV, 200))
 DOWNLOAD_ENV = "BIGTRANSFER_MAX_DOWNLOAD_BYTES"
 MAX_DOWNLOAD_BYTES = int(os.environ.get(DOWNLOAD_ENV, 50 * 2**20))  # an image URL's body; photos are a few MB
 URL_TIMEOUT = 30.0  # seconds for a whole image download when the caller gives no timeout
+# The formats images are opened as, whatever a file's name says: photos and datasets come in these. Pillow would
+# otherwise try every format it knows, and reading some runs another program (PostScript runs Ghostscript, with
+# no time limit: 58 bytes named .jpg held `predict` forever).
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 CHANNEL_COUNTS = (1, 3, 4)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
@@ -43,16 +52,20 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return _opened(path, path)
 
 
-def check_image_size(width: int, height: int, name: Any) -> None:
+def check_image_size(
+    width: int, height: int, name: Any, max_pixels: int | None = None, pixels_env: str = PIXELS_ENV
+) -> None:
     """Refuse, before anything is decoded or resized, an image whose pixels or shape would make memory and time
-    depend on the image rather than on the model: more than `MAX_IMAGE_PIXELS`, or a longer side more than
-    `MAX_ASPECT_RATIO` times the shorter (a 1×20000 strip resized to a 224-px short side is 4.5 gigapixels)."""
+    depend on the image rather than on the model: more than `max_pixels` (by default `MAX_IMAGE_PIXELS`; a caller
+    with its own limit names the variable that raises it), or a longer side more than `MAX_ASPECT_RATIO` times
+    the shorter (a 1×20000 strip resized to a 224-px short side is 4.5 gigapixels)."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if width < 1 or height < 1:
         raise ValueError(f"Cannot use {name}: it has no pixels ({width}×{height}).")
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > limit:
         raise ValueError(
-            f"Cannot use {name}: {width}×{height} pixels is beyond the limit of {MAX_IMAGE_PIXELS:,} (a decompression "
-            f"bomb, or a very large photo: shrink it, or raise {PIXELS_ENV})."
+            f"Cannot use {name}: {width}×{height} pixels is beyond the limit of {limit:,} (a decompression "
+            f"bomb, or a very large photo: shrink it, or raise {pixels_env})."
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ValueError(
@@ -62,16 +75,28 @@ def check_image_size(width: int, height: int, name: Any) -> None:
 
 
 def open_checked(source: Any, name: Any) -> Image.Image:
-    """Image.open (the header only) with the size limits checked: no pixel is decoded yet."""
+    """Image.open (the header only) as one of `ACCEPTED_FORMATS`, with the size limits checked: no pixel is
+    decoded yet. Every image bigtransfer reads (files, URLs, uploads, shards, `datasets` rows) is opened here."""
     try:
         with warnings.catch_warnings():  # Pillow's own bomb warning: the limits below decide
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(source)
+            opened = Image.open(source, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:  # beyond twice Pillow's threshold: it refuses to open the header
         raise ValueError(
             f"Cannot use {name}: it declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)."
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        refused = _format_by_signature(source)
+        accepted = ", ".join(ACCEPTED_FORMATS)
+        if refused is not None and refused not in ACCEPTED_FORMATS:
+            raise ValueError(
+                f"Cannot read {name} as an image: it is {refused} (by its first bytes), and only {accepted} are "
+                "read; convert it to one of those."
+            ) from None
+        raise ValueError(
+            f"Cannot read {name} as an image: the file is corrupt or not an image of the formats read ({accepted})."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         detail = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))  # bytes in memory: no file to name
         raise ValueError(f"Cannot read {name} as an image ({detail}); the file is corrupt or not an image.") from None
     try:
@@ -82,15 +107,37 @@ def open_checked(source: Any, name: Any) -> Image.Image:
     return opened
 
 
+def _format_by_signature(source: Any) -> str | None:
+    """The format Pillow would take a refused file for, from its first 16 bytes alone (no plugin parses it)."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+        prefix = source.read(16)
+    else:
+        with open(source, "rb") as file:
+            prefix = file.read(16)
+    Image.init()
+    for kind in Image.ID:
+        accept = Image.OPEN[kind][1]
+        with contextlib.suppress(IndexError, TypeError, struct.error):  # a short file, as Image.open allows
+            if accept is not None and accept(prefix):
+                return kind
+    return None
+
+
+def decoded(opened: Image.Image, name: Any) -> Image.Image:
+    """The pixels of an image `open_checked` opened (at its `draft` scale, if one was set), EXIF orientation
+    applied; a file that breaks off or is corrupt past its header is a ValueError naming it."""
+    try:
+        opened.load()
+        ImageOps.exif_transpose(opened, in_place=True)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+    return opened._new(opened.im)  # the decoded pixels, without a copy, outliving `opened` (its caller closes it)
+
+
 def _opened(source: Any, name: Any) -> Image.Image:
     with open_checked(source, name) as opened:
-        try:
-            opened.load()
-            return ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(
-                f"Cannot read {name} as an image ({error}); the file is corrupt or not an image."
-            ) from None
+        return decoded(opened, name)
 
 
 def is_url(image: Any) -> bool:
@@ -99,60 +146,64 @@ def is_url(image: Any) -> bool:
 
 def fetch_image(url: str, timeout: float | None = None) -> Image.Image:
     """Download an image (as transformers' pipelines accept URLs), bounded however the server behaves
-    (`download`), an answer that is text (an HTML error page) refused as such."""
+    (`download`), an answer that is text (an HTML error page) refused as such. A server that cannot be reached
+    or is too slow is an OSError; an answer that breaks HTTP or is not an image, a ValueError."""
     try:
         data = download(url, timeout, refuse_text=True)
-    except (OSError, ValueError) as error:  # URLError, HTTPError and socket timeouts are OSErrors
+    except (OSError, ValueError) as error:  # URLError, HTTPError and timeouts are OSErrors
         kind = ValueError if isinstance(error, ValueError) else OSError
-        raise kind(
-            f"Could not fetch the image {url} ({error}): check the URL, or download it and pass the file."
-        ) from None
+        fix = "pass a larger timeout=" if isinstance(error, TimeoutError) else "check the URL"
+        raise kind(f"Could not fetch the image {url} ({error}): {fix}, or download it and pass the file.") from None
     return _opened(io.BytesIO(data), url)
 
 
 def download(url: str, timeout: float | None = None, refuse_text: bool = False) -> bytes:
-    """The body of `url`, bounded however the server behaves: the whole download within `timeout` seconds
-    (default `URL_TIMEOUT`), at most `MAX_DOWNLOAD_BYTES`; with `refuse_text`, a text answer is a ValueError.
-    Raises OSError (HTTPError for an error status) or ValueError, with the reason alone."""
-    limit = URL_TIMEOUT if timeout is None else timeout
-    deadline = time.monotonic() + limit
+    """The body of `url`, bounded however the server behaves: the whole exchange, connecting to the last byte,
+    within `timeout` seconds (default `URL_TIMEOUT`), at most `MAX_DOWNLOAD_BYTES`; with `refuse_text`, a text
+    answer is a ValueError. Raises OSError (HTTPError for an error status, TimeoutError past the deadline) or
+    ValueError (an answer that breaks HTTP, or is too large), with the reason alone."""
     request = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
-    with urllib.request.urlopen(request, timeout=limit) as response:
-        return _bounded_body(response, deadline, limit, refuse_text)
-
-
-def _bounded_body(response: Any, deadline: float, limit: float, refuse_text: bool) -> bytes:
-    kind = response.headers.get_content_type()
-    if refuse_text and kind.startswith("text/"):
-        raise ValueError(f"the server returned {kind}, not an image")
-    declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
-        raise ValueError(f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES:,} ({DOWNLOAD_ENV})")
-    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
-
-    def read(remaining: float) -> bytes:
-        if sock is not None:
-            sock.settimeout(remaining)  # a server that stops sending cannot hold the call past the deadline
-        return response.read1(1 << 16)
-
-    return read_bounded(read, deadline, limit, "pass a larger timeout=")
+    try:
+        with urlopen_within(request, URL_TIMEOUT if timeout is None else timeout) as response:
+            kind = response.headers.get_content_type()
+            if refuse_text and kind.startswith("text/"):
+                raise ValueError(f"the server returned {kind}, not an image")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
+                raise ValueError(
+                    f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES:,} ({DOWNLOAD_ENV})"
+                )
+            return _capped(iter(lambda: response.read1(1 << 16), b""))
+    except http.client.HTTPException as error:  # a bad status line, header or body: not an OSError of its own
+        detail = " ".join(str(error).split())[:200] or "no answer"
+        raise ValueError(f"its answer is not valid HTTP: {type(error).__name__} {detail!r}") from None
 
 
 def read_bounded(read: Callable[[float], bytes], deadline: float, limit: float, advice: str) -> bytes:
     """What `read(seconds left)` returns chunk by chunk until b"": at most `MAX_DOWNLOAD_BYTES`, and refused once
-    `deadline` (`limit` seconds after the start) has passed; `advice` is the timeout message's remedy."""
-    chunks, size = [], 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"the download took longer than {limit:g} s ({advice})")
-        chunk = read(remaining)
-        if not chunk:
-            return b"".join(chunks)
+    `deadline` (`limit` seconds after the start) has passed; `advice` is the timeout message's remedy. For
+    readers other than urllib's (fsspec's), which `download`'s deadline cannot reach."""
+
+    def chunks() -> Iterator[bytes]:
+        while (remaining := deadline - time.monotonic()) > 0:
+            chunk = read(remaining)
+            if not chunk:
+                return
+            yield chunk
+        raise TimeoutError(f"the download took longer than {limit:g} s ({advice})")
+
+    return _capped(chunks())
+
+
+def _capped(chunks: Iterable[bytes]) -> bytes:
+    """The chunks joined, refused beyond `MAX_DOWNLOAD_BYTES`."""
+    kept, size = [], 0
+    for chunk in chunks:
         size += len(chunk)
         if size > MAX_DOWNLOAD_BYTES:
             raise ValueError(f"it is beyond the limit of {MAX_DOWNLOAD_BYTES:,} bytes ({DOWNLOAD_ENV})")
-        chunks.append(chunk)
+        kept.append(chunk)
+    return b"".join(kept)
 
 
 def flatten_images(images: ImageLike | Sequence[ImageLike], input_data_format: str | None = None) -> list[ImageLike]:
@@ -245,11 +296,33 @@ def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
 def pil_to_rgb(image: Image.Image) -> Image.Image:
     """RGB, compositing transparency onto white (transformers 5.x), instead of dropping alpha."""
     image = _sixteen_bit_to_8(image)
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
+    if _transparent(image):
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _transparent(image: Image.Image) -> bool:
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
+def decoding_bytes(opened: Image.Image) -> int:
+    """The most memory decoding an opened image and converting it to RGB (`decoded`, then `pil_to_rgb`) holds at
+    once, from its header alone, at its `draft` size if one was set: the decoded pixels (Pillow keeps 1 byte a
+    pixel for grey and palette, 2 for 16-bit grey, 4 for every colour mode, RGB included) and the conversion's
+    copies: none for RGB, 4 bytes a pixel for other modes, 12 for RGBA and 16 for other transparent images
+    composited onto white, 20 for 16-bit images scaled to 8 bits (peaks measured with /proc's VmHWM). For a
+    server to admit requests by the memory their images need; the resize after it holds only the output."""
+    sixteen = opened.mode.startswith("I;16")
+    stored = 4 if len(opened.getbands()) > 1 or opened.mode in ("I", "F") else 2 if sixteen else 1
+    if sixteen or opened.mode == "I":
+        converted = 20
+    elif _transparent(opened):
+        converted = 12 if opened.mode == "RGBA" else 16
+    else:
+        converted = 0 if opened.mode == "RGB" else 4
+    return opened.width * opened.height * (stored + converted)
 
 
 def array_to_rgb(image: np.ndarray) -> np.ndarray:

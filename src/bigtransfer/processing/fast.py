@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .base import (
     BatchFeature,
@@ -18,8 +18,9 @@ from .base import (
     parallel_map,
     stack_output,
 )
-from .decoding import flatten_images, load_image, load_image_path, open_checked, pil_to_rgb, to_channels_first
-from .transform import EvalTransform, resize_output_size
+from .decoding import decoded, flatten_images, load_image, load_image_path, open_checked, pil_to_rgb, to_channels_first
+from .draft import draft_for
+from .transform import EvalTransform
 
 
 def _decode_path(path: Any, settings: dict[str, Any], use_draft: bool) -> Image.Image:
@@ -27,13 +28,8 @@ def _decode_path(path: Any, settings: dict[str, Any], use_draft: bool) -> Image.
     if not (use_draft and settings["do_resize"]):
         return load_image(path)
     with open_checked(load_image_path(path), path) as opened:
-        if opened.format != "JPEG":
-            return load_image(path)
-        height, width = resize_output_size(opened.height, opened.width, settings["size"])
-        # Keep ≥ 2× the target, so the antialiased resize after it still averages several pixels.
-        opened.draft("RGB", (2 * width, 2 * height))
-        opened.load()
-        return ImageOps.exif_transpose(opened)
+        draft_for(opened, settings["size"])
+        return decoded(opened, path)
 
 
 def _decode(image: Any, settings: dict[str, Any], input_data_format: str | None, use_draft: bool) -> np.ndarray:

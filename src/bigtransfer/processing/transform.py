@@ -241,8 +241,17 @@ class EvalTransform:
         return batch
 
     def decoded_geometry(self, image: Image.Image) -> np.ndarray:
-        """`geometry` for a decoded RGB image, as the H×W×3 uint8 pixels loading workers hand over."""
-        return np.moveaxis(self.geometry(np.moveaxis(np.asarray(image), -1, 0)), 0, -1)
+        """`geometry` for a decoded RGB image, as the H×W×3 uint8 pixels loading workers hand over. Pillow resizes
+        the image itself: the same pixels as `geometry` of its array, without two full-size copies of a large
+        decode (a 9000×9000 upload held 11 bytes a pixel, now 4)."""
+        check_image_size(image.width, image.height, "an image")
+        if self.do_resize:
+            height, width = resize_output_size(image.height, image.width, self.size)
+            image = image.resize((width, height), resample=self.resample, reducing_gap=None)
+        pixels = np.moveaxis(np.array(image), -1, 0)
+        if self.do_center_crop:
+            pixels = center_crop(pixels, self.crop_size["height"], self.crop_size["width"])
+        return np.moveaxis(pixels, 0, -1)
 
     # -- step 2: values, on the model's device --------------------------------------------------------------------
     def normalise(self, batch: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..checkpoints.naming import default_model_name
 from ..deploy.triton import check_model_name
 from ..inference.pipelines import class_scores, default_function, load_classifier
-from ..processing.decoding import decode_stored_image
+from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
+from ..processing.draft import draft_for
 from ..processing.exact import BitImageProcessor
+
+SERVE_PIXELS_ENV = "BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS"
+# An upload's pixels as decoded (a JPEG at its draft scale, so a photo of any size the library reads passes;
+# a PNG or WebP as large as it declares): 16.8 megapixels is a 12-megapixel photo in any format, and 67 MB of
+# decoded pixels, where the library's 89.5-megapixel limit let one 97-KB PNG take 850 MB of a server.
+SERVE_MAX_IMAGE_PIXELS = int(os.environ.get(SERVE_PIXELS_ENV, 4096 * 4096))
 
 
 class ServedModel:
     """A classifier (torch, or an export directory run by ONNX Runtime or OpenVINO) and its preprocessing.
 
-    `pixels` turns encoded image bytes into model input exactly as `predict` does (the checked decoder, the
-    saved preprocessing); `logits` runs a float32 batch. Both run in worker threads of the server.
+    `pixels` turns encoded image bytes into model input as `predict` does (the checked decoder, the saved
+    preprocessing), but decoding no more than the model needs: JPEGs much larger than the resize at a reduced
+    scale (`draft_for`), and at most `SERVE_MAX_IMAGE_PIXELS`; `decoding_bytes` says beforehand what decoding
+    will take. `logits` runs a float32 batch. Both run in worker threads of the server.
     """
 
     def __init__(self, model: str | os.PathLike, device: Any = None, bf16: bool = False, name: str | None = None):
@@ -41,10 +54,28 @@ class ServedModel:
             parameter.device if parameter is not None else torch.device(getattr(self.network, "device", "cpu"))
         )
 
+    @contextlib.contextmanager
+    def _header(self, data: bytes, name: str) -> Iterator[Image.Image]:
+        """An upload opened for its header, set to decode no larger than the resize needs, within the server's
+        pixel limit: nothing decoded yet."""
+        with open_checked(io.BytesIO(data), name) as opened:
+            if self.transform.do_resize:
+                draft_for(opened, self.transform.size)
+            check_image_size(opened.width, opened.height, name, SERVE_MAX_IMAGE_PIXELS, SERVE_PIXELS_ENV)
+            yield opened
+
+    def decoding_bytes(self, data: bytes, name: str = "the image") -> int:
+        """The most memory `pixels` will hold decoding `data` (`decoding.decoding_bytes`, at the scale `pixels`
+        decodes it), from its header alone: for admitting requests by memory. ValueError, as from `pixels`, for
+        what `pixels` would refuse."""
+        with self._header(data, name) as opened:
+            return decoding_bytes(opened)
+
     def pixels(self, data: bytes, name: str = "the image") -> np.ndarray:
         """Encoded image bytes → float32 3×H×W model input; ValueError naming the problem for what is not an image
         or breaks the image limits."""
-        image = decode_stored_image({"bytes": data}, name)
+        with self._header(data, name) as opened:
+            image = pil_to_rgb(decoded(opened, name))
         geometry = self.transform.decoded_geometry(image)
         return self.transform.normalise_pixels(torch.from_numpy(geometry[None])).numpy()[0]
 
