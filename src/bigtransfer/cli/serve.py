@@ -44,7 +44,8 @@ def register(commands) -> None:
     batching.add_argument("--max-delay-ms", type=non_negative_float, default=5.0, metavar="MS",
                           help="how long a request waits for others to share its batch (default 5)")  # fmt: skip
     batching.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
-                          help="images waiting for the model; more are refused with 503 and Retry-After (default 256)")  # fmt: skip
+                          help="images under way (being decoded, waiting for the model, in it); more are refused with 503 "
+                          "and Retry-After (default 256)")  # fmt: skip
     batching.add_argument("--max-body-bytes", type=positive_int, default=20 * 2**20, metavar="BYTES",
                           help="largest request body; larger ones get 413 (default 20 MiB)")  # fmt: skip
     batching.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",

@@ -29,6 +29,8 @@ from starlette.routing import Route
 
 from ..checkpoints.hub import package_version
 from ..inference.pipelines import ranked
+from . import admission
+from .admission import DecodeBudget, ImagePlaces, decoded_bytes
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import HEADER_LENGTH, ProtocolError, RequestedOutput, classification_strings, parse_request, response_body
 from .model import ServedModel
@@ -50,7 +52,7 @@ class Limits:
 
     max_batch_size: int = 32  # images per forward pass
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for others
-    max_queue: int = 256  # images waiting for the model; beyond it, 503
+    max_queue: int = 256  # images under way (being decoded, waiting for the model, in it); beyond it, 503
     max_body_bytes: int = 20 * 2**20  # per request; beyond it, 413
     timeout_s: float = 30.0  # per request; beyond it, 504
 
@@ -103,6 +105,8 @@ class InferenceServer:
 
     def __init__(self, model: ServedModel, limits: Limits = Limits()):
         self.model, self.limits = model, limits
+        self.places = ImagePlaces(limits.max_queue)
+        self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES)
         self.batcher = DynamicBatcher(model.logits, limits.max_batch_size, limits.max_delay_ms / 1000,
                                       limits.max_queue, on_batch=lambda record: self.metrics.batch(record))  # fmt: skip
         self.metrics = Metrics(self.batcher, limits.max_batch_size)
@@ -141,6 +145,7 @@ class InferenceServer:
         yield
         self.ready = False  # uvicorn has stopped accepting and the requests under way have been answered
         await self.batcher.stop(self.limits.timeout_s)
+        self.decoding.close()
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:
@@ -247,29 +252,32 @@ class InferenceServer:
         return inflated
 
     async def _pixels(self, images: list[bytes]) -> np.ndarray:
-        """Encoded images → N×3×H×W model input, decoded in threads; 400 naming the first unusable one."""
+        """Encoded images → N×3×H×W model input, decoded in threads as the decode memory allows, one image's turn
+        at a time (so that other requests' images take turns with these); 400 naming the first unusable one.
+        The lead: swap decoded_bytes for the header-cost function of processing/decoding.py when merging."""
         names = ["the upload"] if len(images) == 1 else [f"image {i} of the request" for i in range(len(images))]
+        decodes = []
         try:
-            decoded = await asyncio.gather(
-                *(asyncio.to_thread(self.model.pixels, data, name) for data, name in zip(images, names))
-            )
+            for data, name in zip(images, names):
+                decodes.append(await self.decoding.start(decoded_bytes(data), self.model.pixels, data, name))
+            decoded = await asyncio.gather(*decodes)
         except (ValueError, OSError) as error:
             raise ProtocolError(str(error)) from None
+        finally:
+            for decode in decodes:
+                decode.cancel()  # those not started yet; a running decode finishes, its memory counted till then
         return np.stack(decoded)
 
-    def _admit(self, images: int = 1) -> None:
-        """503 before a request's body is read or decoded, when the model's queue is full."""
+    def _admit(self, need: Callable[[int], None], images: int) -> None:
+        """Places for a request's `images` (of those under way, --max-queue), or 413/503 before its body is read
+        (one image) or decoded (all of them)."""
         if images > self.limits.max_queue:
             raise HTTPError(413, f"{images} images in one request: at most {self.limits.max_queue} (--max-queue).")
-        if self.batcher.depth + images > self.limits.max_queue:
-            raise QueueFull(
-                f"{self.batcher.depth} images are waiting (--max-queue {self.limits.max_queue}): retry shortly."
-            )
+        need(images)
 
     async def _logits(self, pixels: np.ndarray) -> np.ndarray:
-        """Logits through the batcher; a request larger than a batch goes in batch-sized parts, all admitted
-        together, and all withdrawn when one fails."""
-        self._admit(len(pixels))
+        """Logits through the batcher (its images were admitted); a request larger than a batch goes in
+        batch-sized parts, all withdrawn when one fails."""
         size = self.limits.max_batch_size
         parts = [
             asyncio.ensure_future(self.batcher.run(pixels[start : start + size]))
@@ -283,9 +291,13 @@ class InferenceServer:
             raise
 
     async def predict(self, request: Request) -> Response:
+        with self.places.for_request() as need:
+            return await self._predict(request, need)
+
+    async def _predict(self, request: Request, need: Callable[[int], None]) -> Response:
         began = time.perf_counter()
         top_k = _positive_int(request.query_params.get("top_k", str(TOP_K)), "top_k")
-        self._admit()
+        self._admit(need, 1)
         body = await self._body(request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             request._body = body  # the form parser reads the body already checked against the limit
@@ -307,12 +319,17 @@ class InferenceServer:
         })  # fmt: skip
 
     async def infer(self, request: Request) -> Response:
+        with self.places.for_request() as need:
+            return await self._infer(request, need)
+
+    async def _infer(self, request: Request, need: Callable[[int], None]) -> Response:
         self._check_model(request)
-        self._admit()
+        self._admit(need, 1)
         parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
         if len(parsed.inputs) != 1:
             raise ProtocolError("Send exactly one input: pixel_values (FP32 N×3×H×W) or image (BYTES, encoded images).")
         tensor = parsed.inputs[0]
+        self._admit(need, len(tensor.value) if tensor.datatype == "BYTES" else (tensor.shape or [1])[0])
         if tensor.name == "image" and tensor.datatype == "BYTES":
             pixels = await self._pixels(list(tensor.value)) if tensor.value else None
         elif tensor.name == "pixel_values" and tensor.datatype == "FP32":

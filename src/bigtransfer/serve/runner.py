@@ -13,9 +13,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
+
 from ..data.workers import available_cores
 from .address import check_address
 from .app import InferenceServer, Limits
+from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
 
 SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
@@ -37,12 +40,11 @@ def serve(
     finish (up to the request timeout) before the process exits. The address is checked first: a port in use
     fails before a minute of model loading, not after."""
     check_address(host, port)
-    import uvicorn
-
     _log_access_to_stderr(log_level)
-    # open requests are bounded too (uvicorn answers 503 past it): each may hold a body and decoded images
-    options = dict(host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=2 * limits.max_queue,
-                   timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
+    # No limit on connections (uvicorn's limit_concurrency counts idle ones, and answered every request 503 while
+    # a few hundred sockets sent nothing): they close when their headers are late, and the app bounds requests.
+    options = dict(host=host, port=port, log_level=log_level, access_log=False, http=HeaderDeadlineProtocol,
+                   ws="none", timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
                 "threads": max(1, available_cores() // processes)}  # fmt: skip
     with _exit_0_once_drained():
