@@ -1,11 +1,13 @@
-"""Untrusted clients of `bigtransfer serve` (issue 31): idle and trickling connections, and images whose decoded
-size dwarfs their bytes — each bounded while the server goes on answering."""
+"""Untrusted clients of `bigtransfer serve` (issue 31): idle and trickling connections, images whose decoded size
+dwarfs their bytes, other sites' pages and rebound host names — each bounded, refused in one JSON line, or both,
+while the server goes on answering."""
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
 import io
+import json
 import select
 import socket
 import threading
@@ -18,11 +20,13 @@ import torch
 from PIL import Image
 
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
+from bigtransfer.cli import build_parser
 from bigtransfer.serve import admission
 from bigtransfer.serve.admission import decoded_bytes
 from bigtransfer.serve.app import InferenceServer, Limits
 from bigtransfer.serve.connections import HEADER_TIMEOUT_ENV
 from bigtransfer.serve.model import ServedModel
+from bigtransfer.serve.trust import Trust, trust_for
 from helpers import ServeProcess, png_header
 
 SMALL = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16, num_labels=3)
@@ -64,10 +68,10 @@ def served(model_dir):
     return ServedModel(model_dir, "cpu")
 
 
-def client_for(served, **limits):
+def client_for(served, trust: Trust = Trust(), **limits):
     from starlette.testclient import TestClient
 
-    return TestClient(InferenceServer(served, Limits(**limits)).app())
+    return TestClient(InferenceServer(served, Limits(**limits), trust).app())
 
 
 def infer_request(images: list[bytes]) -> dict:
@@ -172,3 +176,55 @@ def test_images_being_decoded_count_against_the_queue(served, photo):
         assert first.result().status_code == 200
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
     assert "3 images are under way (--max-queue 4)" in second.json()["error"]
+
+
+# -- 6: host and origin --------------------------------------------------------------------------------------------
+
+
+def test_a_rebound_host_name_or_another_sites_page_is_refused_and_the_servers_own_page_is_not(server, photo):
+    port, url = server.port, server.url
+    rebound = httpx.get(f"{url}/info", headers={"Host": f"evil.example:{port}"})
+    assert rebound.status_code == 403 and "--allowed-hosts evil.example" in rebound.json()["error"]
+    assert httpx.get(f"{url}/v2/health/live", headers={"Host": "evil.example"}).status_code == 200
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert httpx.get(f"{url}/info", headers={"Host": host}).status_code == 200, host
+    drive_by = httpx.post(f"{url}/predict", content=photo, timeout=10,
+                          headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})  # fmt: skip
+    assert drive_by.status_code == 403 and "--allowed-origins http://evil.example" in drive_by.json()["error"]
+    assert httpx.post(f"{url}/predict", content=photo, headers={"Origin": url}, timeout=10).status_code == 200
+    as_text = httpx.post(f"{url}/v2/models/{NAME}/infer", content=json.dumps(infer_request([photo])),
+                         headers={"Content-Type": "text/plain"}, timeout=10)  # fmt: skip
+    assert as_text.status_code == 415 and "Content-Type: application/json" in as_text.json()["error"]
+
+
+def test_allowed_hosts_and_origins_are_comma_separated_names(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["serve", "m", "--allowed-hosts", "a.example, *.b.example", "--allowed-origins", "*"])
+    assert (args.allowed_hosts, args.allowed_origins) == (("a.example", "*.b.example"), ("*",))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "m", "--allowed-hosts", ","])
+    assert "',' names nothing: give names separated by commas" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "listening, allowed, host, answered",
+    [("127.0.0.1", (), "localhost:8000", True), ("127.0.0.1", (), "evil.example:8000", False),
+     ("127.0.0.1", (), "[::1]:8000", True), ("127.0.0.1", (), "10.1.2.3", True),  # an address: no page rebinds it
+     ("127.0.0.1", ("models.example.com",), "Models.Example.com.", True), ("localhost", (), "localhost", True),
+     ("0.0.0.0", (), "gpu-box:8000", True), ("0.0.0.0", ("*.example.com",), "gpu-box:8000", False),
+     ("0.0.0.0", ("*.example.com",), "a.example.com:8000", True), ("0.0.0.0", ("*.example.com",), "localhost", True)],
+)  # fmt: skip
+def test_the_hosts_answered_follow_the_listening_address_and_allowed_hosts(listening, allowed, host, answered):
+    trust = trust_for(listening, allowed)
+    assert (trust.refusal("GET", {"host": host}, "info") is None) is answered
+
+
+def test_allowed_origins_may_post_and_read_the_answers(served, photo):
+    with client_for(served, Trust(origins=("https://app.example",))) as client:
+        preflight = client.options(f"/v2/models/{NAME}/infer", headers={"Origin": "https://app.example",
+                                   "Access-Control-Request-Method": "POST"})  # fmt: skip
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        answer = client.post("/predict", content=photo, headers={"Origin": "https://app.example"})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert client.post("/predict", content=photo, headers={"Origin": "https://other.example"}).status_code == 403

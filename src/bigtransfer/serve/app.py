@@ -1,8 +1,9 @@
 """The inference server: KServe v2 REST (as Triton speaks it), a simple /predict, a page to try the model, health,
 and Prometheus metrics — a Starlette app run by uvicorn, with dynamic batching in front of the model.
 
-Every route answers through `_observed`: it bounds the request's time, maps failures to their HTTP status (400
-bad input, 404 unknown model, 413 body too large, 503 queue full with Retry-After, 504 timeout), counts the
+Every route answers through `_observed`: it refuses a Host or a page's Origin the server does not trust (403,
+see trust.py), bounds the request's time, maps failures to their HTTP status (400 bad input, 404 unknown model,
+413 body too large, 415 a form's content type for JSON, 503 queue full with Retry-After, 504 timeout), counts the
 answer and its latency, and writes one JSON line to the access log. A bad request never reaches the model.
 Starlette's own refusals (no such route, a method the route does not take) answer in the same JSON body.
 """
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -34,6 +37,7 @@ from .admission import DecodeBudget, ImagePlaces, decoded_bytes
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import HEADER_LENGTH, ProtocolError, RequestedOutput, classification_strings, parse_request, response_body
 from .model import ServedModel
+from .trust import Trust
 
 access_log = logging.getLogger("bigtransfer.serve.access")
 logger = logging.getLogger(__name__)
@@ -44,6 +48,8 @@ WHAT_TO_POST = {  # by route: what a request sent with the wrong method is told 
     "infer": "POST a KServe v2 inference request (JSON tensors, or the binary-tensor extension)",
 }
 AS_A_FILE_FIELD = "send the image as a file field (e.g. -F image=@cat.jpg)"
+# what a web page may POST anywhere without asking the server first (no CORS preflight): never JSON tensors
+FORM_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +109,8 @@ class Metrics:
 class InferenceServer:
     """The routes of one model's server."""
 
-    def __init__(self, model: ServedModel, limits: Limits = Limits()):
-        self.model, self.limits = model, limits
+    def __init__(self, model: ServedModel, limits: Limits = Limits(), trust: Trust = Trust()):
+        self.model, self.limits, self.trust = model, limits, trust
         self.places = ImagePlaces(limits.max_queue)
         self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES)
         self.batcher = DynamicBatcher(model.logits, limits.max_batch_size, limits.max_delay_ms / 1000,
@@ -130,10 +136,14 @@ class InferenceServer:
             ("/v2/models/{name}/infer", "infer", self.infer, ["POST"]),
             ("/v2/models/{name}/versions/{version}/infer", "infer", self.infer, ["POST"]),
         ]
+        # the pages of --allowed-origins get CORS answers (preflights included), so that they can read the answers
+        cors = Middleware(CORSMiddleware, allow_origins=list(self.trust.origins), allow_methods=["GET", "POST"],
+                          allow_headers=["*"], expose_headers=[HEADER_LENGTH])  # fmt: skip
         return Starlette(
             routes=[Route(path, self._observed(route, handler), methods=methods, name=route)
                     for path, route, handler, methods in routes],
             exception_handlers={HTTPException: _refused_by_routing},
+            middleware=[cors] if self.trust.origins else [],
             lifespan=self._lifespan,
         )  # fmt: skip
 
@@ -151,6 +161,9 @@ class InferenceServer:
         async def endpoint(request: Request) -> Response:
             began = time.perf_counter()
             try:
+                refusal = self.trust.refusal(request.method, request.headers, route)
+                if refusal is not None:
+                    raise HTTPError(403, refusal)
                 response = await asyncio.wait_for(handler(request), self.limits.timeout_s)
             except HTTPError as error:
                 response = _error(error.status, str(error), error.headers)
@@ -324,6 +337,11 @@ class InferenceServer:
 
     async def _infer(self, request: Request, need: Callable[[int], None]) -> Response:
         self._check_model(request)
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type in FORM_TYPES:
+            raise HTTPError(415, f"An infer request is JSON, not {media_type}: send Content-Type: application/json "
+                                 "(curl: -H 'Content-Type: application/json'), or application/octet-stream with "
+                                 "binary tensors.")  # fmt: skip
         self._admit(need, 1)
         parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
         if len(parsed.inputs) != 1:

@@ -20,6 +20,7 @@ from .address import check_address
 from .app import InferenceServer, Limits
 from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
+from .trust import Trust, trust_for
 
 SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
 
@@ -35,6 +36,8 @@ def serve(
     bf16: bool = False,
     name: str | None = None,
     log_level: str = "info",
+    allowed_hosts: tuple[str, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
 ) -> None:
     """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
     finish (up to the request timeout) before the process exits. The address is checked first: a port in use
@@ -45,11 +48,12 @@ def serve(
     # a few hundred sockets sent nothing): they close when their headers are late, and the app bounds requests.
     options = dict(host=host, port=port, log_level=log_level, access_log=False, http=HeaderDeadlineProtocol,
                    ws="none", timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
+    trust = trust_for(host, allowed_hosts, allowed_origins)
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
-                "threads": max(1, available_cores() // processes)}  # fmt: skip
+                "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes)}  # fmt: skip
     with _exit_0_once_drained():
         if processes == 1:
-            server = InferenceServer(ServedModel(model, device, bf16, name), limits)  # loads before the port opens
+            server = InferenceServer(ServedModel(model, device, bf16, name), limits, trust)  # loads before listening
             uvicorn.Server(uvicorn.Config(server.app(), **options)).run()
             return
         os.environ[SETTINGS_ENV] = json.dumps(settings)
@@ -94,7 +98,8 @@ def app_from_environment() -> Any:
     torch.set_num_threads(settings["threads"])  # the processes share the cores
     _log_access_to_stderr("info")
     model = ServedModel(settings["model"], settings["device"], settings["bf16"], settings["name"])
-    return InferenceServer(model, Limits(**settings["limits"])).app()
+    trust = Trust(**{field: tuple(names) for field, names in settings["trust"].items()})
+    return InferenceServer(model, Limits(**settings["limits"]), trust).app()
 
 
 def _log_access_to_stderr(level: str) -> None:
