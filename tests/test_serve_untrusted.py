@@ -1,14 +1,16 @@
 """Untrusted clients of `bigtransfer serve` (issue 31): idle and trickling connections, images whose decoded size
-dwarfs their bytes, other sites' pages and rebound host names — each bounded, refused in one JSON line, or both,
-while the server goes on answering."""
+dwarfs their bytes, other sites' pages and rebound host names, and bodies built to break the parser — each bounded,
+refused in one JSON line, or both, while the server goes on answering."""
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import gzip
 import io
 import json
 import select
+import signal
 import socket
 import threading
 import time
@@ -126,6 +128,18 @@ def test_past_the_queue_requests_get_the_apps_json_503_with_retry_after(server, 
             assert answer.headers["retry-after"] == "1" and f"--max-queue {MAX_QUEUE}" in answer.json()["error"]
 
 
+def test_ctrl_c_exits_130_with_several_processes_as_with_one(model_dir, tmp_path):
+    running = ServeProcess(model_dir, tmp_path / "server.log", "--processes", "2", "--allowed-hosts", "models.example")
+    deadline = time.monotonic() + 120
+    while running.log.read_text().count(f"serving {NAME}") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    hosts = {host: httpx.get(f"{running.url}/info", headers={"Host": host}).status_code
+             for host in ("models.example", "evil.example")}  # fmt: skip
+    code, log = running.stop(signal.SIGINT)
+    assert hosts == {"models.example": 200, "evil.example": 403}  # the processes have the server's --allowed-hosts
+    assert code == 130, log[-2000:]
+
+
 # -- 5: decoded size -----------------------------------------------------------------------------------------------
 
 
@@ -228,3 +242,27 @@ def test_allowed_origins_may_post_and_read_the_answers(served, photo):
         answer = client.post("/predict", content=photo, headers={"Origin": "https://app.example"})
         assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
         assert client.post("/predict", content=photo, headers={"Origin": "https://other.example"}).status_code == 403
+
+
+# -- bodies built to break the parser ------------------------------------------------------------------------------
+
+
+def test_json_nested_100000_deep_is_a_400_not_a_recursion_error(served):
+    with client_for(served) as client:
+        deep = client.post(f"/v2/models/{NAME}/infer", content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
+
+
+def test_a_gzip_body_cut_short_is_named_corrupt_not_an_empty_upload(served, photo):
+    with client_for(served) as client:
+        cut = client.post("/predict", content=gzip.compress(photo)[:200], headers={"Content-Encoding": "gzip"})
+        assert cut.status_code == 400 and cut.json()["error"].startswith("The gzip body is corrupt (cut short)")
+        whole = client.post("/predict", content=gzip.compress(photo), headers={"Content-Encoding": "gzip"})
+        assert whole.status_code == 200
+
+
+def test_pixel_values_that_overflow_the_model_are_a_400_not_nan_in_the_json(served):
+    pixels = {"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, 20, 20], "data": [1e38] * 1200}]}
+    with client_for(served) as client:
+        answer = client.post(f"/v2/models/{NAME}/infer", json=pixels)
+    assert answer.status_code == 400 and "not finite" in json.loads(answer.text)["error"]  # valid JSON: no NaN

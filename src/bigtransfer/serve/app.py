@@ -259,9 +259,14 @@ class InferenceServer:
         try:
             inflated = inflater.decompress(body, limit + 1)  # the limit holds for what the body inflates to
         except zlib.error as error:
-            raise ProtocolError(f"The {encoding} body cannot be decompressed ({error}).") from None
+            raise ProtocolError(f"The {encoding} body is corrupt ({error}): send it compressed whole.") from None
         if len(inflated) > limit or inflater.unconsumed_tail:
             raise too_large
+        if not inflater.eof or inflater.unused_data:  # zlib does not complain of a stream cut short, or trailing bytes
+            raise ProtocolError(
+                f"The {encoding} body is corrupt ({'cut short' if not inflater.eof else 'bytes after its end'}): "
+                "send it compressed whole."
+            )
         return inflated
 
     async def _pixels(self, images: list[bytes]) -> np.ndarray:
@@ -366,6 +371,11 @@ class InferenceServer:
         if pixels is None or not len(pixels):
             raise ProtocolError("The input holds no image.")
         logits = await self._logits(pixels)
+        if tensor.name == "pixel_values" and not np.isfinite(logits).all():  # JSON has no NaN: out-of-range pixels
+            raise ProtocolError(
+                "The model's output for these pixel_values is not finite: send normalised pixels (values within a "
+                f"few units of 0; the largest here is {np.abs(pixels).max():g})."
+            )
         values = {"logits": logits, "scores": self.model.scores(logits)}
         outputs = []
         for output in parsed.outputs or [RequestedOutput(name, parsed.binary_default, 0) for name in OUTPUTS]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from ..data.workers import available_cores
 from .address import check_address
@@ -40,8 +41,8 @@ def serve(
     allowed_origins: tuple[str, ...] = (),
 ) -> None:
     """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
-    finish (up to the request timeout) before the process exits. The address is checked first: a port in use
-    fails before a minute of model loading, not after."""
+    finish (up to the request timeout) before the process exits (Ctrl-C: KeyboardInterrupt). The address is
+    checked first: a port in use fails before a minute of model loading, not after."""
     check_address(host, port)
     _log_access_to_stderr(log_level)
     # No limit on connections (uvicorn's limit_concurrency counts idle ones, and answered every request 503 while
@@ -54,15 +55,29 @@ def serve(
     with _exit_0_once_drained():
         if processes == 1:
             server = InferenceServer(ServedModel(model, device, bf16, name), limits, trust)  # loads before listening
-            uvicorn.Server(uvicorn.Config(server.app(), **options)).run()
+            uvicorn.Server(uvicorn.Config(server.app(), **options)).run()  # re-raises SIGINT: KeyboardInterrupt
             return
         os.environ[SETTINGS_ENV] = json.dumps(settings)
         # a process loading the model answers the supervisor's health pings late: 5 s (uvicorn's default) on a
         # busy machine had it killed and restarted in a loop
         health = {"timeout_worker_healthcheck": 120} if _supports(uvicorn.Config, "timeout_worker_healthcheck") else {}
-        uvicorn.run(
-            "bigtransfer.serve.runner:app_from_environment", factory=True, workers=processes, **options, **health
-        )
+        config = uvicorn.Config("bigtransfer.serve.runner:app_from_environment", factory=True, workers=processes,
+                                **options, **health)  # fmt: skip
+        supervisor = _Supervisor(config, sockets=[config.bind_socket()])  # as uvicorn.run does, telling SIGINT apart
+        supervisor.run()
+        if supervisor.interrupted:
+            raise KeyboardInterrupt
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of server processes, which stops alike on SIGINT and SIGTERM; this one remembers a
+    SIGINT, so that Ctrl-C exits 130 with several processes as with one."""
+
+    interrupted = False
+
+    def handle_int(self) -> None:
+        self.interrupted = True
+        super().handle_int()
 
 
 def _supports(function: Any, parameter: str) -> bool:
