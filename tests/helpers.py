@@ -199,18 +199,18 @@ def client_for(served, **limits):
 
 
 class ServeProcess:
-    """`bigtransfer serve MODEL` in a subprocess on a free port, logging to `log`; ready once its health says so,
-    stopped by PID with SIGTERM (which must drain and exit 0)."""
+    """`bigtransfer serve MODEL` in a subprocess on a free port, logging to `log`, with `env` added to its
+    environment; ready once its health says so, stopped by PID with SIGTERM (which must drain and exit 0)."""
 
     START_S = 120  # the model loads before the port opens; slow CI machines take a while
 
-    def __init__(self, model, log: Path, *options: str):
+    def __init__(self, model, log: Path, *options: str, env: dict[str, str] | None = None):
         self.port, self.log = free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "bigtransfer", "serve", str(model), "--port", str(self.port), *options]
         with log.open("w") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
         deadline = time.monotonic() + self.START_S
         while not self.ready():
             assert self.process.poll() is None, f"the server exited with {self.process.returncode}:\n{log.read_text()}"
@@ -225,9 +225,9 @@ class ServeProcess:
         except httpx.TransportError:
             return False
 
-    def stop(self) -> tuple[int, str]:
-        """(exit code, the server's log) after SIGTERM."""
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, stop_signal: int = signal.SIGTERM) -> tuple[int, str]:
+        """(exit code, the server's log) after `stop_signal`."""
+        self.process.send_signal(stop_signal)
         try:
             code = self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:

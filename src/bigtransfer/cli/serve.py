@@ -36,6 +36,13 @@ def register(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--port", type=port_number, default=8000,
                         help=f"port to listen on, {LOWEST_PORT} to {HIGHEST_PORT} (default 8000)")  # fmt: skip
+    parser.add_argument("--allowed-hosts", type=names, default=(), metavar="NAMES",
+                        help="Host names to answer to besides IP addresses, comma-separated (*.example.com: its "
+                        "subdomains; *: any): a guard against DNS rebinding. Default: localhost when listening on "
+                        "loopback, the --host name, any name on 0.0.0.0")  # fmt: skip
+    parser.add_argument("--allowed-origins", type=names, default=(), metavar="ORIGINS",
+                        help="other sites whose pages may POST here and read the answers (CORS), comma-separated, "
+                        "e.g. https://app.example.com (*: any); by default only the server's own page may")  # fmt: skip
     parser.add_argument("--name", help="the model's name in /v2/models/NAME (default: from MODEL)")
     add_device_arguments(parser, BF16_EXPORT_HELP)
     batching = parser.add_argument_group("batching and limits")
@@ -44,7 +51,8 @@ def register(commands) -> None:
     batching.add_argument("--max-delay-ms", type=non_negative_float, default=5.0, metavar="MS",
                           help="how long a request waits for others to share its batch (default 5)")  # fmt: skip
     batching.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
-                          help="images waiting for the model; more are refused with 503 and Retry-After (default 256)")  # fmt: skip
+                          help="images under way (being decoded, waiting for the model, in it); more are refused with 503 "
+                          "and Retry-After (default 256)")  # fmt: skip
     batching.add_argument("--max-body-bytes", type=positive_int, default=20 * 2**20, metavar="BYTES",
                           help="largest request body; larger ones get 413 (default 20 MiB)")  # fmt: skip
     batching.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
@@ -71,6 +79,14 @@ def port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def names(text: str) -> tuple[str, ...]:
+    """An argparse type for a comma-separated list of names."""
+    listed = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not listed:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing: give names separated by commas")
+    return listed
+
+
 def handle(args: argparse.Namespace) -> int:
     try:
         from ..serve.app import Limits
@@ -80,5 +96,6 @@ def handle(args: argparse.Namespace) -> int:
 
     limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout)
     serve(args.model, args.host, args.port, limits=limits, processes=args.processes, device=args.device, bf16=args.bf16,
-          name=args.name, log_level=args.log_level)  # fmt: skip
+          name=args.name, log_level=args.log_level, allowed_hosts=args.allowed_hosts,
+          allowed_origins=args.allowed_origins)  # fmt: skip
     return 0

@@ -1,8 +1,9 @@
 """The inference server: KServe v2 REST (as Triton speaks it), a simple /predict, a page to try the model, health,
 and Prometheus metrics — a Starlette app run by uvicorn, with dynamic batching in front of the model.
 
-Every route answers through `_observed`: it bounds the request's time, maps failures to their HTTP status (400
-bad input, 404 unknown model, 413 body too large, 503 queue full with Retry-After, 504 timeout), counts the
+Every route answers through `_observed`: it refuses a Host or a page's Origin the server does not trust (403,
+see trust.py), bounds the request's time, maps failures to their HTTP status (400 bad input, 404 unknown model,
+413 body too large, 415 a form's content type for JSON, 503 queue full with Retry-After, 504 timeout), counts the
 answer and its latency, and writes one JSON line to the access log. A bad request never reaches the model.
 Starlette's own refusals (no such route, a method the route does not take) answer in the same JSON body.
 """
@@ -23,15 +24,20 @@ import numpy as np
 import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..checkpoints.hub import package_version
 from ..inference.pipelines import ranked
+from . import admission
+from .admission import DecodeBudget, ImagePlaces, decoded_bytes
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import HEADER_LENGTH, ProtocolError, RequestedOutput, classification_strings, parse_request, response_body
 from .model import ServedModel
+from .trust import Trust
 
 access_log = logging.getLogger("bigtransfer.serve.access")
 logger = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ WHAT_TO_POST = {  # by route: what a request sent with the wrong method is told 
     "infer": "POST a KServe v2 inference request (JSON tensors, or the binary-tensor extension)",
 }
 AS_A_FILE_FIELD = "send the image as a file field (e.g. -F image=@cat.jpg)"
+# what a web page may POST anywhere without asking the server first (no CORS preflight): never JSON tensors
+FORM_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +58,7 @@ class Limits:
 
     max_batch_size: int = 32  # images per forward pass
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for others
-    max_queue: int = 256  # images waiting for the model; beyond it, 503
+    max_queue: int = 256  # images under way (being decoded, waiting for the model, in it); beyond it, 503
     max_body_bytes: int = 20 * 2**20  # per request; beyond it, 413
     timeout_s: float = 30.0  # per request; beyond it, 504
 
@@ -101,8 +109,10 @@ class Metrics:
 class InferenceServer:
     """The routes of one model's server."""
 
-    def __init__(self, model: ServedModel, limits: Limits = Limits()):
-        self.model, self.limits = model, limits
+    def __init__(self, model: ServedModel, limits: Limits = Limits(), trust: Trust = Trust()):
+        self.model, self.limits, self.trust = model, limits, trust
+        self.places = ImagePlaces(limits.max_queue)
+        self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES)
         self.batcher = DynamicBatcher(model.logits, limits.max_batch_size, limits.max_delay_ms / 1000,
                                       limits.max_queue, on_batch=lambda record: self.metrics.batch(record))  # fmt: skip
         self.metrics = Metrics(self.batcher, limits.max_batch_size)
@@ -126,10 +136,14 @@ class InferenceServer:
             ("/v2/models/{name}/infer", "infer", self.infer, ["POST"]),
             ("/v2/models/{name}/versions/{version}/infer", "infer", self.infer, ["POST"]),
         ]
+        # the pages of --allowed-origins get CORS answers (preflights included), so that they can read the answers
+        cors = Middleware(CORSMiddleware, allow_origins=list(self.trust.origins), allow_methods=["GET", "POST"],
+                          allow_headers=["*"], expose_headers=[HEADER_LENGTH])  # fmt: skip
         return Starlette(
             routes=[Route(path, self._observed(route, handler), methods=methods, name=route)
                     for path, route, handler, methods in routes],
             exception_handlers={HTTPException: _refused_by_routing},
+            middleware=[cors] if self.trust.origins else [],
             lifespan=self._lifespan,
         )  # fmt: skip
 
@@ -141,11 +155,15 @@ class InferenceServer:
         yield
         self.ready = False  # uvicorn has stopped accepting and the requests under way have been answered
         await self.batcher.stop(self.limits.timeout_s)
+        self.decoding.close()
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:
             began = time.perf_counter()
             try:
+                refusal = self.trust.refusal(request.method, request.headers, route)
+                if refusal is not None:
+                    raise HTTPError(403, refusal)
                 response = await asyncio.wait_for(handler(request), self.limits.timeout_s)
             except HTTPError as error:
                 response = _error(error.status, str(error), error.headers)
@@ -241,35 +259,43 @@ class InferenceServer:
         try:
             inflated = inflater.decompress(body, limit + 1)  # the limit holds for what the body inflates to
         except zlib.error as error:
-            raise ProtocolError(f"The {encoding} body cannot be decompressed ({error}).") from None
+            raise ProtocolError(f"The {encoding} body is corrupt ({error}): send it compressed whole.") from None
         if len(inflated) > limit or inflater.unconsumed_tail:
             raise too_large
+        if not inflater.eof or inflater.unused_data:  # zlib does not complain of a stream cut short, or trailing bytes
+            raise ProtocolError(
+                f"The {encoding} body is corrupt ({'cut short' if not inflater.eof else 'bytes after its end'}): "
+                "send it compressed whole."
+            )
         return inflated
 
     async def _pixels(self, images: list[bytes]) -> np.ndarray:
-        """Encoded images → N×3×H×W model input, decoded in threads; 400 naming the first unusable one."""
+        """Encoded images → N×3×H×W model input, decoded in threads as the decode memory allows, one image's turn
+        at a time (so that other requests' images take turns with these); 400 naming the first unusable one.
+        The lead: swap decoded_bytes for the header-cost function of processing/decoding.py when merging."""
         names = ["the upload"] if len(images) == 1 else [f"image {i} of the request" for i in range(len(images))]
+        decodes = []
         try:
-            decoded = await asyncio.gather(
-                *(asyncio.to_thread(self.model.pixels, data, name) for data, name in zip(images, names))
-            )
+            for data, name in zip(images, names):
+                decodes.append(await self.decoding.start(decoded_bytes(data), self.model.pixels, data, name))
+            decoded = await asyncio.gather(*decodes)
         except (ValueError, OSError) as error:
             raise ProtocolError(str(error)) from None
+        finally:
+            for decode in decodes:
+                decode.cancel()  # those not started yet; a running decode finishes, its memory counted till then
         return np.stack(decoded)
 
-    def _admit(self, images: int = 1) -> None:
-        """503 before a request's body is read or decoded, when the model's queue is full."""
+    def _admit(self, need: Callable[[int], None], images: int) -> None:
+        """Places for a request's `images` (of those under way, --max-queue), or 413/503 before its body is read
+        (one image) or decoded (all of them)."""
         if images > self.limits.max_queue:
             raise HTTPError(413, f"{images} images in one request: at most {self.limits.max_queue} (--max-queue).")
-        if self.batcher.depth + images > self.limits.max_queue:
-            raise QueueFull(
-                f"{self.batcher.depth} images are waiting (--max-queue {self.limits.max_queue}): retry shortly."
-            )
+        need(images)
 
     async def _logits(self, pixels: np.ndarray) -> np.ndarray:
-        """Logits through the batcher; a request larger than a batch goes in batch-sized parts, all admitted
-        together, and all withdrawn when one fails."""
-        self._admit(len(pixels))
+        """Logits through the batcher (its images were admitted); a request larger than a batch goes in
+        batch-sized parts, all withdrawn when one fails."""
         size = self.limits.max_batch_size
         parts = [
             asyncio.ensure_future(self.batcher.run(pixels[start : start + size]))
@@ -283,9 +309,13 @@ class InferenceServer:
             raise
 
     async def predict(self, request: Request) -> Response:
+        with self.places.for_request() as need:
+            return await self._predict(request, need)
+
+    async def _predict(self, request: Request, need: Callable[[int], None]) -> Response:
         began = time.perf_counter()
         top_k = _positive_int(request.query_params.get("top_k", str(TOP_K)), "top_k")
-        self._admit()
+        self._admit(need, 1)
         body = await self._body(request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             request._body = body  # the form parser reads the body already checked against the limit
@@ -307,12 +337,22 @@ class InferenceServer:
         })  # fmt: skip
 
     async def infer(self, request: Request) -> Response:
+        with self.places.for_request() as need:
+            return await self._infer(request, need)
+
+    async def _infer(self, request: Request, need: Callable[[int], None]) -> Response:
         self._check_model(request)
-        self._admit()
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type in FORM_TYPES:
+            raise HTTPError(415, f"An infer request is JSON, not {media_type}: send Content-Type: application/json "
+                                 "(curl: -H 'Content-Type: application/json'), or application/octet-stream with "
+                                 "binary tensors.")  # fmt: skip
+        self._admit(need, 1)
         parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
         if len(parsed.inputs) != 1:
             raise ProtocolError("Send exactly one input: pixel_values (FP32 N×3×H×W) or image (BYTES, encoded images).")
         tensor = parsed.inputs[0]
+        self._admit(need, len(tensor.value) if tensor.datatype == "BYTES" else (tensor.shape or [1])[0])
         if tensor.name == "image" and tensor.datatype == "BYTES":
             pixels = await self._pixels(list(tensor.value)) if tensor.value else None
         elif tensor.name == "pixel_values" and tensor.datatype == "FP32":
@@ -331,6 +371,11 @@ class InferenceServer:
         if pixels is None or not len(pixels):
             raise ProtocolError("The input holds no image.")
         logits = await self._logits(pixels)
+        if tensor.name == "pixel_values" and not np.isfinite(logits).all():  # JSON has no NaN: out-of-range pixels
+            raise ProtocolError(
+                "The model's output for these pixel_values is not finite: send normalised pixels (values within a "
+                f"few units of 0; the largest here is {np.abs(pixels).max():g})."
+            )
         values = {"logits": logits, "scores": self.model.scores(logits)}
         outputs = []
         for output in parsed.outputs or [RequestedOutput(name, parsed.binary_default, 0) for name in OUTPUTS]:

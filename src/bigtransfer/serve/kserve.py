@@ -57,6 +57,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         if not 0 < length <= len(body):
             raise ValueError
         header = json.loads(body[:length])
+    except RecursionError:  # JSON nested deeper than Python's stack (100,000 brackets cost no more than 200 KB)
+        raise ProtocolError("The request's JSON is nested too deeply: an infer request is a few levels deep.") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("The request is not a KServe v2 infer request: a JSON object (then binary tensors, with "
                             f"{HEADER_LENGTH} giving the JSON's length).") from None  # fmt: skip
@@ -195,7 +197,7 @@ def response_body(
         else:
             entry["data"] = [item.decode() for item in array.ravel()] if datatype == "BYTES" else array.ravel().tolist()
         header["outputs"].append(entry)
-    text = json.dumps(header).encode()
+    text = json.dumps(header, allow_nan=False).encode()  # NaN is no JSON: a bug to report, not an answer to send
     if not binary:
         return text, {"content-type": "application/json"}
     return text + b"".join(binary), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}

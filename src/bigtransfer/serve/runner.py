@@ -13,10 +13,15 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
 from ..data.workers import available_cores
 from .address import check_address
 from .app import InferenceServer, Limits
+from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
+from .trust import Trust, trust_for
 
 SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
 
@@ -32,31 +37,47 @@ def serve(
     bf16: bool = False,
     name: str | None = None,
     log_level: str = "info",
+    allowed_hosts: tuple[str, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
 ) -> None:
     """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
-    finish (up to the request timeout) before the process exits. The address is checked first: a port in use
-    fails before a minute of model loading, not after."""
+    finish (up to the request timeout) before the process exits (Ctrl-C: KeyboardInterrupt). The address is
+    checked first: a port in use fails before a minute of model loading, not after."""
     check_address(host, port)
-    import uvicorn
-
     _log_access_to_stderr(log_level)
-    # open requests are bounded too (uvicorn answers 503 past it): each may hold a body and decoded images
-    options = dict(host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=2 * limits.max_queue,
-                   timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
+    # No limit on connections (uvicorn's limit_concurrency counts idle ones, and answered every request 503 while
+    # a few hundred sockets sent nothing): they close when their headers are late, and the app bounds requests.
+    options = dict(host=host, port=port, log_level=log_level, access_log=False, http=HeaderDeadlineProtocol,
+                   ws="none", timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
+    trust = trust_for(host, allowed_hosts, allowed_origins)
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
-                "threads": max(1, available_cores() // processes)}  # fmt: skip
+                "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes)}  # fmt: skip
     with _exit_0_once_drained():
         if processes == 1:
-            server = InferenceServer(ServedModel(model, device, bf16, name), limits)  # loads before the port opens
-            uvicorn.Server(uvicorn.Config(server.app(), **options)).run()
+            server = InferenceServer(ServedModel(model, device, bf16, name), limits, trust)  # loads before listening
+            uvicorn.Server(uvicorn.Config(server.app(), **options)).run()  # re-raises SIGINT: KeyboardInterrupt
             return
         os.environ[SETTINGS_ENV] = json.dumps(settings)
         # a process loading the model answers the supervisor's health pings late: 5 s (uvicorn's default) on a
         # busy machine had it killed and restarted in a loop
         health = {"timeout_worker_healthcheck": 120} if _supports(uvicorn.Config, "timeout_worker_healthcheck") else {}
-        uvicorn.run(
-            "bigtransfer.serve.runner:app_from_environment", factory=True, workers=processes, **options, **health
-        )
+        config = uvicorn.Config("bigtransfer.serve.runner:app_from_environment", factory=True, workers=processes,
+                                **options, **health)  # fmt: skip
+        supervisor = _Supervisor(config, sockets=[config.bind_socket()])  # as uvicorn.run does, telling SIGINT apart
+        supervisor.run()
+        if supervisor.interrupted:
+            raise KeyboardInterrupt
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of server processes, which stops alike on SIGINT and SIGTERM; this one remembers a
+    SIGINT, so that Ctrl-C exits 130 with several processes as with one."""
+
+    interrupted = False
+
+    def handle_int(self) -> None:
+        self.interrupted = True
+        super().handle_int()
 
 
 def _supports(function: Any, parameter: str) -> bool:
@@ -92,7 +113,8 @@ def app_from_environment() -> Any:
     torch.set_num_threads(settings["threads"])  # the processes share the cores
     _log_access_to_stderr("info")
     model = ServedModel(settings["model"], settings["device"], settings["bf16"], settings["name"])
-    return InferenceServer(model, Limits(**settings["limits"])).app()
+    trust = Trust(**{field: tuple(names) for field, names in settings["trust"].items()})
+    return InferenceServer(model, Limits(**settings["limits"]), trust).app()
 
 
 def _log_access_to_stderr(level: str) -> None:
