@@ -24,7 +24,6 @@ from PIL import Image
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.cli import build_parser
 from bigtransfer.serve import admission
-from bigtransfer.serve.admission import decoded_bytes
 from bigtransfer.serve.app import InferenceServer, Limits
 from bigtransfer.serve.connections import HEADER_TIMEOUT_ENV
 from bigtransfer.serve.model import ServedModel
@@ -151,7 +150,7 @@ def slow_decoder(served, seconds: float) -> tuple[ServedModel, dict]:
     record, lock = {"started": [], "under_way": 0, "peak": 0}, threading.Lock()
 
     def pixels(data, name="the image"):
-        cost = decoded_bytes(data)
+        cost = served.decoding_bytes(data)
         with lock:
             record["started"].append(cost)
             record["under_way"] += cost
@@ -166,9 +165,9 @@ def slow_decoder(served, seconds: float) -> tuple[ServedModel, dict]:
 
 
 def test_decodes_take_turns_by_decoded_size_and_a_small_request_is_not_starved(served, photo, tmp_path, monkeypatch):
-    huge = png_header(tmp_path / "huge.png", 4000, 4000).read_bytes()  # 70 bytes, 48 MB decoded
-    assert decoded_bytes(huge) == 4000 * 4000 * 3 and decoded_bytes(b"no image") == 0
-    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", 100_000_000)  # two such images at a time
+    huge = png_header(tmp_path / "huge.png", 4000, 4000).read_bytes()  # 70 bytes, 64 MB decoding (RGB in 4 bytes)
+    assert served.decoding_bytes(huge) == 4000 * 4000 * 4
+    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", 140_000_000)  # two such images at a time
     slow, record = slow_decoder(served, 0.2)
     with client_for(slow) as client, concurrent.futures.ThreadPoolExecutor(3) as pool:
         heavy = [pool.submit(client.post, f"/v2/models/{NAME}/infer", json=infer_request([huge] * 6)) for _ in "ab"]
@@ -176,9 +175,26 @@ def test_decodes_take_turns_by_decoded_size_and_a_small_request_is_not_starved(s
         small = client.post("/predict", content=photo)
         answers = [future.result() for future in heavy]
     assert small.status_code == 200 and [answer.status_code for answer in answers] == [200, 200]
-    assert record["peak"] <= 100_000_000, f"{record['peak'] / 1e6:.0f} MB decoding at once"
+    assert record["peak"] <= 140_000_000, f"{record['peak'] / 1e6:.0f} MB decoding at once"
     # the small image's turn came after at most the 2 huge images of each request that were there first, not 12
-    assert record["started"].index(decoded_bytes(photo)) <= 4, record["started"]
+    assert record["started"].index(served.decoding_bytes(photo)) <= 4, record["started"]
+
+
+def test_an_image_its_header_refuses_does_not_wait_for_a_turn(served, photo, tmp_path, monkeypatch):
+    bomb = png_header(tmp_path / "bomb.png", 9000, 9000).read_bytes()  # beyond the server's 4096² pixels
+    with pytest.raises(ValueError, match="9000×9000 pixels is beyond the limit"):
+        served.decoding_bytes(bomb)
+    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", served.decoding_bytes(photo))  # one photo takes it all
+    slow, _ = slow_decoder(served, 1.5)
+    with client_for(slow) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(client.post, f"/v2/models/{NAME}/infer", json=infer_request([photo] * 2))
+        time.sleep(0.3)  # the first photo decodes, the second waits for the whole budget
+        started = time.monotonic()
+        refused = client.post("/predict", content=bomb)
+        waited = time.monotonic() - started
+        assert busy.result().status_code == 200
+    assert refused.status_code == 400 and "beyond the limit" in refused.json()["error"]
+    assert waited < 1.0, f"the refused image waited {waited:.1f} s for a turn"
 
 
 def test_images_being_decoded_count_against_the_queue(served, photo):

@@ -9,32 +9,15 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import io
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from PIL import Image
-
-from ..processing.decoding import check_image_size
 from .batching import QueueFull
 
 DECODE_BYTES_ENV = "BIGTRANSFER_SERVE_DECODE_BYTES"
 # decoded bytes of the images being decoded at once: 14 12-megapixel photos, more than the cores can decode
 MAX_DECODE_BYTES = int(os.environ.get(DECODE_BYTES_ENV, 512 * 2**20))
-
-
-def decoded_bytes(data: bytes) -> int:
-    """What decoding `data` will take, as RGB (or more bands) bytes, from its header alone (Pillow reads no
-    pixels to open an image); 0 for what the decoder refuses before decoding (not an image, beyond the image
-    limits): it then says why, by name, at once."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            check_image_size(width, height, "the image")
-            return width * height * max(len(image.getbands()), 3)
-    except Exception:  # an unreadable header, or too many pixels
-        return 0
 
 
 class ImagePlaces:

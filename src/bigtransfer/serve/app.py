@@ -33,7 +33,7 @@ from starlette.routing import Route
 from ..checkpoints.hub import package_version
 from ..inference.pipelines import ranked
 from . import admission
-from .admission import DecodeBudget, ImagePlaces, decoded_bytes
+from .admission import DecodeBudget, ImagePlaces
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import HEADER_LENGTH, ProtocolError, RequestedOutput, classification_strings, parse_request, response_body
 from .model import ServedModel
@@ -271,13 +271,16 @@ class InferenceServer:
 
     async def _pixels(self, images: list[bytes]) -> np.ndarray:
         """Encoded images → N×3×H×W model input, decoded in threads as the decode memory allows, one image's turn
-        at a time (so that other requests' images take turns with these); 400 naming the first unusable one.
-        The lead: swap decoded_bytes for the header-cost function of processing/decoding.py when merging."""
+        at a time (so that other requests' images take turns with these), each charged what its header says
+        decoding will take (`ServedModel.decoding_bytes`); 400 naming the first unusable one, refused from its
+        header before it waits for a turn."""
         names = ["the upload"] if len(images) == 1 else [f"image {i} of the request" for i in range(len(images))]
         decodes = []
         try:
             for data, name in zip(images, names):
-                decodes.append(await self.decoding.start(decoded_bytes(data), self.model.pixels, data, name))
+                decodes.append(
+                    await self.decoding.start(self.model.decoding_bytes(data, name), self.model.pixels, data, name)
+                )
             decoded = await asyncio.gather(*decodes)
         except (ValueError, OSError) as error:
             raise ProtocolError(str(error)) from None
