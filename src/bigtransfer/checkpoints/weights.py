@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -51,7 +52,9 @@ def load_torch_file(path: Path, mmap: bool = False, verify: bool = False) -> Any
     if damage:
         raise ValueError(f"Could not read {path} ({damage}); {DAMAGED}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's notice of a foreign pickle protocol would precede the refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise ValueError(
             f"{path} holds Python objects or code besides tensors, so it was refused: a pickle file can run code "
