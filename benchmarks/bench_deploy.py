@@ -85,7 +85,7 @@ def cpu_contenders(photos, scratch: Path, skip: list[str]) -> dict:
     from bigtransfer import BitImageProcessor
     from bigtransfer.deploy.export import export
     from bigtransfer.deploy.quantize import Calibration
-    from bigtransfer.deploy.runtime import ExportedClassifier
+    from bigtransfer.runtime.exported import ExportedClassifier
 
     theirs, timm_model, ours = reference_models("cpu")
     channels_last = copy.deepcopy(ours).to(memory_format=torch.channels_last)

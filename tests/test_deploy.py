@@ -16,8 +16,8 @@ from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor,
 from bigtransfer.cli import main as cli
 from bigtransfer.deploy.export import ExportCheckError, export
 from bigtransfer.deploy.fold import fold_weight_standardization
-from bigtransfer.deploy.runtime import ExportedClassifier
 from bigtransfer.models.layers import WeightStandardizedConv2d
+from bigtransfer.runtime.exported import ExportedClassifier
 from helpers import HYBRID, TINY, randomize_norms
 
 PHOTOS = ["chelsea", "coffee", "astronaut"]

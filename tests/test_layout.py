@@ -1,8 +1,10 @@
 """The package's layering, checked on its source: every module (function-level imports included) imports only
 its own layer and the layers below it, and nothing imports itself through others.
 
-Bottom to top: checkpoints (files and names, no model class) → models → processing → data → deploy →
-inference → train → serve → cli; the package's own `__init__` (the public API) and `__main__` sit on top.
+Bottom to top: _util (general helpers that know nothing of BiT) → checkpoints (files and names, no model class) →
+processing (images into pixels, no model class) → models → data → runtime (running a model whatever its form) →
+inference → train → deploy (export, quantize, Triton, bench) → serve → cli; the package's own `__init__` (the public
+API) and `__main__` sit on top.
 """
 
 import ast
@@ -13,7 +15,19 @@ import pytest
 import bigtransfer
 
 PACKAGE = Path(bigtransfer.__file__).parent
-LAYERS = ["checkpoints", "models", "processing", "data", "deploy", "inference", "train", "serve", "cli"]
+LAYERS = [
+    "_util",
+    "checkpoints",
+    "processing",
+    "models",
+    "data",
+    "runtime",
+    "inference",
+    "train",
+    "deploy",
+    "serve",
+    "cli",
+]
 TOP = {"bigtransfer", "bigtransfer.__main__", "bigtransfer._moved"}
 
 

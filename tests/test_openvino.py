@@ -15,7 +15,7 @@ import torch
 from bigtransfer import BitForImageClassification, BitImageProcessor, pipeline
 from bigtransfer.cli import main as cli
 from bigtransfer.deploy.export import export
-from bigtransfer.deploy.runtime import ExportedClassifier
+from bigtransfer.runtime.exported import ExportedClassifier
 from bigtransfer.serve.model import ServedModel
 from test_deploy import BUNDLED, FASHION_TEST, PROCESSOR, photos, tiny_classifier
 
@@ -154,7 +154,7 @@ def test_releasing_compiled_models_in_any_order_leaves_signals_working(bundled_o
     script = f"""
 import gc, os, signal
 from pathlib import Path
-from bigtransfer.deploy.openvino import OpenVINORunner
+from bigtransfer.runtime.openvino import OpenVINORunner
 handled = []
 signal.signal(signal.SIGUSR1, lambda *_: handled.append(1))
 first = OpenVINORunner(Path({str(bundled_openvino / "openvino_model.xml")!r}))

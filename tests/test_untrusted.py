@@ -947,7 +947,7 @@ def test_a_huge_sparse_safetensors_file_is_refused_from_its_header(tmp_path):
 def test_a_failed_write_names_the_target_not_the_hidden_temporary(tmp_path, monkeypatch):
     import errno
 
-    from bigtransfer.checkpoints.io import atomic_write_text
+    from bigtransfer._util.files import atomic_write_text
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
@@ -992,7 +992,7 @@ def test_a_real_full_disk_stops_in_one_line_and_keeps_a_complete_checkpoint(upst
 def test_a_json_file_that_is_not_json_is_named(tmp_path, damaged):
     from bigtransfer.data.shards import open_shards
     from bigtransfer.data.sources import load_dataset
-    from bigtransfer.deploy.runtime import ExportedClassifier
+    from bigtransfer.runtime.exported import ExportedClassifier
 
     if damaged == "export.json":
         BitConfig(**SMALL).save_pretrained(tmp_path)
@@ -1092,7 +1092,7 @@ def test_a_model_pt2_that_would_run_code_is_refused_before_loading(exports, tmp_
 
 
 def test_an_export_as_written_still_loads_through_the_check(exports):
-    from bigtransfer.deploy.runtime import ExportedClassifier
+    from bigtransfer.runtime.exported import ExportedClassifier
 
     assert ExportedClassifier(exports("pt2"))(torch.zeros(2, 3, 20, 20)).logits.shape == (2, 3)
 
@@ -1141,7 +1141,7 @@ def test_a_config_json_whose_labels_are_not_the_graphs_is_refused_at_load(export
 STAGE_AND_WAIT = """
 import os, signal, sys, time
 from pathlib import Path
-from bigtransfer.checkpoints.io import atomic_directory
+from bigtransfer._util.files import atomic_directory
 with atomic_directory(Path(sys.argv[1])) as staging:
     (staging / "model.onnx").write_bytes(b"half")
     print("staged", flush=True)

@@ -21,7 +21,7 @@ MOVED = {
     "bigtransfer.outputs": ("bigtransfer.models.outputs",),
     "bigtransfer.modeling": ("bigtransfer.models.modeling",),
     "bigtransfer.pretrained": ("bigtransfer.models.pretrained",),
-    "bigtransfer.io": ("bigtransfer.checkpoints.io",),
+    "bigtransfer.io": ("bigtransfer._util.files",),
     "bigtransfer.hub": ("bigtransfer.checkpoints.hub",),
     "bigtransfer.download": ("bigtransfer.checkpoints.download",),
     "bigtransfer.zoo": ("bigtransfer.checkpoints.catalogue",),
@@ -41,7 +41,7 @@ MOVED = {
         "bigtransfer.inference.metrics",
         "bigtransfer.inference.plots",
         "bigtransfer.data.eval_batches",
-        "bigtransfer.checkpoints.io",
+        "bigtransfer._util.files",
     ),
     "bigtransfer.train.few_shot": ("bigtransfer.inference.few_shot", "bigtransfer.train.pre_training"),
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .io import exclusive
+from .._util.files import exclusive
 
 CHUNK = 1 << 20
 ATTEMPTS = 3

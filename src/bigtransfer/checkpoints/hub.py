@@ -15,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from .io import read_json
+from .._util.files import read_json
 
 CONFIG_NAME = "config.json"
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"

@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._util.files import read_json
 from .catalogue import UPSTREAM_224, ZooEntry, bundled_model, entry_for_file, find_entry, known_names
 from .download import cache_dir, download
 from .hub import CONFIG_NAME, PROCESSOR_CONFIG_NAME, hub_download, resolve_json, resolve_weight_files
-from .io import read_json
 from .labels import id2label_for
 from .npz import config_from_npz, npz_to_bit_state_dict, read_npz
 from .timm import config_from_timm_state_dict, is_timm_state_dict, timm_to_bit_state_dict

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .io import atomic_path
+from .._util.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -53,14 +53,14 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     import numpy as np
     import torch
 
-    from ..checkpoints.io import atomic_path, printable
+    from .._util.files import atomic_path, printable
     from ..data.datasets import ImageDataset
     from ..data.device import resolve_device
-    from ..deploy.runtime import is_export_directory
     from ..inference.pipelines import load_classifier
     from ..inference.predict import pooled_features
     from ..models.modeling import BitModel
     from ..processing.exact import BitImageProcessor
+    from ..runtime.exported import is_export_directory
 
     out = Path(args.out)
     if out.suffix != ".npy":

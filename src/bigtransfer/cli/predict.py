@@ -26,7 +26,7 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     import numpy as np
     import torch
 
-    from ..checkpoints.io import printable
+    from .._util.files import printable
     from ..data.datasets import ImageDataset
     from ..inference.metrics import MULTI_LABEL_THRESHOLD
     from ..inference.pipelines import at_or_above, class_scores, is_multi_label, load_classifier, ranked
@@ -55,7 +55,7 @@ def _write_predictions_csv(path: str, results: list[dict]) -> None:
     import csv
     import io
 
-    from ..checkpoints.io import atomic_write_text
+    from .._util.files import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -83,7 +83,7 @@ def handle(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already exists: choose another --out, or pass --overwrite to replace it.")
     results, errors = run_predict(args)
     if out and Path(out).suffix.lower() == ".json":
-        from ..checkpoints.io import write_json
+        from .._util.files import write_json
 
         write_json(Path(out), {"results": results, "errors": errors})
     elif out:

@@ -33,8 +33,8 @@ def _bundled_rows() -> list[dict]:
     """The models shipped inside the package (no download), described from their own files."""
     from safetensors import safe_open
 
+    from .._util.files import read_json
     from ..checkpoints.catalogue import BUNDLED_MODELS, bundled_model
-    from ..checkpoints.io import read_json
     from ..processing import BitImageProcessor
 
     rows = []

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from .._util.files import atomic_path, printable, read_json
 from ..checkpoints.hub import install_hint
-from ..checkpoints.io import atomic_path, printable, read_json
 from ..processing.decoding import (
     IMAGE_SUFFIXES,
     decode_image,

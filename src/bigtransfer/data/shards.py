@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..checkpoints.io import parse_json
+from .._util.files import parse_json
 from ..processing.decoding import decode_stored_image, download, open_checked
 from .datasets import CLASSES_ENV, MAX_CLASSES, ImageSize, LabelledImages, beyond_class_limit
 from .order import MAX_LANES, LaneOrder, lane_count

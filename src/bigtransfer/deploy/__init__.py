@@ -1,2 +1,2 @@
-"""Deployment: export to ONNX and torch.export (weight standardisation folded), Triton model repositories, int8
-quantisation, and running the exported graphs."""
+"""Deployment: export to ONNX, OpenVINO and torch.export (weight standardisation folded), Triton model repositories,
+int8 quantisation and bench. Running the exported graphs is runtime's, below."""

@@ -25,9 +25,9 @@ from ..data.eval_batches import input_batches
 from ..models.modeling import BitForImageClassification
 from ..processing.base import ProcessorBase
 from ..processing.exact import BitImageProcessor
+from ..runtime.exported import ExportedClassifier
 from .export import export, input_size
 from .quantize import Calibration
-from .runtime import ExportedClassifier
 
 RUNTIMES = ("torch", "onnx", "openvino")
 REFERENCES = ("transformers",)  # timed as well when asked for: the library users compare against

@@ -18,13 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util.files import atomic_directory
+from .._util.quiet import quiet_logger
 from ..checkpoints.hub import package_version
-from ..checkpoints.io import atomic_directory
 from ..processing.base import ProcessorBase
-from .fold import fold_weight_standardization
-from .openvino import OPENVINO_FILE, convert, import_openvino
-from .quiet import quiet_logger
-from .runtime import (
+from ..runtime.exported import (
     EXPORT_INFO_FILE,
     FEATURES_NAME,
     INPUT_NAME,
@@ -34,6 +32,8 @@ from .runtime import (
     PT2_FILE,
     ExportedClassifier,
 )
+from ..runtime.openvino import OPENVINO_FILE, convert, import_openvino
+from .fold import fold_weight_standardization
 
 if TYPE_CHECKING:
     from .quantize import Calibration

@@ -18,8 +18,8 @@ from ..data.datasets import ImageDataset
 from ..data.eval_batches import input_batches
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
-from . import openvino
-from .runtime import INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, onnx_session
+from ..runtime import openvino
+from ..runtime.exported import INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, onnx_session
 
 # Only convolutions and the head run in int8. GroupNorm has no int8 kernel in ONNX Runtime, so quantizing the
 # ops around it (residual adds, pooling) only adds quantize/dequantize pairs: measured slower, not faster.

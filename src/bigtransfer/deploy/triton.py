@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from .._util.files import atomic_directory
 from ..checkpoints.hub import TRITON_CONFIG_NAME
-from ..checkpoints.io import atomic_directory
 from ..checkpoints.naming import usable_name
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
+from ..runtime.exported import INPUT_NAME, OUTPUT_NAME
 from .export import TOLERANCE, ExportReport, export_into, input_size
-from .runtime import INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     from .quantize import Calibration

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from ..data.device import resolve_device
-from ..deploy.openvino import OPENVINO_FILE
-from ..deploy.runtime import ExportedClassifier, exported_file, is_export_directory
 from ..models.modeling import BitForImageClassification, BitModel
 from ..processing.base import ProcessorBase
 from ..processing.decoding import fetch_image, is_url
 from ..processing.fast import BitImageProcessorFast
+from ..runtime.exported import ExportedClassifier, exported_file, is_export_directory
+from ..runtime.openvino import OPENVINO_FILE
 
 logger = logging.getLogger(__name__)
 

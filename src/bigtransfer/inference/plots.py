@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util.files import atomic_path
 from ..checkpoints.hub import install_hint
-from ..checkpoints.io import atomic_path
 
 logger = logging.getLogger(__name__)
 HEADLINES = {"eval_top1": "top-1", "eval_map": "mAP"}  # metrics.jsonl's held-out measurements, as the plot names them

@@ -12,8 +12,8 @@ import torch
 from ..data.datasets import ImageDataset
 from ..data.device import use_channels_last
 from ..data.eval_batches import input_batches
-from ..deploy.runtime import ExportedClassifier
 from ..processing.base import ProcessorBase
+from ..runtime.exported import ExportedClassifier
 from .metrics import accuracy_metrics, multi_label_metrics, top_classes
 
 

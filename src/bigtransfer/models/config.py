@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._util.files import atomic_write_text, read_json
 from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
-from ..checkpoints.io import atomic_write_text, read_json
 from ..checkpoints.weights import as_dtype
 from .layers import ACTIVATIONS
 from .transformers_auto import split_auto_call

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .._util.files import atomic_write_text, parameter_count, read_json, write_json
 from ..checkpoints.catalogue import BUNDLED_MODELS, architecture_of, find_entry
 from ..checkpoints.hub import GENERATED_CARD_MARK, MODEL_CARD_NAME, PROCESSOR_CONFIG_NAME, is_generated_card
-from ..checkpoints.io import atomic_write_text, parameter_count, read_json, write_json
 from ..checkpoints.naming import default_model_name
 from ..checkpoints.sources import timm_pretrained_cfg
 from .timm_surface import stage_feature_info

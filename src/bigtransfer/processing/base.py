@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._util.files import atomic_write_text, read_json
 from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options, without_private_options
-from ..checkpoints.io import atomic_write_text, read_json
 from ..checkpoints.sources import PROCESSOR_DEFAULTS, preprocessing_settings
 from .transform import EvalTransform, Resampling
 

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util.files import read_json
+from .._util.quiet import quiet_logger
 from ..checkpoints.hub import install_hint
-from ..checkpoints.io import read_json
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
 from .model_files import REEXPORT, check_pt2, reading
 from .openvino import OPENVINO_FILE, OpenVINORunner
-from .quiet import quiet_logger
 
 ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util.quiet import quiet_logger
 from ..checkpoints.hub import install_hint
 from .model_files import reading
-from .quiet import quiet_logger
 
 logger = logging.getLogger(__name__)
 

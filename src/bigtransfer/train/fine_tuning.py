@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util.files import check_writable, write_json
 from ..checkpoints.catalogue import architecture_of
-from ..checkpoints.io import check_writable, write_json
 from ..data.datasets import LabelledImages
 from ..data.sources import as_dataset
 from ..inference.few_shot import readable_few_shot_subset

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints.io import atomic_path, atomic_write_text
+from .._util.files import atomic_path, atomic_write_text
 from ..checkpoints.weights import load_torch_file
 from ..data.datasets import LabelledImages
 from ..data.device import use_channels_last

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.io import check_writable, parameter_count
+from .._util.files import check_writable, parameter_count
 from ..data.datasets import LabelledImages
 from ..data.sources import as_dataset
 from ..inference.few_shot import fewshot

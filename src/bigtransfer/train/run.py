@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from ..checkpoints.io import exclusive, write_json
+from .._util.files import exclusive, write_json
 from ..data.datasets import LabelledImages
 from ..data.device import resolve_device
 from ..data.workers import resolve_workers
