@@ -32,8 +32,9 @@ from ..runtime.exported import (
     PT2_FILE,
     ExportedClassifier,
 )
-from ..runtime.openvino import OPENVINO_FILE, convert, import_openvino
+from ..runtime.openvino import OPENVINO_FILE, import_openvino
 from .fold import fold_weight_standardization
+from .openvino_ir import convert
 
 if TYPE_CHECKING:
     from .quantize import Calibration

@@ -20,6 +20,7 @@ from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
 from ..runtime import openvino
 from ..runtime.exported import INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, onnx_session
+from . import openvino_ir
 
 # Only convolutions and the head run in int8. GroupNorm has no int8 kernel in ONNX Runtime, so quantizing the
 # ops around it (residual adds, pooling) only adds quantize/dequantize pairs: measured slower, not faster.
@@ -110,10 +111,10 @@ class Calibration:
             raise ValueError(f"None of the calibration images of {self.dataset.source} could be read.")
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             quantized = Path(scratch) / float_model.name
-            openvino.quantize(float_model, quantized, images)
+            openvino_ir.quantize(float_model, quantized, images)
             report = {"calibration_images": len(images), **self.agreement(
                 _openvino_logits(float_model), _openvino_logits(quantized), config)}  # fmt: skip
-            for path in (quantized, openvino.weights_file(quantized)):
+            for path in (quantized, openvino_ir.weights_file(quantized)):
                 shutil.move(path, directory / path.name)
         return report
 

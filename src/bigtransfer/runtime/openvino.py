@@ -1,18 +1,15 @@
-"""OpenVINO for exported BiT classifiers: the IR converted from the checked ONNX graph, compiled for the CPU in
-float32 or bfloat16, and quantized to int8 by NNCF. OpenVINO uses AMX and VNNI for bf16 and int8 where the CPU
-has them, and fuses the quantization steps into the neighbouring operations."""
+"""OpenVINO running exported BiT classifiers: the IR compiled for the CPU in float32 or bfloat16 (or as NNCF
+quantized it to int8; deploy/openvino_ir.py writes it). OpenVINO uses AMX and VNNI for bf16 and int8 where the
+CPU has them, and fuses the quantization steps into the neighbouring operations."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .._util.quiet import quiet_logger
 from ..checkpoints.hub import install_hint
 from .model_files import reading
 
@@ -28,16 +25,6 @@ def import_openvino():
     except ImportError:
         raise ImportError(f"OpenVINO exports need OpenVINO: {OPENVINO_HINT}.") from None
     return openvino
-
-
-def weights_file(xml: Path) -> Path:
-    return xml.with_suffix(".bin")
-
-
-def convert(onnx_file: Path, xml: Path) -> None:
-    """The ONNX graph as OpenVINO IR, weights kept in float32 (OpenVINO's save_model halves them by default)."""
-    openvino = import_openvino()
-    openvino.save_model(openvino.convert_model(str(onnx_file)), str(xml), compress_to_fp16=False)
 
 
 class OpenVINORunner:
@@ -73,21 +60,3 @@ def _compile_off_this_thread(core, xml: Path, settings: dict):
     SIGCHLD) kills the process with SIGSEGV. Compiled elsewhere, the caller's thread is never touched."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as compiling, reading(xml):
         return compiling.submit(core.compile_model, str(xml), "CPU", settings).result()
-
-
-def quantize(xml: Path, out: Path, images: list[np.ndarray]) -> None:
-    """NNCF post-training quantization of the IR at `xml` to int8, written to `out`: convolutions and matmuls in
-    int8 with per-channel weights, activation ranges from `images` (one preprocessed image per array), and
-    NNCF's fast bias correction. GroupNorm stays in float."""
-    openvino = import_openvino()
-    try:
-        import nncf
-    except ImportError:
-        raise ImportError(f"int8 OpenVINO export needs NNCF: {OPENVINO_HINT}.") from None
-    # NNCF draws progress bars and logs on stdout: send them to stderr
-    with quiet_logger("nncf", logging.WARNING), contextlib.redirect_stdout(sys.stderr):
-        quantized = nncf.quantize(
-            openvino.Core().read_model(str(xml)), nncf.Dataset(images), subset_size=len(images),
-            preset=nncf.QuantizationPreset.MIXED,
-        )  # fmt: skip
-    openvino.save_model(quantized, str(out), compress_to_fp16=False)
