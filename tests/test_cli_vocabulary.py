@@ -114,9 +114,9 @@ def test_predict_writes_csv_or_json_by_the_out_suffix(tiny_model, tmp_path, caps
 
 
 def test_a_named_image_that_does_not_exist_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
-    import bigtransfer.inference.pipelines as pipelines
+    import bigtransfer.runtime.classifier as classifier
 
-    monkeypatch.setattr(pipelines, "load_classifier", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(classifier, "load_classifier", lambda *a, **k: pytest.fail("the model was loaded"))
     Image.new("RGB", (8, 8)).save(tmp_path / "real.png")
     assert cli(["predict", str(tmp_path / "real.png"), str(tmp_path / "typo.png"), "--model", "bit-tiny-glyphs"]) == 2
     err = capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_openvino_int8_keeps_fashion_mnist_top1_within_one_point(tmp_path, capsy
 
 
 def test_openvino_runs_on_the_cpu_by_default_on_a_gpu_machine(bundled_openvino, monkeypatch):
-    from bigtransfer.inference.pipelines import load_classifier
+    from bigtransfer.runtime.classifier import load_classifier
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine: torch would pick cuda
     assert load_classifier(bundled_openvino).device.type == "cpu"

@@ -72,9 +72,9 @@ def forward_passes(metrics: str) -> float:
 def predicted_logits(model_dir, files) -> np.ndarray:
     """`predict`'s path (its dataset reader and workers), one image per batch: the unbatched reference."""
     from bigtransfer.data.datasets import ImageDataset
-    from bigtransfer.inference.pipelines import load_classifier
     from bigtransfer.inference.predict import predict_logits
     from bigtransfer.processing.exact import BitImageProcessor
+    from bigtransfer.runtime.classifier import load_classifier
 
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "files", paths=list(files))
     return predict_logits(load_classifier(model_dir, "cpu"), images, BitImageProcessor.from_pretrained(model_dir),

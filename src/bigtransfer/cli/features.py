@@ -56,10 +56,10 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from .._util.files import atomic_path, printable
     from ..data.datasets import ImageDataset
     from ..data.device import resolve_device
-    from ..inference.pipelines import load_classifier
     from ..inference.predict import pooled_features
     from ..models.modeling import BitModel
     from ..processing.exact import BitImageProcessor
+    from ..runtime.classifier import load_classifier
     from ..runtime.exported import is_export_directory
 
     out = Path(args.out)

@@ -29,9 +29,10 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     from .._util.files import printable
     from ..data.datasets import ImageDataset
     from ..inference.metrics import MULTI_LABEL_THRESHOLD
-    from ..inference.pipelines import at_or_above, class_scores, is_multi_label, load_classifier, ranked
+    from ..inference.pipelines import at_or_above, class_scores, is_multi_label, ranked
     from ..inference.predict import predict_logits
     from ..processing.exact import BitImageProcessor
+    from ..runtime.classifier import load_classifier
 
     files, errors = collect_images(image_inputs(args)), []
     if not files:

@@ -259,9 +259,9 @@ def run_pretrain(args: argparse.Namespace) -> dict:
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     """Read and preprocessed exactly as predict does."""
-    from ..inference.pipelines import load_classifier
     from ..inference.predict import evaluate
     from ..processing.exact import BitImageProcessor
+    from ..runtime.classifier import load_classifier
 
     model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
     data, _ = load_data_arguments(args, for_eval=True)

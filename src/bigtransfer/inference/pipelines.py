@@ -14,30 +14,10 @@ from ..models.modeling import BitForImageClassification, BitModel
 from ..processing.base import ProcessorBase
 from ..processing.decoding import fetch_image, is_url
 from ..processing.fast import BitImageProcessorFast
-from ..runtime.exported import ExportedClassifier, exported_file, is_export_directory
-from ..runtime.openvino import OPENVINO_FILE
+from ..runtime.classifier import load_classifier
+from ..runtime.exported import ExportedClassifier, is_export_directory
 
 logger = logging.getLogger(__name__)
-
-
-def load_classifier(
-    model: str | os.PathLike, device: Any = None, *, compile: bool = False, bf16: bool = False, **model_kwargs: Any
-) -> Any:
-    """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime, OpenVINO
-    (compiled in bf16 when asked) or torch.export, anything else loads as BitForImageClassification
-    (torch.compile'd when asked)."""
-    if device is None and getattr(exported_file(model), "name", None) == OPENVINO_FILE:
-        device = "cpu"  # OpenVINO runs on the CPU, whether or not the machine has a GPU
-    device = resolve_device(device)
-    if is_export_directory(model):
-        if compile or model_kwargs:
-            raise ValueError(
-                f"{model} is an export directory: its graph is fixed at export time, so compile and config "
-                "overrides do not apply. Use the original model for those."
-            )
-        return ExportedClassifier(model, device, bf16=bf16)
-    loaded = BitForImageClassification.from_pretrained(model, **model_kwargs).to(device)
-    return torch.compile(loaded) if compile else loaded
 
 
 FUNCTIONS = ("softmax", "sigmoid", "none")

@@ -14,10 +14,11 @@ from PIL import Image
 
 from ..checkpoints.naming import default_model_name
 from ..deploy.triton import check_model_name
-from ..inference.pipelines import class_scores, default_function, load_classifier
+from ..inference.pipelines import class_scores, default_function
 from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
 from ..processing.draft import draft_for
 from ..processing.exact import BitImageProcessor
+from ..runtime.classifier import load_classifier
 
 SERVE_PIXELS_ENV = "BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS"
 # An upload's pixels as decoded (a JPEG at its draft scale, so a photo of any size the library reads passes;

@@ -1,0 +1,34 @@
+"""Any MODEL as a classifier on a device: an export directory run by its runtime, anything else loaded as
+BitForImageClassification. The one place that decides which, for predict, evaluate, embed, pipeline() and serve."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..data.device import resolve_device
+from ..models.modeling import BitForImageClassification
+from .exported import ExportedClassifier, exported_file, is_export_directory
+from .openvino import OPENVINO_FILE
+
+
+def load_classifier(
+    model: str | os.PathLike, device: Any = None, *, compile: bool = False, bf16: bool = False, **model_kwargs: Any
+) -> Any:
+    """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime, OpenVINO
+    (compiled in bf16 when asked) or torch.export, anything else loads as BitForImageClassification
+    (torch.compile'd when asked)."""
+    if device is None and getattr(exported_file(model), "name", None) == OPENVINO_FILE:
+        device = "cpu"  # OpenVINO runs on the CPU, whether or not the machine has a GPU
+    device = resolve_device(device)
+    if is_export_directory(model):
+        if compile or model_kwargs:
+            raise ValueError(
+                f"{model} is an export directory: its graph is fixed at export time, so compile and config "
+                "overrides do not apply. Use the original model for those."
+            )
+        return ExportedClassifier(model, device, bf16=bf16)
+    loaded = BitForImageClassification.from_pretrained(model, **model_kwargs).to(device)
+    return torch.compile(loaded) if compile else loaded
