@@ -22,3 +22,16 @@ def default_model_name(model: str | os.PathLike) -> str:
 def usable_name(text: str) -> str:
     """`text` as a name Triton and URLs take: letters, digits, '_', '-' and '.' (not first)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip(".") or "bit"
+
+
+# Letters, digits, '_', '-' and '.': safe as a folder name, in the URL paths of the KServe v2 protocol
+# (/v2/models/<name>/infer) and unquoted inside config.pbtxt; a leading '.' would make a hidden folder.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a usable Triton model name: use letters, digits, '_', '-' and '.' (not first), "
+            f"e.g. {usable_name(name)!r}."
+        )

@@ -35,8 +35,7 @@ def serve_command(repository: str, gpu: bool = False) -> str:
 
 def triton_name(args: argparse.Namespace) -> str:
     """--name, or one made from MODEL; checked before the model is loaded, which may be a download."""
-    from ..checkpoints.naming import default_model_name
-    from ..deploy.triton import check_model_name
+    from ..checkpoints.naming import check_model_name, default_model_name
 
     name = args.name if args.name is not None else default_model_name(args.model)
     check_model_name(name)

@@ -4,7 +4,6 @@ OUT/<name>/config.pbtxt and labels.txt beside version 1, the checked ONNX export
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,7 @@ from torch import nn
 
 from .._util.files import atomic_directory
 from ..checkpoints.hub import TRITON_CONFIG_NAME
-from ..checkpoints.naming import usable_name
+from ..checkpoints.naming import check_model_name
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
 from ..runtime.exported import INPUT_NAME, OUTPUT_NAME
@@ -25,17 +24,6 @@ LABELS_FILE = "labels.txt"
 VERSION = "1"
 MAX_BATCH_SIZE = 32
 MAX_DELAY_MS = 5.0
-# Letters, digits, '_', '-' and '.': safe as a folder name, in the URL paths of the KServe v2 protocol
-# (/v2/models/<name>/infer) and unquoted inside config.pbtxt; a leading '.' would make a hidden folder.
-MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-
-
-def check_model_name(name: str) -> None:
-    if not MODEL_NAME.fullmatch(name):
-        raise ValueError(
-            f"{name!r} is not a usable Triton model name: use letters, digits, '_', '-' and '.' (not first), "
-            f"e.g. {usable_name(name)!r}."
-        )
 
 
 def model_config(

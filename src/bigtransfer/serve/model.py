@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoints.naming import default_model_name
-from ..deploy.triton import check_model_name
+from ..checkpoints.naming import check_model_name, default_model_name
 from ..inference.pipelines import class_scores, default_function
 from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
 from ..processing.draft import draft_for
