@@ -266,7 +266,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     """Files as given, directories searched recursively for images. A path that does not exist was named by the
     user and is a mistake (a typo, the wrong folder), not an unreadable image to skip: it fails before any model
     loads, naming every such path."""
-    from .._util.files import printable
+    from .._util.text import printable
     from ..processing.decoding import IMAGE_SUFFIXES
 
     missing = [printable(name) for name in inputs if not Path(name).expanduser().exists()]

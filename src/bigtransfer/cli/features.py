@@ -53,7 +53,8 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     import numpy as np
     import torch
 
-    from .._util.files import atomic_path, printable
+    from .._util.files import atomic_path
+    from .._util.text import printable
     from ..data.datasets import ImageDataset
     from ..data.device import resolve_device
     from ..inference.predict import pooled_features

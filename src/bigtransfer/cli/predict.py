@@ -26,7 +26,7 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     import numpy as np
     import torch
 
-    from .._util.files import printable
+    from .._util.text import printable
     from ..data.datasets import ImageDataset
     from ..inference.metrics import MULTI_LABEL_THRESHOLD
     from ..inference.pipelines import at_or_above, class_scores, is_multi_label, ranked

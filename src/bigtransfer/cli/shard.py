@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._util.files import byte_size, plural
+from .._util.text import byte_size, plural
 from ..data.shard_writing import STREAM_BUFFER
 from ._options import (
     add_data_argument,

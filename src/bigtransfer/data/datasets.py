@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .._util.files import atomic_path, printable, read_json
+from .._util.files import atomic_path, read_json
+from .._util.text import printable
 from ..checkpoints.hub import install_hint
 from ..processing.decoding import (
     IMAGE_SUFFIXES,

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .._util.files import atomic_directory, printable
+from .._util.files import atomic_directory
+from .._util.text import printable
 from ..processing.decoding import URL_TIMEOUT, decode_stored_image, open_checked, read_bounded
 from .datasets import IMAGE_COLUMNS, LABEL_COLUMNS, ImageDataset, datasets_library, find_column
 from .shards import FORMAT, MANIFEST, SHARD_NAME, label_of

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .._util.files import atomic_write_text, parameter_count, read_json, write_json
+from .._util.files import atomic_write_text, read_json, write_json
+from .._util.text import parameter_count
 from ..checkpoints.catalogue import BUNDLED_MODELS, architecture_of, find_entry
 from ..checkpoints.hub import GENERATED_CARD_MARK, MODEL_CARD_NAME, PROCESSOR_CONFIG_NAME, is_generated_card
 from ..checkpoints.naming import default_model_name

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from .._util.files import check_writable, parameter_count
+from .._util.files import check_writable
+from .._util.text import parameter_count
 from ..data.datasets import LabelledImages
 from ..data.sources import as_dataset
 from ..inference.few_shot import fewshot
