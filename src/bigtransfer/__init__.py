@@ -1,7 +1,7 @@
 """bigtransfer: BiT (Big Transfer) models, drop-in compatible with transformers' BiT API and checkpoints."""
 
 from . import _moved
-from .checkpoints.hub import package_version
+from ._util.package import package_version
 from .inference.auto_classes import register, unregister
 from .inference.pipelines import pipeline
 from .models.config import BitConfig

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import socket
 import tempfile
 import urllib.parse
@@ -25,31 +24,6 @@ SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_CANDIDATES = (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX)
-
-
-def package_version() -> str:
-    """bigtransfer's installed version (pyproject.toml is its one source), as checkpoints and exports record it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("bigtransfer")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "0+unknown"
-
-
-def install_hint(extra: str) -> str:
-    """How to install the optional feature `extra`: bigtransfer is installed from its repository (it is not on
-    PyPI), so the command is pip's editable install of the extra in a clone; the packages it brings are read from
-    the installed metadata, so the hint and pyproject.toml cannot disagree."""
-    from importlib.metadata import PackageNotFoundError, requires
-
-    try:
-        requirements = requires("bigtransfer") or []
-    except PackageNotFoundError:
-        requirements = []
-    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
-    packages = [re.split(r"[\s;<>=!~\[]", line, maxsplit=1)[0] for line in requirements if marker.search(line)]
-    return f"pip install -e '.[{extra}]' in a bigtransfer clone" + (f" ({', '.join(packages)})" if packages else "")
 
 
 class HubUnavailableError(OSError):

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from ..checkpoints.hub import package_version
+from .._util.package import package_version
 from ..data.workers import LoaderWorkerError
 from . import bench, demo, export, features, predict, serve, shard, training, zoo_commands
 from ._options import CommandParser, resolve_positionals

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.hub import install_hint
+from .._util.package import install_hint
 from ._options import emit
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints.hub import install_hint
+from .._util.package import install_hint
 from ..serve.address import HIGHEST_PORT, LOWEST_PORT, check_port
 from ._options import (
     BF16_EXPORT_HELP,

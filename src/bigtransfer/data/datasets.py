@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from .._util.files import atomic_path, read_json
+from .._util.package import install_hint
 from .._util.text import printable
-from ..checkpoints.hub import install_hint
 from ..processing.decoding import (
     IMAGE_SUFFIXES,
     decode_image,

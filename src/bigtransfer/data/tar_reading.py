@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ..checkpoints.hub import install_hint
+from .._util.package import install_hint
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")  # a sample's image, the first of these it holds
 LABEL_FIELDS = ("cls", "json")  # its class id (the WebDataset convention), or {"labels": [ids…]} (multi-label)

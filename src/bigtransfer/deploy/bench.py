@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints.hub import package_version
+from .._util.package import package_version
 from ..data.datasets import ImageDataset
 from ..data.eval_batches import input_batches
 from ..models.modeling import BitForImageClassification

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.files import atomic_directory
+from .._util.package import package_version
 from .._util.quiet import quiet_logger
-from ..checkpoints.hub import package_version
 from ..processing.base import ProcessorBase
 from ..runtime.exported import (
     EXPORT_INFO_FILE,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .._util.files import atomic_path
-from ..checkpoints.hub import install_hint
+from .._util.package import install_hint
 
 logger = logging.getLogger(__name__)
 HEADLINES = {"eval_top1": "top-1", "eval_map": "mAP"}  # metrics.jsonl's held-out measurements, as the plot names them

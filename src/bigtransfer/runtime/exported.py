@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from .._util.files import read_json
+from .._util.package import install_hint
 from .._util.quiet import quiet_logger
-from ..checkpoints.hub import install_hint
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
 from .model_files import REEXPORT, check_pt2, reading

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints.hub import install_hint
+from .._util.package import install_hint
 from .model_files import reading
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..checkpoints.hub import package_version
+from .._util.package import package_version
 from ..inference.pipelines import ranked
 from . import admission
 from .admission import DecodeBudget, ImagePlaces
