@@ -100,7 +100,7 @@ def test_a_lazy_upward_import_is_caught():
         ("bigtransfer.sources", "bigtransfer.checkpoints.catalogue", "bundled_model"),
         ("bigtransfer.convert", "bigtransfer.checkpoints.timm", "timm_to_bit_state_dict"),
         ("bigtransfer.convert.npz", "bigtransfer.checkpoints.npz", "read_npz"),
-        ("bigtransfer.loading", "bigtransfer.data.device", "resolve_device"),
+        ("bigtransfer.loading", "bigtransfer._util.device", "resolve_device"),
         ("bigtransfer.train.evaluate", "bigtransfer.inference.plots", "plot_curves"),
         ("bigtransfer.train.few_shot", "bigtransfer.train.pre_training", "FewShotCheck"),
         ("bigtransfer.pipeline", "bigtransfer.inference.pipelines", "pipeline"),

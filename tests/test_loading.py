@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bigtransfer.data.device import resolve_device
+from bigtransfer._util.device import resolve_device
 from bigtransfer.data.workers import LoaderWorkerError, default_workers, ordered_results, resolve_workers, stack_images
 from bigtransfer.processing.decoding import decode_image
 

@@ -33,7 +33,7 @@ MOVED = {
     "bigtransfer.image_inputs": ("bigtransfer.processing.decoding",),
     "bigtransfer.processing_base": ("bigtransfer.processing.base", "bigtransfer.processing.transform"),
     "bigtransfer.processing_fast": ("bigtransfer.processing.fast",),
-    "bigtransfer.loading": ("bigtransfer.data.workers", "bigtransfer.data.device"),
+    "bigtransfer.loading": ("bigtransfer.data.workers", "bigtransfer.data.device", "bigtransfer._util.device"),
     "bigtransfer.pipeline": ("bigtransfer.inference.pipelines",),
     "bigtransfer.train.data": ("bigtransfer.data.datasets", "bigtransfer.data.sources"),
     "bigtransfer.train.evaluate": (

@@ -53,10 +53,10 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     import numpy as np
     import torch
 
+    from .._util.device import resolve_device
     from .._util.files import atomic_path
     from .._util.text import printable
     from ..data.datasets import ImageDataset
-    from ..data.device import resolve_device
     from ..inference.predict import pooled_features
     from ..models.modeling import BitModel
     from ..processing.exact import BitImageProcessor

@@ -1,4 +1,5 @@
-"""Where the model runs, and getting 8-bit batches there without stalling the host."""
+"""The layout a model runs in on its device, and getting 8-bit batches there without stalling the host (which
+device: `_util.device.resolve_device`)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,6 @@ from collections.abc import Sequence
 import torch
 
 from .workers import LoadedImages
-
-
-def resolve_device(name: str | int | torch.device | None) -> torch.device:
-    """The device asked for (an int is a CUDA index, -1 the CPU, as in transformers' pipelines), else CUDA when
-    there is one; a clear error for CUDA where torch sees none."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device("cpu" if name == -1 else name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use --device cpu, or install "
-            "a CUDA build of PyTorch on a machine with an NVIDIA driver."
-        )
-    return device
 
 
 def use_channels_last(channels_last: bool | None, device: torch.device) -> bool:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util.device import resolve_device
 from ..data.datasets import ImageDataset
-from ..data.device import resolve_device
 from ..data.sources import as_dataset
 from ..models.modeling import BitModel, BitPreTrainedModel
 from ..processing.base import ProcessorBase

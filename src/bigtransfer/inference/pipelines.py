@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..data.device import resolve_device
+from .._util.device import resolve_device
 from ..models.modeling import BitForImageClassification, BitModel
 from ..processing.base import ProcessorBase
 from ..processing.decoding import fetch_image, is_url

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..data.device import resolve_device
+from .._util.device import resolve_device
 from ..models.modeling import BitForImageClassification
 from .exported import ExportedClassifier, exported_file, is_export_directory
 from .openvino import OPENVINO_FILE

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..data.device import resolve_device
+from .._util.device import resolve_device
 
 PATIENT_TIMEOUT = datetime.timedelta(days=1)  # how long the other processes wait while rank 0 measures
 

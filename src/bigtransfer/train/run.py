@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from .._util.device import resolve_device
 from .._util.files import exclusive, write_json
 from ..data.datasets import LabelledImages
-from ..data.device import resolve_device
 from ..data.workers import resolve_workers
 from ..inference.metrics import headline
 from ..inference.plots import plot_confusion, plot_curves
