@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
+from .._util.errors import LoaderWorkerError
 from .._util.package import package_version
-from ..data.workers import LoaderWorkerError
 from . import bench, demo, export, features, predict, serve, shard, training, zoo_commands
 from ._options import CommandParser, resolve_positionals
 

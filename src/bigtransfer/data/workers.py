@@ -20,14 +20,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from .._util.errors import LoaderWorkerError
 from .datasets import LabelledImages
 
 MAX_DEFAULT_WORKERS = 16
 PREFETCH_PER_WORKER = 2
-
-
-class LoaderWorkerError(RuntimeError):
-    """A loading worker process died; the message says what usually causes it and what to try."""
 
 
 class Task(Protocol):
