@@ -104,11 +104,19 @@ def test_a_lazy_upward_import_is_caught():
         ("bigtransfer.train.evaluate", "bigtransfer.inference.plots", "plot_curves"),
         ("bigtransfer.train.few_shot", "bigtransfer.train.pre_training", "FewShotCheck"),
         ("bigtransfer.pipeline", "bigtransfer.inference.pipelines", "pipeline"),
+        ("bigtransfer.pipeline", "bigtransfer.runtime.classifier", "load_classifier"),
+        ("bigtransfer.checkpoints.io", "bigtransfer._util.files", "atomic_write_text"),
+        ("bigtransfer.checkpoints.io", "bigtransfer._util.text", "printable"),
+        ("bigtransfer.deploy.runtime", "bigtransfer.runtime.exported", "ExportedClassifier"),
+        ("bigtransfer.deploy.openvino", "bigtransfer.runtime.openvino", "OpenVINORunner"),
+        ("bigtransfer.deploy.openvino", "bigtransfer.deploy.openvino_ir", "convert"),
+        ("bigtransfer.deploy.model_files", "bigtransfer.runtime.model_files", "check_pt2"),
+        ("bigtransfer.deploy.quiet", "bigtransfer._util.quiet", "quiet_logger"),
     ],
 )
-def test_release_0_1_module_paths_still_import_with_a_deprecation_warning(old, new, name):
-    """Every name a 0.1 module held that still exists resolves to the same object, also where the module's
-    contents were split over several new ones."""
+def test_old_module_paths_still_import_with_a_deprecation_warning(old, new, name):
+    """Every name a module of release 0.1 or of the first layered cut held that still exists resolves to the same
+    object, also where the module's contents were split over several new ones."""
     import importlib
 
     module = importlib.import_module(old)
@@ -117,6 +125,23 @@ def test_release_0_1_module_paths_still_import_with_a_deprecation_warning(old, n
     assert found is getattr(importlib.import_module(new), name)
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"), pytest.warns(DeprecationWarning):
         module.no_such_name  # noqa: B018
+
+
+def test_an_old_module_path_never_shadows_a_module_of_the_package():
+    """An old path is registered in sys.modules before anything imports it: were it still a module, importing the
+    module would give the forwarding stand-in instead."""
+    from bigtransfer._moved import MOVED
+
+    assert [old for old in MOVED if old in MODULES] == []
+
+
+def test_an_old_from_import_gives_the_moved_object():
+    from bigtransfer.runtime.exported import ExportedClassifier
+
+    with pytest.warns(DeprecationWarning, match="bigtransfer.deploy.runtime moved to bigtransfer.runtime.exported"):
+        from bigtransfer.deploy.runtime import ExportedClassifier as old_path
+
+    assert old_path is ExportedClassifier
 
 
 def test_an_old_module_path_does_not_replace_the_function_of_that_name():

@@ -1,7 +1,8 @@
-"""The module paths of release 0.1, before the package was cut into layers: importing one still works for this
-release, with a DeprecationWarning naming where its contents went, and every name it held that still exists
-under that name resolves to the same object. Remove this file (and its install in `__init__`) in the next
-release.
+"""The module paths of release 0.1, before the package was cut into layers, and those of the second cut (issue 32:
+_util/ and runtime/): importing one still works for this release, with a DeprecationWarning naming where its
+contents went, and every name it held that still exists under that name resolves to the same object. Remove this
+file (and its install in `__init__`) in the next release. A path here must not be a module of the package: its
+stand-in would shadow the real module (tests/test_layout.py checks).
 
 Not bridged: `bigtransfer.train.pretrain` (now `pre_training`; `bigtransfer.train.pretrain` is the function),
 and the Python signatures that changed: `finetune`/`pretrain` take `recipe=` and `run=`, and the converters'
@@ -34,7 +35,7 @@ MOVED = {
     "bigtransfer.processing_base": ("bigtransfer.processing.base", "bigtransfer.processing.transform"),
     "bigtransfer.processing_fast": ("bigtransfer.processing.fast",),
     "bigtransfer.loading": ("bigtransfer.data.workers", "bigtransfer.data.device", "bigtransfer._util.device"),
-    "bigtransfer.pipeline": ("bigtransfer.inference.pipelines",),
+    "bigtransfer.pipeline": ("bigtransfer.inference.pipelines", "bigtransfer.runtime.classifier"),
     "bigtransfer.train.data": ("bigtransfer.data.datasets", "bigtransfer.data.sources"),
     "bigtransfer.train.evaluate": (
         "bigtransfer.inference.predict",
@@ -44,13 +45,19 @@ MOVED = {
         "bigtransfer._util.files",
     ),
     "bigtransfer.train.few_shot": ("bigtransfer.inference.few_shot", "bigtransfer.train.pre_training"),
+    # the second cut: general helpers to _util/, the runtime of exported graphs to runtime/
+    "bigtransfer.checkpoints.io": ("bigtransfer._util.files", "bigtransfer._util.text"),
+    "bigtransfer.deploy.runtime": ("bigtransfer.runtime.exported",),
+    "bigtransfer.deploy.openvino": ("bigtransfer.runtime.openvino", "bigtransfer.deploy.openvino_ir"),
+    "bigtransfer.deploy.model_files": ("bigtransfer.runtime.model_files",),
+    "bigtransfer.deploy.quiet": ("bigtransfer._util.quiet",),
 }
 
 
 def _forwarding_module(old: str, targets: tuple[str, ...]) -> ModuleType:
     """A module named `old` whose attributes are looked up in `targets`, in order, on first use (PEP 562
     `__getattr__`), each lookup with a DeprecationWarning."""
-    forwarding = ModuleType(old, f"Release 0.1's {old}, now {', '.join(targets)}.")
+    forwarding = ModuleType(old, f"The former {old}, now {', '.join(targets)}.")
     forwarding.__path__ = []  # 0.1 packages (bigtransfer.convert) had children, which are registered too
 
     def __getattr__(name: str):
