@@ -9,8 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from .._util.package import install_hint
 from ._options import emit
 
@@ -36,6 +34,8 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def _save_reload_classify(args: argparse.Namespace, out: Path) -> dict:
+    import torch
+
     from ..models.config import BitConfig
     from ..models.modeling import BitForImageClassification
     from ..processing.exact import BitImageProcessor

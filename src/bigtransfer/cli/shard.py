@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from .._util.text import byte_size, plural
-from ..data.shard_writing import STREAM_BUFFER
 from ._options import (
     add_data_argument,
     add_datasets_arguments,
@@ -49,8 +48,8 @@ def register(commands) -> None:
                     help="stream DATA (a dataset name) instead of reading it through the datasets cache: each row "
                     "is read once and nothing is kept, for datasets larger than the disk; its labels must be a "
                     "ClassLabel")  # fmt: skip
-    hf.add_argument("--shuffle-buffer", type=positive_int, default=STREAM_BUFFER, metavar="N",
-                    help=f"with --streaming: rows in the seeded shuffle buffer (default {STREAM_BUFFER:,}); "
+    hf.add_argument("--shuffle-buffer", type=positive_int, default=10_000, metavar="N",
+                    help="with --streaming: rows in the seeded shuffle buffer (default 10,000); "
                     "without it the whole dataset is shuffled")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (once the new one is whole)")
     add_workers_argument(parser)
