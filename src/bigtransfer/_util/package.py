@@ -3,7 +3,9 @@ that features outside the core need."""
 
 from __future__ import annotations
 
+import importlib
 import re
+from types import ModuleType
 
 
 def package_version() -> str:
@@ -29,3 +31,12 @@ def install_hint(extra: str) -> str:
     marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
     packages = [re.split(r"[\s;<>=!~\[]", line, maxsplit=1)[0] for line in requirements if marker.search(line)]
     return f"pip install -e '.[{extra}]' in a bigtransfer clone" + (f" ({', '.join(packages)})" if packages else "")
+
+
+def optional_import(module: str, needed_for: str, extra: str) -> ModuleType:
+    """`module`, which only the optional feature `extra` installs; when it is missing, an ImportError saying what
+    needs it (`needed_for`, e.g. "Running an ONNX export needs ONNX Runtime") and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{needed_for}: {install_hint(extra)}.") from None

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .._util.files import atomic_path, read_json
-from .._util.package import install_hint
+from .._util.package import optional_import
 from .._util.text import printable
 from ..processing.decoding import (
     IMAGE_SUFFIXES,
@@ -405,11 +405,7 @@ def contained_image_path(path: str, roots: Sequence[Path], name: str) -> str:
 
 
 def datasets_library():
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError(f"Reading a Hugging Face dataset needs `datasets`: {install_hint('datasets')}.") from None
-    return datasets
+    return optional_import("datasets", "Reading a Hugging Face dataset needs `datasets`", "datasets")
 
 
 def find_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from .._util.package import install_hint
+from .._util.package import optional_import
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")  # a sample's image, the first of these it holds
 LABEL_FIELDS = ("cls", "json")  # its class id (the WebDataset convention), or {"labels": [ids…]} (multi-label)
@@ -43,11 +43,7 @@ class _BoundedHeader(tarfile.TarInfo):
 
 
 def webdataset_library():
-    try:
-        import webdataset
-    except ImportError:
-        raise ImportError(f"Reading or writing tar shards needs webdataset: {install_hint('shards')}.") from None
-    return webdataset
+    return optional_import("webdataset", "Reading or writing tar shards needs webdataset", "shards")
 
 
 def read_samples(url: str) -> Iterator[dict[str, Any]]:

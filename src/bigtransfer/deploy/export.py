@@ -19,14 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.files import atomic_directory
-from .._util.package import package_version
+from .._util.package import optional_import, package_version
 from .._util.quiet import quiet_logger
 from ..processing.base import ProcessorBase
 from ..runtime.exported import (
     EXPORT_INFO_FILE,
     FEATURES_NAME,
     INPUT_NAME,
-    INSTALL_HINT,
     ONNX_FILE,
     OUTPUT_NAME,
     PT2_FILE,
@@ -93,10 +92,7 @@ TORCHVISION_NOTICES = "torch.onnx._internal.exporter._registration"
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, features: bool = False) -> None:
     """model.onnx at `path`; with `features`, the pooled features are a second output."""
-    try:
-        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
-    except ImportError:
-        raise ImportError(f"ONNX export needs onnx and onnxscript: {INSTALL_HINT}.") from None
+    optional_import("onnxscript", "ONNX export needs onnx and onnxscript", "onnx")  # torch's ONNX exporter needs it
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings(), quiet_logger(TORCHVISION_NOTICES):
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices from inside the exporter

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util.package import optional_import
 from .._util.quiet import quiet_logger
-from ..runtime.openvino import OPENVINO_HINT, import_openvino
+from ..runtime.openvino import import_openvino
 
 
 def weights_file(xml: Path) -> Path:
@@ -29,10 +30,7 @@ def quantize(xml: Path, out: Path, images: list[np.ndarray]) -> None:
     int8 with per-channel weights, activation ranges from `images` (one preprocessed image per array), and
     NNCF's fast bias correction. GroupNorm stays in float."""
     openvino = import_openvino()
-    try:
-        import nncf
-    except ImportError:
-        raise ImportError(f"int8 OpenVINO export needs NNCF: {OPENVINO_HINT}.") from None
+    nncf = optional_import("nncf", "int8 OpenVINO export needs NNCF", "openvino")
     # NNCF draws progress bars and logs on stdout: send them to stderr
     with quiet_logger("nncf", logging.WARNING), contextlib.redirect_stdout(sys.stderr):
         quantized = nncf.quantize(

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util.package import optional_import
 from ..data.datasets import ImageDataset
 from ..data.eval_batches import input_batches
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
 from ..runtime import openvino
-from ..runtime.exported import INPUT_NAME, INSTALL_HINT, ONNX_FILE, OUTPUT_NAME, onnx_session
+from ..runtime.exported import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, onnx_session
 from . import openvino_ir
 
 # Only convolutions and the head run in int8. GroupNorm has no int8 kernel in ONNX Runtime, so quantizing the
@@ -30,11 +31,7 @@ Logits = Callable[[np.ndarray], np.ndarray]  # float32 pixel_values → logits, 
 
 
 def _quantization():
-    try:
-        from onnxruntime import quantization
-    except ImportError:
-        raise ImportError(f"int8 export needs ONNX Runtime's quantization tools: {INSTALL_HINT}.") from None
-    return quantization
+    return optional_import("onnxruntime.quantization", "int8 export needs ONNX Runtime's quantization tools", "onnx")
 
 
 @dataclasses.dataclass

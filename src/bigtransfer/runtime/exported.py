@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._util.files import read_json
-from .._util.package import install_hint
+from .._util.package import optional_import
 from .._util.quiet import quiet_logger
 from ..models.config import BitConfig
 from ..models.outputs import ImageClassifierOutputWithNoAttention
@@ -25,7 +25,6 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "pooler_output"  # the pooled pre-logit features, a second output of OpenVINO exports
 EXPORT_FILES = (ONNX_FILE, OPENVINO_FILE, PT2_FILE)
-INSTALL_HINT = install_hint("onnx")
 
 
 def exported_file(directory: str | os.PathLike) -> Path | None:
@@ -41,11 +40,7 @@ def is_export_directory(path: str | os.PathLike) -> bool:
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError(f"Running an ONNX export needs ONNX Runtime: {INSTALL_HINT}.") from None
-    return onnxruntime
+    return optional_import("onnxruntime", "Running an ONNX export needs ONNX Runtime", "onnx")
 
 
 def onnx_session(path: str | os.PathLike, device: torch.device | None = None, threads: int | None = None):

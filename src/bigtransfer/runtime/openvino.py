@@ -10,21 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .._util.package import install_hint
+from .._util.package import optional_import
 from .model_files import reading
 
 logger = logging.getLogger(__name__)
 
 OPENVINO_FILE = "openvino_model.xml"  # optimum-intel's names; the weights go beside it in openvino_model.bin
-OPENVINO_HINT = install_hint("openvino")
 
 
 def import_openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise ImportError(f"OpenVINO exports need OpenVINO: {OPENVINO_HINT}.") from None
-    return openvino
+    return optional_import("openvino", "OpenVINO exports need OpenVINO", "openvino")
 
 
 class OpenVINORunner:
