@@ -1,10 +1,11 @@
 """Dynamic batching: requests that arrive within a short delay share one forward pass.
 
 One task drains a bounded queue: it takes the oldest request, waits at most `max_delay` for more of the same
-input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images, runs the model once on the batch in a worker thread (the event loop
-keeps accepting requests meanwhile) and hands each request its rows. The model sees one batch at a time. A full
-queue refuses new requests at once (`QueueFull` → 503) instead of letting latency grow without bound; a request
-whose caller stopped waiting (timeout) is dropped before it reaches the model.
+input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images,
+runs the model once on the batch in a worker thread (the event loop keeps accepting requests meanwhile) and
+hands each request its rows. The model sees one batch at a time. A full queue refuses new requests at once
+(`QueueFull` → 503) instead of letting latency grow without bound; a request whose caller stopped waiting
+(timeout) is dropped before it reaches the model.
 """
 
 from __future__ import annotations
