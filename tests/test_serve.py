@@ -151,6 +151,21 @@ def test_a_request_whose_caller_stopped_waiting_never_reaches_the_model():
     assert asyncio.run(scenario()).tolist() == [[1.0]] and [batch.tolist() for batch in seen] == [[[1.0]]]
 
 
+def test_uint8_pixels_and_float_model_input_never_share_a_batch():
+    seen = []
+
+    async def scenario():
+        batcher = DynamicBatcher(lambda batch: seen.append(batch.dtype) or batch, max_batch_size=4, max_delay=0.2)
+        batcher.start()
+        pixels, values = np.ones((1, 3, 3), np.uint8), np.ones((1, 3, 3), np.float32)
+        answers = await asyncio.gather(batcher.run(pixels), batcher.run(values))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert sorted(map(str, seen)) == ["float32", "uint8"] and [a.dtype for a in answers] == [np.uint8, np.float32]
+
+
 # -- routes, in process -----------------------------------------------------------------------------------------
 
 
@@ -174,6 +189,29 @@ def test_predict_equals_the_predict_command_for_raw_and_multipart_uploads(served
                 )
             assert raw["model"] == "cats" and raw["milliseconds"] > 0
         assert len(client.post("/predict?top_k=1", content=photos[0].read_bytes()).json()["labels"]) == 1
+
+
+def test_images_travel_to_the_model_as_uint8_and_answer_what_predict_gives_to_the_bit(served, model_dir, photos):
+    """predict's input rule: uint8 H×W×3 through the batcher (a quarter of float32's bytes), normalised once per
+    batch on the model's device; pixel_values (already normalised) go in as they are."""
+    batches = []
+    recording = ServedModel.__new__(ServedModel)
+    recording.__dict__.update(served.__dict__)
+    recording.logits = lambda batch: batches.append((batch.dtype, batch.shape)) or served.logits(batch)
+    expected = predicted_logits(model_dir, photos)
+    with client_for(recording) as client:
+        for photo, row in zip(photos, expected):
+            request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                   "data": [base64.b64encode(photo.read_bytes()).decode()]}]}  # fmt: skip
+            answer = client.post("/v2/models/cats/infer", json=request).json()["outputs"]
+            assert np.array_equal(np.float32(answer[0]["data"]), row)  # JSON's doubles hold float32 exactly
+            assert np.array_equal(np.float32(answer[1]["data"]), torch.from_numpy(row).softmax(-1).numpy())
+            normalised = served.transform.normalise_pixels(torch.from_numpy(served.pixels(photo.read_bytes())[None]))
+            request = {"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                   "data": normalised.flatten().tolist()}]}  # fmt: skip
+            answer = client.post("/v2/models/cats/infer", json=request).json()["outputs"]
+            assert np.array_equal(np.float32(answer[0]["data"]), row)
+    assert batches == [(np.uint8, (1, 32, 32, 3)), (np.float32, (1, 3, 32, 32))] * len(photos)
 
 
 def test_bad_requests_get_their_status_and_reason(served, photos, tmp_path):

@@ -158,7 +158,7 @@ def slow_decoder(served, seconds: float) -> tuple[ServedModel, dict]:
         time.sleep(seconds)
         with lock:
             record["under_way"] -= cost
-        return np.zeros((3, served.height, served.width), np.float32)  # a header is no image to decode
+        return np.zeros((served.height, served.width, 3), np.uint8)  # a header is no image to decode
 
     slow.pixels = pixels
     return slow, record
@@ -206,6 +206,41 @@ def test_images_being_decoded_count_against_the_queue(served, photo):
         assert first.result().status_code == 200
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
     assert "3 images are under way (--max-queue 4)" in second.json()["error"]
+
+
+def counting_decoder(served) -> tuple[ServedModel, list[str], list[str]]:
+    """`served` recording the names of the images whose decoding started, and of those whose header it read."""
+    counting = ServedModel.__new__(ServedModel)
+    counting.__dict__.update(served.__dict__)
+    decoded, headers = [], []
+    counting.pixels = lambda data, name="the image": decoded.append(name) or served.pixels(data, name)
+    counting.decoding_bytes = lambda data, name="the image": headers.append(name) or served.decoding_bytes(data, name)
+    return counting, decoded, headers
+
+
+def test_a_request_of_more_images_than_the_queue_is_refused_before_any_is_decoded(served, tmp_path):
+    """Issue 32: 300 one-pixel PNGs against --max-queue 4 once took 1.8 GB before the 413."""
+    pixel = png_header(tmp_path / "pixel.png", 1, 1, black=True).read_bytes()
+    counting, decoded, headers = counting_decoder(served)
+    with client_for(counting, max_queue=MAX_QUEUE) as client:
+        answer = client.post(f"/v2/models/{NAME}/infer", json=infer_request([pixel] * 300))
+    assert answer.status_code == 413 and f"at most {MAX_QUEUE} (--max-queue)" in answer.json()["error"]
+    assert decoded == [] and headers == []
+
+
+def test_a_request_stops_decoding_at_its_first_unreadable_image(served, photo, monkeypatch):
+    counting, decoded, _ = counting_decoder(served)
+    with client_for(counting) as client:  # refused by its header: the next image is never opened
+        answer = client.post(f"/v2/models/{NAME}/infer", json=infer_request([photo, b"not an image", photo]))
+    assert answer.status_code == 400 and "image 1 of the request" in answer.json()["error"]
+    assert decoded == ["image 0 of the request"]
+    decoded.clear()
+    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", served.decoding_bytes(photo))  # one decode at a time
+    cut_short = photo[: len(photo) // 2]  # its header reads, its pixels break off
+    with client_for(counting) as client:
+        answer = client.post(f"/v2/models/{NAME}/infer", json=infer_request([photo, cut_short, photo]))
+    assert answer.status_code == 400 and "image 1 of the request" in answer.json()["error"]
+    assert decoded == ["image 0 of the request", "image 1 of the request"]  # image 2's turn came after the failure
 
 
 # -- 6: host and origin --------------------------------------------------------------------------------------------

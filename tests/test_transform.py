@@ -52,9 +52,37 @@ def test_decoded_geometry_resizes_the_image_itself_to_the_same_pixels(resample, 
     """Resizing the decoded image saves two full-size copies; the pixels are geometry's of its array exactly."""
     image = _photo(50, 70, seed=3)
     transform = BitImageProcessor(resample=resample, **settings).eval_transform()
-    expected = np.moveaxis(transform.geometry(np.moveaxis(np.asarray(image), -1, 0)), 0, -1)
+    expected = transform.geometry(np.asarray(image))
     got = transform.decoded_geometry(image)
     assert got.dtype == np.uint8 and got.flags.writeable and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("settings", [{}, {"size": 448, "crop_size": 448, "resample": 2},
+                                      {"size": 100, "crop_size": (120, 90)}, {"size": 64, "crop_size": 60, "resample": 0}])  # fmt: skip
+def test_decode_resize_and_crop_stay_channels_last_and_give_the_processors_pixels_to_the_bit(settings, tmp_path):
+    """A photo file as predict's workers and serve hand it over (H×W×3 uint8, never channels-first) is the exact
+    processor's and transformers' output, channels-first only at the processor's API; with values, the same."""
+    from skimage import data
+    from transformers import BitImageProcessorPil
+
+    from bigtransfer.processing.decoding import decode_image
+
+    path = tmp_path / "astronaut.jpg"
+    Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save(path, quality=90)
+    photo = decode_image(path)
+    pixels = BitImageProcessor(**settings).eval_transform().decoded_geometry(photo)
+    assert pixels.dtype == np.uint8 and pixels.shape[-1] == 3
+    unnormalised = BitImageProcessor(**settings, do_rescale=False, do_normalize=False)
+    theirs = BitImageProcessorPil(**settings, do_rescale=False, do_normalize=False)
+    channels_first = np.moveaxis(pixels, -1, 0)[None]
+    assert np.array_equal(unnormalised(str(path), return_tensors="np")["pixel_values"], channels_first)
+    assert np.array_equal(theirs(photo, return_tensors="np")["pixel_values"], channels_first)
+    last = unnormalised(str(path), data_format="channels_last", return_tensors="np")["pixel_values"]
+    assert np.array_equal(last, pixels[None])
+    expected = BitImageProcessorPil(**settings)(photo, return_tensors="np")["pixel_values"]
+    array = np.array(photo)
+    for image in (str(path), photo, array, np.moveaxis(array, -1, 0), torch.from_numpy(array)):
+        assert np.array_equal(BitImageProcessor(**settings)(image, return_tensors="np")["pixel_values"], expected)
 
 
 def test_the_fast_processor_normalises_through_the_same_transform():
@@ -76,12 +104,12 @@ def test_the_fast_processor_normalises_through_the_same_transform():
 def test_fixed_size_is_the_size_every_image_comes_out_at(settings, size):
     transform = BitImageProcessor(**settings).eval_transform()
     assert transform.fixed_size() == size
-    assert transform.geometry(np.zeros((3, 50, 90), dtype=np.uint8)).shape[1:] == size
+    assert transform.geometry(np.zeros((50, 90, 3), dtype=np.uint8)).shape[:2] == size
 
 
 def test_aspect_keeping_settings_cannot_be_batched():
     transform = BitImageProcessor(size={"shortest_edge": 40}, do_center_crop=False).eval_transform()
-    assert transform.geometry(np.zeros((3, 50, 100), dtype=np.uint8)).shape[1:] == (40, 80)
+    assert transform.geometry(np.zeros((50, 100, 3), dtype=np.uint8)).shape[:2] == (40, 80)
     with pytest.raises(ValueError, match="cannot be batched"):
         transform.fixed_size()
 

@@ -343,13 +343,14 @@ def array_to_rgb(image: np.ndarray) -> np.ndarray:
     return np.round(composite).astype(image.dtype) if white == 255 else composite.astype(image.dtype)
 
 
-def to_channels_first(image: ImageLike, do_convert_rgb: bool, input_data_format: str | None) -> np.ndarray:
-    """A numpy C×H×W array, RGB-converted when asked (paths are opened, tensors moved to numpy)."""
+def to_channels_last(image: ImageLike, do_convert_rgb: bool, input_data_format: str | None) -> np.ndarray:
+    """A numpy H×W×C array (decoders' layout, which the geometry works in), RGB-converted when asked (paths are
+    opened, tensors moved to numpy)."""
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
     if isinstance(image, Image.Image):
         array = np.array(pil_to_rgb(image) if do_convert_rgb else image)
-        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        return array[..., None] if array.ndim == 2 else array
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.number)):
@@ -362,8 +363,5 @@ def to_channels_first(image: ImageLike, do_convert_rgb: bool, input_data_format:
                 f"input_data_format='none' means H×W images without a channel axis, got shape {tuple(image.shape)}."
             )
         image, input_data_format = image[None], "channels_first"
-    axis = channel_axis(image.shape, input_data_format)
-    channels_last = np.moveaxis(image, axis, -1)
-    if do_convert_rgb:
-        channels_last = array_to_rgb(channels_last)
-    return np.moveaxis(channels_last, -1, 0)
+    channels_last = np.moveaxis(image, channel_axis(image.shape, input_data_format), -1)
+    return array_to_rgb(channels_last) if do_convert_rgb else channels_last

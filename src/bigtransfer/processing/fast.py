@@ -18,7 +18,7 @@ from .base import (
     parallel_map,
     stack_output,
 )
-from .decoding import decoded, flatten_images, load_image, load_image_path, open_checked, pil_to_rgb, to_channels_first
+from .decoding import decoded, flatten_images, load_image, load_image_path, open_checked, pil_to_rgb, to_channels_last
 from .draft import draft_for
 from .transform import EvalTransform
 
@@ -42,7 +42,7 @@ def _decode(image: Any, settings: dict[str, Any], input_data_format: str | None,
         image = _decode_path(image, settings, use_draft)
     if isinstance(image, Image.Image) and settings["do_convert_rgb"]:
         return np.asarray(pil_to_rgb(image))  # wraps Pillow's buffer; copied once, when stacked
-    channels_last = np.moveaxis(to_channels_first(image, settings["do_convert_rgb"], input_data_format), 0, -1)
+    channels_last = to_channels_last(image, settings["do_convert_rgb"], input_data_format)
     # Other integer widths (uint16, int32 …) have few torch kernels: work on them as float32
     return channels_last if channels_last.dtype in (np.uint8, np.float32) else channels_last.astype(np.float32)
 

@@ -1,10 +1,11 @@
 """The evaluation transform: one object built from image processor settings, applied in two steps.
 
 `geometry` resizes and center-crops 8-bit pixels with Pillow, where images are decoded (loading workers,
-threads); `normalise` turns 8-bit batches into model input — × rescale, then (x − mean) / std — on the model's
-device. Prediction, evaluation, few-shot, training, export and the fast processor all normalise through here,
-so a file becomes the same numbers on every path; the exact processor keeps transformers' float64 rescale as
-the bit-exact reference.
+threads), in H×W×C as decoders lay them out (channels go first only at the processors' output, and on the
+model's device as a view); `normalise` turns 8-bit batches into model input — × rescale, then (x − mean) / std —
+on the model's device. Prediction, evaluation, few-shot, training, export, serve and the fast processor all
+normalise through here, so a file becomes the same numbers on every path; the exact processor keeps
+transformers' float64 rescale as the bit-exact reference.
 """
 
 from __future__ import annotations
@@ -105,23 +106,23 @@ def _pil_ready(image: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def pil_resize(image: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-    """Resize a C×H×W array with Pillow (antialiased when shrinking), keeping transformers' dtype rules."""
-    channels_last, scaled_up = _pil_ready(np.moveaxis(image, 0, -1))
-    squeezed = channels_last[..., 0] if channels_last.shape[-1] == 1 else channels_last
+    """Resize an H×W×C array with Pillow (antialiased when shrinking), keeping transformers' dtype rules."""
+    ready, scaled_up = _pil_ready(image)
+    squeezed = ready[..., 0] if ready.shape[-1] == 1 else ready
     resized = np.array(Image.fromarray(squeezed).resize((width, height), resample=resample, reducing_gap=None))
     resized = resized[..., None] if resized.ndim == 2 else resized
-    resized = np.moveaxis(resized, -1, 0)
     return (resized.astype(np.float64) * (1 / 255)).astype(np.float32) if scaled_up else resized
 
 
 def center_crop(image: np.ndarray, crop_height: int, crop_width: int) -> np.ndarray:
-    height, width = image.shape[-2:]
+    """The center crop of an H×W×C array (a view; zero-padded first where the image is smaller)."""
+    height, width = image.shape[:2]
     pad_top, pad_left, top, left = crop_window(height, width, crop_height, crop_width)
     if pad_top or pad_left:
-        canvas = np.zeros((image.shape[0], max(height, crop_height), max(width, crop_width)), dtype=image.dtype)
-        canvas[:, pad_top : pad_top + height, pad_left : pad_left + width] = image
+        canvas = np.zeros((max(height, crop_height), max(width, crop_width), image.shape[2]), dtype=image.dtype)
+        canvas[pad_top : pad_top + height, pad_left : pad_left + width] = image
         image = canvas
-    return image[:, top : top + crop_height, left : left + crop_width]
+    return image[top : top + crop_height, left : left + crop_width]
 
 
 # Pillow filters with a torch kernel of the same shape; the others run through Pillow itself.
@@ -132,9 +133,8 @@ def resize_batch(batch: torch.Tensor, height: int, width: int, resample: Resampl
     """Antialiased resize of a (N, C, H, W) batch; uint8 in → uint8 out, like resizing in Pillow."""
     mode = TORCH_MODES.get(resample)
     if mode is None:  # nearest / box / hamming / lanczos: Pillow, image by image
-        return torch.stack(
-            [torch.from_numpy(pil_resize(img.cpu().numpy(), height, width, resample)) for img in batch]
-        ).to(batch.device)
+        resized = [pil_resize(image.permute(1, 2, 0).cpu().numpy(), height, width, resample) for image in batch]
+        return torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in resized]).to(batch.device)
     if batch.dtype == torch.uint8 and batch.device.type == "cpu":
         # torch's uint8 kernels (channels-last, AVX2) mirror Pillow's and are several times faster
         return F.interpolate(batch, size=(height, width), mode=mode, antialias=True)
@@ -218,10 +218,10 @@ class EvalTransform:
 
     # -- step 1: geometry, where images are decoded ---------------------------------------------------------------
     def geometry(self, image: np.ndarray) -> np.ndarray:
-        """Resize and center-crop a C×H×W array with Pillow; 8-bit images stay 8-bit (the values come after)."""
-        check_image_size(image.shape[-1], image.shape[-2], "an image")
+        """Resize and center-crop an H×W×C array with Pillow; 8-bit images stay 8-bit (the values come after)."""
+        check_image_size(image.shape[1], image.shape[0], "an image")
         if self.do_resize:
-            height, width = resize_output_size(*image.shape[-2:], self.size)
+            height, width = resize_output_size(*image.shape[:2], self.size)
             image = pil_resize(image, height, width, self.resample)
         if self.do_center_crop:
             image = center_crop(image, self.crop_size["height"], self.crop_size["width"])
@@ -248,10 +248,10 @@ class EvalTransform:
         if self.do_resize:
             height, width = resize_output_size(image.height, image.width, self.size)
             image = image.resize((width, height), resample=self.resample, reducing_gap=None)
-        pixels = np.moveaxis(np.array(image), -1, 0)
+        pixels = np.array(image)
         if self.do_center_crop:
             pixels = center_crop(pixels, self.crop_size["height"], self.crop_size["width"])
-        return np.moveaxis(pixels, 0, -1)
+        return pixels
 
     # -- step 2: values, on the model's device --------------------------------------------------------------------
     def normalise(self, batch: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -270,17 +271,29 @@ class InferenceServer:
         return inflated
 
     async def _pixels(self, images: list[bytes]) -> np.ndarray:
-        """Encoded images → N×3×H×W model input, decoded in threads as the decode memory allows, one image's turn
-        at a time (so that other requests' images take turns with these), each charged what its header says
-        decoding will take (`ServedModel.decoding_bytes`); 400 naming the first unusable one, refused from its
-        header before it waits for a turn."""
+        """Encoded images → N×H×W×3 uint8 pixels (`ServedModel.pixels`), decoded in threads as the decode memory
+        allows, one image's turn at a time (so that other requests' images take turns with these), each charged
+        what its header says decoding will take (`ServedModel.decoding_bytes`); 400 naming the first unusable
+        one, refused from its header before it waits for a turn. Once one image fails to decode, the request's
+        images not yet started are never decoded."""
         names = ["the upload"] if len(images) == 1 else [f"image {i} of the request" for i in range(len(images))]
+        failed = threading.Event()
+
+        def pixels(data: bytes, name: str) -> np.ndarray | None:
+            if failed.is_set():
+                return None  # the request fails with the earlier image's error
+            try:
+                return self.model.pixels(data, name)
+            except Exception:
+                failed.set()
+                raise
+
         decodes = []
         try:
             for data, name in zip(images, names):
-                decodes.append(
-                    await self.decoding.start(self.model.decoding_bytes(data, name), self.model.pixels, data, name)
-                )
+                if failed.is_set():
+                    break
+                decodes.append(await self.decoding.start(self.model.decoding_bytes(data, name), pixels, data, name))
             decoded = await asyncio.gather(*decodes)
         except (ValueError, OSError) as error:
             raise ProtocolError(str(error)) from None
@@ -296,16 +309,16 @@ class InferenceServer:
             raise HTTPError(413, f"{images} images in one request: at most {self.limits.max_queue} (--max-queue).")
         need(images)
 
-    async def _logits(self, pixels: np.ndarray) -> np.ndarray:
-        """Logits through the batcher (its images were admitted); a request larger than a batch goes in
-        batch-sized parts, all withdrawn when one fails."""
+    async def _logits(self, pixels: np.ndarray) -> torch.Tensor:
+        """Logits (float32, on the CPU) through the batcher (its images were admitted); a request larger than a
+        batch goes in batch-sized parts, all withdrawn when one fails."""
         size = self.limits.max_batch_size
         parts = [
             asyncio.ensure_future(self.batcher.run(pixels[start : start + size]))
             for start in range(0, len(pixels), size)
         ]
         try:
-            return np.concatenate(await asyncio.gather(*parts))
+            return torch.cat(await asyncio.gather(*parts))
         except BaseException:
             for part in parts:
                 part.cancel()
@@ -333,7 +346,7 @@ class InferenceServer:
         if not body:
             raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
         scores = self.model.scores(await self._logits(await self._pixels([body])))
-        (labels,) = ranked(torch.from_numpy(scores), top_k, self.model.network.config.id2label)  # as predict ranks
+        (labels,) = ranked(scores, top_k, self.model.network.config.id2label)  # as predict ranks
         return JSONResponse({
             "model": self.model.name, "scores": self.model.score_function, "labels": labels,
             "milliseconds": round((time.perf_counter() - began) * 1000, 2),
@@ -374,12 +387,12 @@ class InferenceServer:
         if pixels is None or not len(pixels):
             raise ProtocolError("The input holds no image.")
         logits = await self._logits(pixels)
-        if tensor.name == "pixel_values" and not np.isfinite(logits).all():  # JSON has no NaN: out-of-range pixels
+        if tensor.name == "pixel_values" and not torch.isfinite(logits).all():  # JSON has no NaN: out-of-range pixels
             raise ProtocolError(
                 "The model's output for these pixel_values is not finite: send normalised pixels (values within a "
                 f"few units of 0; the largest here is {np.abs(pixels).max():g})."
             )
-        values = {"logits": logits, "scores": self.model.scores(logits)}
+        values = {"logits": logits.numpy(), "scores": self.model.scores(logits).numpy()}  # views, no copies
         outputs = []
         for output in parsed.outputs or [RequestedOutput(name, parsed.binary_default, 0) for name in OUTPUTS]:
             if output.name not in values:

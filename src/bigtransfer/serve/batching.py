@@ -1,10 +1,11 @@
 """Dynamic batching: requests that arrive within a short delay share one forward pass.
 
 One task drains a bounded queue: it takes the oldest request, waits at most `max_delay` for more of the same
-input shape up to `max_batch_size` images, runs the model once on the batch in a worker thread (the event loop
-keeps accepting requests meanwhile) and hands each request its rows. The model sees one batch at a time. A full
-queue refuses new requests at once (`QueueFull` → 503) instead of letting latency grow without bound; a request
-whose caller stopped waiting (timeout) is dropped before it reaches the model.
+input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images,
+runs the model once on the batch in a worker thread (the event loop keeps accepting requests meanwhile) and
+hands each request its rows. The model sees one batch at a time. A full queue refuses new requests at once
+(`QueueFull` → 503) instead of letting latency grow without bound; a request whose caller stopped waiting
+(timeout) is dropped before it reaches the model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +30,7 @@ class QueueFull(RuntimeError):
 
 @dataclasses.dataclass(eq=False)  # one request is equal to itself only
 class Pending:
-    inputs: np.ndarray  # N × … float32, N ≥ 1
+    inputs: np.ndarray  # N × …, N ≥ 1: uint8 pixels or float32 model input
     done: asyncio.Future
     queued_at: float
 
@@ -45,13 +47,13 @@ class BatchRecord:
 class DynamicBatcher:
     """`await batcher.run(inputs)` → the model's output rows for `inputs` (N × …), computed in a shared batch.
 
-    `model(batch)` takes and returns NumPy arrays (B × … in, B × … out) and runs in a thread. `on_batch` receives
-    a BatchRecord after each pass (metrics). `max_batch_size` 1 serves one image per pass (no batching).
+    `model(batch)` takes a NumPy array (B × …) and returns B rows (a NumPy array or a torch tensor), in a thread.
+    `on_batch` receives a BatchRecord after each pass (metrics). `max_batch_size` 1 serves one image per pass.
     """
 
     def __init__(
         self,
-        model: Callable[[np.ndarray], np.ndarray],
+        model: Callable[[np.ndarray], Any],
         max_batch_size: int = 32,
         max_delay: float = 0.005,
         max_queue: int = 256,
@@ -86,7 +88,7 @@ class DynamicBatcher:
                 await self._task
         self._model_thread.shutdown(wait=False)
 
-    async def run(self, inputs: np.ndarray) -> np.ndarray:
+    async def run(self, inputs: np.ndarray) -> Any:
         if len(inputs) > self.max_batch_size:
             raise ValueError(f"{len(inputs)} images in one request: at most {self.max_batch_size} (--max-batch-size).")
         if self.depth + len(inputs) > self.max_queue:
@@ -116,7 +118,7 @@ class DynamicBatcher:
         self._queue = []
 
     async def _gather(self) -> list[Pending]:
-        """The oldest live request and those of its shape that fit, waiting up to max_delay after it arrived."""
+        """The oldest live request and those of its kind that fit, waiting up to max_delay after it arrived."""
         self._drop_abandoned()
         if not self._queue:
             return []
@@ -129,7 +131,7 @@ class DynamicBatcher:
         self._drop_abandoned()
         batch, waiting, size = [], [], 0
         for pending in self._queue:
-            if pending.inputs.shape[1:] == first.inputs.shape[1:] and size + len(pending.inputs) <= self.max_batch_size:
+            if _same_kind(pending, first) and size + len(pending.inputs) <= self.max_batch_size:
                 batch.append(pending)
                 size += len(pending.inputs)
             else:
@@ -138,7 +140,7 @@ class DynamicBatcher:
         return batch
 
     def _fits(self, first: Pending) -> int:
-        return sum(len(p.inputs) for p in self._queue if p.inputs.shape[1:] == first.inputs.shape[1:])
+        return sum(len(pending.inputs) for pending in self._queue if _same_kind(pending, first))
 
     def _drop_abandoned(self) -> None:
         self._queue = [pending for pending in self._queue if not pending.done.done()]
@@ -163,3 +165,8 @@ class DynamicBatcher:
             start += len(pending.inputs)
             if not pending.done.done():  # its caller may have timed out meanwhile
                 pending.done.set_result(rows)
+
+
+def _same_kind(pending: Pending, other: Pending) -> bool:
+    """Whether two requests' inputs can be one batch: the same shape per image and the same dtype."""
+    return pending.inputs.shape[1:] == other.inputs.shape[1:] and pending.inputs.dtype == other.inputs.dtype

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..checkpoints.naming import check_model_name, default_model_name
+from ..data.device import to_device, use_channels_last
 from ..inference.pipelines import class_scores, default_function
 from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
 from ..processing.draft import draft_for
@@ -29,10 +30,12 @@ SERVE_MAX_IMAGE_PIXELS = int(os.environ.get(SERVE_PIXELS_ENV, 4096 * 4096))
 class ServedModel:
     """A classifier (torch, or an export directory run by ONNX Runtime or OpenVINO) and its preprocessing.
 
-    `pixels` turns encoded image bytes into model input as `predict` does (the checked decoder, the saved
-    preprocessing), but decoding no more than the model needs: JPEGs much larger than the resize at a reduced
-    scale (`draft_for`), and at most `SERVE_MAX_IMAGE_PIXELS`; `decoding_bytes` says beforehand what decoding
-    will take. `logits` runs a float32 batch. Both run in worker threads of the server.
+    The input rule of `predict`: `pixels` decodes encoded image bytes and resizes and crops them to the uint8
+    H×W×3 pixels `predict`'s loading workers hand over (the checked decoder, the saved preprocessing), but
+    decoding no more than the model needs: JPEGs much larger than the resize at a reduced scale (`draft_for`),
+    and at most `SERVE_MAX_IMAGE_PIXELS`; `decoding_bytes` says beforehand what decoding will take. `logits`
+    takes a batch of those pixels to the model's device as they are (a quarter of float32's bytes) and
+    normalises it there with `predict`'s `EvalTransform.normalise_pixels`. Both run in worker threads.
     """
 
     def __init__(self, model: str | os.PathLike, device: Any = None, bf16: bool = False, name: str | None = None):
@@ -53,6 +56,7 @@ class ServedModel:
         self.device = (
             parameter.device if parameter is not None else torch.device(getattr(self.network, "device", "cpu"))
         )
+        self.channels_last = use_channels_last(None, self.device)  # the layout `predict` gives the model
 
     @contextlib.contextmanager
     def _header(self, data: bytes, name: str) -> Iterator[Image.Image]:
@@ -72,22 +76,25 @@ class ServedModel:
             return decoding_bytes(opened)
 
     def pixels(self, data: bytes, name: str = "the image") -> np.ndarray:
-        """Encoded image bytes → float32 3×H×W model input; ValueError naming the problem for what is not an image
-        or breaks the image limits."""
+        """Encoded image bytes → uint8 H×W×3 pixels, resized and cropped (`EvalTransform.decoded_geometry`);
+        ValueError naming the problem for what is not an image or breaks the image limits."""
         with self._header(data, name) as opened:
             image = pil_to_rgb(decoded(opened, name))
-        geometry = self.transform.decoded_geometry(image)
-        return self.transform.normalise_pixels(torch.from_numpy(geometry[None])).numpy()[0]
+        return self.transform.decoded_geometry(image)
 
     @torch.inference_mode()
-    def logits(self, pixel_values: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)).to(self.device)
+    def logits(self, batch: np.ndarray) -> torch.Tensor:
+        """float32 logits, on the CPU, of a batch of `pixels` (uint8 N×H×W×3: normalised on the model's device, as
+        `predict` does), or of float32 N×3×H×W model input (KServe's pixel_values: taken as they are)."""
+        inputs = to_device(torch.from_numpy(batch), self.device)
+        if inputs.dtype == torch.uint8:
+            inputs = self.transform.normalise_pixels(inputs, self.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.network(batch).logits.float().cpu().numpy()
+            return self.network(inputs).logits.float().cpu()
 
-    def scores(self, logits: np.ndarray) -> np.ndarray:
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Class scores as `predict` and `pipeline()` give them (softmax; sigmoid for a multi-label head)."""
-        return class_scores(torch.from_numpy(logits), self.network.config).numpy()
+        return class_scores(logits, self.network.config)
 
     def info(self) -> dict[str, Any]:
         """What the page and /v2/models show: the model, its labels and its preprocessing."""
