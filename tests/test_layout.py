@@ -1,7 +1,7 @@
 """The package's layering, checked on its source: every module (function-level imports included) imports only
 its own layer and the layers below it, and nothing imports itself through others.
 
-Bottom to top: checkpoints (files and names, no model class) → models → processing → data → deploy →
+Bottom to top: checkpoints (files and names, no model class) → models → processing → data → runtime → deploy →
 inference → train → serve → cli; the package's own `__init__` (the public API) and `__main__` sit on top.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import bigtransfer
 
 PACKAGE = Path(bigtransfer.__file__).parent
-LAYERS = ["checkpoints", "models", "processing", "data", "deploy", "inference", "train", "serve", "cli"]
+LAYERS = ["checkpoints", "models", "processing", "data", "runtime", "deploy", "inference", "train", "serve", "cli"]
 TOP = {"bigtransfer", "bigtransfer.__main__", "bigtransfer._moved"}
 
 

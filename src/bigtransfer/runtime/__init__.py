@@ -1,0 +1,1 @@
+"""Running a model whatever its form: the settings every inference entry point takes."""
