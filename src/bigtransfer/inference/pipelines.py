@@ -3,6 +3,7 @@ labels or features out, with the options and output shapes of transformers' pipe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -16,28 +17,32 @@ from ..models.modeling import BitForImageClassification, BitModel
 from ..processing.base import ProcessorBase
 from ..processing.decoding import fetch_image, is_url
 from ..processing.fast import BitImageProcessorFast
+from ..runtime.settings import DEFAULT_SETTINGS, InferenceSettings
 
 logger = logging.getLogger(__name__)
 
 
 def load_classifier(
-    model: str | os.PathLike, device: Any = None, *, compile: bool = False, bf16: bool = False, **model_kwargs: Any
+    model: str | os.PathLike, settings: InferenceSettings = DEFAULT_SETTINGS, **model_kwargs: Any
 ) -> Any:
-    """A classifier on `device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime, OpenVINO
-    (compiled in bf16 when asked) or torch.export, anything else loads as BitForImageClassification
-    (torch.compile'd when asked)."""
+    """A classifier on `settings.device`: an export directory (from `bigtransfer export`) runs with ONNX Runtime,
+    OpenVINO (compiled in bf16 when `settings.bf16`) or torch.export, anything else loads as
+    BitForImageClassification (torch.compile'd when `settings.compile`)."""
+    if not isinstance(settings, InferenceSettings):
+        raise TypeError(f"load_classifier(model, settings): pass InferenceSettings(device={settings!r}, …).")
+    device = settings.device
     if device is None and getattr(exported_file(model), "name", None) == OPENVINO_FILE:
         device = "cpu"  # OpenVINO runs on the CPU, whether or not the machine has a GPU
     device = resolve_device(device)
     if is_export_directory(model):
-        if compile or model_kwargs:
+        if settings.compile or model_kwargs:
             raise ValueError(
                 f"{model} is an export directory: its graph is fixed at export time, so compile and config "
                 "overrides do not apply. Use the original model for those."
             )
-        return ExportedClassifier(model, device, bf16=bf16)
+        return ExportedClassifier(model, device, bf16=settings.bf16)
     loaded = BitForImageClassification.from_pretrained(model, **model_kwargs).to(device)
-    return torch.compile(loaded) if compile else loaded
+    return torch.compile(loaded) if settings.compile else loaded
 
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
@@ -82,17 +87,17 @@ def is_multi_label(config: Any) -> bool:
 
 class BitPipeline:
     """What both tasks share: one image or a list (paths, http(s) URLs, PIL images, arrays), preprocessed in
-    batches, run on the model's device. Options given at construction are defaults for every call."""
+    batches (`settings.batch_size`), run on `settings.device` in bf16 when `settings.bf16`. Options given at
+    construction are defaults for every call."""
 
     options: tuple[str, ...] = ()
 
-    def __init__(self, model: Any, processor: ProcessorBase, device: Any = None, batch_size: int = 8,
-                 bf16: bool = False, **defaults: Any):  # fmt: skip
-        self.device = resolve_device(device)
+    def __init__(self, model: Any, processor: ProcessorBase, settings: InferenceSettings, **defaults: Any):
+        self.device = resolve_device(settings.device)
         self.model = model.to(self.device).eval()
         self.processor = processor
-        self.batch_size = batch_size
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.batch_size = settings.batch_size
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=settings.bf16)
         self.defaults = self._checked(defaults)
 
     def _checked(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -161,12 +166,12 @@ PIPELINES = {
 }
 
 
-def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, model_kwargs: dict) -> Any:
+def _model_for(task: str, model: Any, settings: InferenceSettings, model_kwargs: dict) -> Any:
     """The network a task runs: a classifier (or export directory) to classify, the base model for features."""
     if task == "image-classification":
         if isinstance(model, BitForImageClassification):
-            return torch.compile(model) if compile else model
-        return load_classifier(model, device, compile=compile, bf16=bf16, **model_kwargs)
+            return torch.compile(model) if settings.compile else model
+        return load_classifier(model, settings, **model_kwargs)
     if isinstance(model, (BitModel, BitForImageClassification)):
         base = model.bit if isinstance(model, BitForImageClassification) else model
     else:
@@ -176,7 +181,7 @@ def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, mo
                 "which `bigtransfer embed` reads); extract hidden states with the original model."
             )
         base = BitModel.from_pretrained(model, **model_kwargs)
-    return torch.compile(base) if compile else base
+    return torch.compile(base) if settings.compile else base
 
 
 def pipeline(
@@ -210,9 +215,9 @@ def pipeline(
     processor = image_processor or processor
     if processor is None and isinstance(model, torch.nn.Module):
         raise ValueError("With a model object, also pass image_processor= (its BitImageProcessor or …Fast).")
-    network = _model_for(task, model, device, compile, bf16, model_kwargs or {})
+    settings = InferenceSettings(device=device, batch_size=batch_size, compile=compile, bf16=bf16)
+    network = _model_for(task, model, settings, model_kwargs or {})
     if device is None and isinstance(network, ExportedClassifier):
-        device = network.device  # where the export runs (the CPU for OpenVINO), not where torch would choose
-    return PIPELINES[task](
-        network, processor or BitImageProcessorFast.from_pretrained(model), device, batch_size, bf16, **options
-    )
+        # where the export runs (the CPU for OpenVINO), not where torch would choose
+        settings = dataclasses.replace(settings, device=network.device)
+    return PIPELINES[task](network, processor or BitImageProcessorFast.from_pretrained(model), settings, **options)

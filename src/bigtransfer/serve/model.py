@@ -18,6 +18,7 @@ from ..inference.pipelines import class_scores, default_function, load_classifie
 from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
 from ..processing.draft import draft_for
 from ..processing.exact import BitImageProcessor
+from ..runtime.settings import InferenceSettings
 
 SERVE_PIXELS_ENV = "BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS"
 # An upload's pixels as decoded (a JPEG at its draft scale, so a photo of any size the library reads passes;
@@ -36,7 +37,7 @@ class ServedModel:
     """
 
     def __init__(self, model: str | os.PathLike, device: Any = None, bf16: bool = False, name: str | None = None):
-        self.network = load_classifier(model, device, bf16=bf16)
+        self.network = load_classifier(model, InferenceSettings(device=device, bf16=bf16))
         self.network.eval()
         self.bf16 = bf16
         self.processor = BitImageProcessor.from_pretrained(model)
