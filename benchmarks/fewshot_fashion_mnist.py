@@ -19,7 +19,7 @@ import torch
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.checkpoints.sources import bundled_model
 from bigtransfer.data.datasets import ImageDataset
-from bigtransfer.inference.few_shot import fewshot_pool, linear_fewshot
+from bigtransfer.inference.few_shot import FewShotProtocol, fewshot_pool, linear_fewshot
 from bigtransfer.train import fewshot
 from downstreams import DOWNSTREAMS
 
@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     train, test = DOWNSTREAMS[args.downstream]()
-    options = dict(shots=args.shots, seeds=args.seeds, progress=False)
+    protocol = FewShotProtocol(shots=args.shots, seeds=args.seeds)
+    options = dict(protocol=protocol, progress=False)
     print("| features | " + " | ".join(f"{s}-shot" for s in args.shots) + " |")
     print("|---|" + "---|" * len(args.shots))
     for upstream in args.upstream:
@@ -53,9 +54,9 @@ def main() -> None:
         processor = BitImageProcessor.from_pretrained(upstream)
         result = fewshot(random_init, train, test, processor=processor, **options)
         print(row(f"same architecture, random init (`{Path(upstream).name}`)", result["shots"]), flush=True)
-    pool = fewshot_pool(train.labels, args.shots, args.seeds)
+    pool = fewshot_pool(train.labels, protocol)
     features = dict(zip(pool.tolist(), pixels(train, pool)))
-    result = linear_fewshot(features, train.labels, pixels(test, range(len(test))), test.labels, args.shots, args.seeds)
+    result = linear_fewshot(features, train.labels, pixels(test, range(len(test))), test.labels, protocol)
     print(row("raw pixels (784)", result))
 
 

@@ -261,3 +261,11 @@ def test_commands_import_options_from_one_module_not_from_each_other():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "_options"):
                 assert path.name == "__init__.py", f"{path.name} imports from cli.{node.module}"
+
+
+def test_an_unknown_device_is_one_line_and_exit_code_2(tmp_path, capsys):
+    """torch's RuntimeError for `--device gpu` was a traceback; it is now the one line every bad value gets."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert cli(["predict", str(tmp_path / "a.png"), "--model", "bit-tiny-glyphs", "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device 'gpu' is not a device: use cpu, cuda or cuda:N" in err

@@ -75,10 +75,12 @@ def predicted_logits(model_dir, files) -> np.ndarray:
     from bigtransfer.inference.predict import predict_logits
     from bigtransfer.processing.exact import BitImageProcessor
     from bigtransfer.runtime.classifier import load_classifier
+    from bigtransfer.runtime.settings import InferenceSettings
 
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "files", paths=list(files))
-    return predict_logits(load_classifier(model_dir, "cpu"), images, BitImageProcessor.from_pretrained(model_dir),
-                          batch_size=1, workers=0).rows  # fmt: skip
+    settings = InferenceSettings(device="cpu", batch_size=1, workers=0)
+    return predict_logits(load_classifier(model_dir, settings), images, BitImageProcessor.from_pretrained(model_dir),
+                          settings).rows  # fmt: skip
 
 
 # -- the batcher ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from bigtransfer.data.sources import load_dataset
 from bigtransfer.data.workers import LoaderWorkerError
 from bigtransfer.inference.few_shot import few_shot_subset
 from bigtransfer.inference.predict import evaluate
+from bigtransfer.runtime.settings import InferenceSettings
 from bigtransfer.train import FineTuning, RunOptions, Speed, hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.fine_tuning import fine_tuning_job, finetune
@@ -705,7 +706,7 @@ def test_unreadable_evaluation_images_are_skipped_and_listed(upstream, folder, t
     run(upstream, folder, tmp_path / "run", steps=2)
     (folder / "b" / "broken.png").write_bytes(b"not a png")
     model = BitForImageClassification.from_pretrained(tmp_path / "run" / "model")
-    metrics = evaluate(model, load_dataset(folder), eval_processor(20), workers=2)
+    metrics = evaluate(model, load_dataset(folder), eval_processor(20), InferenceSettings(workers=2))
     assert metrics["examples"] == 15 and [name.endswith("broken.png") for name in metrics["skipped_images"]] == [True]
 
 

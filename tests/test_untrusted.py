@@ -901,15 +901,19 @@ def test_an_empty_file_first_in_a_training_folder_is_skipped_like_any_other(upst
 
 
 def test_fewshot_draws_its_shots_among_readable_images(upstream, folder):
-    from bigtransfer.inference.few_shot import fewshot
+    from bigtransfer.inference.few_shot import FewShotProtocol, fewshot
+    from bigtransfer.runtime.settings import InferenceSettings
 
     broken = folder / "a" / "2.png"
     broken.write_bytes(b"not a png")
-    result = fewshot(str(upstream), str(folder), str(folder), shots=[4], seeds=3, workers=0, progress=False)
+    in_process = InferenceSettings(workers=0)
+    result = fewshot(str(upstream), str(folder), str(folder), protocol=FewShotProtocol(shots=[4], seeds=3),
+                     settings=in_process, progress=False)  # fmt: skip
     assert [Path(name).name for name in result["skipped_train_images"]] == ["2.png"]
     assert len(result["shots"]["4"]["runs"]) == 3 and result["train_images_used"] == 14  # 4 + 5 + 5 readable
     with pytest.raises(ValueError, match="fewer than --shots 5"):  # too few readable ones left in class a
-        fewshot(str(upstream), str(folder), str(folder), shots=[5], seeds=1, workers=0, progress=False)
+        fewshot(str(upstream), str(folder), str(folder), protocol=FewShotProtocol(shots=[5], seeds=1),
+                settings=in_process, progress=False)  # fmt: skip
 
 
 # -- 12: names that are not UTF-8 -------------------------------------------------------------------------------------

@@ -246,6 +246,14 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     add_compile_argument(parser)
 
 
+def inference_settings(args: argparse.Namespace):
+    """The `InferenceSettings` of `add_inference_arguments`' options: built once, for loading and running."""
+    from ..runtime.settings import InferenceSettings
+
+    return InferenceSettings(batch_size=args.batch_size, device=args.device, workers=args.workers, bf16=args.bf16,
+                             compile=args.compile)  # fmt: skip
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, json_help: str, progress: bool = True) -> None:
     parser.add_argument("--json", action="store_true", help=json_help)
     if progress:

@@ -16,6 +16,7 @@ from ._options import (
     collect_images,
     emit,
     image_inputs,
+    inference_settings,
     load_data,
     positive_float,
     positive_int,
@@ -25,13 +26,13 @@ from ._options import (
 
 
 def run_fewshot(args: argparse.Namespace) -> dict:
-    from ..inference.few_shot import fewshot
+    from ..inference.few_shot import FewShotProtocol, fewshot
 
+    protocol = FewShotProtocol(shots=args.shots, seeds=args.runs, l2_reg=args.l2_reg)
     return fewshot(
         args.model, load_data(args.data, None), load_data(args.eval_data, None),
-        classes=args.classes.split(",") if args.classes else None, shots=args.shots, seeds=args.runs,
-        l2_reg=args.l2_reg, batch_size=args.batch_size, device=args.device, workers=args.workers, bf16=args.bf16,
-        compile=args.compile, progress=not args.quiet,
+        classes=args.classes.split(",") if args.classes else None, protocol=protocol,
+        settings=inference_settings(args), progress=not args.quiet,
     )  # fmt: skip
 
 
@@ -74,14 +75,15 @@ def run_embed(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     files, errors = collect_images(inputs), []
     if not files:
         raise FileNotFoundError(f"No images found in {', '.join(inputs)}.")
+    settings = inference_settings(args)
     if is_export_directory(args.model):  # an OpenVINO export gives pooled features beside the logits
-        model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
+        model = load_classifier(args.model, settings)
     else:
-        model = BitModel.from_pretrained(args.model).to(resolve_device(args.device))
-        model = torch.compile(model) if args.compile else model
+        model = BitModel.from_pretrained(args.model).to(resolve_device(settings.device))
+        model = torch.compile(model) if settings.compile else model
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
-    pooled = pooled_features(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
-                             workers=args.workers, bf16=args.bf16, progress=not args.quiet)  # fmt: skip
+    pooled = pooled_features(model, images, BitImageProcessor.from_pretrained(args.model), settings,
+                             progress=not args.quiet)  # fmt: skip
     errors += [{"file": printable(name), "error": printable(error)} for name, error in pooled.failures]
     if not len(pooled.indices):
         raise ValueError(f"None of the {len(files)} images could be read.")

@@ -13,6 +13,7 @@ from ._options import (
     collect_images,
     emit,
     image_inputs,
+    inference_settings,
     positive_int,
     probability,
     report_skipped,
@@ -37,10 +38,11 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     files, errors = collect_images(image_inputs(args)), []
     if not files:
         return [], errors
-    model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
+    settings = inference_settings(args)
+    model = load_classifier(args.model, settings)
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
-    predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(args.model), args.batch_size,
-                                 workers=args.workers, bf16=args.bf16, progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
+    predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(args.model), settings,
+                                 progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
     errors += [{"file": printable(name), "error": printable(error)} for name, error in predictions.failures]
     scores = class_scores(torch.from_numpy(predictions.rows), model.config)  # sigmoid for a multi-label head
     multi_label = is_multi_label(model.config)

@@ -18,6 +18,7 @@ from ._options import (
     add_output_arguments,
     add_workers_argument,
     emit,
+    inference_settings,
     load_data_arguments,
     non_negative_float,
     positive_float,
@@ -263,12 +264,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from ..processing.exact import BitImageProcessor
     from ..runtime.classifier import load_classifier
 
-    model = load_classifier(args.model, args.device, compile=args.compile, bf16=args.bf16)
+    settings = inference_settings(args)
+    model = load_classifier(args.model, settings)
     data, _ = load_data_arguments(args, for_eval=True)
-    return evaluate(
-        model, data, BitImageProcessor.from_pretrained(args.model), args.batch_size, workers=args.workers,
-        bf16=args.bf16, progress=not args.quiet,
-    )  # fmt: skip
+    return evaluate(model, data, BitImageProcessor.from_pretrained(args.model), settings, progress=not args.quiet)
 
 
 HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}  # an evaluation's headline key, as the text output names it

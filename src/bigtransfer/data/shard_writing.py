@@ -121,8 +121,9 @@ def write_shards(
     order = np.random.default_rng([seed, len(dataset)]).permutation(len(dataset))
     contents = ShardContents(dataset, order, shard_size, max_side)
     with ordered_results(contents, resolve_workers(workers)) as shards:
-        return write_shard_folder(shards, out, dataset.classes, dataset.multi_label, dataset.source,
-                                  {"seed": seed, "max_side": max_side}, overwrite, len(dataset), progress)  # fmt: skip
+        return write_shard_folder(shards, out, classes=dataset.classes, multi_label=dataset.multi_label,
+                                  source=dataset.source, recipe={"seed": seed, "max_side": max_side},
+                                  overwrite=overwrite, total=len(dataset), progress=progress)  # fmt: skip
 
 
 def _check_sizes(max_side: int, shard_size: int) -> None:
@@ -133,16 +134,19 @@ def _check_sizes(max_side: int, shard_size: int) -> None:
 def write_shard_folder(
     shards: Iterable[list[dict[str, Any]]],
     out: str | os.PathLike,
+    *,
     classes: list[str],
     multi_label: bool,
     source: str,
     recipe: dict[str, Any],
-    overwrite: bool,
-    total: int | None,
-    progress: bool,
+    overwrite: bool = False,
+    total: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write each list of samples (`shard_sample`, `skipped_sample`) as the next shard, then `dataset.json`,
-    into a folder that appears whole or not at all; returns the manifest. `recipe`: how the samples were made."""
+    into a folder that appears whole or not at all; returns the manifest. What the manifest says of the samples:
+    `classes`, `multi_label`, `source`, and `recipe` (how they were made); `total`: the images expected, for the
+    progress bar."""
     wds = webdataset_library()
     names, skipped, heights, widths = [], [], [], []
     class_counts = np.zeros(len(classes), dtype=np.int64)
@@ -219,9 +223,8 @@ def stream_shards(
     rows = rows.shuffle(seed=seed, buffer_size=buffer_size)
     samples = (_streamed_sample(number, row[image], row[label], source, max_side) for number, row in enumerate(rows))
     recipe = {"seed": seed, "max_side": max_side, "streamed": {"shuffle_buffer": buffer_size}}
-    return write_shard_folder(
-        _chunks(samples, shard_size), out, classes, multi_label, source, recipe, overwrite, None, progress
-    )
+    return write_shard_folder(_chunks(samples, shard_size), out, classes=classes, multi_label=multi_label, source=source,
+                              recipe=recipe, overwrite=overwrite, progress=progress)  # fmt: skip
 
 
 def _class_names(feature: Any, multi_label: bool, source: str) -> list[str]:

@@ -3,8 +3,11 @@ big_vision's linear few-shot evaluation of frozen features — accuracy in secon
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,7 @@ from ..data.datasets import ImageDataset
 from ..data.sources import as_dataset
 from ..models.modeling import BitModel, BitPreTrainedModel
 from ..processing.base import ProcessorBase
+from ..runtime.settings import DEFAULT_SETTINGS, InferenceSettings, is_whole_number, with_old_keywords
 from .predict import pooled_features
 
 
@@ -78,6 +82,26 @@ BIAS_FEATURE = 100.0  # a constant input column, large enough that its weight (t
 L2_REG = 2.0**10  # big_vision's l2_reg for its few-shot evaluators
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FewShotProtocol:
+    """What a linear few-shot measurement is, as big_vision's few-shot evaluator configures it: for each shot
+    count and seed (0 … seeds−1) a balanced seeded subset, fitted by ridge regression of strength `l2_reg`."""
+
+    shots: tuple[int, ...] = (1, 5, 10)  # images per class; kept sorted, each count once
+    seeds: int = 3  # subsets per shot count (the CLI's --runs)
+    l2_reg: float = L2_REG
+
+    def __post_init__(self) -> None:
+        counts = tuple(self.shots) if isinstance(self.shots, Iterable) and not isinstance(self.shots, str) else ()
+        if not counts or not all(is_whole_number(count) for count in counts) or min(counts) < 1:
+            raise ValueError(f"shots must be counts ≥ 1 of images per class, e.g. (1, 5, 10), got {self.shots!r}.")
+        if not is_whole_number(self.seeds) or self.seeds < 1:
+            raise ValueError(f"seeds must be a whole number ≥ 1 (subsets per shot count), got {self.seeds!r}.")
+        if not isinstance(self.l2_reg, (int, float)) or not math.isfinite(self.l2_reg) or self.l2_reg <= 0:
+            raise ValueError(f"l2_reg must be a number > 0 (big_vision uses {L2_REG:g}), got {self.l2_reg!r}.")
+        object.__setattr__(self, "shots", tuple(sorted({int(count) for count in counts})))
+
+
 def ridge_accuracy(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
     l2_reg: float = L2_REG,
@@ -101,7 +125,7 @@ def ridge_accuracy(
 
 def linear_fewshot(
     features: dict[int, np.ndarray], labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray,
-    shots: list[int], seeds: int, l2_reg: float = L2_REG,
+    protocol: FewShotProtocol,
 ) -> dict[str, dict]:  # fmt: skip
     """{"<shots>": {"mean", "std", "runs"}}: for each shot count and seed (0 … seeds−1), the balanced seeded
     subset `few_shot_subset(labels, shots, seed)` of the training set (a seed's 1-shot images are among its
@@ -109,25 +133,27 @@ def linear_fewshot(
     index to its feature row; only the indices `fewshot_pool` names are needed."""
     num_classes = int(max(labels.max(), test_labels.max())) + 1
     results = {}
-    for count in shots:
+    for count in protocol.shots:
         runs = []
-        for seed in range(seeds):
+        for seed in range(protocol.seeds):
             chosen = few_shot_subset(labels, count, seed)
             x = np.stack([features[int(index)] for index in chosen])
-            runs.append(ridge_accuracy(x, labels[chosen], test_features, test_labels, num_classes, l2_reg))
+            runs.append(ridge_accuracy(x, labels[chosen], test_features, test_labels, num_classes, protocol.l2_reg))
         results[str(count)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)), "runs": runs}
     return results
 
 
-def fewshot_pool(labels: np.ndarray, shots: list[int], seeds: int) -> np.ndarray:
+def fewshot_pool(labels: np.ndarray, protocol: FewShotProtocol) -> np.ndarray:
     """The training indices any (shots, seed) subset of `linear_fewshot` uses: features are computed once,
     for these images only."""
-    return np.unique(np.concatenate([few_shot_subset(labels, max(shots), seed) for seed in range(seeds)]))
+    return np.unique(
+        np.concatenate([few_shot_subset(labels, max(protocol.shots), seed) for seed in range(protocol.seeds)])
+    )
 
 
 def _shot_features(
-    network: Any, train_set: ImageDataset, processor: ProcessorBase, batch_size: int, shots: list[int], seeds: int,
-    *, workers: int | None, bf16: bool, progress: bool,
+    network: Any, train_set: ImageDataset, processor: ProcessorBase, protocol: FewShotProtocol,
+    settings: InferenceSettings, progress: bool,
 ) -> tuple[np.ndarray, dict[int, np.ndarray], list[tuple[str, str]]]:  # fmt: skip
     """Pooled features of every image some (shots, seed) subset uses, drawn among the readable images only: an
     image that cannot be read is skipped (and listed) and the subsets are drawn again without it, as every other
@@ -137,17 +163,20 @@ def _shot_features(
     known: dict[int, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
     while True:
-        wanted = readable[fewshot_pool(train_set.labels[readable], shots, seeds)]
+        wanted = readable[fewshot_pool(train_set.labels[readable], protocol)]
         missing = np.array([index for index in wanted if index not in known], dtype=np.int64)
         if not len(missing):
             break
-        pooled = pooled_features(network, train_set.subset(missing), processor, batch_size, workers=workers, bf16=bf16,
-                                 progress=progress)  # fmt: skip
+        pooled = pooled_features(network, train_set.subset(missing), processor, settings, progress=progress)
         known.update({int(missing[row]): vector for row, vector in zip(pooled.indices, pooled.rows)})
         skipped += pooled.failures
         failed = set(missing.tolist()) - {int(missing[row]) for row in pooled.indices}
         readable = np.array([index for index in readable if index not in failed], dtype=np.int64)
     return readable, {position: known[index] for position, index in enumerate(readable) if index in known}, skipped
+
+
+DEFAULT_PROTOCOL = FewShotProtocol()
+OLD_KEYWORDS = ("shots", "seeds", "l2_reg", "batch_size", "device", "workers", "bf16", "compile")  # 0.x's fewshot
 
 
 def fewshot(
@@ -156,46 +185,41 @@ def fewshot(
     eval_data: str | os.PathLike | ImageDataset,
     *,
     classes: list[str] | None = None,
-    shots: list[int] = (1, 5, 10),
-    seeds: int = 3,
-    l2_reg: float = L2_REG,
+    protocol: FewShotProtocol = DEFAULT_PROTOCOL,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     processor: ProcessorBase | None = None,
-    batch_size: int = 64,
-    device: Any = None,
-    workers: int | None = None,
-    bf16: bool = False,
-    compile: bool = False,
     progress: bool = True,
+    **old_keywords: Any,
 ) -> dict[str, Any]:
-    """Linear few-shot top-1 of `model`'s frozen pooled features on `eval_data`, trained on `shots` images per
-    class of `data` (`classes` of both, by name; default all of `data`'s), for seeds 0 … `seeds`−1. A model
-    given by name loads onto `device`; a model object is used where it is.
+    """Linear few-shot top-1 of `model`'s frozen pooled features on `eval_data`, trained on `protocol.shots`
+    images per class of `data` (`classes` of both, by name; default all of `data`'s), for seeds 0 …
+    `protocol.seeds`−1. A model given by name loads onto `settings.device`; a model object is used where it is;
+    either is torch.compile'd when `settings.compile`.
 
     Returns {"shots": {"<k>": {"mean", "std", "runs"}}, "classes", "feature_dim", "l2_reg", …}. The
-    features are computed once per image, with the model's own evaluation preprocessing (or `processor`);
-    `workers`, `bf16` and `compile` as in `evaluate`.
+    features are computed once per image, with the model's own evaluation preprocessing (or `processor`).
+    0.x's separate keywords (shots=, seeds=, l2_reg=, batch_size=, device=, workers=, bf16=, compile=) still
+    work for this release, with a DeprecationWarning.
     """
     from ..processing.exact import BitImageProcessor
 
+    protocol, settings = with_old_keywords("fewshot", old_keywords, OLD_KEYWORDS, protocol=protocol, settings=settings)
     began = time.perf_counter()
     if isinstance(model, BitPreTrainedModel):  # used where it is, as it is (e.g. during training)
         if processor is None:
             raise ValueError("With a model object, also pass processor= (the BitImageProcessor it was trained with).")
         network = model
     else:
-        network = BitModel.from_pretrained(model).to(resolve_device(device))
+        network = BitModel.from_pretrained(model).to(resolve_device(settings.device))
         processor = processor or BitImageProcessor.from_pretrained(model)
-    network = torch.compile(network) if compile else network
+    network = torch.compile(network) if settings.compile else network
     train_set, test_set = as_dataset(data), as_dataset(eval_data)
     train_set = train_set.select_classes(classes) if classes else train_set
     test_set = test_set.select_classes(train_set.classes)
-    shots = sorted({int(count) for count in shots})
-    readable, features, skipped = _shot_features(network, train_set, processor, batch_size, shots, seeds,
-                                                 workers=workers, bf16=bf16, progress=progress)  # fmt: skip
-    test = pooled_features(network, test_set, processor, batch_size, workers=workers, bf16=bf16, progress=progress)
-    results = linear_fewshot(features, train_set.labels[readable], test.rows, test_set.labels[test.indices], shots,
-                             seeds, l2_reg)  # fmt: skip
-    return {"shots": results, "classes": train_set.classes, "seeds": seeds, "l2_reg": l2_reg,
+    readable, features, skipped = _shot_features(network, train_set, processor, protocol, settings, progress)
+    test = pooled_features(network, test_set, processor, settings, progress=progress)
+    results = linear_fewshot(features, train_set.labels[readable], test.rows, test_set.labels[test.indices], protocol)
+    return {"shots": results, "classes": train_set.classes, "seeds": protocol.seeds, "l2_reg": protocol.l2_reg,
             "feature_dim": int(test.rows.shape[1]), "train_images_used": len(features),
             "eval_examples": len(test.indices), "skipped_eval_images": [name for name, _ in test.failures],
             "skipped_train_images": [name for name, _ in skipped],

@@ -3,6 +3,7 @@ labels or features out, with the options and output shapes of transformers' pipe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -16,6 +17,7 @@ from ..processing.decoding import fetch_image, is_url
 from ..processing.fast import BitImageProcessorFast
 from ..runtime.classifier import load_classifier
 from ..runtime.exported import ExportedClassifier, is_export_directory
+from ..runtime.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +64,17 @@ def is_multi_label(config: Any) -> bool:
 
 class BitPipeline:
     """What both tasks share: one image or a list (paths, http(s) URLs, PIL images, arrays), preprocessed in
-    batches, run on the model's device. Options given at construction are defaults for every call."""
+    batches (`settings.batch_size`), run on `settings.device` in bf16 when `settings.bf16`. Options given at
+    construction are defaults for every call."""
 
     options: tuple[str, ...] = ()
 
-    def __init__(self, model: Any, processor: ProcessorBase, device: Any = None, batch_size: int = 8,
-                 bf16: bool = False, **defaults: Any):  # fmt: skip
-        self.device = resolve_device(device)
+    def __init__(self, model: Any, processor: ProcessorBase, settings: InferenceSettings, **defaults: Any):
+        self.device = resolve_device(settings.device)
         self.model = model.to(self.device).eval()
         self.processor = processor
-        self.batch_size = batch_size
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.batch_size = settings.batch_size
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=settings.bf16)
         self.defaults = self._checked(defaults)
 
     def _checked(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -141,12 +143,12 @@ PIPELINES = {
 }
 
 
-def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, model_kwargs: dict) -> Any:
+def _model_for(task: str, model: Any, settings: InferenceSettings, model_kwargs: dict) -> Any:
     """The network a task runs: a classifier (or export directory) to classify, the base model for features."""
     if task == "image-classification":
         if isinstance(model, BitForImageClassification):
-            return torch.compile(model) if compile else model
-        return load_classifier(model, device, compile=compile, bf16=bf16, **model_kwargs)
+            return torch.compile(model) if settings.compile else model
+        return load_classifier(model, settings, **model_kwargs)
     if isinstance(model, (BitModel, BitForImageClassification)):
         base = model.bit if isinstance(model, BitForImageClassification) else model
     else:
@@ -156,7 +158,7 @@ def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, mo
                 "which `bigtransfer embed` reads); extract hidden states with the original model."
             )
         base = BitModel.from_pretrained(model, **model_kwargs)
-    return torch.compile(base) if compile else base
+    return torch.compile(base) if settings.compile else base
 
 
 def pipeline(
@@ -190,9 +192,9 @@ def pipeline(
     processor = image_processor or processor
     if processor is None and isinstance(model, torch.nn.Module):
         raise ValueError("With a model object, also pass image_processor= (its BitImageProcessor or …Fast).")
-    network = _model_for(task, model, device, compile, bf16, model_kwargs or {})
+    settings = InferenceSettings(device=device, batch_size=batch_size, compile=compile, bf16=bf16)
+    network = _model_for(task, model, settings, model_kwargs or {})
     if device is None and isinstance(network, ExportedClassifier):
-        device = network.device  # where the export runs (the CPU for OpenVINO), not where torch would choose
-    return PIPELINES[task](
-        network, processor or BitImageProcessorFast.from_pretrained(model), device, batch_size, bf16, **options
-    )
+        # where the export runs (the CPU for OpenVINO), not where torch would choose
+        settings = dataclasses.replace(settings, device=network.device)
+    return PIPELINES[task](network, processor or BitImageProcessorFast.from_pretrained(model), settings, **options)

@@ -14,6 +14,7 @@ from ..data.device import use_channels_last
 from ..data.eval_batches import input_batches
 from ..processing.base import ProcessorBase
 from ..runtime.exported import ExportedClassifier
+from ..runtime.settings import DEFAULT_SETTINGS, InferenceSettings, with_old_keywords
 from .metrics import accuracy_metrics, multi_label_metrics, top_classes
 
 
@@ -38,28 +39,37 @@ def device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     return model.device, model.dtype
 
 
+OLD_KEYWORDS = ("batch_size", "workers", "bf16", "channels_last")  # what 0.x's signatures took one by one
+
+
+def _settings_of(call: str, settings: InferenceSettings | int, old_keywords: dict[str, Any]) -> InferenceSettings:
+    """The settings of a call that may still use 0.x's spelling: `batch_size` as the fourth positional argument,
+    `workers=`, `bf16=`, `channels_last=` one by one (each with a DeprecationWarning, for one release)."""
+    if not isinstance(settings, InferenceSettings):
+        old_keywords, settings = {"batch_size": settings, **old_keywords}, DEFAULT_SETTINGS
+    return with_old_keywords(call, old_keywords, OLD_KEYWORDS, stacklevel=4, settings=settings)[0]
+
+
 @torch.inference_mode()
 def predict_rows(
     model: Any,
     rows_of: Callable[[Any, torch.Tensor], torch.Tensor],
     dataset: ImageDataset,
     processor: ProcessorBase,
-    batch_size: int = 64,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     *,
-    workers: int | None = None,
-    bf16: bool = False,
-    channels_last: bool | None = None,
     progress: bool = False,
 ) -> Predictions:
     """`rows_of(model, pixel_values)` for every readable image of `dataset`, as float32 rows; unreadable images
     are reported, not fatal (none readable: zero rows), and so are rows holding NaN or infinity: no score or
-    feature that means nothing is handed on as a result."""
+    feature that means nothing is handed on as a result. The model runs where it is (`settings.device` and
+    `settings.compile` are for loading it)."""
     device, dtype = device_and_dtype(model)
     model.eval()
     rows, indices, failures = [], [], []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    batches = input_batches(dataset, processor.eval_transform(), batch_size, device, workers=workers,
-                            channels_last=use_channels_last(channels_last, device), progress=progress)  # fmt: skip
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
+    batches = input_batches(dataset, processor.eval_transform(), settings.batch_size, device, workers=settings.workers,
+                            channels_last=use_channels_last(settings.channels_last, device), progress=progress)  # fmt: skip
     for batch in batches:
         failures += batch.failures
         if batch.pixel_values is None:
@@ -79,51 +89,46 @@ def predict_logits(
     model: Any,
     dataset: ImageDataset,
     processor: ProcessorBase,
-    batch_size: int = 64,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     *,
-    workers: int | None = None,
-    bf16: bool = False,
-    channels_last: bool | None = None,
     progress: bool = False,
+    **old_keywords: Any,
 ) -> Predictions:
     """Logits of every readable image (a torch model, or an export directory's classifier)."""
-    return predict_rows(model, lambda network, pixels: network(pixels).logits, dataset, processor, batch_size,
-                        workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+    settings = _settings_of("predict_logits", settings, old_keywords)
+    return predict_rows(model, lambda network, pixels: network(pixels).logits, dataset, processor, settings,
+                        progress=progress)  # fmt: skip
 
 
 def pooled_features(
     model: Any,
     dataset: ImageDataset,
     processor: ProcessorBase,
-    batch_size: int = 64,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     *,
-    workers: int | None = None,
-    bf16: bool = False,
-    channels_last: bool | None = None,
     progress: bool = False,
+    **old_keywords: Any,
 ) -> Predictions:
     """Pooled pre-logit features (BitModel's `pooler_output`, flattened) of every readable image; `model` is a
     BitModel or a classifier, whose head is then skipped, or an export that gives features (OpenVINO's)."""
+    settings = _settings_of("pooled_features", settings, old_keywords)
     if isinstance(model, ExportedClassifier):
         base, rows_of = model, lambda network, pixels: network.features(pixels)
     else:
         base, rows_of = getattr(model, "bit", model), lambda network, pixels: network(pixels).pooler_output.flatten(1)
-    return predict_rows(base, rows_of, dataset, processor, batch_size, workers=workers, bf16=bf16,
-                        channels_last=channels_last, progress=progress)  # fmt: skip
+    return predict_rows(base, rows_of, dataset, processor, settings, progress=progress)
 
 
 def evaluate(
     model: torch.nn.Module,
     dataset: ImageDataset,
     processor: ProcessorBase,
-    batch_size: int = 64,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     *,
-    workers: int | None = None,
-    bf16: bool = False,
-    channels_last: bool | None = None,
     progress: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    **old_keywords: Any,
 ) -> dict:
     """Accuracy of `model` on `dataset`, whose class names must all be known to the model's head; for multi-label
     data, average precision and F1 of the sigmoid scores (`metrics.multi_label_metrics`).
@@ -132,6 +137,7 @@ def evaluate(
     its `rank`: each predicts every `world_size`-th image and all get the same metrics, so no process waits idle
     at a collective (with a timeout) while another evaluates.
     """
+    settings = _settings_of("evaluate", settings, old_keywords)
     label2id = {name: i for i, name in model.config.id2label.items()}
     unknown = [name for name in dataset.classes if name not in label2id]
     if unknown:
@@ -139,8 +145,8 @@ def evaluate(
             f"Evaluation classes {unknown} are not among the model's labels: evaluate on the same classes."
         )
     mine = np.arange(rank, len(dataset), world_size)
-    predictions = predict_logits(model, dataset.subset(mine) if world_size > 1 else dataset, processor, batch_size,
-                                 workers=workers, bf16=bf16, channels_last=channels_last, progress=progress)  # fmt: skip
+    predictions = predict_logits(model, dataset.subset(mine) if world_size > 1 else dataset, processor, settings,
+                                 progress=progress)  # fmt: skip
     rows = predictions.rows if dataset.multi_label else top_classes(predictions.rows)
     evaluated = Evaluated(rows, mine[predictions.indices], predictions.failures)
     if world_size > 1:

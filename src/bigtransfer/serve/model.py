@@ -19,6 +19,7 @@ from ..processing.decoding import check_image_size, decoded, decoding_bytes, ope
 from ..processing.draft import draft_for
 from ..processing.exact import BitImageProcessor
 from ..runtime.classifier import load_classifier
+from ..runtime.settings import InferenceSettings
 
 SERVE_PIXELS_ENV = "BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS"
 # An upload's pixels as decoded (a JPEG at its draft scale, so a photo of any size the library reads passes;
@@ -39,7 +40,7 @@ class ServedModel:
     """
 
     def __init__(self, model: str | os.PathLike, device: Any = None, bf16: bool = False, name: str | None = None):
-        self.network = load_classifier(model, device, bf16=bf16)
+        self.network = load_classifier(model, InferenceSettings(device=device, bf16=bf16))
         self.network.eval()
         self.bf16 = bf16
         self.processor = BitImageProcessor.from_pretrained(model)

@@ -14,10 +14,11 @@ from .._util.files import check_writable
 from .._util.text import parameter_count
 from ..data.datasets import LabelledImages
 from ..data.sources import as_dataset
-from ..inference.few_shot import fewshot
+from ..inference.few_shot import FewShotProtocol, fewshot
 from ..models.config import BitConfig
 from ..models.modeling import BitForImageClassification, BitPreTrainedModel
 from ..processing.base import ProcessorBase
+from ..runtime.settings import InferenceSettings
 from .augment import eval_processor, inception_augment
 from .loop import Monitor, Regime
 from .run import RunOptions, TrainingJob, run_training
@@ -41,11 +42,12 @@ class FewShotCheck:
         """A loop Monitor logging fewshot_<k>shot (the mean over seeds), measured with the run's loading workers
         and precision."""
         train_set, test_set = as_dataset(self.data), as_dataset(self.eval_data)  # read once, measured often
+        protocol = FewShotProtocol(shots=self.shots, seeds=self.seeds)
+        settings = InferenceSettings(workers=options.speed.workers, bf16=options.bf16)
 
         def measure(step: int) -> dict[str, float]:
-            result = fewshot(model, train_set, test_set, classes=self.classes, shots=self.shots, seeds=self.seeds,
-                             processor=processor, progress=False, workers=options.speed.workers,
-                             bf16=options.bf16)  # fmt: skip
+            result = fewshot(model, train_set, test_set, classes=self.classes, protocol=protocol, settings=settings,
+                             processor=processor, progress=False)  # fmt: skip
             return {f"fewshot_{shots}shot": row["mean"] for shots, row in result["shots"].items()}
 
         return Monitor(self.every, measure, name="fewshot")

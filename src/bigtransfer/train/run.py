@@ -26,6 +26,7 @@ from ..inference.predict import evaluate
 from ..models.model_card import TRAINING_RECORD
 from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
+from ..runtime.settings import InferenceSettings
 from .distributed import Distributed, process_group
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
 
@@ -211,6 +212,6 @@ def evaluation_of(
         return None
     speed = options.speed
     evaluated = torch.compile(model) if speed.compile else model
-    return functools.partial(evaluate, evaluated, eval_set, processor, workers=speed.workers, bf16=options.bf16,
-                             channels_last=speed.channels_last, rank=context.rank,
+    settings = InferenceSettings(workers=speed.workers, bf16=options.bf16, channels_last=speed.channels_last)
+    return functools.partial(evaluate, evaluated, eval_set, processor, settings, rank=context.rank,
                              world_size=context.world_size)  # fmt: skip
