@@ -11,9 +11,10 @@ from PIL import Image
 
 from bigtransfer.data.datasets import ImageDataset
 from bigtransfer.inference.few_shot import FewShotProtocol, fewshot
-from bigtransfer.inference.pipelines import load_classifier, pipeline
+from bigtransfer.inference.pipelines import pipeline
 from bigtransfer.inference.predict import evaluate, pooled_features, predict_logits
 from bigtransfer.processing.exact import BitImageProcessor
+from bigtransfer.runtime.classifier import load_classifier
 from bigtransfer.runtime.settings import InferenceSettings
 
 MODEL = "bit-tiny-fashion5"
