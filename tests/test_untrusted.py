@@ -217,7 +217,7 @@ def test_serve_decodes_a_large_jpeg_at_the_scale_its_model_needs_and_counts_it_s
     full = served.transform.decoded_geometry(decode_stored_image({"bytes": jpeg.getvalue()}, "photo"))
     reference = served.transform.normalise_pixels(torch.from_numpy(full[None])).numpy()[0]
     assert np.abs(served.pixels(jpeg.getvalue()) - reference).mean() < 2e-2  # the fast processor's draft tolerance
-    monkeypatch.setattr(model, "SERVE_MAX_IMAGE_PIXELS", 100_000)  # decoded pixels count, not declared ones
+    monkeypatch.setenv(model.SERVE_PIXELS_ENV, "100000")  # decoded pixels count, not declared ones
     assert served.pixels(jpeg.getvalue()).shape == (3, 20, 20)
     with pytest.raises(ValueError, match="1600×1200 pixels is beyond the limit of 100,000 .*SERVE_MAX_IMAGE_PIXELS"):
         served.decoding_bytes(png.getvalue())
@@ -318,7 +318,7 @@ def hostile_server():
 def test_an_endless_body_stops_at_the_byte_limit(hostile_server, monkeypatch):
     import bigtransfer.processing.decoding as decoding
 
-    monkeypatch.setattr(decoding, "MAX_DOWNLOAD_BYTES", 4 * 2**20)
+    monkeypatch.setenv(decoding.DOWNLOAD_ENV, str(4 * 2**20))
     with pytest.raises(ValueError, match="beyond the limit of 4,194,304 bytes"):
         fetch_image(f"{hostile_server}/endless", timeout=20)
 
@@ -796,6 +796,42 @@ def test_the_python_recipe_refuses_them_too():
         FineTuning(steps=0)
 
 
+# -- issue 32: a limit's environment variable is read where the limit is used, a bad value named in one line --------
+
+LIMIT_MODULES = ("processing.decoding", "processing.base", "data.datasets", "data.tar_reading", "serve.model",
+                 "serve.admission", "serve.connections")  # fmt: skip
+
+
+def test_bad_limit_settings_break_neither_the_import_nor_the_version():
+    variables = ("MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO", "MAX_DOWNLOAD_BYTES", "MAX_INPUT_SIDE", "MAX_CLASSES",
+                 "MAX_SHARD_MEMBER_BYTES", "SERVE_MAX_IMAGE_PIXELS", "SERVE_DECODE_BYTES", "SERVE_HEADER_TIMEOUT")  # fmt: skip
+    environment = {**os.environ, **{f"BIGTRANSFER_{name}": "80M" for name in variables}}
+    imports = "; ".join(f"import bigtransfer.{module}" for module in LIMIT_MODULES)
+    code = f"{imports}; from bigtransfer.cli import main; main(['--version'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("bigtransfer ") and done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize("value", ["80M", "0", "-1", "1e8", "nan"])
+def test_a_bad_limit_setting_is_one_line_naming_the_variable_where_the_limit_is_used(value, monkeypatch):
+    from bigtransfer.processing.decoding import check_image_size
+
+    check_image_size(640, 480, "photo.jpg")
+    monkeypatch.setenv("BIGTRANSFER_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(ValueError, match=f"^BIGTRANSFER_MAX_IMAGE_PIXELS='{value}' is not a positive whole number"):
+        check_image_size(640, 480, "photo.jpg")
+
+
+def test_a_limit_setting_takes_effect_without_a_new_import(monkeypatch):
+    from bigtransfer.processing.decoding import check_image_size
+
+    monkeypatch.setenv("BIGTRANSFER_MAX_ASPECT_RATIO", "2.5")
+    with pytest.raises(ValueError, match="300:100 is beyond the limit of 2.5:1"):
+        check_image_size(300, 100, "a banner")
+    monkeypatch.setenv("BIGTRANSFER_MAX_ASPECT_RATIO", "3.5")
+    check_image_size(300, 100, "a banner")
+
+
 # -- 4: sizes are checked before anything is allocated --------------------------------------------------------------
 
 
@@ -827,7 +863,7 @@ def test_absurd_processor_sizes_are_refused_at_load(upstream, setting, tmp_path,
     Image.new("RGB", (24, 24)).save(tmp_path / "image.png")  # never resized: the processor is refused first
     assert cli(["predict", str(tmp_path / "image.png"), "--model", str(upstream)]) == 2
     assert "beyond the limit" in capsys.readouterr().err
-    monkeypatch.setattr(base, "MAX_INPUT_SIDE", 100_000)  # as BIGTRANSFER_MAX_INPUT_SIDE=100000 sets it
+    monkeypatch.setenv(base.SIDE_ENV, "100000")
     assert getattr(BitImageProcessor.from_pretrained(upstream), setting) == huge
 
 
