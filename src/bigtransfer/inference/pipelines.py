@@ -82,14 +82,17 @@ def is_multi_label(config: Any) -> bool:
 
 class BitPipeline:
     """What both tasks share: one image or a list (paths, http(s) URLs, PIL images, arrays), preprocessed in
-    batches, run on the model's device. Options given at construction are defaults for every call."""
+    batches, run on the model's device. Options given at construction are defaults for every call.
+
+    The model moves only to a `device` asked for: without one it runs where it is, as transformers 4 left a
+    model object (moving it would move the caller's model in place, CPU → CUDA or cuda:1 → cuda:0)."""
 
     options: tuple[str, ...] = ()
 
     def __init__(self, model: Any, processor: ProcessorBase, device: Any = None, batch_size: int = 8,
                  bf16: bool = False, **defaults: Any):  # fmt: skip
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.device = model.device if device is None else resolve_device(device)
+        self.model = (model if model.device == self.device else model.to(self.device)).eval()
         self.processor = processor
         self.batch_size = batch_size
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -175,7 +178,7 @@ def _model_for(task: str, model: Any, device: Any, compile: bool, bf16: bool, mo
                 f"{model} is an export directory: it computes logits (and, exported for OpenVINO, pooled features, "
                 "which `bigtransfer embed` reads); extract hidden states with the original model."
             )
-        base = BitModel.from_pretrained(model, **model_kwargs)
+        base = BitModel.from_pretrained(model, **model_kwargs).to(resolve_device(device))
     return torch.compile(base) if compile else base
 
 
@@ -211,8 +214,6 @@ def pipeline(
     if processor is None and isinstance(model, torch.nn.Module):
         raise ValueError("With a model object, also pass image_processor= (its BitImageProcessor or …Fast).")
     network = _model_for(task, model, device, compile, bf16, model_kwargs or {})
-    if device is None and isinstance(network, ExportedClassifier):
-        device = network.device  # where the export runs (the CPU for OpenVINO), not where torch would choose
     return PIPELINES[task](
         network, processor or BitImageProcessorFast.from_pretrained(model), device, batch_size, bf16, **options
     )
