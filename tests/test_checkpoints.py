@@ -276,3 +276,19 @@ def test_saved_files_are_readable_like_ordinary_files(saved):
     umask = os.umask(0)
     os.umask(umask)
     assert (path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_the_umask_is_read_without_setting_one(tmp_path):
+    code = f"""
+import os
+os.umask(0o027)
+def refuse(mask):
+    raise AssertionError(f"os.umask({{mask:#o}}) called")
+os.umask = refuse
+from pathlib import Path
+from bigtransfer.checkpoints.io import atomic_write_text
+atomic_write_text(Path({str(tmp_path / "note.txt")!r}), "kept")
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "note.txt").stat().st_mode & 0o777 == 0o640
