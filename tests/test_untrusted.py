@@ -236,6 +236,33 @@ def test_serve_refuses_an_upload_beyond_its_own_pixel_limit_that_the_library_rea
     assert "raise BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS" in answer.json()["error"]
 
 
+def jpeg_with_damaged_exif(path: Path) -> Path:
+    """A 600×700 JPEG shown turned (orientation 6) whose EXIF "Make" (ASCII) is relabelled "YResolution" (a
+    rational): exif_transpose, writing the EXIF back, raised TypeError with no file name."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Camera"
+    damaged = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x1b\x00\x02")
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 700, 3), dtype=np.uint8)).save(encoded, "JPEG")
+    jpeg = encoded.getvalue()
+    path.write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(damaged) + 2) + damaged + jpeg[2:])
+    return path
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_a_jpeg_with_damaged_exif_is_one_line_naming_it_at_any_decoding_scale(tmp_path, draft):
+    from bigtransfer import BitImageProcessorFast
+
+    damaged = jpeg_with_damaged_exif(tmp_path / "damaged.jpg")
+    with pytest.raises(ValueError, match=r"^Cannot read .*damaged\.jpg as an image \(.*\); the file is corrupt"):
+        BitImageProcessorFast(size={"shortest_edge": 32}, crop_size=32, draft=draft)(str(damaged))
+
+
+def test_serve_names_an_upload_with_damaged_exif(served, tmp_path):
+    with pytest.raises(ValueError, match=r"^Cannot read upload\.jpg as an image"):
+        served.pixels(jpeg_with_damaged_exif(tmp_path / "damaged.jpg").read_bytes(), "upload.jpg")
+
+
 def served_peak_kib(model: Path, image: Path) -> tuple[str, int]:
     """`ServedModel.pixels` of one image in a fresh interpreter: "decoded" or the error, and how far it raised
     the process's peak memory (KiB)."""

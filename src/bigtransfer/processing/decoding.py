@@ -126,14 +126,27 @@ def _format_by_signature(source: Any) -> str | None:
     return None
 
 
+# What Pillow raises on a file damaged past its header: OSError (truncated, broken data), SyntaxError and
+# ValueError (bad structures), and TypeError or struct.error from EXIF whose tags hold the wrong kind of value
+# (exif_transpose writes the EXIF back without the orientation).
+DAMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, struct.error)
+
+
+@contextlib.contextmanager
+def damage_named(name: Any) -> Iterator[None]:
+    """Reading an opened image's pixels or metadata: what a damaged file raises becomes one ValueError naming it."""
+    try:
+        yield
+    except DAMAGE_ERRORS as error:
+        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+
+
 def decoded(opened: Image.Image, name: Any) -> Image.Image:
     """The pixels of an image `open_checked` opened (at its `draft` scale, if one was set), EXIF orientation
     applied; a file that breaks off or is corrupt past its header is a ValueError naming it."""
-    try:
+    with damage_named(name):
         opened.load()
         ImageOps.exif_transpose(opened, in_place=True)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
     return opened._new(opened.im)  # the decoded pixels, without a copy, outliving `opened` (its caller closes it)
 
 

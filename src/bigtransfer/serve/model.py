@@ -61,7 +61,7 @@ class ServedModel:
         pixel limit: nothing decoded yet."""
         with open_checked(io.BytesIO(data), name) as opened:
             if self.transform.do_resize:
-                draft_for(opened, self.transform.size)
+                draft_for(opened, self.transform.size, name)
             check_image_size(opened.width, opened.height, name, SERVE_MAX_IMAGE_PIXELS(), SERVE_PIXELS_ENV)
             yield opened
 
