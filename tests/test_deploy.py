@@ -187,6 +187,14 @@ def test_int8_bundled_model_keeps_fashion_mnist_top1_within_one_point(tmp_path, 
     assert json.loads((out / "export.json").read_text())["precision"] == "int8"
 
 
+def test_export_traces_and_checks_with_inputs_on_the_models_device():
+    from bigtransfer.deploy.export import model_sample, sample_pixel_values
+
+    model = tiny_classifier("default")
+    assert torch.equal(model_sample(model, PROCESSOR, 2), sample_pixel_values(PROCESSOR, 2))
+    assert model_sample(model.to("meta"), PROCESSOR, 2).device.type == "meta"  # as a CUDA model's are on CUDA
+
+
 def test_int8_accuracy_on_multi_label_data_counts_a_top1_among_the_image_classes(tmp_path):
     from bigtransfer.data.sources import load_dataset
     from bigtransfer.deploy.quantize import Calibration
