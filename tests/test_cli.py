@@ -98,8 +98,9 @@ def test_demo_round_trips_a_model_and_classifies_a_photo(tmp_path, capsys):
     assert result["reloaded_logits_identical"] and len(result["top_k"]) == 3
     scores = [entry["score"] for entry in result["top_k"]]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1  # ranked probabilities, not logits
-    with pytest.raises(SystemExit, match="already holds a model"):
-        cli(["demo", "--out", str(tmp_path / "demo")])
+    assert cli(["demo", "--out", str(tmp_path / "demo")]) == 2  # the CLI's code for a bad value, not sys.exit's 1
+    error = capsys.readouterr().err
+    assert error.startswith("bigtransfer demo: ") and "already holds a model" in error and error.count("\n") == 1
 
 
 def test_damaged_or_missing_files_are_named_without_a_traceback(tmp_path, capsys):
@@ -202,6 +203,16 @@ def test_old_positional_spellings_still_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["convert", str(tiny), "--model", str(tmp_path / "a"), "--out", str(tmp_path / "d")])
     assert "give MODEL and OUT once each" in capsys.readouterr().err
+
+
+def test_convert_into_a_folder_in_use_is_one_line_and_exit_code_2(tmp_path, capsys):
+    tiny = tmp_path / "tiny"
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained(tiny)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert cli(["convert", str(tiny), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bigtransfer convert: ") and "is not empty" in error and error.count("\n") == 1
 
 
 def test_convert_over_an_earlier_conversion_leaves_no_stale_preprocessing(tmp_path, capsys):
