@@ -1,5 +1,6 @@
 """The commands a user types first: predict, models, info, demo, and what they say about damaged files."""
 
+import argparse
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 import bigtransfer
-from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
+from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor, BitModel
 from bigtransfer.cli import main as cli
 from helpers import TINY, run_python, write_bit_npz
 
@@ -272,3 +273,18 @@ def test_commands_import_options_from_one_module_not_from_each_other():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "_options"):
                 assert path.name == "__init__.py", f"{path.name} imports from cli.{node.module}"
+
+
+def test_the_pretrain_help_examples_of_a_custom_architecture_build_with_the_default_groups():
+    from bigtransfer.cli.training import pretrain_config
+
+    (commands,) = [a for a in bigtransfer.cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {action.dest: action.help for action in commands.choices["pretrain"]._actions}
+    depths, widths = (re.search(r"e\.g\. ([\d,]+)", helps[name])[1] for name in ("depths", "hidden_sizes"))
+    args = bigtransfer.cli.build_parser().parse_args(
+        ["pretrain", "--data", "images/", "--arch", "custom", "--depths", depths, "--hidden-sizes", widths]
+    )
+    config = pretrain_config(args)
+    assert config.hidden_sizes == [int(width) for width in widths.split(",")] and config.num_groups == 32
+    with torch.device("meta"):
+        BitModel(config)  # GroupNorm refused 64,128,256,512: a bottleneck of 16 channels in 32 groups
