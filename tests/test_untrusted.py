@@ -776,6 +776,17 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_used(upstream, folde
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_a_recovered_run_keeps_only_sound_checkpoints_to_fall_back_on(upstream, folder, tmp_path, caplog):
+    out = tmp_path / "run"
+    tune(upstream, folder, out, save_every=2)  # checkpoint.pt at step 6, checkpoint.previous.pt at step 4
+    for recovery in range(2):  # each resume starts from step 4 and saves once more, at step 6
+        flip_a_weight_bit(out / "checkpoint.pt")
+        (out / "model").rename(tmp_path / f"model-{recovery}")
+        tune(upstream, folder, out, save_every=2, resume=True)  # the second found the first's damaged file before
+        assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["step"] == 4
+    assert (out / "checkpoint.damaged.pt").is_file() and "checkpoint.damaged.pt" in caplog.text  # kept, named
+
+
 # -- 10, 11, 13: one clear line ---------------------------------------------------------------------------------------
 
 
