@@ -242,6 +242,30 @@ def test_hub_reachability_check(monkeypatch):
     assert hub_reachable("https://hub.example:443")
 
 
+def test_a_failed_hub_probe_is_asked_again_once_it_expires(monkeypatch):
+    from bigtransfer.checkpoints import hub
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    clock, answers, probes = [1000.0], [OSError("network down"), None], []
+
+    def connect(address, timeout):
+        probes.append(address)
+        answer = answers[len(probes) - 1]
+        if answer is not None:
+            raise answer
+        return socket.socket()
+
+    monkeypatch.setattr(hub.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(hub.socket, "create_connection", connect)
+    endpoint = "https://hub.example"
+    assert not hub.hub_reachable(endpoint)
+    clock[0] += hub.PROBE_EXPIRY_S - 1
+    assert not hub.hub_reachable(endpoint) and len(probes) == 1  # the answer stands for a while
+    clock[0] += 2
+    assert hub.hub_reachable(endpoint) and probes == [("hub.example", 443)] * 2
+
+
 def test_offline_without_cache_says_how_to_use_a_local_path(tmp_path):
     result = run_python(LOAD, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     assert result.returncode != 0 and "pass that directory path instead" in result.stderr
@@ -252,3 +276,19 @@ def test_saved_files_are_readable_like_ordinary_files(saved):
     umask = os.umask(0)
     os.umask(umask)
     assert (path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_the_umask_is_read_without_setting_one(tmp_path):
+    code = f"""
+import os
+os.umask(0o027)
+def refuse(mask):
+    raise AssertionError(f"os.umask({{mask:#o}}) called")
+os.umask = refuse
+from pathlib import Path
+from bigtransfer.checkpoints.io import atomic_write_text
+atomic_write_text(Path({str(tmp_path / "note.txt")!r}), "kept")
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "note.txt").stat().st_mode & 0o777 == 0o640

@@ -1,5 +1,6 @@
 """The commands a user types first: predict, models, info, demo, and what they say about damaged files."""
 
+import argparse
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 import bigtransfer
-from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
+from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor, BitModel
 from bigtransfer.cli import main as cli
 from helpers import TINY, run_python, write_bit_npz
 
@@ -98,8 +99,9 @@ def test_demo_round_trips_a_model_and_classifies_a_photo(tmp_path, capsys):
     assert result["reloaded_logits_identical"] and len(result["top_k"]) == 3
     scores = [entry["score"] for entry in result["top_k"]]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1  # ranked probabilities, not logits
-    with pytest.raises(SystemExit, match="already holds a model"):
-        cli(["demo", "--out", str(tmp_path / "demo")])
+    assert cli(["demo", "--out", str(tmp_path / "demo")]) == 2  # the CLI's code for a bad value, not sys.exit's 1
+    error = capsys.readouterr().err
+    assert error.startswith("bigtransfer demo: ") and "already holds a model" in error and error.count("\n") == 1
 
 
 def test_damaged_or_missing_files_are_named_without_a_traceback(tmp_path, capsys):
@@ -204,6 +206,16 @@ def test_old_positional_spellings_still_work(tmp_path, capsys):
     assert "give MODEL and OUT once each" in capsys.readouterr().err
 
 
+def test_convert_into_a_folder_in_use_is_one_line_and_exit_code_2(tmp_path, capsys):
+    tiny = tmp_path / "tiny"
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained(tiny)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert cli(["convert", str(tiny), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bigtransfer convert: ") and "is not empty" in error and error.count("\n") == 1
+
+
 def test_convert_over_an_earlier_conversion_leaves_no_stale_preprocessing(tmp_path, capsys):
     with_preprocessing, without = tmp_path / "with", tmp_path / "without"
     for folder in (with_preprocessing, without):
@@ -269,3 +281,18 @@ def test_an_unknown_device_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert cli(["predict", str(tmp_path / "a.png"), "--model", "bit-tiny-glyphs", "--device", "gpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--device 'gpu' is not a device: use cpu, cuda or cuda:N" in err
+
+
+def test_the_pretrain_help_examples_of_a_custom_architecture_build_with_the_default_groups():
+    from bigtransfer.cli.training import pretrain_config
+
+    (commands,) = [a for a in bigtransfer.cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {action.dest: action.help for action in commands.choices["pretrain"]._actions}
+    depths, widths = (re.search(r"e\.g\. ([\d,]+)", helps[name])[1] for name in ("depths", "hidden_sizes"))
+    args = bigtransfer.cli.build_parser().parse_args(
+        ["pretrain", "--data", "images/", "--arch", "custom", "--depths", depths, "--hidden-sizes", widths]
+    )
+    config = pretrain_config(args)
+    assert config.hidden_sizes == [int(width) for width in widths.split(",")] and config.num_groups == 32
+    with torch.device("meta"):
+        BitModel(config)  # GroupNorm refused 64,128,256,512: a bottleneck of 16 channels in 32 groups

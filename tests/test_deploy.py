@@ -187,6 +187,35 @@ def test_int8_bundled_model_keeps_fashion_mnist_top1_within_one_point(tmp_path, 
     assert json.loads((out / "export.json").read_text())["precision"] == "int8"
 
 
+def test_export_traces_and_checks_with_inputs_on_the_models_device():
+    from bigtransfer.deploy.export import model_sample, sample_pixel_values
+
+    model = tiny_classifier("default")
+    assert torch.equal(model_sample(model, PROCESSOR, 2), sample_pixel_values(PROCESSOR, 2))
+    assert model_sample(model.to("meta"), PROCESSOR, 2).device.type == "meta"  # as a CUDA model's are on CUDA
+
+
+def test_int8_accuracy_on_multi_label_data_counts_a_top1_among_the_image_classes(tmp_path):
+    from bigtransfer.data.sources import load_dataset
+    from bigtransfer.deploy.quantize import Calibration
+    from test_multi_label import SCENES, write_images
+
+    write_images(tmp_path / "images", SCENES)
+    (tmp_path / "train.csv").write_text("path,label\n" + "".join(f"images/{n},{c}\n" for n, c in SCENES.items()))
+    dataset = load_dataset(tmp_path / "train.csv", multi_label=True)  # classes bird, cat, dog
+    processor = BitImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    calibration = Calibration(dataset, processor, size=2, heldout=10, workers=0)
+    config = BitConfig(**TINY, id2label={0: "cat", 1: "dog", 2: "bird"})
+
+    def always_cat(pixel_values):
+        return np.tile(np.float32([1, 0, 0]), (len(pixel_values), 1))
+
+    report = calibration.agreement(always_cat, always_cat, config)
+    with_a_cat = dataset.labels[calibration.heldout_indices, dataset.classes.index("cat")].mean()
+    assert report["heldout_images"] == 10 and report["top1_agreement"] == 1.0
+    assert report["float32_top1"] == report["int8_top1"] == pytest.approx(with_a_cat)
+
+
 def test_large_models_keep_weights_beside_the_graph_and_still_quantize(monkeypatch, tmp_path):
     import bigtransfer.deploy.export as export_module
     from bigtransfer.data.sources import load_dataset

@@ -181,3 +181,28 @@ def test_checkpointed_gradients_equal_the_plain_ones(model_class, options):
         assert torch.equal(a.grad, b.grad), name
     checkpointed.gradient_checkpointing_disable()
     assert not checkpointed.is_activation_checkpointing
+
+
+def test_pooled_features_of_a_compiled_classifier_run_compiled(tmp_path):
+    import skimage.data
+
+    from bigtransfer import BitImageProcessor
+    from bigtransfer.inference.predict import pooled_features
+
+    torch.manual_seed(0)
+    model = randomize_norms(BitForImageClassification(BitConfig(**TINY))).eval()
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    for name, image in (("cat", skimage.data.chelsea()), ("cup", skimage.data.coffee())):
+        (tmp_path / name).mkdir()
+        Image.fromarray(image).save(tmp_path / name / "photo.png")
+    dataset = load_dataset(tmp_path)
+    processor = BitImageProcessor(size={"shortest_edge": 40}, crop_size=32)
+    compiled = pooled_features(torch.compile(model, backend=counting_backend), dataset, processor, workers=0)
+    eager = pooled_features(model, dataset, processor, workers=0)
+    assert graphs and not any("classifier" in name for graph in graphs for name, _ in graph.named_modules())
+    np.testing.assert_allclose(compiled.rows, eager.rows, atol=1e-5)

@@ -47,6 +47,16 @@ def test_feature_models_are_tagged_for_feature_extraction(tmp_path):
         assert f"{auto_class}.from_pretrained" in card and "## Labels" not in card
 
 
+def test_a_subclass_gets_the_card_of_the_class_it_derives_from(tmp_path):
+    class MyClassifier(BitForImageClassification):
+        pass
+
+    MyClassifier(BitConfig(**TINY)).save_pretrained(tmp_path, model_card=True)
+    card = (tmp_path / "README.md").read_text()
+    assert front_matter(card)["pipeline_tag"] == "image-classification"
+    assert "model = BitForImageClassification.from_pretrained(" in card and "MyClassifier" not in card
+
+
 def test_a_layout_transformers_builds_differently_gets_the_register_snippet(tmp_path):
     BitForImageClassification(BitConfig(**TINY, width_factor=2)).save_pretrained(tmp_path, model_card=True)
     assert "bigtransfer.register()" in (tmp_path / "README.md").read_text()

@@ -135,6 +135,17 @@ def test_a_model_built_under_inference_mode_runs():
         assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
 
 
+def test_a_frozen_model_gives_input_gradients_after_predicting_under_inference_mode():
+    model = tiny_model().requires_grad_(False)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(x).logits
+    pixels = x.clone().requires_grad_(True)
+    logits = model(pixels).logits
+    logits[0, 0].backward()
+    assert torch.equal(logits.detach(), expected) and pixels.grad.abs().sum() > 0
+
+
 def test_torch_export_matches_eager():
     model = tiny_model(global_padding="same", layer_type="bottleneck", embedding_dynamic_padding=True)
     x = torch.randn(2, 3, 40, 40)

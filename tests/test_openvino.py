@@ -166,3 +166,19 @@ assert handled == [1]
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_runner_called_from_many_threads_gives_each_its_own_answer(bundled_openvino):
+    import concurrent.futures
+
+    from bigtransfer.deploy.openvino import OPENVINO_FILE, OpenVINORunner
+
+    runner = OpenVINORunner(bundled_openvino / OPENVINO_FILE)
+    size = BitImageProcessor.from_pretrained(bundled_openvino).eval_transform().fixed_size()
+    images = [np.random.default_rng(seed).standard_normal((1, 3, *size), dtype=np.float32) for seed in range(16)]
+    expected = [runner(image)["logits"] for image in images]
+    assert all(not np.array_equal(expected[0], other) for other in expected[1:])
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            answers = list(pool.map(lambda image: runner(image)["logits"], images))
+            assert all(np.array_equal(answer, want) for answer, want in zip(answers, expected))

@@ -148,3 +148,11 @@ def test_urls_are_fetched_and_a_silent_server_times_out(classifier_dir, served_p
 
 def test_device_minus_one_is_the_cpu_as_in_transformers(classifier_dir):
     assert pipeline("image-classification", model=classifier_dir, device=-1).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("task", ["image-classification", "image-feature-extraction"])
+def test_a_model_object_stays_where_it_is_without_a_device(classifier_dir, task, monkeypatch):
+    model = bigtransfer.BitForImageClassification.from_pretrained(classifier_dir)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine whose default device is a GPU
+    run = pipeline(task, model=model, image_processor=bigtransfer.BitImageProcessor(**SETTINGS))
+    assert run.device == model.device == torch.device("cpu") and run(PHOTOS[0])

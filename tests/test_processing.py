@@ -176,7 +176,7 @@ def test_a_draft_keeps_twice_the_target_on_each_shown_side(tmp_path, orientation
     exif[0x0112] = orientation
     photo("rocket", (1600, 400)).save(tmp_path / "p.jpg", quality=90, exif=exif.tobytes())
     with open_checked(tmp_path / "p.jpg", "p.jpg") as opened:
-        draft_for(opened, {"height": 25, "width": 100})
+        draft_for(opened, {"height": 25, "width": 100}, "p.jpg")
         shown = decoded(opened, "p.jpg")
     assert shown.width >= 200 and shown.height >= 50  # a quarter turn, ignored, gave 50 px for a 100-px width
     assert shown.size == ((200, 50) if orientation == 1 else (200, 800))

@@ -167,7 +167,7 @@ def slow_decoder(served, seconds: float) -> tuple[ServedModel, dict]:
 def test_decodes_take_turns_by_decoded_size_and_a_small_request_is_not_starved(served, photo, tmp_path, monkeypatch):
     huge = png_header(tmp_path / "huge.png", 4000, 4000).read_bytes()  # 70 bytes, 64 MB decoding (RGB in 4 bytes)
     assert served.decoding_bytes(huge) == 4000 * 4000 * 4
-    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", 140_000_000)  # two such images at a time
+    monkeypatch.setenv(admission.DECODE_BYTES_ENV, "140000000")  # two such images at a time
     slow, record = slow_decoder(served, 0.2)
     with client_for(slow) as client, concurrent.futures.ThreadPoolExecutor(3) as pool:
         heavy = [pool.submit(client.post, f"/v2/models/{NAME}/infer", json=infer_request([huge] * 6)) for _ in "ab"]
@@ -184,7 +184,7 @@ def test_an_image_its_header_refuses_does_not_wait_for_a_turn(served, photo, tmp
     bomb = png_header(tmp_path / "bomb.png", 9000, 9000).read_bytes()  # beyond the server's 4096² pixels
     with pytest.raises(ValueError, match="9000×9000 pixels is beyond the limit"):
         served.decoding_bytes(bomb)
-    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", served.decoding_bytes(photo))  # one photo takes it all
+    monkeypatch.setenv(admission.DECODE_BYTES_ENV, str(served.decoding_bytes(photo)))  # one photo takes it all
     slow, _ = slow_decoder(served, 1.5)
     with client_for(slow) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         busy = pool.submit(client.post, f"/v2/models/{NAME}/infer", json=infer_request([photo] * 2))
@@ -235,7 +235,7 @@ def test_a_request_stops_decoding_at_its_first_unreadable_image(served, photo, m
     assert answer.status_code == 400 and "image 1 of the request" in answer.json()["error"]
     assert decoded == ["image 0 of the request"]
     decoded.clear()
-    monkeypatch.setattr(admission, "MAX_DECODE_BYTES", served.decoding_bytes(photo))  # one decode at a time
+    monkeypatch.setenv(admission.DECODE_BYTES_ENV, str(served.decoding_bytes(photo)))  # one decode at a time
     cut_short = photo[: len(photo) // 2]  # its header reads, its pixels break off
     with client_for(counting) as client:
         answer = client.post(f"/v2/models/{NAME}/infer", json=infer_request([photo, cut_short, photo]))

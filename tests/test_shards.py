@@ -590,7 +590,7 @@ def test_streamed_rows_naming_other_places_are_refused_and_hub_files_bounded(mon
     (tmp_path / "local.png").write_bytes(png_bytes())
     fake_hub_files.pipe("/datasets/toy/remote/ok.png", png_bytes())
     fake_hub_files.pipe("/datasets/toy/remote/huge.png", png_bytes() + b"\0" * 200_000)
-    monkeypatch.setattr(decoding, "MAX_DOWNLOAD_BYTES", 100_000)
+    monkeypatch.setenv(decoding.DOWNLOAD_ENV, "100000")
     paths = ["hf://datasets/toy/remote/ok.png", f"{url}/secret.png", str(tmp_path / "local.png"),
              f"zip://x.png::{url}/a.zip", "hf://datasets/toy/remote/huge.png", "hf://datasets/toy/remote/ok.png"]  # fmt: skip
     streamed_rows(monkeypatch, paths)

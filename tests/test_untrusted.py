@@ -218,7 +218,7 @@ def test_serve_decodes_a_large_jpeg_at_the_scale_its_model_needs_and_counts_it_s
     normalised = lambda pixels: served.transform.normalise_pixels(torch.from_numpy(pixels[None].copy()))  # noqa: E731
     drafted = normalised(served.pixels(jpeg.getvalue()))
     assert (drafted - normalised(full)).abs().mean() < 2e-2  # the fast processor's draft tolerance
-    monkeypatch.setattr(model, "SERVE_MAX_IMAGE_PIXELS", 100_000)  # decoded pixels count, not declared ones
+    monkeypatch.setenv(model.SERVE_PIXELS_ENV, "100000")  # decoded pixels count, not declared ones
     assert served.pixels(jpeg.getvalue()).shape == (20, 20, 3)
     with pytest.raises(ValueError, match="1600×1200 pixels is beyond the limit of 100,000 .*SERVE_MAX_IMAGE_PIXELS"):
         served.decoding_bytes(png.getvalue())
@@ -235,6 +235,33 @@ def test_serve_refuses_an_upload_beyond_its_own_pixel_limit_that_the_library_rea
     assert answer.status_code == 400
     assert "4200×4200 pixels is beyond the limit of 16,777,216" in answer.json()["error"]
     assert "raise BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS" in answer.json()["error"]
+
+
+def jpeg_with_damaged_exif(path: Path) -> Path:
+    """A 600×700 JPEG shown turned (orientation 6) whose EXIF "Make" (ASCII) is relabelled "YResolution" (a
+    rational): exif_transpose, writing the EXIF back, raised TypeError with no file name."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Camera"
+    damaged = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x1b\x00\x02")
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 700, 3), dtype=np.uint8)).save(encoded, "JPEG")
+    jpeg = encoded.getvalue()
+    path.write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(damaged) + 2) + damaged + jpeg[2:])
+    return path
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_a_jpeg_with_damaged_exif_is_one_line_naming_it_at_any_decoding_scale(tmp_path, draft):
+    from bigtransfer import BitImageProcessorFast
+
+    damaged = jpeg_with_damaged_exif(tmp_path / "damaged.jpg")
+    with pytest.raises(ValueError, match=r"^Cannot read .*damaged\.jpg as an image \(.*\); the file is corrupt"):
+        BitImageProcessorFast(size={"shortest_edge": 32}, crop_size=32, draft=draft)(str(damaged))
+
+
+def test_serve_names_an_upload_with_damaged_exif(served, tmp_path):
+    with pytest.raises(ValueError, match=r"^Cannot read upload\.jpg as an image"):
+        served.pixels(jpeg_with_damaged_exif(tmp_path / "damaged.jpg").read_bytes(), "upload.jpg")
 
 
 def served_peak_kib(model: Path, image: Path) -> tuple[str, int]:
@@ -319,7 +346,7 @@ def hostile_server():
 def test_an_endless_body_stops_at_the_byte_limit(hostile_server, monkeypatch):
     import bigtransfer.processing.decoding as decoding
 
-    monkeypatch.setattr(decoding, "MAX_DOWNLOAD_BYTES", 4 * 2**20)
+    monkeypatch.setenv(decoding.DOWNLOAD_ENV, str(4 * 2**20))
     with pytest.raises(ValueError, match="beyond the limit of 4,194,304 bytes"):
         fetch_image(f"{hostile_server}/endless", timeout=20)
 
@@ -750,6 +777,17 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_used(upstream, folde
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_a_recovered_run_keeps_only_sound_checkpoints_to_fall_back_on(upstream, folder, tmp_path, caplog):
+    out = tmp_path / "run"
+    tune(upstream, folder, out, save_every=2)  # checkpoint.pt at step 6, checkpoint.previous.pt at step 4
+    for recovery in range(2):  # each resume starts from step 4 and saves once more, at step 6
+        flip_a_weight_bit(out / "checkpoint.pt")
+        (out / "model").rename(tmp_path / f"model-{recovery}")
+        tune(upstream, folder, out, save_every=2, resume=True)  # the second found the first's damaged file before
+        assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["step"] == 4
+    assert (out / "checkpoint.damaged.pt").is_file() and "checkpoint.damaged.pt" in caplog.text  # kept, named
+
+
 # -- 10, 11, 13: one clear line ---------------------------------------------------------------------------------------
 
 
@@ -797,6 +835,42 @@ def test_the_python_recipe_refuses_them_too():
         FineTuning(steps=0)
 
 
+# -- issue 32: a limit's environment variable is read where the limit is used, a bad value named in one line --------
+
+LIMIT_MODULES = ("processing.decoding", "processing.base", "data.datasets", "data.tar_reading", "serve.model",
+                 "serve.admission", "serve.connections")  # fmt: skip
+
+
+def test_bad_limit_settings_break_neither_the_import_nor_the_version():
+    variables = ("MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO", "MAX_DOWNLOAD_BYTES", "MAX_INPUT_SIDE", "MAX_CLASSES",
+                 "MAX_SHARD_MEMBER_BYTES", "SERVE_MAX_IMAGE_PIXELS", "SERVE_DECODE_BYTES", "SERVE_HEADER_TIMEOUT")  # fmt: skip
+    environment = {**os.environ, **{f"BIGTRANSFER_{name}": "80M" for name in variables}}
+    imports = "; ".join(f"import bigtransfer.{module}" for module in LIMIT_MODULES)
+    code = f"{imports}; from bigtransfer.cli import main; main(['--version'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("bigtransfer ") and done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize("value", ["80M", "0", "-1", "1e8", "nan"])
+def test_a_bad_limit_setting_is_one_line_naming_the_variable_where_the_limit_is_used(value, monkeypatch):
+    from bigtransfer.processing.decoding import check_image_size
+
+    check_image_size(640, 480, "photo.jpg")
+    monkeypatch.setenv("BIGTRANSFER_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(ValueError, match=f"^BIGTRANSFER_MAX_IMAGE_PIXELS='{value}' is not a positive whole number"):
+        check_image_size(640, 480, "photo.jpg")
+
+
+def test_a_limit_setting_takes_effect_without_a_new_import(monkeypatch):
+    from bigtransfer.processing.decoding import check_image_size
+
+    monkeypatch.setenv("BIGTRANSFER_MAX_ASPECT_RATIO", "2.5")
+    with pytest.raises(ValueError, match="300:100 is beyond the limit of 2.5:1"):
+        check_image_size(300, 100, "a banner")
+    monkeypatch.setenv("BIGTRANSFER_MAX_ASPECT_RATIO", "3.5")
+    check_image_size(300, 100, "a banner")
+
+
 # -- 4: sizes are checked before anything is allocated --------------------------------------------------------------
 
 
@@ -828,7 +902,7 @@ def test_absurd_processor_sizes_are_refused_at_load(upstream, setting, tmp_path,
     Image.new("RGB", (24, 24)).save(tmp_path / "image.png")  # never resized: the processor is refused first
     assert cli(["predict", str(tmp_path / "image.png"), "--model", str(upstream)]) == 2
     assert "beyond the limit" in capsys.readouterr().err
-    monkeypatch.setattr(base, "MAX_INPUT_SIDE", 100_000)  # as BIGTRANSFER_MAX_INPUT_SIDE=100000 sets it
+    monkeypatch.setenv(base.SIDE_ENV, "100000")
     assert getattr(BitImageProcessor.from_pretrained(upstream), setting) == huge
 
 

@@ -5,6 +5,7 @@ file."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -21,13 +22,22 @@ except ImportError:  # Windows
     fcntl = None
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status). Elsewhere only
+    setting one returns it, so that is done once, at first use: at import it set 0 for a moment, and a file
+    another thread created meanwhile was world-writable."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return _umask_by_setting()
+
+
+@functools.cache
+def _umask_by_setting() -> int:
+    mask = os.umask(0o077)  # for the moment it is set, files are made private, never more open
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()
 
 
 @contextlib.contextmanager
@@ -40,7 +50,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp (and some writers' own temp files) make 0600 files: give it the usual permissions
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except OSError as error:  # name the file the user asked for, not the hidden temporary one
         if error.filename is None or str(tmp) not in str(error.filename):
@@ -85,7 +95,7 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
         with exclusive(lock, wait=False):  # held (and written: no longer empty) before the staging directory exists
             staging.mkdir()
             yield staging
-            os.chmod(staging, 0o777 & ~_UMASK)
+            os.chmod(staging, 0o777 & ~current_umask())
             if target.exists():
                 retired.mkdir()
                 os.replace(target, retired / target.name)

@@ -6,10 +6,10 @@ nothing about what the files contain.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -34,21 +34,30 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or "\\" in name
 
 
-@functools.cache
+PROBE_EXPIRY_S = 60.0  # how long one probe's answer stands: a network that comes back is used again within a minute
+_probes: dict[tuple[str, float], tuple[float, bool]] = {}  # (endpoint, timeout) → (monotonic time, reachable)
+
+
 def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hub's host opens within `timeout` seconds, asked once per process.
+    """Whether a TCP connection to the Hub's host opens within `timeout` seconds, asked again once the last
+    answer is PROBE_EXPIRY_S old (one failed probe must not keep a long-lived process offline for good).
 
     Without it an absent network costs ~25 s of huggingface_hub's retries before any message. Behind an
     HTTP(S) proxy the host is not reached directly, so the check is skipped there.
     """
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
         return True
+    probed = _probes.get((endpoint, timeout))
+    if probed is not None and time.monotonic() - probed[0] < PROBE_EXPIRY_S:
+        return probed[1]
     url = urllib.parse.urlsplit(endpoint)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        reachable = True
     except OSError:
-        return False
-    return True
+        reachable = False
+    _probes[endpoint, timeout] = (time.monotonic(), reachable)
+    return reachable
 
 
 def hub_download(repo_id: str, filename: str, subfolder: str, **hub_options: Any) -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ def _demo_image(path: str | None):
     try:
         import skimage.data
     except ImportError:
-        sys.exit(f"The demo photo comes from scikit-image: {install_hint('demo')}, or pass --image PATH.")
+        raise ImportError(
+            f"The demo photo comes from scikit-image: {install_hint('demo')}, or pass --image PATH."
+        ) from None
     from PIL import Image
 
     return Image.fromarray(skimage.data.chelsea()), "scikit-image chelsea (a cat)"
@@ -79,7 +80,7 @@ def _print_demo(result: dict) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     if args.out and (Path(args.out) / "model.safetensors").exists():
-        sys.exit(f"{args.out} already holds a model: choose another --out (nothing was overwritten).")
+        raise FileExistsError(f"{args.out} already holds a model: choose another --out (nothing was overwritten).")
     result = run_demo(args)
     emit(result, args.json, _print_demo)
     return 0

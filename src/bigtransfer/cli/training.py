@@ -27,6 +27,7 @@ from ._options import (
 )
 
 if TYPE_CHECKING:
+    from ..models.config import BitConfig
     from ..train import RunOptions
 
 
@@ -123,7 +124,8 @@ def register(commands) -> None:
         "--arch", default="R50x1", help="R50x1 … R152x4, or 'custom' with the options below (default R50x1)"
     )
     pretrain.add_argument("--depths", help="custom: blocks per stage, e.g. 1,1,1,1")
-    pretrain.add_argument("--hidden-sizes", help="custom: stage widths, e.g. 64,128,256,512")
+    pretrain.add_argument("--hidden-sizes", help="custom: stage widths, e.g. 128,256,512,1024 (a bottleneck is a "
+                          "quarter of its stage's width, and --num-groups must divide it)")  # fmt: skip
     pretrain.add_argument("--embedding-size", type=positive_int, default=64, help="custom: stem width (default 64)")
     pretrain.add_argument("--num-groups", type=positive_int, default=32, help="GroupNorm groups (default 32)")
     pretrain.add_argument("--epochs", type=positive_float, default=90, help="passes over --data (default 90, as BiT-S)")
@@ -226,10 +228,10 @@ def _quicker_on_cpu(crop: int, native: int | None) -> str | None:
     return "--resize 160 --crop 128 --batch-size 64 (or --steps N)" if crop >= 224 else None
 
 
-def run_pretrain(args: argparse.Namespace) -> dict:
+def pretrain_config(args: argparse.Namespace) -> BitConfig:
+    """The BitConfig that --arch (with --depths, --hidden-sizes, --embedding-size) and --num-groups describe."""
     from ..checkpoints.catalogue import ARCHITECTURES
     from ..models.config import BitConfig
-    from ..train import FewShotCheck, Pretraining, pretrain
 
     if args.arch == "custom":
         if not (args.depths and args.hidden_sizes):
@@ -243,6 +245,13 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         config = BitConfig(depths=depths, width_factor=width_factor, num_groups=args.num_groups)
     else:
         raise ValueError(f"Unknown --arch {args.arch!r}: use one of {', '.join(ARCHITECTURES)} or 'custom'.")
+    return config
+
+
+def run_pretrain(args: argparse.Namespace) -> dict:
+    from ..train import FewShotCheck, Pretraining, pretrain
+
+    config = pretrain_config(args)
     check = None
     if args.fewshot_every:
         if not (args.fewshot_data and args.fewshot_eval_data):

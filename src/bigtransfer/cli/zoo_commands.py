@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 from ._options import add_model_argument, add_out_argument, add_output_arguments, emit
@@ -98,7 +97,7 @@ def run_convert(args: argparse.Namespace) -> dict:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        sys.exit(f"{out} is not empty: choose a new directory or pass --overwrite (nothing was written).")
+        raise FileExistsError(f"{out} is not empty: choose a new directory or pass --overwrite (nothing was written).")
     model = BitForImageClassification.from_pretrained(args.model)
     processor = _own_preprocessing(args.model)
     model.save_pretrained(out)

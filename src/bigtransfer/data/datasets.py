@@ -25,6 +25,7 @@ from ..processing.decoding import (
     pil_to_rgb,
     stored_image_source,
 )
+from ..processing.limits import EnvLimit
 from .order import ShuffledOrder
 
 FASHION_MNIST = [
@@ -46,15 +47,15 @@ SIZE_SAMPLE = 64  # images whose headers decide the typical size: enough for a s
 CLASSES_ENV = "BIGTRANSFER_MAX_CLASSES"
 # Far beyond any image classification label set (ImageNet-21k: 21,843), far below a class list or a head that
 # exhausts memory merely by being built: one stray label of 99,999,999,999 made a 23 GB list of class names.
-MAX_CLASSES = int(os.environ.get(CLASSES_ENV, 100_000))
+MAX_CLASSES = EnvLimit(CLASSES_ENV, 100_000)
 
 
 def beyond_class_limit(label: int) -> str | None:
     """Why a class id is no class's (negative, or past MAX_CLASSES), before a class list up to it is built."""
     if label < 0:
         return f"the class id {label} is negative"
-    if label >= MAX_CLASSES:
-        return f"the class id {label:,} is beyond the limit of {MAX_CLASSES:,} classes ({CLASSES_ENV})"
+    if label >= (limit := MAX_CLASSES()):
+        return f"the class id {label:,} is beyond the limit of {limit:,} classes ({CLASSES_ENV})"
     return None
 
 
@@ -447,7 +448,7 @@ def _class_ids(values: list, feature: Any, source: str) -> tuple[np.ndarray, lis
     elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
         labels = np.array(values, dtype=np.int64)
         largest = int(labels.argmax()) if len(labels) else None
-        if largest is not None and labels[largest] >= MAX_CLASSES:  # before a class list up to it
+        if largest is not None and labels[largest] >= MAX_CLASSES():  # before a class list up to it
             raise ValueError(
                 f"{source}, row {largest}: {beyond_class_limit(int(labels[largest]))}: a stray label (fix the row), "
                 "or a label set that large (raise the limit)."

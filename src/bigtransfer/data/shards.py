@@ -276,8 +276,8 @@ def _manifest_problem(manifest: Any) -> str | None:
     classes, counts, size = manifest.get("classes"), manifest.get("class_counts"), manifest.get("image_size")
     if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
         return 'its "classes" are not a list of names'
-    if len(classes) > MAX_CLASSES:
-        return f"it lists {len(classes):,} classes, beyond the limit of {MAX_CLASSES:,} ({CLASSES_ENV})"
+    if len(classes) > (limit := MAX_CLASSES()):
+        return f"it lists {len(classes):,} classes, beyond the limit of {limit:,} ({CLASSES_ENV})"
     if counts is not None and not (
         isinstance(counts, list) and len(counts) == len(classes) and all(map(_count, counts))
     ):

@@ -6,13 +6,13 @@ sample unusable, with the reason; where the tar breaks off, the samples before s
 from __future__ import annotations
 
 import contextlib
-import os
 import tarfile
 import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from .._util.package import optional_import
+from ..processing.limits import EnvLimit
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")  # a sample's image, the first of these it holds
 LABEL_FIELDS = ("cls", "json")  # its class id (the WebDataset convention), or {"labels": [ids…]} (multi-label)
@@ -21,7 +21,7 @@ MEMBER_ENV = "BIGTRANSFER_MAX_SHARD_MEMBER_BYTES"
 # A member's size is in its header, read before its bytes: a 3 MB gzip tar can declare a 3 GiB image, which every
 # loading worker would otherwise hold (twice, while it is joined). Far above any image `shard` stores (a PNG at
 # --max-side 4096 is at most 48 MiB); other members are never read at all.
-MAX_MEMBER_BYTES = int(os.environ.get(MEMBER_ENV, 64 * 2**20))
+MAX_MEMBER_BYTES = EnvLimit(MEMBER_ENV, 64 * 2**20)
 MAX_HEADER_BYTES = 2**20  # a long name or extended (pax) header, which tarfile itself reads whole: paths are < 4 KiB
 HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                 tarfile.SOLARIS_XHDTYPE)  # fmt: skip
@@ -102,6 +102,6 @@ def _problem(member: tarfile.TarInfo, repeated: bool) -> str | None:
         return f"{member.name} is {LINK_KINDS.get(member.type, 'a special file')}, not a file"
     if repeated:
         return f"it holds {member.name} twice"
-    if member.size > MAX_MEMBER_BYTES:
-        return f"{member.name} is {member.size:,} bytes, beyond the limit of {MAX_MEMBER_BYTES:,} ({MEMBER_ENV})"
+    if member.size > (limit := MAX_MEMBER_BYTES()):
+        return f"{member.name} is {member.size:,} bytes, beyond the limit of {limit:,} ({MEMBER_ENV})"
     return None

@@ -81,6 +81,12 @@ def sample_pixel_values(processor: ProcessorBase, batch: int, seed: int = 0) -> 
     return processor.eval_transform().normalise(pixels.round().to(torch.uint8))
 
 
+def model_sample(model: nn.Module, processor: ProcessorBase, batch: int) -> torch.Tensor:
+    """`sample_pixel_values` on the model's device: a CUDA model is traced and checked with CUDA inputs (CPU
+    ones made export() of a CUDA model fail); the values are the same wherever they are."""
+    return sample_pixel_values(processor, batch).to(next(model.parameters()).device)
+
+
 def _batch_axis() -> dict[str, dict[int, Any]]:
     return {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=65536)}}
 
@@ -139,13 +145,13 @@ def largest_differences(model: nn.Module, exported: ExportedClassifier, processo
     at several batch sizes."""
     worst: dict[str, float] = {}
     for batch in CHECK_BATCHES:
-        pixel_values = sample_pixel_values(processor, batch)
+        pixel_values = model_sample(model, processor, batch)
         with torch.inference_mode():
             expected = model.bit(pixel_values).pooler_output.float()
             expected = {OUTPUT_NAME: model.classifier(expected), FEATURES_NAME: expected}
-        outputs = exported.outputs(pixel_values)
+        outputs = exported.outputs(pixel_values)  # on the CPU, where the check runs the export
         for name in expected.keys() & outputs.keys():
-            difference = (outputs[name].float() - expected[name]).abs().max().item()
+            difference = (outputs[name].float() - expected[name].cpu()).abs().max().item()
             worst[name] = max(worst.get(name, 0.0), difference)
     return worst
 
@@ -221,7 +227,7 @@ def _export_checked(model, processor, directory: Path, format: str, tolerance: f
     height, width = input_size(processor)
     model.config.save_pretrained(directory)
     processor.save_pretrained(directory)
-    example = sample_pixel_values(processor, 2)
+    example = model_sample(folded, processor, 2)
     exporter = {"onnx": export_onnx, "openvino": export_openvino, "pt2": export_pt2}[format]
     exporter(folded, directory / FORMATS[format], example)
     differences = largest_differences(model, ExportedClassifier(directory), processor)

@@ -116,7 +116,8 @@ class Calibration:
         return report
 
     def agreement(self, float_logits: Logits, int8_logits: Logits, config: BitConfig) -> dict[str, Any]:
-        """Top-1 agreement of int8 with float32 on the held-out images, and both accuracies when labelled."""
+        """Top-1 agreement of int8 with float32 on the held-out images, and both accuracies when labelled: the
+        top-1 class is right when it is the image's class (multi-label data: one of its classes)."""
         if not len(self.heldout_indices):
             return {"heldout_images": 0}
         float_top1, int8_top1, indices = [], [], []
@@ -127,12 +128,17 @@ class Calibration:
         float_top1, int8_top1 = np.array(float_top1), np.array(int8_top1)
         report = {"heldout_images": len(indices), "top1_agreement": float((float_top1 == int8_top1).mean())}
         label2id = {name: i for i, name in config.id2label.items()}
-        names = [self.dataset.classes[label] for label in self.dataset.labels[indices]]
-        if names and all(name in label2id for name in names):
-            truth = np.array([label2id[name] for name in names])
-            report["float32_top1"] = float((float_top1 == truth).mean())
-            report["int8_top1"] = float((int8_top1 == truth).mean())
+        names = [self._class_names(index) for index in indices]
+        if names and all(name in label2id for image_names in names for name in image_names):
+            truth = [{label2id[name] for name in image_names} for image_names in names]
+            report["float32_top1"] = float(np.mean([top1 in right for top1, right in zip(float_top1, truth)]))
+            report["int8_top1"] = float(np.mean([top1 in right for top1, right in zip(int8_top1, truth)]))
         return report
+
+    def _class_names(self, index: int) -> list[str]:
+        """The classes image `index` shows: its one class, or those its multi-hot row marks."""
+        label, classes = self.dataset.labels[index], self.dataset.classes
+        return [classes[i] for i in np.flatnonzero(label)] if self.dataset.multi_label else [classes[label]]
 
 
 def _session_logits(session) -> Logits:

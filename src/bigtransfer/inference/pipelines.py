@@ -64,14 +64,17 @@ def is_multi_label(config: Any) -> bool:
 
 class BitPipeline:
     """What both tasks share: one image or a list (paths, http(s) URLs, PIL images, arrays), preprocessed in
-    batches (`settings.batch_size`), run on `settings.device` in bf16 when `settings.bf16`. Options given at
-    construction are defaults for every call."""
+    batches (`settings.batch_size`), run in bf16 when `settings.bf16`. Options given at construction are
+    defaults for every call.
+
+    The model moves only to a `settings.device` asked for: without one it runs where it is, as transformers 4 left
+    a model object (moving it would move the caller's model in place, CPU → CUDA or cuda:1 → cuda:0)."""
 
     options: tuple[str, ...] = ()
 
     def __init__(self, model: Any, processor: ProcessorBase, settings: InferenceSettings, **defaults: Any):
-        self.device = resolve_device(settings.device)
-        self.model = model.to(self.device).eval()
+        self.device = model.device if settings.device is None else resolve_device(settings.device)
+        self.model = (model if model.device == self.device else model.to(self.device)).eval()
         self.processor = processor
         self.batch_size = settings.batch_size
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=settings.bf16)
@@ -157,7 +160,7 @@ def _model_for(task: str, model: Any, settings: InferenceSettings, model_kwargs:
                 f"{model} is an export directory: it computes logits (and, exported for OpenVINO, pooled features, "
                 "which `bigtransfer embed` reads); extract hidden states with the original model."
             )
-        base = BitModel.from_pretrained(model, **model_kwargs)
+        base = BitModel.from_pretrained(model, **model_kwargs).to(resolve_device(settings.device))
     return torch.compile(base) if settings.compile else base
 
 

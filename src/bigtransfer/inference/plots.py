@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,29 +16,40 @@ logger = logging.getLogger(__name__)
 HEADLINES = {"eval_top1": "top-1", "eval_map": "mAP"}  # metrics.jsonl's held-out measurements, as the plot names them
 
 
-def _pyplot():
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib Figure drawn by its own Agg canvas, or None without matplotlib. Neither pyplot nor
+    `matplotlib.use` is touched: a notebook's backend and open figures stay as they are."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: skipping plots (%s).", install_hint("train"))
         return None
-    return plt
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, out: Path) -> Path:
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return out
 
 
 def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     """Training loss, learning rate and (when present) eval top-1 (or mAP) and few-shot accuracy against the step,
     as one PNG."""
-    plt = _pyplot()
-    if plt is None or not metrics_file.exists():
+    if not metrics_file.exists():
         return None
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
     series = sorted({key for r in rows for key in r if key in HEADLINES or key.startswith("eval_fewshot_")})
     panels = 3 if series else 2
-    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4))
+    figure = _figure((4.5 * panels, 3.4))
+    if figure is None:
+        return None
+    axes = figure.subplots(1, panels)
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="step")
     warm = [r for r in train if r["lr"] > 0]  # the warm-up's first step has lr 0, which a log scale cannot show
@@ -55,20 +67,16 @@ def plot_curves(metrics_file: Path, out: Path) -> Path | None:
             xlim=(0, max(r["step"] for r in rows) * 1.02),
         )
         axes[2].legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-    return out
+    return _save(figure, out)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) -> Path | None:
-    plt = _pyplot()
-    if plt is None:
-        return None
     matrix = np.asarray(confusion)
     size = max(4.0, 0.45 * len(classes) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = _figure((size, size))
+    if figure is None:
+        return None
+    axis = figure.subplots()
     axis.imshow(matrix, cmap="Blues")
     axis.set(
         xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title="confusion"
@@ -79,8 +87,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) ->
         for (row, column), count in np.ndenumerate(matrix):
             axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
                       color="white" if count > matrix.max() / 2 else "black")  # fmt: skip
-    figure.tight_layout()
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-    return out
+    return _save(figure, out)

@@ -115,8 +115,18 @@ def pooled_features(
     if isinstance(model, ExportedClassifier):
         base, rows_of = model, lambda network, pixels: network.features(pixels)
     else:
-        base, rows_of = getattr(model, "bit", model), lambda network, pixels: network(pixels).pooler_output.flatten(1)
+        base, rows_of = base_model(model), lambda network, pixels: network(pixels).pooler_output.flatten(1)
     return predict_rows(base, rows_of, dataset, processor, settings, progress=progress)
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The BitModel of a classifier (the model itself otherwise). Of a torch.compile'd classifier, its BitModel
+    compiled as the classifier was (same backend and options): `.bit` alone reaches through the compiled wrapper
+    to the original module, which ran uncompiled without a word."""
+    original = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule (torch._dynamo not imported)
+    if original is not None:
+        return model.dynamo_ctx(original.bit) if hasattr(original, "bit") else model
+    return getattr(model, "bit", model)
 
 
 def evaluate(

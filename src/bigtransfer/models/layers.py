@@ -63,7 +63,9 @@ class WeightStandardizedConv2d(nn.Conv2d):
 
     padding: None → symmetric static padding; "SAME" → TF-style, dynamic when the stride makes
     the amount depend on the input size; "VALID" → none. In inference (no autograd through the
-    weight) the standardised kernel is cached until the parameter changes.
+    weight) the standardised kernel is cached until the parameter changes. The key includes inference mode: a kernel
+    made under `torch.inference_mode()` is an inference tensor, which autograd refuses to save for backward (input
+    gradients of a frozen model, e.g. saliency, after a prediction under inference mode).
     """
 
     def __init__(
@@ -97,7 +99,8 @@ class WeightStandardizedConv2d(nn.Conv2d):
     def standardized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         if not self._cacheable():
             return standardize_weight(self.weight, self.eps).to(dtype)
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, dtype)
+        inference = torch.is_inference_mode_enabled()
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, dtype, inference)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, standardize_weight(self.weight, self.eps).to(dtype))
         return self._cache[1]

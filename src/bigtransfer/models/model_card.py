@@ -52,6 +52,12 @@ class ModelCardMixin:
         return [*written, str(path)]
 
 
+def _bigtransfer_class(model: Any) -> str:
+    """The name of the bigtransfer class `model` is or derives from: a user's subclass is tagged, and loaded in the
+    card's snippet, as that class (which reads its weights), since `bigtransfer` cannot import the subclass."""
+    return next(cls.__name__ for cls in type(model).__mro__ if cls.__name__ in TASKS)
+
+
 def model_card(model: Any, directory: Path, repo_id: str | None) -> str:
     """The card's text: YAML front matter, then the body."""
     from huggingface_hub import ModelCardData
@@ -59,7 +65,7 @@ def model_card(model: Any, directory: Path, repo_id: str | None) -> str:
     source = str(getattr(model.config, "_name_or_path", ""))
     training = read_training_record(directory, source, model.config.id2label)
     base = training.get("base_model") if training else source
-    tag, auto_class, _ = TASKS[type(model).__name__]
+    tag, auto_class, _ = TASKS[_bigtransfer_class(model)]
     metadata = ModelCardData(
         library_name="bigtransfer", pipeline_tag=tag, tags=["bit", "big-transfer", tag],
         base_model=base if base and base != repo_id and _is_hub_id(base) else None,
@@ -171,7 +177,8 @@ def _transformers_builds_it(config: Any) -> bool:
 
 
 def _usage(model: Any, name: str, auto_class: str) -> list[str]:
-    cls, last = type(model).__name__, TASKS[type(model).__name__][2]
+    cls = _bigtransfer_class(model)
+    last = TASKS[cls][2]
     ours = f"""```python
 import torch
 from bigtransfer import {cls}, BitImageProcessor

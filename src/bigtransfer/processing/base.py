@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .._util.files import atomic_write_text, read_json
 from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options, without_private_options
 from ..checkpoints.sources import PROCESSOR_DEFAULTS, preprocessing_settings
+from .limits import EnvLimit
 from .transform import EvalTransform, Resampling
 
 SIZE_KEY_SETS = (
@@ -31,7 +32,7 @@ SIZE_KEY_SETS = (
 # Far beyond BiT's largest resolution (480; a 4096² float32 image is 200 MB), far below what exhausts memory: a
 # preprocessor_config.json asking for 100,000 × 100,000 allocated 9 GB per image before any check.
 SIDE_ENV = "BIGTRANSFER_MAX_INPUT_SIDE"
-MAX_INPUT_SIDE = int(os.environ.get(SIDE_ENV, 4096))
+MAX_INPUT_SIDE = EnvLimit(SIDE_ENV, 4096)
 
 
 def size_dict(size: Any, param_name: str, default_to_square: bool) -> dict[str, int] | None:
@@ -52,9 +53,9 @@ def size_dict(size: Any, param_name: str, default_to_square: bool) -> dict[str, 
         )
     if any(not isinstance(v, int) or v < 1 for v in size.values()):
         raise ValueError(f"{param_name} values must be positive ints, got {size}.")
-    if max(size.values()) > MAX_INPUT_SIDE:
+    if max(size.values()) > (side_limit := MAX_INPUT_SIDE()):
         raise ValueError(
-            f"{param_name} {size} is beyond the limit of {MAX_INPUT_SIDE:,} pixels a side: a preprocessor_config.json "
+            f"{param_name} {size} is beyond the limit of {side_limit:,} pixels a side: a preprocessor_config.json "
             f"that asks for it is damaged or not meant for this model; set {SIDE_ENV} to allow larger inputs."
         )
     return dict(size)

@@ -20,15 +20,16 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .http_deadline import urlopen_within
+from .limits import EnvLimit
 
 PIXELS_ENV, ASPECT_ENV = "BIGTRANSFER_MAX_IMAGE_PIXELS", "BIGTRANSFER_MAX_ASPECT_RATIO"
 # What an image may be, wherever it comes from (files, URLs, arrays): 89.5 megapixels is Pillow's own
 # decompression-bomb threshold (a 12-megapixel photo is far below); 200:1 lets banners and panoramas through,
 # and keeps a short side resized to 480 px under 50 megapixels.
-MAX_IMAGE_PIXELS = int(os.environ.get(PIXELS_ENV, 89_478_485))
-MAX_ASPECT_RATIO = float(os.environ.get(ASPECT_ENV, 200))
+MAX_IMAGE_PIXELS = EnvLimit(PIXELS_ENV, 89_478_485)
+MAX_ASPECT_RATIO = EnvLimit(ASPECT_ENV, 200, whole=False)
 DOWNLOAD_ENV = "BIGTRANSFER_MAX_DOWNLOAD_BYTES"
-MAX_DOWNLOAD_BYTES = int(os.environ.get(DOWNLOAD_ENV, 50 * 2**20))  # an image URL's body; photos are a few MB
+MAX_DOWNLOAD_BYTES = EnvLimit(DOWNLOAD_ENV, 50 * 2**20)  # an image URL's body; photos are a few MB
 URL_TIMEOUT = 30.0  # seconds for a whole image download when the caller gives no timeout
 # The formats images are opened as, whatever a file's name says: photos and datasets come in these. Pillow would
 # otherwise try every format it knows, and reading some runs another program (PostScript runs Ghostscript, with
@@ -59,7 +60,7 @@ def check_image_size(
     depend on the image rather than on the model: more than `max_pixels` (by default `MAX_IMAGE_PIXELS`; a caller
     with its own limit names the variable that raises it), or a longer side more than `MAX_ASPECT_RATIO` times
     the shorter (a 1×20000 strip resized to a 224-px short side is 4.5 gigapixels)."""
-    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = MAX_IMAGE_PIXELS() if max_pixels is None else max_pixels
     if width < 1 or height < 1:
         raise ValueError(f"Cannot use {name}: it has no pixels ({width}×{height}).")
     if width * height > limit:
@@ -67,10 +68,11 @@ def check_image_size(
             f"Cannot use {name}: {width}×{height} pixels is beyond the limit of {limit:,} (a decompression "
             f"bomb, or a very large photo: shrink it, or raise {pixels_env})."
         )
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    aspect_limit = MAX_ASPECT_RATIO()
+    if max(width, height) > aspect_limit * min(width, height):
         raise ValueError(
             f"Cannot use {name}: its aspect ratio {max(width, height)}:{min(width, height)} is beyond the limit of "
-            f"{MAX_ASPECT_RATIO:g}:1 (resizing its short side would make it huge): crop it, or raise {ASPECT_ENV}."
+            f"{aspect_limit:g}:1 (resizing its short side would make it huge): crop it, or raise {ASPECT_ENV}."
         )
 
 
@@ -124,14 +126,27 @@ def _format_by_signature(source: Any) -> str | None:
     return None
 
 
+# What Pillow raises on a file damaged past its header: OSError (truncated, broken data), SyntaxError and
+# ValueError (bad structures), and TypeError or struct.error from EXIF whose tags hold the wrong kind of value
+# (exif_transpose writes the EXIF back without the orientation).
+DAMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, struct.error)
+
+
+@contextlib.contextmanager
+def damage_named(name: Any) -> Iterator[None]:
+    """Reading an opened image's pixels or metadata: what a damaged file raises becomes one ValueError naming it."""
+    try:
+        yield
+    except DAMAGE_ERRORS as error:
+        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
+
+
 def decoded(opened: Image.Image, name: Any) -> Image.Image:
     """The pixels of an image `open_checked` opened (at its `draft` scale, if one was set), EXIF orientation
     applied; a file that breaks off or is corrupt past its header is a ValueError naming it."""
-    try:
+    with damage_named(name):
         opened.load()
         ImageOps.exif_transpose(opened, in_place=True)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"Cannot read {name} as an image ({error}); the file is corrupt or not an image.") from None
     return opened._new(opened.im)  # the decoded pixels, without a copy, outliving `opened` (its caller closes it)
 
 
@@ -169,9 +184,9 @@ def download(url: str, timeout: float | None = None, refuse_text: bool = False) 
             if refuse_text and kind.startswith("text/"):
                 raise ValueError(f"the server returned {kind}, not an image")
             declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
+            if declared and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES():
                 raise ValueError(
-                    f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES:,} ({DOWNLOAD_ENV})"
+                    f"it is {int(declared):,} bytes, beyond the limit of {MAX_DOWNLOAD_BYTES():,} ({DOWNLOAD_ENV})"
                 )
             return _capped(iter(lambda: response.read1(1 << 16), b""))
     except http.client.HTTPException as error:  # a bad status line, header or body: not an OSError of its own
@@ -197,11 +212,11 @@ def read_bounded(read: Callable[[float], bytes], deadline: float, limit: float, 
 
 def _capped(chunks: Iterable[bytes]) -> bytes:
     """The chunks joined, refused beyond `MAX_DOWNLOAD_BYTES`."""
-    kept, size = [], 0
+    kept, size, limit = [], 0, MAX_DOWNLOAD_BYTES()
     for chunk in chunks:
         size += len(chunk)
-        if size > MAX_DOWNLOAD_BYTES:
-            raise ValueError(f"it is beyond the limit of {MAX_DOWNLOAD_BYTES:,} bytes ({DOWNLOAD_ENV})")
+        if size > limit:
+            raise ValueError(f"it is beyond the limit of {limit:,} bytes ({DOWNLOAD_ENV})")
         kept.append(chunk)
     return b"".join(kept)
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import ExifTags, Image, JpegImagePlugin
 
+from .decoding import damage_named
 from .transform import resize_output_size
 
 # Both decoded sides stay at least twice the resize target, so the antialiased resize after the draft still
@@ -13,14 +16,16 @@ DRAFT_MARGIN = 2
 QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations shown turned by 90°: the stored width is the shown height
 
 
-def draft_for(opened: Image.Image, size: dict[str, int]) -> None:
+def draft_for(opened: Image.Image, size: dict[str, int], name: Any) -> None:
     """Set an opened JPEG (header only, nothing decoded) to decode at the smallest scale that keeps both sides
     at least `DRAFT_MARGIN` times what `size` resizes it to; `opened.size` becomes the size decoding gives.
     Other formats are left as they are. On photos, the resized pixels stay within a few 8-bit levels of those
-    resized from the full decode (README, "Untrusted input and faults")."""
+    resized from the full decode (README, "Untrusted input and faults"). Damaged EXIF is a ValueError naming
+    `name`, as `decoded` names damaged pixels."""
     if not isinstance(opened, JpegImagePlugin.JpegImageFile):
         return
-    turned = opened.getexif().get(ExifTags.Base.Orientation, 1) in QUARTER_TURNS
+    with damage_named(name):
+        turned = opened.getexif().get(ExifTags.Base.Orientation, 1) in QUARTER_TURNS
     shown_height, shown_width = (opened.width, opened.height) if turned else (opened.height, opened.width)
     height, width = resize_output_size(shown_height, shown_width, size)
     if turned:

@@ -28,7 +28,7 @@ def _decode_path(path: Any, settings: dict[str, Any], use_draft: bool) -> Image.
     if not (use_draft and settings["do_resize"]):
         return load_image(path)
     with open_checked(load_image_path(path), path) as opened:
-        draft_for(opened, settings["size"])
+        draft_for(opened, settings["size"], path)
         return decoded(opened, path)
 
 

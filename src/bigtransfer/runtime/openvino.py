@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ def import_openvino():
 
 
 class OpenVINORunner:
-    """A compiled OpenVINO model on the CPU, one inference request at a time, outputs by name.
+    """A compiled OpenVINO model on the CPU, outputs by name; each calling thread runs its own inference request
+    (one request shared between threads is "busy", or hands one thread's outputs to another).
 
     Precision is always set: OpenVINO's CPU plugin otherwise runs bfloat16 by itself on CPUs that have it, and
     an export checked to 1e-4 in float32 would silently run at bf16 accuracy there. `precision` is what the
@@ -40,11 +42,18 @@ class OpenVINORunner:
                 "This CPU has no bfloat16 support (AVX512_BF16 or AMX), so OpenVINO runs the model in float32; "
                 "--bf16 pays off on 4th-generation Xeon (Sapphire Rapids) and later."
             )
-        self.request = self.compiled.create_infer_request()
+        self._requests = threading.local()
+
+    def _request(self):
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        return request
 
     def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output under each of its names (a tensor may carry several, the export's own among them)."""
-        results = self.request.infer({0: pixel_values}, share_inputs=True)
+        """Every output under each of its names (a tensor may carry several, the export's own among them), copied
+        out of this thread's request before its next call reuses them."""
+        results = self._request().infer({0: pixel_values}, share_inputs=True)
         return {name: np.array(results[output]) for output in self.compiled.outputs for name in output.get_names()}
 
 

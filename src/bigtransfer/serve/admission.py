@@ -9,15 +9,15 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..processing.limits import EnvLimit
 from .batching import QueueFull
 
 DECODE_BYTES_ENV = "BIGTRANSFER_SERVE_DECODE_BYTES"
 # decoded bytes of the images being decoded at once: 14 12-megapixel photos, more than the cores can decode
-MAX_DECODE_BYTES = int(os.environ.get(DECODE_BYTES_ENV, 512 * 2**20))
+MAX_DECODE_BYTES = EnvLimit(DECODE_BYTES_ENV, 512 * 2**20)
 
 
 class ImagePlaces:

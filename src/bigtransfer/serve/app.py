@@ -113,7 +113,7 @@ class InferenceServer:
     def __init__(self, model: ServedModel, limits: Limits = Limits(), trust: Trust = Trust()):
         self.model, self.limits, self.trust = model, limits, trust
         self.places = ImagePlaces(limits.max_queue)
-        self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES)
+        self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES())
         self.batcher = DynamicBatcher(model.logits, limits.max_batch_size, limits.max_delay_ms / 1000,
                                       limits.max_queue, on_batch=lambda record: self.metrics.batch(record))  # fmt: skip
         self.metrics = Metrics(self.batcher, limits.max_batch_size)

@@ -5,15 +5,16 @@ trickle their headers, would stay open for as long as a client likes."""
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from ..processing.limits import EnvLimit
+
 HEADER_TIMEOUT_ENV = "BIGTRANSFER_SERVE_HEADER_TIMEOUT"
 # seconds from a connection's opening (or its last answer) to the end of its next request's headers; a client
 # sends them in one go, so 10 s is ample on a slow network (nginx waits 60 s, Apache's mod_reqtimeout 20 s)
-HEADER_TIMEOUT_S = float(os.environ.get(HEADER_TIMEOUT_ENV, 10))
+HEADER_TIMEOUT_S = EnvLimit(HEADER_TIMEOUT_ENV, 10, whole=False)
 
 
 class HeaderDeadlineProtocol(AutoHTTPProtocol):
@@ -39,7 +40,7 @@ class HeaderDeadlineProtocol(AutoHTTPProtocol):
     def _await_headers(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
-        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_overdue, self.cycle)
+        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S(), self._headers_overdue, self.cycle)
 
     def _headers_overdue(self, last: Any) -> None:
         """Close the connection unless a request came after `last` (the latest request then, or None) or `last`

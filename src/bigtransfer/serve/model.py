@@ -18,6 +18,7 @@ from ..inference.pipelines import class_scores, default_function
 from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
 from ..processing.draft import draft_for
 from ..processing.exact import BitImageProcessor
+from ..processing.limits import EnvLimit
 from ..runtime.classifier import load_classifier
 from ..runtime.settings import InferenceSettings
 
@@ -25,7 +26,7 @@ SERVE_PIXELS_ENV = "BIGTRANSFER_SERVE_MAX_IMAGE_PIXELS"
 # An upload's pixels as decoded (a JPEG at its draft scale, so a photo of any size the library reads passes;
 # a PNG or WebP as large as it declares): 16.8 megapixels is a 12-megapixel photo in any format, and 67 MB of
 # decoded pixels, where the library's 89.5-megapixel limit let one 97-KB PNG take 850 MB of a server.
-SERVE_MAX_IMAGE_PIXELS = int(os.environ.get(SERVE_PIXELS_ENV, 4096 * 4096))
+SERVE_MAX_IMAGE_PIXELS = EnvLimit(SERVE_PIXELS_ENV, 4096 * 4096)
 
 
 class ServedModel:
@@ -65,8 +66,8 @@ class ServedModel:
         pixel limit: nothing decoded yet."""
         with open_checked(io.BytesIO(data), name) as opened:
             if self.transform.do_resize:
-                draft_for(opened, self.transform.size)
-            check_image_size(opened.width, opened.height, name, SERVE_MAX_IMAGE_PIXELS, SERVE_PIXELS_ENV)
+                draft_for(opened, self.transform.size, name)
+            check_image_size(opened.width, opened.height, name, SERVE_MAX_IMAGE_PIXELS(), SERVE_PIXELS_ENV)
             yield opened
 
     def decoding_bytes(self, data: bytes, name: str = "the image") -> int:

@@ -101,6 +101,10 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_name(path.stem + ".previous" + path.suffix)
 
 
+def damaged_checkpoint(path: Path) -> Path:
+    return path.with_name(path.stem + ".damaged" + path.suffix)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write the checkpoint beside the current one, check that it reads back, then keep the current one as
     checkpoint.previous.pt and put the new one in its place: a crash, a full disk or a damaged file never
@@ -180,17 +184,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 100 else f"{text[:40]}…{text[-55:]}"
 
 
-def load_checkpoint_state(path: Path, fingerprint: dict) -> dict:
+def load_checkpoint_state(path: Path, fingerprint: dict, set_aside: bool = True) -> dict:
     """The run's checkpoint; when it is damaged (truncated, or a member failing its CRC check, which torch.load
-    does not check), the previous one (with a warning) if there is one."""
+    does not check), the previous one (with a warning) if there is one. With `set_aside` (one process of a run),
+    the damaged file becomes checkpoint.damaged.pt: left in place, the next save would keep it as the previous
+    checkpoint, and the next recovery would have nothing sound to fall back on."""
     previous = previous_checkpoint(path)
     try:
         state = load_torch_file(path, verify=True)
     except (ValueError, FileNotFoundError) as error:
         if not previous.exists():
             raise
-        logger.warning("%s; continuing from the previous checkpoint, %s.", error, previous)
         state = load_torch_file(previous, verify=True)
+        if set_aside and path.exists():
+            os.replace(path, damaged_checkpoint(path))
+            logger.warning("%s; continuing from the previous checkpoint, %s (the damaged one is kept as %s).",
+                           error, previous, damaged_checkpoint(path))  # fmt: skip
+        else:
+            logger.warning("%s; continuing from the previous checkpoint, %s.", error, previous)
     differences = fingerprint_differences(state.get("fingerprint", {}), fingerprint)
     if differences:
         raise ValueError(
@@ -303,7 +314,7 @@ class TrainingRun:
         barrier(self.context)
 
     def restore(self) -> None:
-        state = load_checkpoint_state(self.out / CHECKPOINT, self.saving.fingerprint)
+        state = load_checkpoint_state(self.out / CHECKPOINT, self.saving.fingerprint, set_aside=self.context.is_main)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
