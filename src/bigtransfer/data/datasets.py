@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .._util.files import atomic_path, read_json
+from .._util.limits import EnvLimit
 from .._util.package import optional_import
 from .._util.text import printable
 from ..processing.decoding import (
@@ -25,7 +26,6 @@ from ..processing.decoding import (
     pil_to_rgb,
     stored_image_source,
 )
-from ..processing.limits import EnvLimit
 from .order import ShuffledOrder
 
 FASHION_MNIST = [

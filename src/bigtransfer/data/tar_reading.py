@@ -11,8 +11,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from .._util.limits import EnvLimit
 from .._util.package import optional_import
-from ..processing.limits import EnvLimit
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")  # a sample's image, the first of these it holds
 LABEL_FIELDS = ("cls", "json")  # its class id (the WebDataset convention), or {"labels": [ids…]} (multi-label)

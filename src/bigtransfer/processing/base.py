@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from .._util.files import atomic_write_text, read_json
+from .._util.limits import EnvLimit
 from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options, without_private_options
 from ..checkpoints.sources import PROCESSOR_DEFAULTS, preprocessing_settings
-from .limits import EnvLimit
 from .transform import EvalTransform, Resampling
 
 SIZE_KEY_SETS = (

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .._util.limits import EnvLimit
 from .http_deadline import urlopen_within
-from .limits import EnvLimit
 
 PIXELS_ENV, ASPECT_ENV = "BIGTRANSFER_MAX_IMAGE_PIXELS", "BIGTRANSFER_MAX_ASPECT_RATIO"
 # What an image may be, wherever it comes from (files, URLs, arrays): 89.5 megapixels is Pillow's own

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..processing.limits import EnvLimit
+from .._util.limits import EnvLimit
 from .batching import QueueFull
 
 DECODE_BYTES_ENV = "BIGTRANSFER_SERVE_DECODE_BYTES"

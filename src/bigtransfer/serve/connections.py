@@ -9,7 +9,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from ..processing.limits import EnvLimit
+from .._util.limits import EnvLimit
 
 HEADER_TIMEOUT_ENV = "BIGTRANSFER_SERVE_HEADER_TIMEOUT"
 # seconds from a connection's opening (or its last answer) to the end of its next request's headers; a client

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._util.limits import EnvLimit
 from ..checkpoints.naming import check_model_name, default_model_name
 from ..data.device import to_device, use_channels_last
 from ..inference.pipelines import class_scores, default_function
 from ..processing.decoding import check_image_size, decoded, decoding_bytes, open_checked, pil_to_rgb
 from ..processing.draft import draft_for
 from ..processing.exact import BitImageProcessor
-from ..processing.limits import EnvLimit
 from ..runtime.classifier import load_classifier
 from ..runtime.settings import InferenceSettings
 
