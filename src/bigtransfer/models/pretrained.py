@@ -8,24 +8,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.hub import (
-    SAFE_INDEX,
-    SAFE_WEIGHTS,
-    TORCH_INDEX,
-    TORCH_WEIGHTS,
-    PushToHubMixin,
-    without_private_options,
-)
+from ..checkpoints.hub import SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS, PushToHubMixin
+from ..checkpoints.loading_options import IGNORED_OPTIONS, split_loading_options, without_private_options
 from ..checkpoints.sources import load_checkpoint
 from ..checkpoints.weights import match_state_dict, materialize, resolve_dtype, write_state_dict
 from .config import BitConfig
-
-# transformers' loading options that change nothing for a BiT on this path: accepted, never stored in the config.
-IGNORED_LOADING_OPTIONS = (
-    "low_cpu_mem_usage", "trust_remote_code", "attn_implementation", "use_safetensors", "weights_only",
-    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping", "adapter_kwargs",
-)  # fmt: skip
-HUB_LOADING_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 
 
 def _placement(device_map: Any) -> torch.device | None:
@@ -79,14 +66,12 @@ class PretrainedMixin(PushToHubMixin):
             )
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments, got {model_args}.")
-        kwargs = without_private_options(kwargs)
-        hub_options = {key: kwargs.pop(key) for key in HUB_LOADING_OPTIONS if key in kwargs}
-        for key in IGNORED_LOADING_OPTIONS:
-            kwargs.pop(key, None)
+        options = split_loading_options(kwargs)
+        hub_options, overrides = options.hub, options.values
         if isinstance(config, (str, os.PathLike)):
-            config = BitConfig.from_pretrained(config, **hub_options)
-        if config is not None and kwargs:
-            raise TypeError(f"Pass either config= or config overrides, not both (got {sorted(kwargs)}).")
+            config = BitConfig.from_pretrained(config, subfolder=subfolder, **hub_options)
+        if config is not None and overrides:
+            raise TypeError(f"Pass either config= or config overrides, not both (got {sorted(overrides)}).")
         if pretrained_model_name_or_path is None and (config is None or state_dict is None):
             raise ValueError(
                 "from_pretrained(None, …) needs both config= and state_dict=; otherwise pass a checkpoint."
@@ -96,7 +81,7 @@ class PretrainedMixin(PushToHubMixin):
         else:
             settings, weights = load_checkpoint(pretrained_model_name_or_path, subfolder, hub_options)
             weights = state_dict if state_dict is not None else weights
-        config = config if config is not None else BitConfig.from_dict(settings, **kwargs)
+        config = config if config is not None else BitConfig.from_dict(settings, **overrides)
         source = str(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else "state_dict"
         with torch.device("meta"):  # shapes only: a config that disagrees with the weights allocates nothing
             skeleton = cls(config)
@@ -152,7 +137,7 @@ class PretrainedMixin(PushToHubMixin):
         kwargs = without_private_options(kwargs)
         dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
         dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, {}, config) or config.dtype
-        unknown = sorted(set(kwargs) - set(IGNORED_LOADING_OPTIONS))
+        unknown = sorted(set(kwargs) - set(IGNORED_OPTIONS))
         if unknown:
             raise TypeError(f"{cls.__name__}._from_config got unexpected options {unknown}.")
         model = cls(config)
