@@ -286,7 +286,7 @@ def refuse(mask):
     raise AssertionError(f"os.umask({{mask:#o}}) called")
 os.umask = refuse
 from pathlib import Path
-from bigtransfer.checkpoints.io import atomic_write_text
+from bigtransfer._util.files import atomic_write_text
 atomic_write_text(Path({str(tmp_path / "note.txt")!r}), "kept")
 """
     done = run_python(code)

@@ -171,7 +171,7 @@ assert handled == [1]
 def test_a_runner_called_from_many_threads_gives_each_its_own_answer(bundled_openvino):
     import concurrent.futures
 
-    from bigtransfer.deploy.openvino import OPENVINO_FILE, OpenVINORunner
+    from bigtransfer.runtime.openvino import OPENVINO_FILE, OpenVINORunner
 
     runner = OpenVINORunner(bundled_openvino / OPENVINO_FILE)
     size = BitImageProcessor.from_pretrained(bundled_openvino).eval_transform().fixed_size()

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from bigtransfer import BitBackbone, BitConfig, BitForImageClassification, BitImageProcessor, BitModel
-from bigtransfer.checkpoints.sources import PROCESSOR_DEFAULTS, timm_pretrained_cfg, timm_processor_settings
+from bigtransfer.processing.record import PROCESSOR_DEFAULTS, timm_pretrained_cfg, timm_processor_settings
 from helpers import TINY, import_timm, max_abs_diff, randomize_norms
 from test_modeling import ours_from_timm, timm_resnetv2
 

@@ -26,7 +26,11 @@ MOVED = {
     "bigtransfer.hub": ("bigtransfer.checkpoints.hub",),
     "bigtransfer.download": ("bigtransfer.checkpoints.download",),
     "bigtransfer.zoo": ("bigtransfer.checkpoints.catalogue",),
-    "bigtransfer.sources": ("bigtransfer.checkpoints.sources", "bigtransfer.checkpoints.catalogue"),
+    "bigtransfer.sources": (
+        "bigtransfer.checkpoints.sources",
+        "bigtransfer.checkpoints.catalogue",
+        "bigtransfer.processing.record",
+    ),
     "bigtransfer.labels": ("bigtransfer.checkpoints.labels",),
     "bigtransfer.convert": ("bigtransfer.checkpoints.timm", "bigtransfer.checkpoints.npz"),
     "bigtransfer.convert.npz": ("bigtransfer.checkpoints.npz",),

@@ -44,23 +44,14 @@ ILSVRC2012_BYTES = {
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Eval preprocessing in BitImageProcessor terms (`size` is the shortest edge unless `square`)."""
+    """A release's evaluation preprocessing as published: resize to `size` (the shorter side, or both sides when
+    `square`), center-crop to `crop` (None: no crop), with Pillow filter `resample` (2 bilinear, 3 bicubic), values
+    in [-1, 1]. processing/record.py (`zoo_settings`) turns it into processor settings."""
 
     size: int
     crop: int | None
-    resample: int  # Pillow filter number: 2 bilinear, 3 bicubic
+    resample: int
     square: bool = False
-
-    def processor_settings(self) -> dict:
-        size = {"height": self.size, "width": self.size} if self.square else {"shortest_edge": self.size}
-        return dict(
-            size=size,
-            do_center_crop=self.crop is not None,
-            crop_size=self.crop or self.size,
-            resample=self.resample,
-            image_mean=[0.5, 0.5, 0.5],
-            image_std=[0.5, 0.5, 0.5],
-        )
 
 
 @dataclass(frozen=True)

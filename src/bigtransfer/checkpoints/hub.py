@@ -1,7 +1,7 @@
 """Find a checkpoint's files: in a local directory, or on the Hugging Face Hub (downloaded into its cache).
 
-The config, the processors and the weight loaders all resolve names through here; this module knows
-nothing about what the files contain.
+What a name or path is (a folder, a bundled model, a zoo name, a Hub repo) is decided once, by
+`sources.locate`; this module then finds the files, and knows nothing about what they contain.
 """
 
 from __future__ import annotations
@@ -121,22 +121,6 @@ def resolve_file(
             f"{name} does not exist: check the path (a directory holding {CONFIG_NAME} and the weights)."
         )
     return hub_download(name, filename, subfolder, **hub_options)
-
-
-HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
-
-
-def pop_hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the Hub download options out of `from_pretrained` keyword arguments."""
-    return {key: kwargs.pop(key) for key in HUB_OPTIONS if key in kwargs}
-
-
-def without_private_options(options: dict[str, Any]) -> dict[str, Any]:
-    """`options` less those named with a leading underscore. transformers' loaders hand the classes they build
-    their own bookkeeping that way (`_from_auto`, `_from_pipeline`, `_commit_hash`, `_adapter_model_path`, …),
-    a set that changes between releases; no setting of ours is so named, so every entry point that transformers
-    may call (config, model, processor) drops them all by this one rule rather than one name at a time."""
-    return {key: value for key, value in options.items() if not key.startswith("_")}
 
 
 def resolve_json(

@@ -64,11 +64,12 @@ def run_info(args: argparse.Namespace) -> dict:
     from ..checkpoints.catalogue import find_entry
     from ..checkpoints.download import cache_dir
     from ..models.modeling import BitForImageClassification
+    from ..processing.record import zoo_settings
 
     entry = None if Path(args.model).expanduser().exists() else find_entry(args.model)  # a local path wins
     if entry is not None and not (cache_dir() / entry.file).is_file():  # describe it without a download
         row = next(row for row in run_models(args) if row["name"] == entry.name)
-        return row | {"preprocessing": entry.preprocessing.processor_settings(), "notes": entry.notes}
+        return row | {"preprocessing": zoo_settings(entry.preprocessing), "notes": entry.notes}
     model = BitForImageClassification.from_pretrained(args.model)
     processor = _own_preprocessing(args.model)
     crop = processor.crop_size if processor and processor.do_center_crop else (processor.size if processor else None)

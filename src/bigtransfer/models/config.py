@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .._util.files import atomic_write_text, read_json
-from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin, pop_hub_options, resolve_config_file
+from ..checkpoints.hub import CONFIG_NAME, PushToHubMixin
+from ..checkpoints.loading_options import split_loading_options, without_loading_options
+from ..checkpoints.sources import checkpoint_settings
 from ..checkpoints.weights import as_dtype
 from .layers import ACTIVATIONS
 from .transformers_auto import split_auto_call
@@ -193,7 +195,7 @@ class BitConfig(PushToHubMixin):
         legacy_dtype = kwargs.pop("torch_dtype", None)  # transformers 4's name for it
         self.dtype = as_dtype(kwargs.pop("dtype", None) or legacy_dtype)
         self._set_labels(num_labels, id2label, label2id)
-        for key, value in kwargs.items():
+        for key, value in without_loading_options(kwargs).items():  # how a file was fetched is no setting
             setattr(self, key, value)
 
     # -- labels -----------------------------------------------------------------------------
@@ -343,10 +345,11 @@ class BitConfig(PushToHubMixin):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> BitConfig:
-        """Read `config.json` from a directory, a JSON file or a hub repo; kwargs override its values."""
-        hub_options = pop_hub_options(kwargs)
-        config_file = resolve_config_file(name_or_path, kwargs.pop("subfolder", ""), **hub_options)
-        return cls.from_dict(read_json(config_file), **kwargs)
+        """The config of anything the models' `from_pretrained` takes, found by the same rule (a directory's or
+        Hub repo's config.json, a JSON file, a bundled or zoo name, an .npz or timm weights); keywords other than
+        loading options override its values."""
+        options = split_loading_options(kwargs)
+        return cls.from_dict(checkpoint_settings(name_or_path, options.subfolder, options.hub), **options.values)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BitConfig) and self.to_dict() == other.to_dict()

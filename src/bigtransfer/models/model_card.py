@@ -15,7 +15,7 @@ from .._util.text import parameter_count
 from ..checkpoints.catalogue import BUNDLED_MODELS, architecture_of, find_entry
 from ..checkpoints.hub import GENERATED_CARD_MARK, MODEL_CARD_NAME, PROCESSOR_CONFIG_NAME, is_generated_card
 from ..checkpoints.naming import default_model_name
-from ..checkpoints.sources import timm_pretrained_cfg
+from ..processing.record import saved_settings, timm_pretrained_cfg
 from .timm_surface import stage_feature_info
 
 logger = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ def _summary(model: Any, directory: Path) -> str:
 
 def _preprocessing(directory: Path, channels: int) -> str:
     """The input the model expects: the processor settings in the folder, the only ones its readers will find."""
-    beside = directory / PROCESSOR_CONFIG_NAME
-    settings = read_json(beside) if beside.is_file() else None
+    settings = saved_settings(directory)
     if settings is None:
         return (
             "Its preprocessing was not saved with it: save the processor it was trained with beside it "

@@ -304,13 +304,16 @@ class BitPreTrainedModel(ModelCardMixin, PretrainedMixin, nn.Module):
         self.config = config
 
     def init_weights(self) -> None:
-        """Kaiming-normal (fan_out) convs; GroupNorm weight 1 / bias 0; Linear keeps torch's default."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.GroupNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+            self._init_weights(module)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Kaiming-normal (fan_out) convs; GroupNorm weight 1 / bias 0; Linear keeps torch's default."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     # -- activation (gradient) checkpointing, under transformers' names: Trainer calls them --------------------
     supports_gradient_checkpointing = True

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoints.hub import (
-    SAFE_INDEX,
-    SAFE_WEIGHTS,
-    TORCH_INDEX,
-    TORCH_WEIGHTS,
-    PushToHubMixin,
-    without_private_options,
-)
+from ..checkpoints.hub import SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS, PushToHubMixin
+from ..checkpoints.loading_options import IGNORED_OPTIONS, split_loading_options, without_private_options
 from ..checkpoints.sources import load_checkpoint
 from ..checkpoints.weights import match_state_dict, materialize, resolve_dtype, write_state_dict
 from .config import BitConfig
-
-# transformers' loading options that change nothing for a BiT on this path: accepted, never stored in the config.
-IGNORED_LOADING_OPTIONS = (
-    "low_cpu_mem_usage", "trust_remote_code", "attn_implementation", "use_safetensors", "weights_only",
-    "_fast_init", "resume_download", "proxies", "mirror", "from_tf", "from_flax", "key_mapping", "adapter_kwargs",
-)  # fmt: skip
-HUB_LOADING_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 
 
 def _placement(device_map: Any) -> torch.device | None:
@@ -79,14 +67,12 @@ class PretrainedMixin(PushToHubMixin):
             )
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments, got {model_args}.")
-        kwargs = without_private_options(kwargs)
-        hub_options = {key: kwargs.pop(key) for key in HUB_LOADING_OPTIONS if key in kwargs}
-        for key in IGNORED_LOADING_OPTIONS:
-            kwargs.pop(key, None)
+        options = split_loading_options(kwargs)
+        hub_options, overrides = options.hub, options.values
         if isinstance(config, (str, os.PathLike)):
-            config = BitConfig.from_pretrained(config, **hub_options)
-        if config is not None and kwargs:
-            raise TypeError(f"Pass either config= or config overrides, not both (got {sorted(kwargs)}).")
+            config = BitConfig.from_pretrained(config, subfolder=subfolder, **hub_options)
+        if config is not None and overrides:
+            raise TypeError(f"Pass either config= or config overrides, not both (got {sorted(overrides)}).")
         if pretrained_model_name_or_path is None and (config is None or state_dict is None):
             raise ValueError(
                 "from_pretrained(None, …) needs both config= and state_dict=; otherwise pass a checkpoint."
@@ -96,15 +82,14 @@ class PretrainedMixin(PushToHubMixin):
         else:
             settings, weights = load_checkpoint(pretrained_model_name_or_path, subfolder, hub_options)
             weights = state_dict if state_dict is not None else weights
-        config = config if config is not None else BitConfig.from_dict(settings, **kwargs)
+        config = config if config is not None else BitConfig.from_dict(settings, **overrides)
         source = str(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else "state_dict"
         with torch.device("meta"):  # shapes only: a config that disagrees with the weights allocates nothing
-            skeleton = cls(config)
+            model = cls(config)
         to_load, loading_info = match_state_dict(
-            skeleton, weights, ignore_mismatched_sizes, source, strict=not output_loading_info
+            model, weights, ignore_mismatched_sizes, source, strict=not output_loading_info
         )
-        model = cls(config)
-        model.load_state_dict(materialize(to_load), strict=False)
+        model._load_into_empty(materialize(to_load))
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, weights, config)
         if target_dtype is not None:
             model.to(target_dtype)
@@ -152,7 +137,7 @@ class PretrainedMixin(PushToHubMixin):
         kwargs = without_private_options(kwargs)
         dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
         dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, {}, config) or config.dtype
-        unknown = sorted(set(kwargs) - set(IGNORED_LOADING_OPTIONS))
+        unknown = sorted(set(kwargs) - set(IGNORED_OPTIONS))
         if unknown:
             raise TypeError(f"{cls.__name__}._from_config got unexpected options {unknown}.")
         model = cls(config)
@@ -161,6 +146,28 @@ class PretrainedMixin(PushToHubMixin):
         config.dtype = model.dtype
         return model
 
+    def _load_into_empty(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Give a model built on the meta device its tensors: the checkpoint's values, and the init a freshly built
+        module gets (`reset_parameters`, then the model's `_init_weights`) for the modules whose tensors the
+        checkpoint lacks (a new head; keys `output_loading_info` let through; non-persistent buffers) — nothing is
+        drawn for weights that are then overwritten. Initialised first and loaded last, so a tensor that two names
+        share (tied) ends with the checkpoint's value."""
+        tied = _shared_tensor_names(self)
+        self.to_empty(device="cpu")  # one new tensor per module: a tensor that two modules shared is two now
+        for first, *others in tied:
+            tensor = getattr(*_owner(self, first))
+            for name in others:
+                setattr(*_owner(self, name), tensor)
+        persistent = set(self.state_dict())
+        fresh = (persistent - set(state_dict)) | ({name for name, _ in self.named_buffers()} - persistent)
+        for prefix, module in self.named_modules():
+            owned = itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
+            if any(f"{prefix}.{name}".lstrip(".") in fresh for name, _ in owned):
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                self._init_weights(module)
+        self.load_state_dict(state_dict, strict=False)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -168,6 +175,20 @@ class PretrainedMixin(PushToHubMixin):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+def _shared_tensor_names(model: torch.nn.Module) -> list[list[str]]:
+    """The names of each parameter or buffer that several modules hold (tied weights), one list per tensor."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(tensor), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    """The module that holds the tensor `name` (e.g. "bit.norm.weight"), and its name there."""
+    parent, _, leaf = name.rpartition(".")
+    return model.get_submodule(parent), leaf
 
 
 def _remove_stale_weights(directory: Path, keep: str) -> None:

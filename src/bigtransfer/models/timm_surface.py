@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints.sources import preprocessing_settings, timm_pretrained_cfg, timm_processor_settings
+from ..processing.record import preprocessing_settings, timm_pretrained_cfg, timm_processor_settings
 
 logger = logging.getLogger(__name__)
 

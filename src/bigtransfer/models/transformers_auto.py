@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..checkpoints.hub import without_private_options
+from ..checkpoints.loading_options import without_private_options
 
 # Passed on to the model's from_pretrained by AutoModel, which re-adds them there; a torch.dtype cannot be saved.
 MODEL_ONLY = ("dtype", "torch_dtype")

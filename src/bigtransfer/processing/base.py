@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from .._util.files import atomic_write_text, read_json
 from .._util.limits import EnvLimit
-from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin, pop_hub_options, without_private_options
-from ..checkpoints.sources import PROCESSOR_DEFAULTS, preprocessing_settings
+from ..checkpoints.hub import PROCESSOR_CONFIG_NAME, PushToHubMixin
+from ..checkpoints.loading_options import split_loading_options, without_loading_options, without_private_options
+from .record import PROCESSOR_DEFAULTS, preprocessing_settings
 from .transform import EvalTransform, Resampling
 
 SIZE_KEY_SETS = (
@@ -221,9 +222,9 @@ class ProcessorBase(PushToHubMixin):
         # Options of a call given at construction (return_tensors="pt" …) are that processor's call defaults,
         # as in transformers 5; not settings, so not saved.
         self.call_defaults = {key: kwargs.pop(key) for key in self._call_options() if key in kwargs}
-        # Fields a newer transformers writes, kept for the JSON round trip; private ones (`_from_auto` …) are
-        # the loader's bookkeeping, not settings.
-        self.extra = without_private_options(kwargs)
+        # Fields a newer transformers writes, kept for the JSON round trip; loading options (use_fast,
+        # force_download …) and private ones (`_from_auto` …) are the loader's, not settings.
+        self.extra = without_loading_options(without_private_options(kwargs))
 
     # -- per-call settings ---------------------------------------------------------------------
     def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -292,10 +293,10 @@ class ProcessorBase(PushToHubMixin):
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
         """The checkpoint's own settings, by the rule its weights load by (`checkpoints.sources`): an existing
         local path's preprocessor_config.json (or that file itself); else what a bundled model, zoo name, original
-        BiT .npz or timm weights imply, or a Hub repo's file. kwargs override them."""
-        hub_options = pop_hub_options(kwargs)
-        settings = preprocessing_settings(name_or_path, kwargs.pop("subfolder", ""), hub_options)
-        return cls.from_dict(settings, **kwargs)
+        BiT .npz or timm weights imply, or a Hub repo's file. Other keywords than loading options override them."""
+        options = split_loading_options(kwargs)
+        settings = preprocessing_settings(name_or_path, options.subfolder, options.hub)
+        return cls.from_dict(settings, **options.values)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

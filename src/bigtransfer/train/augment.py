@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..processing.exact import BitImageProcessor
+from ..processing.record import bit_settings
 
 
 def hyperrule_augment(image: Image.Image, resize: int, crop: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
@@ -44,13 +45,6 @@ def inception_augment(image: Image.Image, crop: int, flip: bool, rng: np.random.
 
 
 def eval_processor(crop: int) -> BitImageProcessor:
-    """BiT's evaluation transform (square resize to the crop size, [-1, 1]); saved beside the model. `crop_size`
-    is unused by the transform but records the resolution instead of transformers' default 224."""
-    return BitImageProcessor(
-        size={"height": crop, "width": crop},
-        crop_size={"height": crop, "width": crop},
-        do_center_crop=False,
-        resample=2,
-        image_mean=[0.5] * 3,
-        image_std=[0.5] * 3,
-    )
+    """BiT's evaluation transform after fine-tuning (square resize to the crop size, bilinear, [-1, 1]); saved
+    beside the model."""
+    return BitImageProcessor(**bit_settings(crop, square=True))
