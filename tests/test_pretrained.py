@@ -102,7 +102,7 @@ def test_timm_state_dict_files_are_converted(tmp_path, suffix):
     assert max_abs_diff(logits_of(ours), logits_of(reference)) < 1e-4
 
 
-def test_converted_directory_loads_in_transformers_with_identical_outputs(tmp_path):
+def test_converted_directory_loads_in_transformers_with_identical_outputs(tmp_path, capsys):
     path = write_bit_npz(tmp_path / "BiT-M-R50x1-ILSVRC2012.npz", R50, num_classes=1000)
     assert cli(["convert", str(path), str(tmp_path / "hf")]) == 0
     theirs = transformers.BitForImageClassification.from_pretrained(tmp_path / "hf").eval()
@@ -110,8 +110,9 @@ def test_converted_directory_loads_in_transformers_with_identical_outputs(tmp_pa
     assert theirs.config.id2label[281] == "tabby, tabby cat"
     processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"shortest_edge": 448} and processor["image_mean"] == [0.5] * 3
-    with pytest.raises(SystemExit, match="not empty"):
-        cli(["convert", str(path), str(tmp_path / "hf")])
+    capsys.readouterr()
+    assert cli(["convert", str(path), str(tmp_path / "hf")]) == 2  # a folder in use: the one line, exit 2
+    assert "is not empty: choose a new directory or pass --overwrite" in capsys.readouterr().err
 
 
 def test_zoo_entries_carry_architecture_preprocessing_and_labels():
