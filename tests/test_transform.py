@@ -118,3 +118,17 @@ def test_transform_takes_per_call_overrides_like_the_processor():
     processor = BitImageProcessor(crop_size=32)
     assert processor.eval_transform(crop_size=16).fixed_size() == (16, 16)
     assert EvalTransform.from_settings(processor.settings({})).fixed_size() == (32, 32)
+
+
+@pytest.mark.parametrize("processor_class", [BitImageProcessor, BitImageProcessorFast])
+@pytest.mark.parametrize("shape", [(1, 150), (600, 3), (10, 2000)])
+def test_a_sliver_squeezed_by_a_longest_edge_is_resized_to_a_side_of_one_pixel(processor_class, shape, tmp_path):
+    """transformers computes a side of 0 here and its resize fails (a RuntimeError, on the draft path a
+    ZeroDivisionError, neither naming the image); one pixel is the nearest size that exists."""
+    path = tmp_path / "sliver.jpg"
+    Image.fromarray(np.full((*shape, 3), 128, dtype=np.uint8)).save(path)
+    settings = dict(size={"shortest_edge": 32, "longest_edge": 40}, do_center_crop=False)
+    if processor_class is BitImageProcessorFast:
+        settings["draft"] = True
+    pixels = processor_class(**settings)(str(path), return_tensors="pt")["pixel_values"]
+    assert sorted(pixels.shape[2:]) == [1, 40]  # the long side at longest_edge, the short one at a pixel

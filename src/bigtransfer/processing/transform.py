@@ -35,7 +35,14 @@ class Resampling(IntEnum):
 
 
 def resize_output_size(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
-    """Target (height, width) exactly as transformers computes it (the long side truncated, not rounded)."""
+    """Target (height, width) exactly as transformers computes it (the long side truncated, not rounded), but
+    never a side of 0 pixels: where a `longest_edge` squeezes a sliver (1×150 to at most 40) transformers computes
+    0 and its resize fails; here that side is 1."""
+    height, width = _as_computed(height, width, size)
+    return max(height, 1), max(width, 1)
+
+
+def _as_computed(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
     if "shortest_edge" in size:
         shortest, longest = size["shortest_edge"], size.get("longest_edge")
         raw = None
