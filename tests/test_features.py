@@ -13,6 +13,7 @@ from bigtransfer import BitConfig, BitForImageClassification, BitModel
 from bigtransfer.cli import main as cli
 from bigtransfer.data.sources import load_dataset
 from bigtransfer.inference.few_shot import ridge_accuracy
+from bigtransfer.runtime.settings import InferenceSettings
 from bigtransfer.train import FewShotCheck, Pretraining, RunOptions, Speed, fewshot, pretrain
 from helpers import TINY, randomize_norms
 
@@ -202,7 +203,8 @@ def test_pooled_features_of_a_compiled_classifier_run_compiled(tmp_path):
         Image.fromarray(image).save(tmp_path / name / "photo.png")
     dataset = load_dataset(tmp_path)
     processor = BitImageProcessor(size={"shortest_edge": 40}, crop_size=32)
-    compiled = pooled_features(torch.compile(model, backend=counting_backend), dataset, processor, workers=0)
-    eager = pooled_features(model, dataset, processor, workers=0)
+    in_process = InferenceSettings(workers=0)
+    compiled = pooled_features(torch.compile(model, backend=counting_backend), dataset, processor, in_process)
+    eager = pooled_features(model, dataset, processor, in_process)
     assert graphs and not any("classifier" in name for graph in graphs for name, _ in graph.named_modules())
     np.testing.assert_allclose(compiled.rows, eager.rows, atol=1e-5)
