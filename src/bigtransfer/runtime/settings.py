@@ -35,8 +35,11 @@ class InferenceSettings:
             raise ValueError(
                 f"workers must be a whole number ≥ 0 (0 loads in the main process) or None, got {self.workers!r}."
             )
-        for name, value in (("bf16", self.bf16), ("compile", self.compile), ("channels_last", self.channels_last)):
-            if not isinstance(value, bool) and (value is not None or name != "channels_last"):
+        switches = {"bf16": self.bf16, "compile": self.compile}
+        if self.channels_last is not None:  # None: the device's default layout
+            switches["channels_last"] = self.channels_last
+        for name, value in switches.items():
+            if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}.")
         if self.device is not None:
             parse_device(self.device)
