@@ -24,6 +24,8 @@ from ..processing.exact import BitImageProcessor
 from .augment import eval_processor, hyperrule_augment
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Regime
+from .losses import RANGES as LOSS_RANGES
+from .losses import class_weights_for, loss_option_problems, loss_record
 from .run import RunOptions, TrainingJob, run_training
 
 
@@ -77,6 +79,8 @@ class FineTuning:
     mixup_alpha: float | None = None
     flip: bool = True
     eval_every: int | None = None  # held-out top-1 every N steps (needs eval_data)
+    label_smoothing: float = 0.0  # ε, opt-in (the HyperRule has none); losses.py says how each loss applies it
+    class_weights: str | None = None  # "balanced" or a file of weights by class name (losses.py)
 
     def __post_init__(self) -> None:
         """Values that make no sense are refused here, not silently replaced by the rule's."""
@@ -87,8 +91,11 @@ class FineTuning:
             bad.append(f"base_lr={self.base_lr}")
         if self.mixup_alpha is not None and not self.mixup_alpha >= 0:
             bad.append(f"mixup_alpha={self.mixup_alpha}")
+        bad += loss_option_problems(self.label_smoothing, self.class_weights)
         if bad:
-            raise ValueError(f"FineTuning: {', '.join(bad)} out of range (counts ≥ 1, base_lr > 0, mixup_alpha ≥ 0).")
+            raise ValueError(
+                f"FineTuning: {', '.join(bad)} out of range (counts ≥ 1, base_lr > 0, mixup_alpha ≥ 0, {LOSS_RANGES})."
+            )
 
 
 def finetune(
@@ -127,6 +134,7 @@ def fine_tuning_job(
             raise ValueError("--shots needs single-label data: a multi-label image would count for several classes.")
         shots, unreadable = readable_few_shot_subset(train_set, recipe.shots, seed)
         train_set = train_set.subset(shots)
+    weights = class_weights_for(recipe.class_weights, train_set)  # before the model loads: a bad file fails fast
     network = classifier_for(model, dict(enumerate(train_set.classes)), train_set.multi_label)
     typical = train_set.typical_image_size(seed=seed)
     rule = hyperrule(len(train_set), typical[:2], recipe.preset, recipe.batch_size, recipe.base_lr,
@@ -143,14 +151,16 @@ def fine_tuning_job(
     processor = eval_processor(rule.crop)
     augment = functools.partial(hyperrule_augment, resize=rule.resize, crop=rule.crop, flip=recipe.flip)
     name = getattr(model.config, "_name_or_path", "") if isinstance(model, BitPreTrainedModel) else str(model)
+    losses = loss_record(recipe.label_smoothing, weights, train_set.classes)
     return TrainingJob(
         what=f"fine-tune {name}", network=network, train_set=train_set,
         eval_set=as_dataset(eval_data) if eval_data is not None else None,
-        regime=Regime(rule, augment, image_size=rule.crop), processor=processor,
+        regime=Regime(rule, augment, image_size=rule.crop, label_smoothing=recipe.label_smoothing,
+                      class_weights=weights), processor=processor,
         fingerprint={"model": name, "classes": train_set.classes, "examples": len(train_set), **train_set.resume_identity(), "seed": seed,
                      "shots": recipe.shots, "rule": dataclasses.asdict(rule), "flip": recipe.flip,
-                     **({"multi_label": True} if train_set.multi_label else {})},
-        report={"rule": dataclasses.asdict(rule), "base_model": name}, shots=recipe.shots, eval_every=recipe.eval_every,
+                     **({"multi_label": True} if train_set.multi_label else {}), **losses},
+        report={"rule": dataclasses.asdict(rule), "base_model": name, **losses}, shots=recipe.shots, eval_every=recipe.eval_every,
         plan_details={"image_size": {"height": typical.height, "width": typical.width, "statistic": typical.statistic},
                       "model_resolution": native_resolution(model),
                       **({"unreadable_skipped": [name for name, _ in unreadable]} if recipe.shots and unreadable else {})},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -50,6 +51,8 @@ class Regime:
     augment: Augment  # picklable: it runs in loading worker processes
     image_size: int  # side of the square images `augment` makes
     loss: str = "softmax"  # or "sigmoid": binary cross-entropy on one-hot targets (multi-label data always)
+    label_smoothing: float = 0.0  # opt-in, off in the HyperRule (losses.py says how each loss applies it)
+    class_weights: tuple[float, ...] | None = None  # per-class loss weights, in the classes' order (losses.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +295,8 @@ class TrainingRun:
         self.ddp = wrap(model, context)  # the module whose gradients DDP all-reduces
         self.forward = torch.compile(self.ddp) if speed.compile else self.ddp
         self.autocast = torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=bf16)
+        weights = regime.class_weights
+        self.class_weights = torch.tensor(weights, device=context.device) if weights is not None else None
         self.step = 0
         self.order: ShuffledOrder | LaneOrder | None = None  # the data order, whose position checkpoints record
         self.saved_step: int | None = None
@@ -446,15 +451,12 @@ class TrainingRun:
     def loss_sum(self, batch: MicroBatch) -> torch.Tensor:
         with self.autocast:
             logits = self.forward(batch.pixels).logits.float()
+        smoothing, weights = self.regime.label_smoothing, self.class_weights
         if batch.labels.ndim == 2:  # multi-label: sigmoid + binary cross-entropy on the (mixed) label vectors
-            return multi_label_loss_sum(logits, batch.labels)
+            return multi_label_loss_sum(logits, batch.labels, smoothing, weights)
         if self.regime.loss == "sigmoid":
-            return multi_label_loss_sum(logits, one_hot_targets(batch, logits.shape[-1]))
-        loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum")
-        if batch.partner_labels is not None:
-            partner_sum = F.cross_entropy(logits, batch.partner_labels, reduction="sum")
-            loss_sum = batch.mixup_lambda * loss_sum + (1 - batch.mixup_lambda) * partner_sum
-        return loss_sum
+            return multi_label_loss_sum(logits, one_hot_targets(batch, logits.shape[-1]), smoothing, weights)
+        return softmax_loss_sum(logits, batch, smoothing, weights)
 
     def join_gradient_all_reduce(self) -> None:
         """A process with no readable images still takes part in DDP's gradient all-reduce (else the others
@@ -466,11 +468,29 @@ class TrainingRun:
         (logits.sum() * 0.0).backward()
 
 
-def multi_label_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def softmax_loss_sum(
+    logits: torch.Tensor, batch: MicroBatch, smoothing: float = 0.0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy summed over the examples, MixUp's two terms mixed by λ; label smoothing and class weights
+    as torch's cross_entropy applies them (losses.py)."""
+    softmax = functools.partial(F.cross_entropy, weight=weights, label_smoothing=smoothing, reduction="sum")
+    loss_sum = softmax(logits, batch.labels)
+    if batch.partner_labels is not None:
+        partner_sum = softmax(logits, batch.partner_labels)
+        loss_sum = batch.mixup_lambda * loss_sum + (1 - batch.mixup_lambda) * partner_sum
+    return loss_sum
+
+
+def multi_label_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Binary cross-entropy summed over classes and examples: an example's loss is its sum over classes (as
     big_vision's sigmoid_xent), so loss_sum / examples is a per-example loss like softmax's, and the gradient
-    does not shrink as classes are added (a mean over classes would divide the learning rate by C)."""
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    does not shrink as classes are added (a mean over classes would divide the learning rate by C). Label
+    smoothing moves each target to y·(1-ε)+ε/2 and `weights` scale each class's term (losses.py says why)."""
+    if smoothing:
+        targets = targets * (1 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
 
 
 def one_hot_targets(batch: MicroBatch, classes: int) -> torch.Tensor:

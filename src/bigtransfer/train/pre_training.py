@@ -21,6 +21,8 @@ from ..processing.base import ProcessorBase
 from ..runtime.settings import InferenceSettings
 from .augment import eval_processor, inception_augment
 from .loop import Monitor, Regime
+from .losses import RANGES as LOSS_RANGES
+from .losses import class_weights_for, loss_option_problems, loss_record
 from .run import RunOptions, TrainingJob, run_training
 from .schedules import upstream_schedule
 
@@ -63,10 +65,15 @@ class Pretraining:
     batch_size: int = 256
     crop: int = 224
     loss: str | None = None  # "softmax" or "sigmoid" (BiT's upstream objective); None: sigmoid for multi-label data
+    label_smoothing: float = 0.0  # ε, opt-in (BiT's recipe has none); losses.py says how each loss applies it
+    class_weights: str | None = None  # "balanced" or a file of weights by class name (losses.py)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"Pretraining: loss={self.loss!r} is not one of {', '.join(map(str, LOSSES))}.")
+        bad = loss_option_problems(self.label_smoothing, self.class_weights)
+        if bad:
+            raise ValueError(f"Pretraining: {', '.join(bad)} out of range ({LOSS_RANGES}).")
 
 
 LOSSES = (None, "softmax", "sigmoid")
@@ -93,6 +100,8 @@ def pretrain(
     loss = recipe.loss or ("sigmoid" if dataset.multi_label else "softmax")
     if dataset.multi_label and loss != "sigmoid":
         raise ValueError("Multi-label data trains with --loss sigmoid: softmax needs one class per image.")
+    weights = class_weights_for(recipe.class_weights, dataset)
+    losses = loss_record(recipe.label_smoothing, weights, dataset.classes)
     head = {"problem_type": "multi_label_classification"} if dataset.multi_label else {}  # sigmoid scores in predict
     config = BitConfig.from_dict(config.to_dict(), id2label=dict(enumerate(dataset.classes)), **head)
     torch.manual_seed(run.seed)
@@ -104,12 +113,13 @@ def pretrain(
     job = TrainingJob(
         what=f"pre-train a BiT ({layout}, {parameter_count(model.num_parameters())} parameters) from scratch",
         network=model, train_set=dataset, eval_set=as_dataset(eval_data) if eval_data is not None else None,
-        regime=Regime(schedule, augment, image_size=recipe.crop, loss=loss),
+        regime=Regime(schedule, augment, image_size=recipe.crop, loss=loss, label_smoothing=recipe.label_smoothing,
+                      class_weights=weights),
         processor=processor,
         fingerprint={"config": config.to_json_string(), "classes": dataset.classes, "examples": len(dataset),
                      **dataset.resume_identity(), "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop,
-                     **({"loss": loss} if loss != "softmax" else {})},
-        report={"schedule": dataclasses.asdict(schedule), "objective": loss}, plan_details={"crop": recipe.crop},
+                     **({"loss": loss} if loss != "softmax" else {}), **losses},
+        report={"schedule": dataclasses.asdict(schedule), "objective": loss, **losses}, plan_details={"crop": recipe.crop},
         extra_monitor=fewshot_check.monitor if fewshot_check else None,
     )  # fmt: skip
     return run_training(job, run)
