@@ -2,9 +2,6 @@
 create_repo, upload_folder, file_exists and hf_hub_download stand in for the network): what arrives is what
 from_pretrained reads, with a model card that never replaces the README of the repo's owner."""
 
-import shutil
-from types import SimpleNamespace
-
 import pytest
 import torch
 import transformers
@@ -15,33 +12,6 @@ from safetensors import safe_open
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessorFast, BitModel
 from bigtransfer.checkpoints.catalogue import BUNDLED_MODELS, bundled_model
 from helpers import TINY
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A Hub that keeps each pushed folder under tmp_path/hub/<repo>, and the calls it received."""
-    calls = []
-
-    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):
-        calls.append(("create_repo", repo_id, {"private": private, "exist_ok": exist_ok, "token": self.token}))
-        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")
-
-    def upload_folder(self, *, repo_id, folder_path, **options):
-        calls.append(("upload_folder", repo_id, options))
-        shutil.copytree(folder_path, tmp_path / "hub" / repo_id, dirs_exist_ok=True)
-        return f"https://huggingface.co/{repo_id}/commit/0123abc"
-
-    def file_exists(self, repo_id, filename, revision=None, **kwargs):
-        return (tmp_path / "hub" / repo_id / filename).is_file()
-
-    def hf_hub_download(self, repo_id, filename, revision=None, **kwargs):
-        return str(tmp_path / "hub" / repo_id / filename)
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    monkeypatch.setattr(HfApi, "file_exists", file_exists)
-    monkeypatch.setattr(HfApi, "hf_hub_download", hf_hub_download)
-    return tmp_path / "hub", calls
 
 
 def test_a_pushed_model_config_and_processor_load_back_here_and_in_transformers(hub):

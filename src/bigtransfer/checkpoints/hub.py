@@ -231,29 +231,51 @@ class PushToHubMixin:
     ) -> Any:
         """Upload what `save_pretrained` writes, and a model's card (README.md) unless the repo has a README of
         its user's; returns huggingface_hub's CommitInfo (its URL as a str)."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return self.push_folder_to_hub(
+                folder, repo_id, commit_message=commit_message or f"Upload {type(self).__name__}",
+                commit_description=commit_description, private=private, token=token, revision=revision,
+                create_pr=create_pr,
+            )  # fmt: skip
+
+    def push_folder_to_hub(
+        self,
+        folder: str | os.PathLike,
+        repo_id: str,
+        *,
+        commit_message: str,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload `folder`, which this object was saved into with whatever belongs beside it (a training run's
+        model/ also holds its processor and training record), in one commit to the repo (created when missing).
+        A model's card is rewritten for the repo in the folder itself, so that the folder holds what the repo
+        does; a README of the repo's user's is left on the Hub as it is."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            try:
-                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
-                raise _push_failed(repo_id, error) from error
-            card_written = self._write_model_card(Path(folder), repo_id)
-            try:
-                if card_written and _users_card_on_hub(api, repo_id, revision):
-                    (Path(folder) / MODEL_CARD_NAME).unlink()
-                return api.upload_folder(
-                    repo_id=repo_id,
-                    folder_path=folder,
-                    commit_message=commit_message or f"Upload {type(self).__name__}",
-                    commit_description=commit_description,
-                    revision=revision,
-                    create_pr=create_pr,
-                )
-            except Exception as error:
-                raise _push_failed(repo_id, error) from error
+        try:
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
+            raise _push_failed(repo_id, error) from error
+        card_written = self._write_model_card(Path(folder), repo_id)
+        try:
+            kept = card_written and _users_card_on_hub(api, repo_id, revision)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                revision=revision,
+                create_pr=create_pr,
+                **({"ignore_patterns": [MODEL_CARD_NAME]} if kept else {}),
+            )
+        except Exception as error:
+            raise _push_failed(repo_id, error) from error
 
     def _write_model_card(self, directory: Path, repo_id: str | None) -> list[str]:
         """Write README.md into a folder being saved or pushed; returns what was written. Models have a card

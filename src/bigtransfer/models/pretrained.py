@@ -102,11 +102,17 @@ class PretrainedMixin(PushToHubMixin):
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, safe_serialization: bool = True, model_card: bool = False, **_: Any
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        model_card: bool = False,
+        repo_id: str | None = None,
+        **_: Any,
     ) -> list:
         """Write config.json and model.safetensors (or pytorch_model.bin), each whole or not at all; weight files
         of the other format left by an earlier save are removed, so what loads is what was saved. `model_card`
-        also writes README.md (as `push_to_hub` does), unless the folder has a README.md of its user's."""
+        also writes README.md (as `push_to_hub` does), unless the folder has a README.md of its user's; its
+        snippets load the Hub repo `repo_id` when the folder is bound for one (else the folder itself)."""
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise NotADirectoryError(f"{save_directory} is a file: save_pretrained needs a directory path.")
@@ -117,7 +123,7 @@ class PretrainedMixin(PushToHubMixin):
         write_state_dict(self.state_dict(), weights, safe_serialization)
         _remove_stale_weights(save_directory, keep=weights.name)
         self.config.save_pretrained(save_directory)
-        card = self._write_model_card(save_directory, repo_id=None) if model_card else []
+        card = self._write_model_card(save_directory, repo_id=repo_id) if model_card else []
         return [str(weights), str(save_directory / "config.json"), *card]
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
