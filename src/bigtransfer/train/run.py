@@ -28,6 +28,7 @@ from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
 from ..runtime.settings import InferenceSettings
 from .distributed import Distributed, process_group
+from .hub_push import check_hub_repo, hub_token_found, push_run
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
 
 MODEL_DIR = "model"
@@ -50,6 +51,12 @@ class RunOptions:
     grad_checkpointing: bool = False  # recompute block activations in backward: same gradients, less memory
     on_plan: Callable[[dict[str, Any]], None] | None = None  # receives the plan before step 1 (rank 0)
     dry_run: bool = False  # return {"plan": …} instead of training
+    push_to_hub: str | None = None  # a Hub repo that gets model/ at the end of the run (hub_push.py)
+    hub_private_repo: bool | None = None  # create that repo private; None: the account's default visibility
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub is not None:  # a name the Hub would refuse fails now, not after the run
+            check_hub_repo(self.push_to_hub)
 
 
 @dataclasses.dataclass
@@ -83,7 +90,8 @@ def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
             "data": job.train_set.source, "eval_data": job.eval_set.source if job.eval_set is not None else None,
             "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
-            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out)}  # fmt: skip
+            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out),
+            **({"push_to_hub": options.push_to_hub, "hub_token_found": hub_token_found()} if options.push_to_hub else {})}  # fmt: skip
 
 
 def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:
@@ -130,7 +138,10 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
             if context.is_main:
                 row = {f"eval_{key}": value for key, value in metrics[monitor.name].items()}
                 append_metrics(out / METRICS, {"step": summary["steps"], **row})
-        return finish_run(job.network, job.processor, out, summary, metrics, evaluation)
+        metrics = finish_run(job.network, job.processor, out, summary, metrics, evaluation, options.push_to_hub)
+    if options.push_to_hub is not None and summary["rank"] == 0:  # the run is complete and saved: now publish it
+        metrics = push_run(job.network, out / MODEL_DIR, metrics, options.push_to_hub, options.hub_private_repo)
+    return metrics
 
 
 def finish_run(
@@ -140,9 +151,11 @@ def finish_run(
     summary: dict[str, Any],
     metrics: dict[str, Any],
     evaluation: Callable[[], dict[str, Any]] | None,
+    repo_id: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate (every process takes its share), then on rank 0: save model/ (with the eval transform), write plots
-    and metrics.json. Every other rank returns what it has.
+    """Evaluate (every process takes its share), then on rank 0: save model/ (with the eval transform; its card
+    naming the Hub repo `repo_id` it is bound for), write plots and metrics.json. Every other rank returns what
+    it has.
     """
     result = evaluation() if evaluation is not None else None
     if summary["rank"] != 0:
@@ -151,7 +164,7 @@ def finish_run(
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
     if result is not None:
         metrics["eval"] = result
-    _save_model(model, processor, out / MODEL_DIR, training_record(metrics))
+    _save_model(model, processor, out / MODEL_DIR, training_record(metrics), repo_id)
     if result is not None:
         key = headline(result)
         append_metrics(out / METRICS, {"step": summary["steps"], f"eval_{key}": result[key]})
@@ -181,7 +194,11 @@ def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_model(
-    model: BitForImageClassification, processor: BitImageProcessor, directory: Path, record: dict[str, Any]
+    model: BitForImageClassification,
+    processor: BitImageProcessor,
+    directory: Path,
+    record: dict[str, Any],
+    repo_id: str | None = None,
 ) -> None:
     """model/ beside the checkpoint, with its eval transform, the run's record and the model card that reads both;
     a full disk is named in one line (each file is written whole or not at all). What gets deployed is checked
@@ -190,7 +207,7 @@ def _save_model(
     try:
         processor.save_pretrained(directory)
         write_json(directory / TRAINING_RECORD, record)
-        model.save_pretrained(directory, model_card=True)
+        model.save_pretrained(directory, model_card=True, repo_id=repo_id)  # a failed push: `hf upload` sends it as is
     except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         free = shutil.disk_usage(directory.parent).free
         raise OSError(
