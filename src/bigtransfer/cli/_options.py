@@ -113,6 +113,14 @@ def probability(text: str) -> float:
     return value
 
 
+def below_one(text: str) -> float:
+    """An argparse type for a smoothing factor: a number from 0 up to, not including, 1."""
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give a number ≥ 0 and < 1")
+    return value
+
+
 def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model", positional: bool = False) -> None:
     """--model MODEL; where 0.1 took MODEL as the first positional argument, that spelling still works."""
     if positional:

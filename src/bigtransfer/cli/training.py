@@ -17,6 +17,7 @@ from ._options import (
     add_model_argument,
     add_output_arguments,
     add_workers_argument,
+    below_one,
     emit,
     inference_settings,
     load_data_arguments,
@@ -54,7 +55,26 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recompute each block's activations in backward: same gradients, less memory "
                         "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan (data, schedule, device) and stop")
+    hub = parser.add_argument_group("the Hugging Face Hub", "with a token from HF_TOKEN or `hf auth login`")
+    hub.add_argument("--push-to-hub", metavar="REPO",
+                     help="at the end of the run, upload model/ (weights, preprocessing, model card) to this Hub repo, "
+                     "e.g. me/bit-flowers (created when missing); a failed push keeps the run, prints the command "
+                     "that pushes it later and exits 2")  # fmt: skip
+    hub.add_argument("--hub-private-repo", action="store_true", default=None,
+                     help="create the --push-to-hub repo private (default: the account's default visibility)")  # fmt: skip
     add_output_arguments(parser, "print the final metrics as JSON")
+
+
+def _add_loss_arguments(parser: argparse.ArgumentParser) -> None:
+    """The loss options of `FineTuning` and `Pretraining`: opt-in, both off in BiT's recipes."""
+    parser.add_argument("--label-smoothing", type=below_one, default=0.0, metavar="EPS",
+                        help="softmax targets (1-EPS)·one-hot + EPS/classes, as torch's cross_entropy(label_smoothing=) "
+                        "and Trainer's label_smoothing_factor; sigmoid (multi-label) targets y·(1-EPS) + EPS/2 "
+                        "(default 0: off, as BiT)")  # fmt: skip
+    parser.add_argument("--class-weights", metavar="balanced|FILE",
+                        help="per-class loss weights: 'balanced' (n / (classes · images of the class), scikit-learn's, "
+                        'counted on the training set used), or a JSON {"class": weight} or CSV class,weight file '
+                        "naming every class (default: none)")  # fmt: skip
 
 
 def _add_multi_label_argument(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +118,7 @@ def register(commands) -> None:
     finetune.add_argument(
         "--eval-every", type=positive_int, default=None, help="evaluate every N steps (curve in the PNG)"
     )
+    _add_loss_arguments(finetune)
     _add_run_arguments(finetune)
 
     evaluate = commands.add_parser(
@@ -139,6 +160,7 @@ def register(commands) -> None:
                           help="softmax cross-entropy, or sigmoid binary cross-entropy on one-hot (multi-hot) targets "
                           "as BiT's upstream training used (default: softmax; sigmoid with --multi-label)")  # fmt: skip
     _add_multi_label_argument(pretrain)
+    _add_loss_arguments(pretrain)
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
     check.add_argument("--fewshot-every", type=positive_int, metavar="N", help="measure every N steps and at the end")
@@ -160,7 +182,8 @@ def run_options(args: argparse.Namespace, command: str) -> RunOptions:
         out=args.out or default_out(command), seed=args.seed, resume=args.resume, save_every=args.save_every,
         device=args.device, bf16=args.bf16, progress=not args.quiet,
         speed=Speed(args.workers, args.compile, args.channels_last, args.batch_split),
-        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run,
+        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run, push_to_hub=args.push_to_hub,
+        hub_private_repo=args.hub_private_repo,
         on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
     )  # fmt: skip
 
@@ -171,7 +194,8 @@ def run_finetune(args: argparse.Namespace) -> dict:
     recipe = FineTuning(
         shots=args.shots, preset=args.preset, batch_size=args.batch_size, steps=args.steps, resize=args.resize,
         crop=args.crop, base_lr=args.base_lr, lr_scaling=args.lr_scaling, mixup_alpha=args.mixup,
-        flip=not args.no_flip, eval_every=args.eval_every,
+        flip=not args.no_flip, eval_every=args.eval_every, label_smoothing=args.label_smoothing,
+        class_weights=args.class_weights,
     )  # fmt: skip
     run = run_options(args, "finetune")  # first: its checks need no data read
     data, eval_data = load_data_arguments(args)
@@ -209,13 +233,36 @@ def print_plan(plan: dict, stream) -> None:
                      f"{schedule['batch_size'] // plan['batch_split']}), lr {schedule['base_lr']:g}, weight decay "
                      f"{schedule['weight_decay']:g}" + (", sigmoid loss" if plan["objective"] == "sigmoid" else ""))  # fmt: skip
         quicker = "--crop 128 --batch-size 64 (or fewer --epochs)" if crop >= 224 else None
+    lines += _loss_lines(plan)
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
                  f"loading workers → {plan['out']}")  # fmt: skip
+    lines += _hub_lines(plan)
     if plan["device"] == "cpu" and quicker:
         threads = "; with loading workers on a few cores, OMP_NUM_THREADS=1 trained fastest (benchmarks/RESULTS.md)"
         lines.append(f"  note: {crop}-px crops are slow on a CPU; for a quicker run pass {quicker}, or use a GPU "
                      f"(--device cuda){threads if plan['workers'] else ''}")  # fmt: skip
     print("\n".join(lines), file=stream, flush=True)
+
+
+def _loss_lines(plan: dict) -> list[str]:
+    """The opt-in loss options that are on, with the class weights (the first ten, then their range)."""
+    parts = [f"label smoothing {plan['label_smoothing']:g}"] if "label_smoothing" in plan else []
+    if "class_weights" in plan:
+        weights = plan["class_weights"]
+        shown = ", ".join(f"{name} {weight:.4g}" for name, weight in list(weights.items())[:10])
+        if len(weights) > 10:
+            shown += f", … ({len(weights)} classes, {min(weights.values()):.4g} to {max(weights.values()):.4g})"
+        parts.append(f"class weights {shown}")
+    return [f"  loss: {'; '.join(parts)}"] if parts else []
+
+
+def _hub_lines(plan: dict) -> list[str]:
+    if not plan.get("push_to_hub"):
+        return []
+    line = f"  then push model/ to the Hugging Face Hub as {plan['push_to_hub']}"
+    if not plan["hub_token_found"]:
+        line += " (no token found yet: set HF_TOKEN or run `hf auth login` before the run ends)"
+    return [line]
 
 
 def _quicker_on_cpu(crop: int, native: int | None) -> str | None:
@@ -260,7 +307,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
                              tuple(args.fewshot_shots))  # fmt: skip
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                         crop=args.crop, loss=args.loss)  # fmt: skip
+                         crop=args.crop, loss=args.loss, label_smoothing=args.label_smoothing,
+                         class_weights=args.class_weights)  # fmt: skip
     run = run_options(args, "pretrain")
     data, eval_data = load_data_arguments(args)
     return pretrain(data, config, eval_data, recipe=recipe, run=run,
@@ -294,6 +342,8 @@ def _print_metrics(metrics: dict) -> None:
     result = metrics.get("eval", metrics if any(key in metrics for key in HEADLINE_NAMES) else None)
     if "model_dir" in metrics:
         print(f"model saved to {metrics['model_dir']} ({metrics['steps']} steps, {metrics['seconds']} s)")
+    if "url" in metrics.get("push_to_hub", {}):
+        print(f"pushed to the Hub as {metrics['push_to_hub']['repo']}: {metrics['push_to_hub']['url']}")
     if metrics.get("skipped_images") or metrics.get("skipped_fraction"):
         print(f"skipped {len(metrics['skipped_images'])} unreadable training images: "
               f"{metrics['skipped_fraction']:.1%} of the examples were left out")  # fmt: skip
@@ -326,8 +376,14 @@ def _without_confusion(metrics):
 
 
 def handle(args: argparse.Namespace) -> int:
+    from ..train.hub_push import HubPushFailed
+
     runner = {"finetune": run_finetune, "pretrain": run_pretrain, "evaluate": run_evaluate}[args.command]
-    metrics = runner(args)
+    try:
+        metrics = runner(args)
+    except HubPushFailed as failure:  # the run is complete: its results first, then the line saying what failed
+        emit(_without_confusion(failure.metrics), args.json, _print_metrics)
+        raise
     if metrics.get("rank", 0) == 0:
         emit(_without_confusion(metrics), args.json, _print_metrics)
     return 0
