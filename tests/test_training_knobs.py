@@ -364,3 +364,10 @@ def test_a_repo_name_the_hub_refuses_fails_before_the_run(idx_data, tmp_path, ca
         and error.count("\n") == 1
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_several_seeds_would_overwrite_one_repo_so_they_are_refused(idx_data, tmp_path, capsys):
+    assert cli(finetune_command(idx_data, tmp_path / "runs", "--runs", "2", "--push-to-hub", "me/digits")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bigtransfer finetune: --push-to-hub with --runs 2: every run would replace the last one")
+    assert not (tmp_path / "runs").exists()

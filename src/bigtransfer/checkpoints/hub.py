@@ -6,6 +6,7 @@ What a name or path is (a folder, a bundled model, a zoo name, a Hub repo) is de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -228,54 +229,37 @@ class PushToHubMixin:
         token: bool | str | None = None,
         revision: str | None = None,
         create_pr: bool = False,
+        folder: str | os.PathLike | None = None,
     ) -> Any:
         """Upload what `save_pretrained` writes, and a model's card (README.md) unless the repo has a README of
-        its user's; returns huggingface_hub's CommitInfo (its URL as a str)."""
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            return self.push_folder_to_hub(
-                folder, repo_id, commit_message=commit_message or f"Upload {type(self).__name__}",
-                commit_description=commit_description, private=private, token=token, revision=revision,
-                create_pr=create_pr,
-            )  # fmt: skip
-
-    def push_folder_to_hub(
-        self,
-        folder: str | os.PathLike,
-        repo_id: str,
-        *,
-        commit_message: str,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: bool | str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-    ) -> Any:
-        """Upload `folder`, which this object was saved into with whatever belongs beside it (a training run's
-        model/ also holds its processor and training record), in one commit to the repo (created when missing).
-        A model's card is rewritten for the repo in the folder itself, so that the folder holds what the repo
-        does; a README of the repo's user's is left on the Hub as it is."""
+        its user's; returns huggingface_hub's CommitInfo (its URL as a str). `folder`: one this object was saved
+        into already, with whatever belongs beside it (a training run's model/ holds its processor and training
+        record too), pushed instead of a fresh save; its card is rewritten for the repo there, so that the
+        folder holds what the repo does."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-        try:
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
-            raise _push_failed(repo_id, error) from error
-        card_written = self._write_model_card(Path(folder), repo_id)
-        try:
-            kept = card_written and _users_card_on_hub(api, repo_id, revision)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message,
-                commit_description=commit_description,
-                revision=revision,
-                create_pr=create_pr,
-                **({"ignore_patterns": [MODEL_CARD_NAME]} if kept else {}),
-            )
-        except Exception as error:
-            raise _push_failed(repo_id, error) from error
+        with tempfile.TemporaryDirectory() if folder is None else contextlib.nullcontext(folder) as pushed:
+            if folder is None:
+                self.save_pretrained(pushed)
+            try:
+                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's network errors
+                raise _push_failed(repo_id, error) from error
+            card_written = self._write_model_card(Path(pushed), repo_id)
+            try:
+                kept = card_written and _users_card_on_hub(api, repo_id, revision)
+                return api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=pushed,
+                    commit_message=commit_message or f"Upload {type(self).__name__}",
+                    commit_description=commit_description,
+                    revision=revision,
+                    create_pr=create_pr,
+                    **({"ignore_patterns": [MODEL_CARD_NAME]} if kept else {}),  # the user's README stays
+                )
+            except Exception as error:
+                raise _push_failed(repo_id, error) from error
 
     def _write_model_card(self, directory: Path, repo_id: str | None) -> list[str]:
         """Write README.md into a folder being saved or pushed; returns what was written. Models have a card

@@ -188,6 +188,9 @@ def finetune_runs(
 ) -> dict[str, Any]:
     """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds from `run.seed`, each in `run.out`/seed-N;
     mean ± std of eval top-1 (mAP for multi-label data), also written to `run.out`/runs.json."""
+    if run.push_to_hub is not None and runs > 1:
+        raise ValueError(f"--push-to-hub with --runs {runs}: every run would replace the last one in {run.push_to_hub}; "
+                         "run once, or push the run you choose afterwards with `hf upload REPO RUN/seed-N/model`.")  # fmt: skip
     seeds = list(range(run.seed, run.seed + runs))
     results = [finetune(model, data, eval_data, recipe=recipe,
                         run=dataclasses.replace(run, seed=seed, out=Path(run.out) / f"seed-{seed}")) for seed in seeds]  # fmt: skip

@@ -56,7 +56,7 @@ def push_run(
     try:
         if not hub_token_found():
             raise OSError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
-        url = model.push_folder_to_hub(folder, repo_id, commit_message=message, private=private)
+        url = model.push_to_hub(repo_id, commit_message=message, private=private, folder=folder)
     except OSError as error:
         why = error.__cause__ or error  # the Hub's own error, without the advice meant for a model object
         metrics = {**metrics, "push_to_hub": {"repo": repo_id, "error": f"{type(why).__name__}: {why}"}}
