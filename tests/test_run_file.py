@@ -1,4 +1,4 @@
-"""Run files: every run writes the resolved OUT/config.yaml; `--config FILE` (and `replay.load_run_file` from
+"""Run files: every run writes the resolved OUT/config.yaml; `--config FILE` (and `replaying.load_run_file` from
 Python) runs it again to the same weights, flags beside it winning; a bad file is one line naming the key."""
 
 import argparse
@@ -13,9 +13,8 @@ from bigtransfer.cli import build_parser
 from bigtransfer.cli import main as cli
 from bigtransfer.data.datasets import from_folder
 from bigtransfer.data.reading import DataReading
-from bigtransfer.train import FineTuning, Pretraining, RunOptions, finetune, pretrain
+from bigtransfer.train import FineTuning, Pretraining, RunOptions, finetune, load_run_file, pretrain, replay
 from bigtransfer.train.architecture import architecture_config
-from bigtransfer.train.replay import load_run_file, replay
 from bigtransfer.train.run_file import NOT_IN_FILES, options_of
 from test_train import folder, upstream  # noqa: F401  (fixtures: a tiny pretrained model, 3 classes × 5 images)
 
@@ -31,8 +30,8 @@ def dests(command: str) -> set[str]:
     return {action.dest for action in commands.choices[command]._actions} - set(NOT_IN_FILES)
 
 
-def finetune_command(upstream, folder, out, *options):
-    return ["finetune", "--model", str(upstream), "--data", str(folder), "--out", str(out), *TINY_RUN, *options]
+def finetune_command(model, data, out, *options):
+    return ["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *TINY_RUN, *options]
 
 
 def read(path):
@@ -87,7 +86,16 @@ def test_dry_run_prints_the_run_file_after_the_plan_and_writes_nothing(upstream,
     assert not out.exists()
 
 
-def test_a_python_run_with_the_defaults_writes_the_file_of_the_cli_with_the_defaults(upstream, folder, tmp_path, capsys):  # noqa: F811
+def test_several_seeds_write_the_run_file_of_them_all_and_one_each(upstream, folder, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "runs"
+    assert cli(finetune_command(upstream, folder, out, "--runs", "2", "--seed", "4", "--steps", "1")) == 0
+    assert (read(out / "config.yaml")["runs"], read(out / "config.yaml")["seed"]) == (2, 4)
+    assert [(read(out / f"seed-{seed}" / "config.yaml")["runs"], read(out / f"seed-{seed}" / "config.yaml")["seed"])
+            for seed in (4, 5)] == [(1, 4), (1, 5)]  # fmt: skip
+    capsys.readouterr()
+
+
+def test_a_python_run_writes_the_cli_runs_file_with_the_same_defaults(upstream, folder, tmp_path, capsys):  # noqa: F811
     """The same writer for both, and the recipe's defaults are the options' defaults."""
     out = str(tmp_path / "out")
     cli_config = dry_run_config(["finetune", "--model", str(upstream), "--data", str(folder), "--out", out], capsys)
@@ -103,16 +111,25 @@ def test_data_given_as_an_object_is_said_not_replayable_while_a_reading_is_recor
     config = finetune(str(upstream), from_folder(folder), recipe=FineTuning(steps=1), run=options)["config"]
     assert config["data"] == str(folder) and "data was given as a ImageDataset object" in config["not_replayable"][0]
     data, eval_data = DataReading(str(folder), classes="a,c", val_split=0.4).load(seed=5)
-    config = finetune(str(upstream), data, eval_data, run=RunOptions(out=tmp_path / "x", seed=5, dry_run=True))["config"]
+    config = finetune(str(upstream), data, eval_data, run=RunOptions(out=tmp_path / "x", seed=5, dry_run=True))[
+        "config"
+    ]
     assert "not_replayable" not in config and (config["classes"], config["val_split"]) == ("a,c", 0.4)
-    config = finetune(str(upstream), data, eval_data, run=RunOptions(out=tmp_path / "x", seed=6, dry_run=True))["config"]
+    config = finetune(str(upstream), data, eval_data, run=RunOptions(out=tmp_path / "x", seed=6, dry_run=True))[
+        "config"
+    ]
     assert "held the evaluation images out with seed 5, not this run's seed 6" in config["not_replayable"][0]
 
 
 def test_pretrain_replayed_from_python_has_bit_identical_weights(folder, tmp_path, capsys):  # noqa: F811
     first = tmp_path / "first"
     options = ["--fewshot-every", "2", "--fewshot-data", str(folder), "--fewshot-eval-data", str(folder)]
-    assert cli(["pretrain", "--data", str(folder), "--out", str(first), *TINY_PRETRAIN, *options, "--fewshot-shots", "1,2"]) == 0
+    assert (
+        cli(
+            ["pretrain", "--data", str(folder), "--out", str(first), *TINY_PRETRAIN, *options, "--fewshot-shots", "1,2"]
+        )
+        == 0
+    )
     written = read(first / "config.yaml")
     assert set(written) == dests("pretrain") | MARKS and written["fewshot_shots"] == [1, 2]
     spec = load_run_file(first / "config.yaml")
@@ -125,10 +142,14 @@ def test_pretrain_replayed_from_python_has_bit_identical_weights(folder, tmp_pat
 
 def test_a_toml_file_and_a_list_for_comma_text(folder, tmp_path, capsys):  # noqa: F811
     check = f'fewshot_every = 2\nfewshot_data = "{folder}"\nfewshot-eval-data = "{folder}"\n'
-    (tmp_path / "run.toml").write_text(f'data = "{folder}"\n{check}fewshot_shots = [2, 4]\nfewshot_classes = ["a", "b"]\n')
+    (tmp_path / "run.toml").write_text(
+        f'data = "{folder}"\n{check}fewshot_shots = [2, 4]\nfewshot_classes = ["a", "b"]\n'
+    )
     config = dry_run_config(["pretrain", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "o")], capsys)
     assert (config["fewshot_shots"], config["fewshot_classes"], config["fewshot_every"]) == ([2, 4], "a,b", 2)
-    (tmp_path / "run.yaml").write_text("data: d\nfewshot_every: 2\nfewshot_data: x\nfewshot_eval_data: y\nfewshot_shots: 3,6\n")
+    (tmp_path / "run.yaml").write_text(
+        "data: d\nfewshot_every: 2\nfewshot_data: x\nfewshot_eval_data: y\nfewshot_shots: 3,6\n"
+    )
     assert load_run_file(tmp_path / "run.yaml", "pretrain").fewshot_check.shots == (3, 6)
     (tmp_path / "run.yaml").write_text("fewshot_shots: [1]\n")
     with pytest.raises(ValueError, match="run.yaml: no data: set `data:`"):
@@ -144,7 +165,10 @@ def test_a_toml_file_and_a_list_for_comma_text(folder, tmp_path, capsys):  # noq
         ("preset: cod", "--config {file}: preset: invalid choice: 'cod' (choose from 'code', 'paper'); did you mean"),
         ("no_flip: 1", "--config {file}: no_flip: 1 is not true or false"),
         ("resume: true", "--config {file}: resume: resuming is a choice for one invocation: pass --resume beside"),
-        ("command: pretrain", "--config {file} is a run file of `bigtransfer pretrain`: run it with `bigtransfer pretrain"),
+        (
+            "command: pretrain",
+            "--config {file} is a run file of `bigtransfer pretrain`: run it with `bigtransfer pretrain",
+        ),
         ("steps: [", "--config {file} is not valid YAML (line 2"),
         ("- 1", "--config {file} is not a run file: expected `option: value` lines, found a list"),
     ],

@@ -1,7 +1,7 @@
 """Run files: a training run's options as YAML, every value it used (defaults included) in the command line's
 vocabulary, so that a run can be read, compared and run again. Every run writes its resolved one as OUT/config.yaml
 before step 1 (`run_file_of`, `write_run_file`); `bigtransfer finetune|pretrain --config FILE` and
-`replay.load_run_file` read one back (`read_run_file`).
+`replaying.load_run_file` read one back (`read_run_file`).
 
 One table maps each option to where its value lives in the objects a run receives — the recipe (FineTuning or
 Pretraining), the RunOptions and their Speed, the data's `DataReading`, the model, the architecture, the few-shot
@@ -248,7 +248,7 @@ def read_run_file(path: str | os.PathLike, command: str | None = None) -> tuple[
     """(the command, the options the file sets by dest, values as written), for `command` or the one the file
     names; a key may spell '-' for '_'. The file's own marks are checked here: another command's file, a key no
     option has (with the nearest one), one that a file cannot set. Values are the caller's to check: the command
-    line runs each through its option's type, as a flag; `replay.load_run_file` through the fields it fills."""
+    line runs each through its option's type, as a flag; `replaying.load_run_file` through the fields it fills."""
     path = Path(path)
     raw = _parsed(path)
     if not isinstance(raw, dict):

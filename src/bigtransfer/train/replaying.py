@@ -2,7 +2,7 @@
 runs (dataclasses.replace) — and `replay(path, out=…)` runs it again, as `bigtransfer finetune --config FILE
 --out NEW` does:
 
-    from bigtransfer.train.replay import load_run_file, replay
+    from bigtransfer.train import load_run_file, replay
 
     replay("runs/flowers/config.yaml", out="runs/flowers-again")   # the same weights, on the same machine
     spec = load_run_file("runs/flowers/config.yaml")
