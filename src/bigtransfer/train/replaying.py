@@ -120,9 +120,13 @@ def _called(function: Any, given: dict[str, tuple[str, Any]]) -> Any:
 
 
 def _checked(name: str, value: Any, hint: Any) -> Any:
+    """`value` if it is of the type `hint` names; YAML's lists stand for tuples."""
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if any(_is(value, kind) for kind in allowed):
-        return value
+    for kind in allowed:
+        if isinstance(value, list) and (typing.get_origin(kind) or kind) is tuple:
+            return tuple(value)
+        if _is(value, kind):
+            return value
     wanted = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed if kind is not type(None))
     raise ValueError(f"{name}: {value!r} is not a {wanted}")
 
