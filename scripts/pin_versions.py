@@ -1,5 +1,5 @@
 """Write scripts/constraints.txt: the exact versions of everything `scripts/setup.sh test` installs (the `test`
-extra and what it pulls in, the oracles in .oracles/, pyyaml), read from the current environment; `demo`
+extra and what it pulls in, and the oracles in .oracles/), read from the current environment; `demo`
 installs a subset of it, at the same versions.
 
 Run it after the suite passed on the newest releases (`BIGTRANSFER_LATEST=1 bash scripts/setup.sh test &&
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "scripts" / "constraints.txt"
 ORACLES = ROOT / ".oracles"
 EXTRA = "test"
-ALSO = ("pyyaml",)  # installed by set-up beside the extra (timm's config reader)
 NOT_PINNED = {"torch", "bigtransfer"}  # torch: the build on disk, pinned by set-up; bigtransfer: this checkout
 
 
@@ -54,7 +53,7 @@ def pinned_versions() -> dict[str, str]:
     ours = distribution("bigtransfer")
     roots = [Requirement(line) for line in ours.requires or []]
     roots = [r for r in roots if r.marker is None or r.marker.evaluate({"extra": EXTRA})]
-    versions = closure(roots + [Requirement(name) for name in ALSO])
+    versions = closure(roots)
     for dist in distributions(path=[str(ORACLES)]):  # timm and torchvision, installed with --no-deps
         versions[canonicalize_name(dist.metadata["Name"])] = dist.version
     return dict(sorted(versions.items()))

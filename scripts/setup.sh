@@ -60,7 +60,6 @@ if [ "$extra" = "test" ]; then
   # importable but broken, it would break `import transformers` for everyone. So both go into .oracles/, which
   # only the tests put on sys.path (tests/conftest.py), with --no-deps: pip never swaps torch for a CUDA build.
   pip_install --no-deps --upgrade --target .oracles timm torchvision   # versions: the constraints above
-  pip_install "${upgrade[@]}" pyyaml
   if python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') is None)" \
      && ! python -c "import torchvision" 2>/dev/null; then
     python -m pip uninstall --quiet --yes torchvision   # a broken copy left by an earlier set-up

@@ -497,9 +497,12 @@ def test_paper_preset_takes_r152x4_from_the_model_config(upstream, folder, tmp_p
 def test_resume_refuses_a_run_of_another_model(upstream, folder, tmp_path):
     run(upstream, folder, tmp_path / "run", steps=2)
     (tmp_path / "run" / "model").rename(tmp_path / "other")
-    with pytest.raises(ValueError, match=r"different run \(checkpoint → now: model: '.*upstream' → '.*other'\)"):
+    with pytest.raises(ValueError, match=r"different run \(config\.yaml → now: --model .*upstream → .*other\)"):
         run(tmp_path / "other", folder, tmp_path / "run", resume=True, steps=2)
-    with pytest.raises(ValueError, match=r"rule\.crop: 20 → 16; rule\.resize: 24 → 18"):
+    with pytest.raises(ValueError, match=r"now: --resize 24 → 18, --crop 20 → 16\)"):
+        run(upstream, folder, tmp_path / "run", resume=True, steps=2, resize=18, crop=16)
+    (tmp_path / "run" / "config.yaml").unlink()  # as a run of an older version left it: the fingerprint's words
+    with pytest.raises(ValueError, match=r"checkpoint → now: rule\.crop: 20 → 16; rule\.resize: 24 → 18"):
         run(upstream, folder, tmp_path / "run", resume=True, steps=2, resize=18, crop=16)
 
 

@@ -9,7 +9,7 @@ import sys
 
 from .._util.errors import LoaderWorkerError
 from .._util.package import package_version
-from . import bench, demo, export, features, predict, serve, shard, training, zoo_commands
+from . import bench, demo, export, features, predict, run_files, serve, shard, training, zoo_commands
 from ._options import CommandParser, resolve_positionals
 
 
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; expected failures (bad paths, bad values) print one line and return 2, Ctrl-C 130."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    run_files.apply_run_file(parser, argv)  # --config FILE: the file's options become the command's defaults
     args, unknown = parser.parse_known_args(argv)
     command_parser = parser.command_parser(args.command)
     if unknown:

@@ -299,29 +299,25 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def load_data(source: str, classes: str | None, **reading: Any):
-    """A --data argument as a dataset, restricted to --classes when given; `reading` goes to `load_dataset`
-    (split, image_column, label_column, for_eval)."""
-    from ..data.sources import load_dataset
+    """`data.reading.read_dataset`, imported only when a command reads data (the CLI starts without torch)."""
+    from ..data.reading import read_dataset
 
-    dataset = load_dataset(source, **reading)
-    return dataset.select_classes(classes.split(",")) if classes else dataset
+    return read_dataset(source, classes, **reading)
+
+
+def data_reading(args: argparse.Namespace):
+    """The command's data options as one `DataReading`."""
+    from ..data.reading import DataReading
+
+    return DataReading(
+        args.data, getattr(args, "eval_data", None), args.classes, args.split, getattr(args, "eval_split", None),
+        args.image_column, args.label_column, args.multi_label, getattr(args, "val_split", None),
+    )  # fmt: skip
 
 
 def load_data_arguments(args: argparse.Namespace, for_eval: bool = False) -> tuple[Any, Any]:
     """(--data, --eval-data or the --val-split held out of --data, or None) as the data options say."""
-    from ..data.datasets import hold_out
-
-    reading = dict(image_column=args.image_column, label_column=args.label_column, multi_label=args.multi_label)
-    data = load_data(args.data, args.classes, split=args.split, for_eval=for_eval, **reading)
-    eval_source = getattr(args, "eval_data", None)
-    eval_data = (
-        load_data(eval_source, args.classes, split=args.eval_split, for_eval=True, **reading) if eval_source else None
-    )
-    if getattr(args, "val_split", None):
-        if eval_data is not None:
-            raise ValueError("--val-split holds evaluation data out of --data: with --eval-data, drop one of the two.")
-        data, eval_data = hold_out(data, args.val_split, args.seed)
-    return data, eval_data
+    return data_reading(args).load(getattr(args, "seed", 0), for_eval)
 
 
 def emit(result: Any, as_json: bool, as_text: Callable[[Any], None]) -> None:

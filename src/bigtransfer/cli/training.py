@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `RunOptions`, which every training command shares."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="read the options from a run file (YAML, or TOML by its .toml suffix; keys are the "
+                        "options' names, base_lr or base-lr for --base-lr), such as the config.yaml every run writes "
+                        "into its --out: `--config RUN/config.yaml --out NEW` replays RUN; flags given beside it win")  # fmt: skip
     parser.add_argument("--out", default=None,
                         help="run directory (default: a new runs/<command>-<date>-<time>; an existing run is refused "
                         "unless --resume)")  # fmt: skip
@@ -54,7 +58,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute each block's activations in backward: same gradients, less memory "
                         "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (data, schedule, device) and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (data, schedule, device) and the run file it would write, and stop")  # fmt: skip
     hub = parser.add_argument_group("the Hugging Face Hub", "with a token from HF_TOKEN or `hf auth login`")
     hub.add_argument("--push-to-hub", metavar="REPO",
                      help="at the end of the run, upload model/ (weights, preprocessing, model card) to this Hub repo, "
@@ -199,7 +204,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     run = run_options(args, "finetune")  # first: its checks need no data read
     data, eval_data = load_data_arguments(args)
-    if args.runs > 1 and not args.dry_run:  # a dry run shows the first run's plan
+    if args.runs > 1:
         return finetune_runs(args.runs, args.model, data, eval_data, recipe=recipe, run=run)
     return finetune(args.model, data, eval_data, recipe=recipe, run=run)
 
@@ -277,35 +282,17 @@ def _quicker_on_cpu(crop: int, native: int | None) -> str | None:
 
 def pretrain_config(args: argparse.Namespace) -> BitConfig:
     """The BitConfig that --arch (with --depths, --hidden-sizes, --embedding-size) and --num-groups describe."""
-    from ..checkpoints.catalogue import ARCHITECTURES
-    from ..models.config import BitConfig
+    from ..train.architecture import architecture_config
 
-    if args.arch == "custom":
-        if not (args.depths and args.hidden_sizes):
-            raise ValueError("--arch custom needs --depths and --hidden-sizes.")
-        depths, widths = [int(d) for d in args.depths.split(",")], [int(w) for w in args.hidden_sizes.split(",")]
-        config = BitConfig(
-            depths=depths, hidden_sizes=widths, embedding_size=args.embedding_size, num_groups=args.num_groups
-        )
-    elif args.arch in ARCHITECTURES:
-        depths, width_factor = ARCHITECTURES[args.arch]
-        config = BitConfig(depths=depths, width_factor=width_factor, num_groups=args.num_groups)
-    else:
-        raise ValueError(f"Unknown --arch {args.arch!r}: use one of {', '.join(ARCHITECTURES)} or 'custom'.")
-    return config
+    return architecture_config(args.arch, args.depths, args.hidden_sizes, args.embedding_size, args.num_groups)
 
 
 def run_pretrain(args: argparse.Namespace) -> dict:
     from ..train import FewShotCheck, Pretraining, pretrain
 
     config = pretrain_config(args)
-    check = None
-    if args.fewshot_every:
-        if not (args.fewshot_data and args.fewshot_eval_data):
-            raise ValueError("--fewshot-every needs --fewshot-data and --fewshot-eval-data (a downstream dataset).")
-        classes = args.fewshot_classes.split(",") if args.fewshot_classes else None
-        check = FewShotCheck(args.fewshot_data, args.fewshot_eval_data, args.fewshot_every, classes,
-                             tuple(args.fewshot_shots))  # fmt: skip
+    check = FewShotCheck.from_options(args.fewshot_every, args.fewshot_data, args.fewshot_eval_data,
+                                      args.fewshot_classes, args.fewshot_shots)  # fmt: skip
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                          crop=args.crop, loss=args.loss, label_smoothing=args.label_smoothing,
                          class_weights=args.class_weights)  # fmt: skip
@@ -331,6 +318,11 @@ HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}  # an evaluation's headline key
 
 
 def _print_metrics(metrics: dict) -> None:
+    if "plan" in metrics:  # a dry run: the plan is printed already; then the run file it would write
+        from ..train.run_file import run_file_text
+
+        print(run_file_text(metrics["config"]), end="")
+        return
     if "runs" in metrics:
         for seed, run in zip(metrics["seeds"], metrics["runs"]):
             print(f"seed {seed}: {_headline_text(run['eval'])}" if "eval" in run else f"seed {seed}: done")

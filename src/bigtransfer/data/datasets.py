@@ -71,6 +71,9 @@ class LabelledImages:
 
     classes: list[str]
     source: str
+    # set by `reading.DataReading.load` on what it read: (that DataReading, the seed it held --val-split out with),
+    # so that a run file can tell how to read these images again; None for a dataset made otherwise (in code, a subset)
+    reading: tuple[Any, int] | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -11,6 +11,7 @@ from .fine_tuning import FineTuning, finetune, finetune_runs
 from .hyper_rule import HyperRule, hyperrule
 from .loop import Speed
 from .pre_training import FewShotCheck, Pretraining, pretrain
+from .replaying import RunFile, load_run_file, replay
 from .run import RunOptions
 
 __all__ = [
@@ -18,11 +19,14 @@ __all__ = [
     "FineTuning",
     "HyperRule",
     "Pretraining",
+    "RunFile",
     "RunOptions",
     "Speed",
     "fewshot",
     "finetune",
     "finetune_runs",
     "hyperrule",
+    "load_run_file",
     "pretrain",
+    "replay",
 ]

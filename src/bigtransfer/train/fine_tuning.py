@@ -26,7 +26,8 @@ from .hyper_rule import HyperRule, hyperrule
 from .loop import Regime
 from .losses import RANGES as LOSS_RANGES
 from .losses import class_weights_for, loss_option_problems, loss_record
-from .run import RunOptions, TrainingJob, run_training
+from .run import RunOptions, TrainingJob, prepare_output, run_training
+from .run_file import run_file_of, write_run_file
 
 
 def rescale_steps(rule: HyperRule, steps: int) -> HyperRule:
@@ -115,7 +116,9 @@ def finetune(
     """
     if not run.dry_run:
         check_writable(Path(run.out))  # before the model loads and the data is read
-    return run_training(fine_tuning_job(model, data, eval_data, recipe, run.seed), run)
+    job = fine_tuning_job(model, data, eval_data, recipe, run.seed)
+    job.config = run_file_of("finetune", recipe=recipe, run=run, data=data, eval_data=eval_data, model=model)
+    return run_training(job, run)
 
 
 def fine_tuning_job(
@@ -187,11 +190,20 @@ def finetune_runs(
     run: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Repeat a (few-shot) fine-tuning over `runs` consecutive seeds from `run.seed`, each in `run.out`/seed-N;
-    mean ± std of eval top-1 (mAP for multi-label data), also written to `run.out`/runs.json."""
+    mean ± std of eval top-1 (mAP for multi-label data), also written to `run.out`/runs.json; `run.out`/config.yaml
+    is the run file of them all (each seed-N/ holds its own). A dry run shows the first run's plan."""
     if run.push_to_hub is not None and runs > 1:
         raise ValueError(f"--push-to-hub with --runs {runs}: every run would replace the last one in {run.push_to_hub}; "
                          "run once, or push the run you choose afterwards with `hf upload REPO RUN/seed-N/model`.")  # fmt: skip
     seeds = list(range(run.seed, run.seed + runs))
+    config = run_file_of("finetune", recipe=recipe, run=run, data=data, eval_data=eval_data, model=model, runs=runs)
+    if run.dry_run:
+        return {**finetune(model, data, eval_data, recipe=recipe, run=run), "config": config}
+    if int(os.environ.get("RANK", "0")) == 0:
+        for seed in seeds:  # before config.yaml replaces the one of a run that is still there
+            prepare_output(Path(run.out) / f"seed-{seed}", run.resume)
+        Path(run.out).mkdir(parents=True, exist_ok=True)
+        write_run_file(Path(run.out), config)
     results = [finetune(model, data, eval_data, recipe=recipe,
                         run=dataclasses.replace(run, seed=seed, out=Path(run.out) / f"seed-{seed}")) for seed in seeds]  # fmt: skip
     evaluations = [r["eval"] for r in results if "eval" in r]

@@ -35,6 +35,7 @@ from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, ch
 from .distributed import Distributed, barrier, sum_over_processes, sync_gradients, wrap
 from .interrupts import StopRequest
 from .progress import StepProgress
+from .run_file import RUN_FILE, changed_recipe, write_run_file
 from .schedules import StepSchedule
 
 logger = logging.getLogger(__name__)
@@ -69,11 +70,14 @@ class Speed:
 @dataclasses.dataclass(frozen=True)
 class Saving:
     """The run's checkpoint.pt: written every `every` steps and at the end, continued with `resume`
-    only when its `fingerprint` (model, data, recipe) equals this run's."""
+    only when its `fingerprint` (model, data, recipe) equals this run's. `run_file` (the resolved options) is
+    written as config.yaml once the run is known to start or continue, and names the changed options when a
+    resume is refused."""
 
     fingerprint: dict = dataclasses.field(default_factory=dict)
     resume: bool = False
     every: int | None = None
+    run_file: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +191,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 100 else f"{text[:40]}…{text[-55:]}"
 
 
-def load_checkpoint_state(path: Path, fingerprint: dict, set_aside: bool = True) -> dict:
+def load_checkpoint_state(path: Path, fingerprint: dict, set_aside: bool = True, run_file: dict | None = None) -> dict:
     """The run's checkpoint; when it is damaged (truncated, or a member failing its CRC check, which torch.load
     does not check), the previous one (with a warning) if there is one. With `set_aside` (one process of a run),
     the damaged file becomes checkpoint.damaged.pt: left in place, the next save would keep it as the previous
@@ -206,10 +210,12 @@ def load_checkpoint_state(path: Path, fingerprint: dict, set_aside: bool = True)
         else:
             logger.warning("%s; continuing from the previous checkpoint, %s.", error, previous)
     differences = fingerprint_differences(state.get("fingerprint", {}), fingerprint)
-    if differences:
+    if differences:  # told in options where the run files say which (the fingerprint also sees the data's content)
+        options = changed_recipe(path.parent / RUN_FILE, run_file) if run_file else []
+        told = f"{RUN_FILE} → now: {', '.join(options)}" if options else f"checkpoint → now: {'; '.join(differences)}"
         raise ValueError(
-            f"{path} comes from a different run (checkpoint → now: {'; '.join(differences)}): --resume only "
-            "continues the same model, data and recipe; choose a new --out to start afresh."
+            f"{path} comes from a different run ({told}): --resume only continues the same model, data and recipe; "
+            "choose a new --out to start afresh."
         )
     return state
 
@@ -316,10 +322,13 @@ class TrainingRun:
                 (self.out / METRICS).unlink(missing_ok=True)
             for leftover in self.out.glob(f".{CHECKPOINT}.*.tmp"):  # half-written by a process that was killed
                 leftover.unlink(missing_ok=True)
+            if self.saving.run_file:  # before step 1: a killed run has it; a resumed one records its new speed options
+                write_run_file(self.out, self.saving.run_file)
         barrier(self.context)
 
     def restore(self) -> None:
-        state = load_checkpoint_state(self.out / CHECKPOINT, self.saving.fingerprint, set_aside=self.context.is_main)
+        state = load_checkpoint_state(self.out / CHECKPOINT, self.saving.fingerprint, set_aside=self.context.is_main,
+                                      run_file=self.saving.run_file)  # fmt: skip
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])

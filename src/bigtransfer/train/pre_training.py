@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .loop import Monitor, Regime
 from .losses import RANGES as LOSS_RANGES
 from .losses import class_weights_for, loss_option_problems, loss_record
 from .run import RunOptions, TrainingJob, run_training
+from .run_file import run_file_of
 from .schedules import upstream_schedule
 
 
@@ -39,6 +41,17 @@ class FewShotCheck:
     classes: list[str] | None = None
     shots: tuple[int, ...] = (1, 5, 10)
     seeds: int = 3
+
+    @classmethod
+    def from_options(
+        cls, every: int | None, data: str | None, eval_data: str | None, classes: str | None, shots: Sequence[int]
+    ) -> FewShotCheck | None:
+        """The check that the --fewshot-* options ask for (classes as comma-separated text); None without `every`."""
+        if not every:
+            return None
+        if not (data and eval_data):
+            raise ValueError("--fewshot-every needs --fewshot-data and --fewshot-eval-data (a downstream dataset).")
+        return cls(data, eval_data, every, classes.split(",") if classes else None, tuple(shots))
 
     def monitor(self, model: BitPreTrainedModel, processor: ProcessorBase, options: RunOptions) -> Monitor:
         """A loop Monitor logging fewshot_<k>shot (the mean over seeds), measured with the run's loading workers
@@ -95,6 +108,8 @@ def pretrain(
     """
     if not run.dry_run:
         check_writable(Path(run.out))  # before the data is read
+    written = run_file_of("pretrain", recipe=recipe, run=run, data=data, eval_data=eval_data, architecture=config,
+                          fewshot_check=fewshot_check)  # fmt: skip
     dataset = as_dataset(data)
     dataset.check_trainable()
     loss = recipe.loss or ("sigmoid" if dataset.multi_label else "softmax")
@@ -120,6 +135,6 @@ def pretrain(
                      **dataset.resume_identity(), "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop,
                      **({"loss": loss} if loss != "softmax" else {}), **losses},
         report={"schedule": dataclasses.asdict(schedule), "objective": loss, **losses}, plan_details={"crop": recipe.crop},
-        extra_monitor=fewshot_check.monitor if fewshot_check else None,
+        extra_monitor=fewshot_check.monitor if fewshot_check else None, config=written,
     )  # fmt: skip
     return run_training(job, run)

@@ -75,6 +75,7 @@ class TrainingJob:
     shots: int | None = None
     eval_every: int | None = None  # held-out top-1 every N steps
     extra_monitor: Callable[..., Monitor] | None = None  # (network, processor, run options) → a Monitor
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved run file (run_file.run_file_of)
 
 
 def prepare_output(out: Path, resume: bool) -> None:
@@ -109,7 +110,7 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
     if options.dry_run:
         prepare_output(out, options.resume)
         show_plan(plan, options.on_plan)
-        return {"plan": plan}
+        return {"plan": plan, "config": job.config}
     if job.eval_every and job.extra_monitor:
         raise ValueError("A run measures one thing while it trains: held-out top-1 (eval_every) or its own monitor.")
     held = exclusive(out / LOCK, wait=False) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
@@ -122,7 +123,7 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
 def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[str, Any]:
     if options.grad_checkpointing:
         job.network.gradient_checkpointing_enable()
-    saving = Saving(job.fingerprint, options.resume, options.save_every)
+    saving = Saving(job.fingerprint, options.resume, options.save_every, run_file=job.config)
     with process_group(options.device) as context:
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
