@@ -63,10 +63,13 @@ class Pretraining:
     batch_size: int = 256
     crop: int = 224
     loss: str | None = None  # "softmax" or "sigmoid" (BiT's upstream objective); None: sigmoid for multi-label data
+    eval_every: int | None = None  # held-out top-1 (mAP) on eval_data every N steps; not beside a few-shot check
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"Pretraining: loss={self.loss!r} is not one of {', '.join(map(str, LOSSES))}.")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"Pretraining: eval_every={self.eval_every} out of range (a count ≥ 1).")
 
 
 LOSSES = (None, "softmax", "sigmoid")
@@ -110,6 +113,6 @@ def pretrain(
                      **dataset.resume_identity(), "seed": run.seed, "schedule": dataclasses.asdict(schedule), "crop": recipe.crop,
                      **({"loss": loss} if loss != "softmax" else {})},
         report={"schedule": dataclasses.asdict(schedule), "objective": loss}, plan_details={"crop": recipe.crop},
-        extra_monitor=fewshot_check.monitor if fewshot_check else None,
+        extra_monitor=fewshot_check.monitor if fewshot_check else None, eval_every=recipe.eval_every,
     )  # fmt: skip
     return run_training(job, run)

@@ -27,10 +27,12 @@ from ..models.model_card import TRAINING_RECORD
 from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
 from ..runtime.settings import InferenceSettings
+from .best import BestWeights, best_fingerprint, check_best_options
 from .distributed import Distributed, process_group
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
 
 MODEL_DIR = "model"
+LAST_MODEL_DIR = "model-last"  # with keep_best: the final weights, when model/ holds earlier, better ones
 LOCK = ".run.lock"  # held by the process that runs in the folder (rank 0)
 
 
@@ -50,6 +52,8 @@ class RunOptions:
     grad_checkpointing: bool = False  # recompute block activations in backward: same gradients, less memory
     on_plan: Callable[[dict[str, Any]], None] | None = None  # receives the plan before step 1 (rank 0)
     dry_run: bool = False  # return {"plan": …} instead of training
+    keep_best: bool = False  # with eval_every: model/ holds the best held-out evaluation's weights (`best.py`)
+    early_stopping: int | None = None  # with eval_every: stop after this many evaluations without improvement
 
 
 @dataclasses.dataclass
@@ -83,7 +87,8 @@ def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
             "data": job.train_set.source, "eval_data": job.eval_set.source if job.eval_set is not None else None,
             "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
-            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out)}  # fmt: skip
+            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out),
+            "eval_every": job.eval_every, "keep_best": options.keep_best, "early_stopping": options.early_stopping}  # fmt: skip
 
 
 def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:
@@ -97,6 +102,7 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
     final metrics (on ranks other than 0, the loop's summary). The run folder is held for the whole run: a
     second run into it is refused, naming the process that holds it."""
     out = Path(options.out)
+    check_best_options(options.keep_best, options.early_stopping, job.eval_every, job.eval_set is not None)
     plan = plan_of(job, options)
     if options.dry_run:
         prepare_output(out, options.resume)
@@ -114,15 +120,19 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
 def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[str, Any]:
     if options.grad_checkpointing:
         job.network.gradient_checkpointing_enable()
-    saving = Saving(job.fingerprint, options.resume, options.save_every)
+    eval_examples = len(job.eval_set) if job.eval_set is not None else 0
+    kept = best_fingerprint(options.keep_best, options.early_stopping, job.eval_every, eval_examples)
+    saving = Saving({**job.fingerprint, **kept}, options.resume, options.save_every)
     with process_group(options.device) as context:
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
         if evaluation is not None and job.eval_every:
             monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation), sharded=True)
+        best = (BestWeights(out, options.keep_best, options.early_stopping, writes=context.is_main)
+                if options.keep_best or options.early_stopping else None)  # fmt: skip
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
                         context=context, seed=options.seed, bf16=options.bf16, saving=saving, monitor=monitor,
-                        progress=options.progress, speed=options.speed)  # fmt: skip
+                        progress=options.progress, speed=options.speed, best=best)  # fmt: skip
         metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}
         if monitor is not None and not monitor.sharded:  # a rank-0 measurement (few-shot), once more at the end
             metrics[monitor.name] = monitor.measure(summary["steps"]) if context.is_main else {}
@@ -130,7 +140,7 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
             if context.is_main:
                 row = {f"eval_{key}": value for key, value in metrics[monitor.name].items()}
                 append_metrics(out / METRICS, {"step": summary["steps"], **row})
-        return finish_run(job.network, job.processor, out, summary, metrics, evaluation)
+        return finish_run(job.network, job.processor, out, summary, metrics, evaluation, best)
 
 
 def finish_run(
@@ -140,21 +150,33 @@ def finish_run(
     summary: dict[str, Any],
     metrics: dict[str, Any],
     evaluation: Callable[[], dict[str, Any]] | None,
+    best: BestWeights | None = None,
 ) -> dict[str, Any]:
     """Evaluate (every process takes its share), then on rank 0: save model/ (with the eval transform), write plots
-    and metrics.json. Every other rank returns what it has.
+    and metrics.json. Every other rank returns what it has. With `best.keep`, model/ gets the best evaluation's
+    weights, and model-last/ the final ones when they are not the best; "eval" is then model/'s evaluation and
+    "last_eval" the final weights'.
     """
-    result = evaluation() if evaluation is not None else None
-    if summary["rank"] != 0:
-        return summary
     reported = ("skipped_images", "skipped_fraction", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
+    last = result = evaluation() if evaluation is not None else None
+    earlier_best = best is not None and best.keep and last is not None and not best.finish(summary["steps"], last)
+    if earlier_best:
+        if summary["rank"] == 0:
+            metrics.update(last_eval=last, model_last_dir=str(out / LAST_MODEL_DIR))
+            _save_model(model, processor, out / LAST_MODEL_DIR, training_record({**metrics, "eval": last}))
+        best.load_into(model)
+        result = evaluation()
+    if summary["rank"] != 0:
+        return summary
+    if best is not None:
+        metrics.update(best.report(summary["steps"]))
     if result is not None:
         metrics["eval"] = result
     _save_model(model, processor, out / MODEL_DIR, training_record(metrics))
-    if result is not None:
-        key = headline(result)
-        append_metrics(out / METRICS, {"step": summary["steps"], f"eval_{key}": result[key]})
+    if last is not None and "stopped_early" not in metrics:  # an early stop's evaluation is logged already
+        key = headline(last)
+        append_metrics(out / METRICS, {"step": summary["steps"], f"eval_{key}": last[key]})
     if result is not None and "confusion" in result:  # multi-label evaluations have no confusion matrix
         plot_confusion(result["confusion"], [model.config.id2label[i] for i in range(model.config.num_labels)],
                        out / "confusion.png")  # fmt: skip
