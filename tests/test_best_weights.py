@@ -69,6 +69,9 @@ def test_keep_best_saves_the_best_evaluation_as_model_and_the_final_weights_as_m
         p.name for p in (out / "model-last").iterdir()
     }
     assert metrics["model_last_dir"] == str(out / "model-last")
+    card = "; these are the weights after step 2, of the best held-out top-1 accuracy."
+    assert card in (out / "model" / "README.md").read_text()
+    assert "best held-out" not in (out / "model-last" / "README.md").read_text()
     # training itself is unchanged: model-last/ is what the same run without the option leaves as model/
     plain = run(upstream, folder, tmp_path / "plain", eval_data=str(folder), **FALLING)
     assert same_weights(final_weights(tmp_path / "plain"), load_file(out / "model-last" / "model.safetensors"))
@@ -95,6 +98,10 @@ def test_when_the_final_weights_are_the_best_there_is_no_model_last(upstream, fo
     assert metrics["best"] == {"step": 2, "metric": "top1", "value": metrics["eval"]["top1"]}
     assert metrics["eval"]["top1"] > curve(tmp_path / "best")[1]
     kept = f"top-1 {metrics['eval']['top1']:.4f} at step 2"
+    assert (
+        "  evaluate every 1 steps; keep the best evaluation's weights as model/ (the final ones as model-last/)\n"
+        in printed
+    )
     assert f"the final weights are the best ({kept}): model/ holds them, no model-last/" in printed
     assert not (tmp_path / "best" / "model-last").exists() and "last_eval" not in metrics
     assert cli([*options, "--out", str(tmp_path / "plain")]) == 0
@@ -155,9 +162,10 @@ def test_a_run_interrupted_after_its_first_evaluations_resumes_to_the_same_best(
     resumed = run(upstream, folder, tmp_path / "resumed", resume=True, **options)
     for name in ("best", "stopped_early", "steps", "eval", "last_eval"):
         assert resumed[name] == straight[name], name
-    for folder_name in ("model", "model-last"):
-        weights = [load_file(tmp_path / run_name / folder_name / "model.safetensors") for run_name in ("straight", "resumed")]  # fmt: skip
-        assert same_weights(*weights)
+    for kept in ("model", "model-last"):
+        assert same_weights(
+            *(load_file(tmp_path / name / kept / "model.safetensors") for name in ("straight", "resumed"))
+        )
 
 
 def test_only_the_best_and_the_checkpointed_best_stay_on_disk(tmp_path):

@@ -352,8 +352,8 @@ def _best_summary(metrics: dict) -> list[str]:
             lines.append(f"the final weights are the best ({kept}): model/ holds them, no model-last/")
     if "stopped_early" in metrics:
         stop = metrics["stopped_early"]
-        lines.append(f"stopped early at step {stop['step']}: {stop['patience']} evaluations without a "
-                     f"{HEADLINE_NAMES[stop['metric']]} above {stop['best_value']:.4f} (step {stop['best_step']})")  # fmt: skip
+        best = f"{HEADLINE_NAMES[stop['metric']]} above {stop['best_value']:.4f} (step {stop['best_step']})"
+        lines.append(f"stopped early at step {stop['step']}: {stop['patience']} evaluations without a {best}")
     return lines
 
 

@@ -118,11 +118,15 @@ class BestWeights:
     def load_into(self, model: torch.nn.Module) -> None:
         model.load_state_dict(read_state_dict(self.path(self.step)))
 
-    def report(self, steps: int) -> dict[str, Any]:
-        """metrics.json's entries: the best evaluation (with `keep`), and where and why the run stopped early."""
+    def report(self, steps: int, kept: dict[str, Any] | None) -> dict[str, Any]:
+        """metrics.json's entries: the best evaluation (with `keep`), and where and why the run stopped early.
+
+        The best value is the headline of `kept`, model/'s own evaluation, which `evaluate` on model/ repeats: on a
+        CPU it equals the value measured during training; on CUDA the loop's autotuned convolutions (cudnn.benchmark)
+        may round a near-tie otherwise."""
         entries: dict[str, Any] = {}
-        if self.keep:
-            entries["best"] = {"step": self.step, "metric": self.metric, "value": self.value}
+        if self.keep and kept is not None:
+            entries["best"] = {"step": self.step, "metric": self.metric, "value": kept[self.metric]}
         if self.exhausted:
             entries["stopped_early"] = {"step": steps, "best_step": self.step, "metric": self.metric,
                                         "best_value": self.value, "patience": self.patience}  # fmt: skip

@@ -88,7 +88,8 @@ def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
             "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
             "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out),
-            "eval_every": job.eval_every, "keep_best": options.keep_best, "early_stopping": options.early_stopping}  # fmt: skip
+            "eval_every": job.eval_every, "keep_best": options.keep_best,
+            "early_stopping": options.early_stopping}  # fmt: skip
 
 
 def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:
@@ -170,7 +171,7 @@ def finish_run(
     if summary["rank"] != 0:
         return summary
     if best is not None:
-        metrics.update(best.report(summary["steps"]))
+        metrics.update(best.report(summary["steps"], result))
     if result is not None:
         metrics["eval"] = result
     _save_model(model, processor, out / MODEL_DIR, training_record(metrics))
@@ -194,7 +195,7 @@ def headline_only(evaluation: Callable[[], dict[str, Any]], step: int) -> dict[s
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """What the model card tells of the run (models/model_card.py): the recipe, the data's size, the time, the
     held-out accuracy — not the per-class figures and confusion matrix, which grow with the classes."""
-    kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds")
+    kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds", "best")
     record = {key: metrics[key] for key in kept if key in metrics}
     if "eval" in metrics:
         kept = ("examples", "top1", "top5", "map", "micro_ap", "macro_f1", "micro_f1")
