@@ -58,6 +58,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute each block's activations in backward: same gradients, less memory "
                         "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
+    parser.add_argument("--keep-best", action="store_true",
+                        help="with --eval-every: save the weights of the best held-out evaluation (top-1; mAP with "
+                        "--multi-label; a tie keeps the earlier) as OUT/model, the final ones as OUT/model-last when "
+                        "they are not the best; metrics.json names the best step and value")  # fmt: skip
+    parser.add_argument("--early-stopping", type=positive_int, default=None, metavar="P",
+                        help="with --eval-every: stop after P evaluations without a better held-out top-1 (mAP); "
+                        "OUT/model then holds the weights at the stop (the best ones with --keep-best)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (data, schedule, device) and the run file it would write, and stop")  # fmt: skip
     hub = parser.add_argument_group("the Hugging Face Hub", "with a token from HF_TOKEN or `hf auth login`")
@@ -80,6 +87,12 @@ def _add_loss_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-class loss weights: 'balanced' (n / (classes · images of the class), scikit-learn's, "
                         'counted on the training set used), or a JSON {"class": weight} or CSV class,weight file '
                         "naming every class (default: none)")  # fmt: skip
+
+
+def _add_eval_every_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-every", type=positive_int, default=None, metavar="N",
+                        help="evaluate on --eval-data every N steps (curve in the PNG; what --keep-best and "
+                        "--early-stopping follow)")  # fmt: skip
 
 
 def _add_multi_label_argument(parser: argparse.ArgumentParser) -> None:
@@ -120,9 +133,7 @@ def register(commands) -> None:
     finetune.add_argument("--crop", type=positive_int, default=None, help="override the random-crop / eval size")
     finetune.add_argument("--mixup", type=non_negative_float, default=None, help="override the MixUp alpha (0 = off)")
     finetune.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    finetune.add_argument(
-        "--eval-every", type=positive_int, default=None, help="evaluate every N steps (curve in the PNG)"
-    )
+    _add_eval_every_argument(finetune)
     _add_loss_arguments(finetune)
     _add_run_arguments(finetune)
 
@@ -165,6 +176,7 @@ def register(commands) -> None:
                           help="softmax cross-entropy, or sigmoid binary cross-entropy on one-hot (multi-hot) targets "
                           "as BiT's upstream training used (default: softmax; sigmoid with --multi-label)")  # fmt: skip
     _add_multi_label_argument(pretrain)
+    _add_eval_every_argument(pretrain)
     _add_loss_arguments(pretrain)
     check = pretrain.add_argument_group("few-shot check", "linear few-shot accuracy on a downstream dataset while "
                                         "training (as `bigtransfer fewshot`), in metrics.jsonl and curves.png")  # fmt: skip
@@ -182,13 +194,16 @@ def register(commands) -> None:
 def run_options(args: argparse.Namespace, command: str) -> RunOptions:
     """The options every training command shares, from its arguments."""
     from ..train import RunOptions, Speed
+    from ..train.best import check_best_options
 
+    held_out = args.eval_data is not None or args.val_split is not None
+    check_best_options(args.keep_best, args.early_stopping, args.eval_every, held_out)  # before any data is read
     return RunOptions(
         out=args.out or default_out(command), seed=args.seed, resume=args.resume, save_every=args.save_every,
         device=args.device, bf16=args.bf16, progress=not args.quiet,
         speed=Speed(args.workers, args.compile, args.channels_last, args.batch_split),
-        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run, push_to_hub=args.push_to_hub,
-        hub_private_repo=args.hub_private_repo,
+        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run, keep_best=args.keep_best,
+        early_stopping=args.early_stopping, push_to_hub=args.push_to_hub, hub_private_repo=args.hub_private_repo,
         on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
     )  # fmt: skip
 
@@ -238,6 +253,8 @@ def print_plan(plan: dict, stream) -> None:
                      f"{schedule['batch_size'] // plan['batch_split']}), lr {schedule['base_lr']:g}, weight decay "
                      f"{schedule['weight_decay']:g}" + (", sigmoid loss" if plan["objective"] == "sigmoid" else ""))  # fmt: skip
         quicker = "--crop 128 --batch-size 64 (or fewer --epochs)" if crop >= 224 else None
+    if plan["keep_best"] or plan["early_stopping"]:
+        lines.append(_best_plan(plan))
     lines += _loss_lines(plan)
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
                  f"loading workers → {plan['out']}")  # fmt: skip
@@ -247,6 +264,16 @@ def print_plan(plan: dict, stream) -> None:
         lines.append(f"  note: {crop}-px crops are slow on a CPU; for a quicker run pass {quicker}, or use a GPU "
                      f"(--device cuda){threads if plan['workers'] else ''}")  # fmt: skip
     print("\n".join(lines), file=stream, flush=True)
+
+
+def _best_plan(plan: dict) -> str:
+    """The plan's line for --keep-best and --early-stopping."""
+    parts = [f"  evaluate every {plan['eval_every']} steps"]
+    if plan["keep_best"]:
+        parts.append("keep the best evaluation's weights as model/ (the final ones as model-last/)")
+    if plan["early_stopping"]:
+        parts.append(f"early stopping after {plan['early_stopping']} evaluations without improvement")
+    return "; ".join(parts)
 
 
 def _loss_lines(plan: dict) -> list[str]:
@@ -294,8 +321,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     check = FewShotCheck.from_options(args.fewshot_every, args.fewshot_data, args.fewshot_eval_data,
                                       args.fewshot_classes, args.fewshot_shots)  # fmt: skip
     recipe = Pretraining(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                         crop=args.crop, loss=args.loss, label_smoothing=args.label_smoothing,
-                         class_weights=args.class_weights)  # fmt: skip
+                         crop=args.crop, loss=args.loss, eval_every=args.eval_every,
+                         label_smoothing=args.label_smoothing, class_weights=args.class_weights)  # fmt: skip
     run = run_options(args, "pretrain")
     data, eval_data = load_data_arguments(args)
     return pretrain(data, config, eval_data, recipe=recipe, run=run,
@@ -334,6 +361,8 @@ def _print_metrics(metrics: dict) -> None:
     result = metrics.get("eval", metrics if any(key in metrics for key in HEADLINE_NAMES) else None)
     if "model_dir" in metrics:
         print(f"model saved to {metrics['model_dir']} ({metrics['steps']} steps, {metrics['seconds']} s)")
+    for line in _best_summary(metrics):
+        print(line)
     if "url" in metrics.get("push_to_hub", {}):
         print(f"pushed to the Hub as {metrics['push_to_hub']['repo']}: {metrics['push_to_hub']['url']}")
     if metrics.get("skipped_images") or metrics.get("skipped_fraction"):
@@ -348,6 +377,25 @@ def _print_metrics(metrics: dict) -> None:
                 print(f"  AP {score['ap']:.4f}  F1 {score['f1']:.4f}  {name} ({score['positives']} images)")
             else:
                 print(f"  {score:7.2%}  {name}")
+
+
+def _best_summary(metrics: dict) -> list[str]:
+    """Which weights model/ holds with --keep-best, and where --early-stopping ended the run."""
+    lines = []
+    if "best" in metrics:
+        best = metrics["best"]
+        kept = f"{HEADLINE_NAMES[best['metric']]} {best['value']:.4f} at step {best['step']}"
+        if "model_last_dir" in metrics:
+            last = metrics["last_eval"][best["metric"]]
+            lines.append(f"model/ holds the best weights ({kept}); the final ones ({HEADLINE_NAMES[best['metric']]} "
+                         f"{last:.4f}) are in {metrics['model_last_dir']}")  # fmt: skip
+        else:
+            lines.append(f"the final weights are the best ({kept}): model/ holds them, no model-last/")
+    if "stopped_early" in metrics:
+        stop = metrics["stopped_early"]
+        best = f"{HEADLINE_NAMES[stop['metric']]} above {stop['best_value']:.4f} (step {stop['best_step']})"
+        lines.append(f"stopped early at step {stop['step']}: {stop['patience']} evaluations without a {best}")
+    return lines
 
 
 def _headline_text(result: dict) -> str:

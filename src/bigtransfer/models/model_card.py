@@ -265,6 +265,10 @@ def _training(record: dict[str, Any]) -> list[str]:
     )
     images = f" on {record['train_examples']:,} images" if "train_examples" in record else ""
     took = f", {record['steps']:,} steps in {record['seconds']:g} s" if {"steps", "seconds"} <= set(record) else ""
+    best = record.get("best")
+    if best and best["step"] != record.get("steps"):  # --keep-best kept earlier weights than the last
+        metric = dict(EVALUATION_ROWS)[best["metric"]]
+        took += f"; these are the weights after step {best['step']:,}, of the best held-out {metric}"
     rows = [f"| {label} | {form.format(_shown(recipe[key]))} |" for key, label, form in SETTINGS if key in recipe]
     sections = ["## Training", f"{how}{images}{took}.", "\n".join(["| setting | value |", "|---|---|", *rows])]
     evaluation = record.get("eval")

@@ -111,7 +111,9 @@ def finetune(
 
     The run directory (`run.out`) gets checkpoint.pt (resumable), metrics.jsonl, curves.png, and, at the end,
     model/ (a transformers-format model whose preprocessor_config.json is the eval transform), metrics.json and
-    confusion.png when `eval_data` is given. Before training, `run.on_plan` receives what the run will do (data,
+    confusion.png when `eval_data` is given. With `run.keep_best` (and `recipe.eval_every`), model/ holds the best
+    held-out evaluation's weights and model-last/ the final ones; `run.early_stopping` ends the run after that many
+    evaluations without improvement (`best.py`). Before training, `run.on_plan` receives what the run will do (data,
     rule, device, precision, workers, output); `run.dry_run` returns {"plan": …} right there.
     """
     if not run.dry_run:

@@ -32,6 +32,7 @@ from ..data.order import LaneOrder, ShuffledOrder
 from ..data.workers import LoadedImages, ordered_results, resolve_workers
 from ..processing.transform import EvalTransform
 from .batches import Augment, Layout, MicroBatch, TrainingExamples, assemble, chunks_per_micro_batch
+from .best import BestWeights
 from .distributed import Distributed, barrier, sum_over_processes, sync_gradients, wrap
 from .interrupts import StopRequest
 from .progress import StepProgress
@@ -288,9 +289,10 @@ class TrainingRun:
     """One run's state — model, optimiser, step, loaded-data stream — and its named steps."""
 
     def __init__(self, model: torch.nn.Module, regime: Regime, transform: EvalTransform, out: Path, context: Distributed, speed: Speed,
-                 bf16: bool, saving: Saving):  # fmt: skip
+                 bf16: bool, saving: Saving, best: BestWeights | None = None):  # fmt: skip
         self.model, self.regime, self.transform = model, regime, transform
         self.out, self.context, self.saving = out, context, saving
+        self.best = best  # the best evaluation so far (--keep-best, --early-stopping), recorded in the checkpoint
         self.channels_last = use_channels_last(speed.channels_last, context.device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(context.device, memory_format=memory_format)
@@ -333,6 +335,8 @@ class TrainingRun:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
+        if self.best is not None:
+            self.best.restore(state["best"])
         if self.context.is_main:
             drop_metrics_after(self.out / METRICS, self.step)
 
@@ -343,8 +347,12 @@ class TrainingRun:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                      "torch_rng": torch.get_rng_state(), "fingerprint": self.saving.fingerprint,
                      "data_position": self.order.position(self.step) if self.order is not None else None}  # fmt: skip
+            if self.best is not None:
+                state["best"] = self.best.state()
             save_checkpoint(self.out / CHECKPOINT, state)
             self.saved_step = self.step
+            if self.best is not None:
+                self.best.checkpointed()
 
     def momentum(self) -> dict[str, torch.Tensor]:
         """SGD's momentum buffers by their parameters' names: a NaN there turns the weights NaN on --resume."""
@@ -378,15 +386,15 @@ class TrainingRun:
         monitor: Monitor | None,
         stop: StopRequest,
     ) -> bool:
-        """Step until the schedule ends or a stop is requested (then True, at a step boundary), logging each step,
-        measuring and checkpointing when due.
+        """Step until the schedule ends, early stopping ends it, or a stop is requested (then True, at a step
+        boundary), logging each step, measuring and checkpointing when due.
 
         Step time is the loop's period: the host only queues work on a GPU, and the loop waits for the
         device once per step (reading a loss), so in steady state one period is one device step.
         """
         schedule, world_size = self.regime.schedule, self.context.world_size
         period_began = time.perf_counter()
-        while (lr := schedule.lr(self.step)) is not None:
+        while (lr := schedule.lr(self.step)) is not None and not (self.best is not None and self.best.exhausted):
             row = self.train_step(examples, loaded, lr)
             now = time.perf_counter()
             row["images_per_s"] = round(row["examples"] * world_size / max(now - period_began, 1e-9), 1)
@@ -397,6 +405,10 @@ class TrainingRun:
                 if not monitor.sharded:
                     self.context.wait_for_main()
                 log.flush(**{f"eval_{key}": value for key, value in measured.items()})
+                if self.best is not None:
+                    self.best.consider(self.step, measured, self.model)
+                    if self.best.exhausted:
+                        log.progress.note(f"step {self.step}: {self.best.stop_note()}; the run stops here")
                 period_began = time.perf_counter()
             if self.saving.every and self.step % self.saving.every == 0:
                 log.flush()
@@ -525,15 +537,17 @@ def train(
     monitor: Monitor | None = None,
     progress: bool = True,
     speed: Speed = Speed(),
+    best: BestWeights | None = None,
 ) -> dict:
     """Run the schedule to its end on `context` (this process's device and rank, from `distributed.process_group`);
     returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files. Ctrl-C finishes the step under way,
-    saves the checkpoint and raises TrainingInterrupted (`interrupts.StopRequest`)."""
+    saves the checkpoint and raises TrainingInterrupted (`interrupts.StopRequest`). `best` follows the sharded
+    `monitor`'s measurements (`best.BestWeights`): it may end the run before its schedule."""
     schedule = regime.schedule
     workers = resolve_workers(speed.workers)
     layout = Layout(schedule.batch_size, context.world_size, context.rank, speed.batch_split, chunks=1)
     layout = dataclasses.replace(layout, chunks=chunks_per_micro_batch(layout.micro, workers))
-    run = TrainingRun(model, regime, transform, out, context, speed, bf16, saving)
+    run = TrainingRun(model, regime, transform, out, context, speed, bf16, saving, best)
     run.begin()
     order = run.order = dataset.training_order(schedule.batch_size, seed)
     examples = TrainingExamples(

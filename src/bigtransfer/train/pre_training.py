@@ -80,10 +80,13 @@ class Pretraining:
     loss: str | None = None  # "softmax" or "sigmoid" (BiT's upstream objective); None: sigmoid for multi-label data
     label_smoothing: float = 0.0  # ε, opt-in (BiT's recipe has none); losses.py says how each loss applies it
     class_weights: str | None = None  # "balanced" or a file of weights by class name (losses.py)
+    eval_every: int | None = None  # held-out top-1 (mAP) on eval_data every N steps; not beside a few-shot check
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"Pretraining: loss={self.loss!r} is not one of {', '.join(map(str, LOSSES))}.")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"Pretraining: eval_every={self.eval_every} out of range (a count ≥ 1).")
         bad = loss_option_problems(self.label_smoothing, self.class_weights)
         if bad:
             raise ValueError(f"Pretraining: {', '.join(bad)} out of range ({LOSS_RANGES}).")
@@ -136,5 +139,6 @@ def pretrain(
                      **({"loss": loss} if loss != "softmax" else {}), **losses},
         report={"schedule": dataclasses.asdict(schedule), "objective": loss, **losses}, plan_details={"crop": recipe.crop},
         extra_monitor=fewshot_check.monitor if fewshot_check else None, config=written,
+        eval_every=recipe.eval_every,
     )  # fmt: skip
     return run_training(job, run)

@@ -27,11 +27,13 @@ from ..models.model_card import TRAINING_RECORD
 from ..models.modeling import BitForImageClassification
 from ..processing.exact import BitImageProcessor
 from ..runtime.settings import InferenceSettings
+from .best import BestWeights, best_fingerprint, check_best_options
 from .distributed import Distributed, process_group
 from .hub_push import check_hub_repo, hub_token_found, push_run
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
 
 MODEL_DIR = "model"
+LAST_MODEL_DIR = "model-last"  # with keep_best: the final weights, when model/ holds earlier, better ones
 LOCK = ".run.lock"  # held by the process that runs in the folder (rank 0)
 
 
@@ -53,6 +55,8 @@ class RunOptions:
     dry_run: bool = False  # return {"plan": …} instead of training
     push_to_hub: str | None = None  # a Hub repo that gets model/ at the end of the run (hub_push.py)
     hub_private_repo: bool | None = None  # create that repo private; None: the account's default visibility
+    keep_best: bool = False  # with eval_every: model/ holds the best held-out evaluation's weights (`best.py`)
+    early_stopping: int | None = None  # with eval_every: stop after this many evaluations without improvement
 
     def __post_init__(self) -> None:
         if self.push_to_hub is not None:  # a name the Hub would refuse fails now, not after the run
@@ -92,6 +96,7 @@ def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
             "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
             "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out),
+            "eval_every": job.eval_every, "keep_best": options.keep_best, "early_stopping": options.early_stopping,
             **({"push_to_hub": options.push_to_hub, "hub_token_found": hub_token_found()} if options.push_to_hub else {})}  # fmt: skip
 
 
@@ -106,6 +111,7 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
     final metrics (on ranks other than 0, the loop's summary). The run folder is held for the whole run: a
     second run into it is refused, naming the process that holds it."""
     out = Path(options.out)
+    check_best_options(options.keep_best, options.early_stopping, job.eval_every, job.eval_set is not None)
     plan = plan_of(job, options)
     if options.dry_run:
         prepare_output(out, options.resume)
@@ -123,15 +129,19 @@ def run_training(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
 def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[str, Any]:
     if options.grad_checkpointing:
         job.network.gradient_checkpointing_enable()
-    saving = Saving(job.fingerprint, options.resume, options.save_every, run_file=job.config)
+    eval_examples = len(job.eval_set) if job.eval_set is not None else 0
+    kept = best_fingerprint(options.keep_best, options.early_stopping, job.eval_every, eval_examples)
+    saving = Saving({**job.fingerprint, **kept}, options.resume, options.save_every, run_file=job.config)
     with process_group(options.device) as context:
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
         if evaluation is not None and job.eval_every:
             monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation), sharded=True)
+        best = (BestWeights(out, options.keep_best, options.early_stopping, writes=context.is_main)
+                if options.keep_best or options.early_stopping else None)  # fmt: skip
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
                         context=context, seed=options.seed, bf16=options.bf16, saving=saving, monitor=monitor,
-                        progress=options.progress, speed=options.speed)  # fmt: skip
+                        progress=options.progress, speed=options.speed, best=best)  # fmt: skip
         metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}
         if monitor is not None and not monitor.sharded:  # a rank-0 measurement (few-shot), once more at the end
             metrics[monitor.name] = monitor.measure(summary["steps"]) if context.is_main else {}
@@ -139,7 +149,7 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
             if context.is_main:
                 row = {f"eval_{key}": value for key, value in metrics[monitor.name].items()}
                 append_metrics(out / METRICS, {"step": summary["steps"], **row})
-        metrics = finish_run(job.network, job.processor, out, summary, metrics, evaluation, options.push_to_hub)
+        metrics = finish_run(job.network, job.processor, out, summary, metrics, evaluation, best, options.push_to_hub)
     if options.push_to_hub is not None and summary["rank"] == 0:  # the run is complete and saved: now publish it
         metrics = push_run(job.network, out / MODEL_DIR, metrics, options.push_to_hub, options.hub_private_repo)
     return metrics
@@ -152,23 +162,34 @@ def finish_run(
     summary: dict[str, Any],
     metrics: dict[str, Any],
     evaluation: Callable[[], dict[str, Any]] | None,
+    best: BestWeights | None = None,
     repo_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate (every process takes its share), then on rank 0: save model/ (with the eval transform; its card
     naming the Hub repo `repo_id` it is bound for), write plots and metrics.json. Every other rank returns what
-    it has.
+    it has. With `best.keep`, model/ gets the best evaluation's weights, and model-last/ the final ones when they
+    are not the best; "eval" is then model/'s evaluation and "last_eval" the final weights'.
     """
-    result = evaluation() if evaluation is not None else None
-    if summary["rank"] != 0:
-        return summary
     reported = ("skipped_images", "skipped_fraction", "steps", "seconds", "workers", "cuda_peak_memory_gib")
     metrics = {**metrics, **{k: summary[k] for k in reported if k in summary}, "model_dir": str(out / MODEL_DIR)}
+    last = result = evaluation() if evaluation is not None else None
+    earlier_best = best is not None and best.keep and last is not None and not best.finish(summary["steps"], last)
+    if earlier_best:
+        if summary["rank"] == 0:
+            metrics.update(last_eval=last, model_last_dir=str(out / LAST_MODEL_DIR))
+            _save_model(model, processor, out / LAST_MODEL_DIR, training_record({**metrics, "eval": last}))
+        best.load_into(model)
+        result = evaluation()
+    if summary["rank"] != 0:
+        return summary
+    if best is not None:
+        metrics.update(best.report(summary["steps"], result))
     if result is not None:
         metrics["eval"] = result
     _save_model(model, processor, out / MODEL_DIR, training_record(metrics), repo_id)
-    if result is not None:
-        key = headline(result)
-        append_metrics(out / METRICS, {"step": summary["steps"], f"eval_{key}": result[key]})
+    if last is not None and "stopped_early" not in metrics:  # an early stop's evaluation is logged already
+        key = headline(last)
+        append_metrics(out / METRICS, {"step": summary["steps"], f"eval_{key}": last[key]})
     if result is not None and "confusion" in result:  # multi-label evaluations have no confusion matrix
         plot_confusion(result["confusion"], [model.config.id2label[i] for i in range(model.config.num_labels)],
                        out / "confusion.png")  # fmt: skip
@@ -186,7 +207,7 @@ def headline_only(evaluation: Callable[[], dict[str, Any]], step: int) -> dict[s
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """What the model card tells of the run (models/model_card.py): the recipe, the data's size, the time, the
     held-out accuracy — not the per-class figures and confusion matrix, which grow with the classes."""
-    kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds")
+    kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds", "best")
     record = {key: metrics[key] for key in kept if key in metrics}
     if "eval" in metrics:
         kept = ("examples", "top1", "top5", "map", "micro_ap", "macro_f1", "micro_f1")

@@ -84,7 +84,7 @@ RECIPE = (  # what the run learns and how; label_smoothing and class_weights go 
     Option("class_weights", "recipe.class_weights"),
     Option("seed", "run.seed"),
     Option("runs", "runs", FINETUNE, resumable=True),
-    Option("eval_every", "recipe.eval_every", FINETUNE, resumable=True),
+    Option("eval_every", "recipe.eval_every", resumable=True),
     Option("fewshot_every", "fewshot.every", PRETRAIN, resumable=True),
     Option("fewshot_data", "fewshot.data", PRETRAIN, resumable=True),
     Option("fewshot_eval_data", "fewshot.eval_data", PRETRAIN, resumable=True),
@@ -103,6 +103,8 @@ RUN = (  # where and how fast it runs; report_to, keep_best, early_stopping, pus
     Option("grad_checkpointing", "run.grad_checkpointing", resumable=True),
     Option("push_to_hub", "run.push_to_hub", resumable=True),
     Option("hub_private_repo", "run.hub_private_repo", resumable=True),
+    Option("keep_best", "run.keep_best"),
+    Option("early_stopping", "run.early_stopping"),
 )
 SECTIONS = {"the model and the data": INPUTS, "the recipe": RECIPE, "where and how it runs": RUN}
 # Options of the commands that a file does not set, and why.
