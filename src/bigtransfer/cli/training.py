@@ -54,7 +54,22 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recompute each block's activations in backward: same gradients, less memory "
                         "(R50x1 at 224 px on CPU: 35-39%% lower peak), slower steps (there ×1.3-1.6)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan (data, schedule, device) and stop")
+    parser.add_argument("--report-to", type=trackers, default=(), metavar="TRACKERS",
+                        help="also record the run in experiment trackers: a comma list of tensorboard (event files in "
+                        "OUT/tensorboard), mlflow (MLFLOW_TRACKING_URI, experiment MLFLOW_EXPERIMENT_NAME or "
+                        "bigtransfer), wandb (project WANDB_PROJECT or bigtransfer; WANDB_MODE=offline works), or "
+                        "all; default none. Each needs its extra: pip install -e '.[tensorboard]' …")  # fmt: skip
     add_output_arguments(parser, "print the final metrics as JSON")
+
+
+def trackers(text: str) -> tuple[str, ...]:
+    """An argparse type: the --report-to list, in the library's own vocabulary (train/tracking)."""
+    from ..train.tracking import resolve_report_to
+
+    try:
+        return resolve_report_to(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_multi_label_argument(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +175,7 @@ def run_options(args: argparse.Namespace, command: str) -> RunOptions:
         out=args.out or default_out(command), seed=args.seed, resume=args.resume, save_every=args.save_every,
         device=args.device, bf16=args.bf16, progress=not args.quiet,
         speed=Speed(args.workers, args.compile, args.channels_last, args.batch_split),
-        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run,
+        grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run, report_to=args.report_to,
         on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
     )  # fmt: skip
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 
 from .._util.device import resolve_device
 from .._util.files import exclusive, write_json
+from .._util.package import package_version
 from ..data.datasets import LabelledImages
 from ..data.workers import resolve_workers
 from ..inference.metrics import headline
@@ -29,6 +30,7 @@ from ..processing.exact import BitImageProcessor
 from ..runtime.settings import InferenceSettings
 from .distributed import Distributed, process_group
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
+from .tracking import Trackers, check_trackers, open_trackers, resolve_report_to
 
 MODEL_DIR = "model"
 LOCK = ".run.lock"  # held by the process that runs in the folder (rank 0)
@@ -50,6 +52,13 @@ class RunOptions:
     grad_checkpointing: bool = False  # recompute block activations in backward: same gradients, less memory
     on_plan: Callable[[dict[str, Any]], None] | None = None  # receives the plan before step 1 (rank 0)
     dry_run: bool = False  # return {"plan": …} instead of training
+    report_to: tuple[str, ...] = ()  # experiment trackers: "tensorboard", "mlflow", "wandb" (tracking/)
+
+    def __post_init__(self) -> None:
+        """The trackers by their names (a comma list, "all" and "none" too), each checked before any work is done:
+        a missing library is one line naming its install line."""
+        object.__setattr__(self, "report_to", resolve_report_to(self.report_to))
+        check_trackers(self.report_to)
 
 
 @dataclasses.dataclass
@@ -68,6 +77,7 @@ class TrainingJob:
     shots: int | None = None
     eval_every: int | None = None  # held-out top-1 every N steps
     extra_monitor: Callable[..., Monitor] | None = None  # (network, processor, run options) → a Monitor
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved run file, as trackers record it
 
 
 def prepare_output(out: Path, resume: bool) -> None:
@@ -115,14 +125,17 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
     if options.grad_checkpointing:
         job.network.gradient_checkpointing_enable()
     saving = Saving(job.fingerprint, options.resume, options.save_every)
-    with process_group(options.device) as context:
+    reporting = open_trackers(options.report_to, out, tracked_config(job), options.resume)
+    with process_group(options.device) as context, reporting as trackers:
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
+        if monitor is not None:
+            monitor = dataclasses.replace(monitor, measure=functools.partial(reported, monitor.measure, trackers))
         if evaluation is not None and job.eval_every:
-            monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation), sharded=True)
+            monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation, trackers), sharded=True)
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
                         context=context, seed=options.seed, bf16=options.bf16, saving=saving, monitor=monitor,
-                        progress=options.progress, speed=options.speed)  # fmt: skip
+                        progress=options.progress, speed=options.speed, reporter=trackers)  # fmt: skip
         metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}
         if monitor is not None and not monitor.sharded:  # a rank-0 measurement (few-shot), once more at the end
             metrics[monitor.name] = monitor.measure(summary["steps"]) if context.is_main else {}
@@ -130,7 +143,9 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
             if context.is_main:
                 row = {f"eval_{key}": value for key, value in metrics[monitor.name].items()}
                 append_metrics(out / METRICS, {"step": summary["steps"], **row})
-        return finish_run(job.network, job.processor, out, summary, metrics, evaluation)
+        metrics = finish_run(job.network, job.processor, out, summary, metrics, evaluation)
+        trackers.log_outcome(metrics, out)
+        return metrics
 
 
 def finish_run(
@@ -163,10 +178,25 @@ def finish_run(
     return metrics
 
 
-def headline_only(evaluation: Callable[[], dict[str, Any]], step: int) -> dict[str, float]:
-    """The held-out number a run's curve follows during training: top-1, or mAP for multi-label data."""
+def headline_only(evaluation: Callable[[], dict[str, Any]], trackers: Trackers, step: int) -> dict[str, float]:
+    """The held-out number a run's curve follows during training: top-1, or mAP for multi-label data (the trackers
+    get top-5, or micro AP and F1, too)."""
     result = evaluation()
+    trackers.log_evaluation(result, step)
     return {headline(result): result[headline(result)]}
+
+
+def reported(measure: Callable[[int], dict], trackers: Trackers, step: int) -> dict:
+    """A monitor's measurement (pre-training's few-shot accuracies), also handed to the trackers."""
+    result = measure(step)
+    trackers.log_evaluation(result, step)
+    return result
+
+
+def tracked_config(job: TrainingJob) -> dict[str, Any]:
+    """The run's config as trackers record it: the resolved run file; for a job built without one, what identifies
+    the run (its fingerprint and report) and the package version."""
+    return job.config or {**job.fingerprint, **job.report, "bigtransfer_version": package_version()}
 
 
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
