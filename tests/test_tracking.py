@@ -132,6 +132,13 @@ def test_a_missing_tracker_library_is_named_with_its_install_line_before_the_run
         RunOptions(report_to=tracker)
 
 
+def test_the_plan_names_the_trackers_and_a_dry_run_creates_none(upstream, folder, tmp_path, capsys):
+    code = cli(["finetune", "--model", str(upstream), "--data", str(folder), "--out", str(tmp_path / "run"),
+                "--report-to", "tensorboard", "--dry-run"])  # fmt: skip
+    assert code == 0 and f"→ {tmp_path / 'run'}, reported to tensorboard" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
 def test_mlflow_file_store_without_the_opt_in_is_one_line_with_the_fix(tmp_path, monkeypatch):
     """MLflow 3.18 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true: said before the run, with the fix,
     and not set behind the user's back."""

@@ -225,7 +225,8 @@ def print_plan(plan: dict, stream) -> None:
                      f"{schedule['weight_decay']:g}" + (", sigmoid loss" if plan["objective"] == "sigmoid" else ""))  # fmt: skip
         quicker = "--crop 128 --batch-size 64 (or fewer --epochs)" if crop >= 224 else None
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
-                 f"loading workers → {plan['out']}")  # fmt: skip
+                 f"loading workers → {plan['out']}" + (f", reported to {', '.join(plan['report_to'])}"
+                                                       if plan.get("report_to") else ""))  # fmt: skip
     if plan["device"] == "cpu" and quicker:
         threads = "; with loading workers on a few cores, OMP_NUM_THREADS=1 trained fastest (benchmarks/RESULTS.md)"
         lines.append(f"  note: {crop}-px crops are slow on a CPU; for a quicker run pass {quicker}, or use a GPU "

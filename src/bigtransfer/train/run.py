@@ -93,7 +93,8 @@ def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
             "data": job.train_set.source, "eval_data": job.eval_set.source if job.eval_set is not None else None,
             "eval_images": len(job.eval_set) if job.eval_set is not None else None, **job.report, **job.plan_details,
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
-            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out)}  # fmt: skip
+            "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out),
+            "report_to": list(options.report_to)}  # fmt: skip
 
 
 def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:

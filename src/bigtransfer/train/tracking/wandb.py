@@ -35,6 +35,8 @@ class WandbTracker(Tracker):
             save_run_id(out, "wandb", self.run.id)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if step < self.run.step:  # resumed online: W&B holds these steps already (and would warn at each one)
+            return
         self.run.log(metrics, step=step)
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
