@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,21 +28,30 @@ from safetensors.torch import load_file
 MAIN_JOB = ["--model", "bit-tiny-glyphs", "--shots", "10", "--seed", "0", "--batch-size", "32", "--resize", "36",
             "--crop", "32", "--eval-every", "100"]  # fmt: skip
 TRACKERS = ("none", "tensorboard")
+FIGURES = ("wall", "cpu", "train")  # seconds: the command's, the CPU's, the run's own training loop
 
 
-def finetune(data: Path, out: Path, report_to: str, steps: int | None) -> tuple[float, float]:
-    """(wall seconds of the command, the run's training seconds)."""
+def finetune(data: Path, out: Path, report_to: str, steps: int | None) -> tuple[float, float, float]:
+    """(wall seconds of the command, the CPU seconds it and its loading workers used, the run's training seconds).
+    CPU time is the figure least moved by other work on a shared machine; the writer thread's cost is in it."""
     command = [sys.executable, "-m", "bigtransfer", "finetune", *MAIN_JOB, "--data", str(data / "train-images-idx3-ubyte.gz"),
                "--eval-data", str(data / "t10k-images-idx3-ubyte.gz"), "--out", str(out), "--quiet",
                "--report-to", report_to, *(["--steps", str(steps)] if steps else [])]  # fmt: skip
-    began = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - began
-    return wall, json.loads((out / "metrics.json").read_text())["seconds"]
+    used, began = _children_cpu(), time.perf_counter()
+    finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall, cpu = time.perf_counter() - began, _children_cpu() - used
+    if finished.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{finished.stderr}")
+    return wall, cpu, json.loads((out / "metrics.json").read_text())["seconds"]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # ended children and the descendants they waited for
+    return usage.ru_utime + usage.ru_stime
 
 
 def one_pass(data: Path, rounds: int, steps: int | None, root: Path) -> dict[str, dict[str, float]]:
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in TRACKERS}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in TRACKERS}
     for round_ in range(rounds):
         order = TRACKERS if round_ % 2 == 0 else TRACKERS[::-1]
         outs = {name: root / f"{name}-{round_}" for name in order}
@@ -50,8 +60,27 @@ def one_pass(data: Path, rounds: int, steps: int | None, root: Path) -> dict[str
         weights = [load_file(outs[name] / "model" / "model.safetensors") for name in TRACKERS]
         assert all((weights[0][key] == weights[1][key]).all() for key in weights[0]), "reporting changed the weights"
         assert (outs["tensorboard"] / "tensorboard").is_dir() and not (outs["none"] / "tensorboard").exists()
-    return {name: {"wall": statistics.median(w for w, _ in runs), "train": statistics.median(t for _, t in runs)}
+    return {name: dict(zip(FIGURES, (statistics.median(run[i] for run in runs) for i in range(len(FIGURES)))))
             for name, runs in times.items()}  # fmt: skip
+
+
+def row_cost(root: Path, rows: int = 2000) -> float:
+    """Seconds the loop spends handing one metrics.jsonl row to TensorBoard (the median over `rows`): the part of
+    the overhead that grows with the steps, measured apart from the noise of whole runs."""
+    from bigtransfer.train.tracking.base import Trackers
+    from bigtransfer.train.tracking.tensorboard import TensorBoardTracker
+
+    trackers = Trackers(lambda step: [TensorBoardTracker(root, {}, step)])
+    trackers.start(0)
+    costs = []
+    for step in range(1, rows + 1):
+        began = time.perf_counter()
+        trackers.log_training(
+            {"step": step, "lr": 0.003, "loss": 1.0 / step, "data_wait_s": 0.001, "images_per_s": 900.0}
+        )
+        costs.append(time.perf_counter() - began)
+    trackers.close("FINISHED")
+    return statistics.median(costs)
 
 
 def main() -> None:
@@ -62,16 +91,19 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data / "t10k-labels-idx1-ubyte.gz").is_file():
         sys.exit(f"No digits in {args.data}: run 'bash scripts/setup.sh demo' first, or pass --data.")
-    print(f"main job finetune, {args.steps or 'the HyperRule'}'s steps, {args.rounds} alternating rounds per pass")
-    print(f"{'pass':>4}  {'none wall s':>11}  {'tb wall s':>9}  {'ratio':>6}  {'none train s':>12}  {'tb train s':>10}  "
-          f"{'ratio':>6}")  # fmt: skip
+    print(f"main job finetune, {args.steps or 'the HyperRule'} steps, {args.rounds} alternating rounds per pass")
+    print("pass  " + "  ".join(f"{figure + ' none':>10}  {figure + ' tb':>8}  {'ratio':>6}" for figure in FIGURES))
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as root:
         for number in (1, 2):
             medians = one_pass(args.data, args.rounds, args.steps, Path(root) / f"pass-{number}")
             none, board = medians["none"], medians["tensorboard"]
-            print(f"{number:>4}  {none['wall']:>11.2f}  {board['wall']:>9.2f}  {board['wall'] / none['wall']:>6.3f}  "
-                  f"{none['train']:>12.2f}  {board['train']:>10.2f}  {board['train'] / none['train']:>6.3f}", flush=True)  # fmt: skip
-    print("weights bit-identical with and without reporting in every round")
+            print(f"{number:>4}  " + "  ".join(f"{none[f]:>10.2f}  {board[f]:>8.2f}  {board[f] / none[f]:>6.3f}"
+                                              for f in FIGURES), flush=True)  # fmt: skip
+        cost = row_cost(Path(root) / "rows")
+        steps = args.steps or 500
+        print("weights bit-identical with and without reporting in every round")
+        print(f"one row to TensorBoard: {cost * 1e6:.0f} µs; ×{steps} steps = {cost * steps:.3f} s "
+              f"({100 * cost * steps / none['train']:.2f} % of the last pass's training time)")  # fmt: skip
 
 
 if __name__ == "__main__":

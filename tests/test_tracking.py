@@ -321,6 +321,33 @@ def test_resume_continues_the_same_runs_and_tensorboard_steps_never_double(
     assert sorted(set(wandb_history(out)[0]["train/loss"])) == list(range(1, 9))
 
 
+def test_a_tracker_that_cannot_start_stops_the_run_before_step_one_in_one_line(
+    upstream, folder, tmp_path, monkeypatch, capsys
+):
+    """A tracking server that does not answer (a closed port, MLflow's retries off so the test is quick)."""
+    from helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code = cli(["finetune", "--model", str(upstream), "--data", str(folder), "--out", str(tmp_path / "run"),
+                "--batch-size", "8", "--steps", "2", "--resize", "24", "--crop", "20", "--quiet",
+                "--report-to", "tensorboard,mlflow"])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert "Could not start reporting to mlflow (" in error and "leave mlflow out of --report-to" in error
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step ran
+
+
+def test_a_refused_resume_touches_no_tracker_run(upstream, folder, tmp_path, mlflow_store):
+    import mlflow
+
+    run(upstream, folder, tmp_path / "run", steps=2, report_to="mlflow")
+    with pytest.raises(ValueError, match="different run"):
+        run(upstream, folder, tmp_path / "run", steps=3, resume=True, report_to="mlflow")
+    (only,) = mlflow.search_runs(experiment_names=["bigtransfer"], output_format="list")
+    assert only.info.status == "FINISHED"
+
+
 def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_goes_on(
     upstream,
     folder,

@@ -238,7 +238,7 @@ def append_metrics(path: Path, row: dict) -> None:
 class Reporter(Protocol):
     """Where a run's training rows also go (its experiment trackers: tracking/), on the first process only."""
 
-    def start(self, step: int) -> None: ...  # training (re)starts after `step`: 0, or the checkpoint's
+    def start(self, step: int) -> None: ...  # training (re)starts after `step`: 0, or the restored checkpoint's
 
     def log_training(self, row: dict) -> None: ...  # a metrics.jsonl row of training, before any measurement
 

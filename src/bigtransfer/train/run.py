@@ -131,7 +131,9 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
         if monitor is not None:
-            monitor = dataclasses.replace(monitor, measure=functools.partial(reported, monitor.measure, trackers))
+            monitor = dataclasses.replace(
+                monitor, measure=functools.partial(reported_measure, monitor.measure, trackers)
+            )
         if evaluation is not None and job.eval_every:
             monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation, trackers), sharded=True)
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
@@ -187,7 +189,7 @@ def headline_only(evaluation: Callable[[], dict[str, Any]], trackers: Trackers, 
     return {headline(result): result[headline(result)]}
 
 
-def reported(measure: Callable[[int], dict], trackers: Trackers, step: int) -> dict:
+def reported_measure(measure: Callable[[int], dict], trackers: Trackers, step: int) -> dict:
     """A monitor's measurement (pre-training's few-shot accuracies), also handed to the trackers."""
     result = measure(step)
     trackers.log_evaluation(result, step)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,9 +43,9 @@ def check_trackers(names: Iterable[str]) -> None:
         CHECKS[name]()
 
 
-def _create(name: str, out: Path, config: dict[str, Any], resume: bool) -> Tracker:
+def _create(name: str, out: Path, config: dict[str, Any], resume: bool, step: int) -> Tracker:
     if name == "tensorboard":
-        return tensorboard.TensorBoardTracker(out, config)
+        return tensorboard.TensorBoardTracker(out, config, step)
     if name == "mlflow":
         return mlflow.MLflowTracker(out, config, resume)
     return wandb.WandbTracker(out, config, resume)
@@ -52,18 +53,13 @@ def _create(name: str, out: Path, config: dict[str, Any], resume: bool) -> Track
 
 @contextlib.contextmanager
 def open_trackers(names: Iterable[str], out: Path, config: dict[str, Any], resume: bool) -> Iterator[Trackers]:
-    """The run's trackers, closed as the run ends ("FINISHED", "FAILED", or "KILLED" by Ctrl-C). On ranks other
-    than 0 (torchrun's RANK) there are none. A tracker that cannot start (a server that does not answer, no W&B
-    login) stops the run before its first step, in one line: later failures only switch that tracker off."""
+    """The run's trackers, created as training (re)starts (`Trackers.start`) and closed as the run ends ("FINISHED",
+    "FAILED", or "KILLED" by Ctrl-C). On ranks other than 0 (torchrun's RANK) there are none. A tracker that cannot
+    start (a server that does not answer, no W&B login) stops the run before its first step, in one line: later
+    failures only switch that tracker off."""
     names = tuple(names) if int(os.environ.get("RANK", "0")) == 0 else ()
-    trackers = Trackers([])
+    trackers = Trackers(functools.partial(_open_each, names, out, config, resume))
     try:
-        for name in names:
-            try:
-                trackers.active.append(_create(name, out, config, resume))
-            except Exception as error:
-                raise OSError(f"Could not start reporting to {name} ({type(error).__name__}: {first_line(error)}): "
-                              f"fix that, or leave {name} out of --report-to.") from None  # fmt: skip
         yield trackers
     except KeyboardInterrupt:
         trackers.close("KILLED")
@@ -72,3 +68,13 @@ def open_trackers(names: Iterable[str], out: Path, config: dict[str, Any], resum
         trackers.close("FAILED")
         raise
     trackers.close("FINISHED")
+
+
+def _open_each(names: tuple[str, ...], out: Path, config: dict[str, Any], resume: bool, step: int) -> Iterator[Tracker]:
+    for name in names:
+        try:
+            tracker = _create(name, out, config, resume, step)
+        except Exception as error:
+            raise OSError(f"Could not start reporting to {name} ({type(error).__name__}: {first_line(error)}): "
+                          f"fix that, or leave {name} out of --report-to.") from None  # fmt: skip
+        yield tracker

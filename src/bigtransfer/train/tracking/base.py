@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,10 @@ EVALUATION_SCALARS = ("top1", "top5", "map", "micro_ap", "macro_f1", "micro_f1")
 
 class Tracker:
     """One tracker of one run; each method a no-op unless the tracker records that kind of thing. It is created
-    when the run starts (with the run's config), and closed once, whatever happened."""
+    as training (re)starts — after the checkpoint is restored and matched, so a refused --resume touches no tracker
+    run — and closed once, whatever happened."""
 
     name = "a tracker"  # as the warning names it
-
-    def start(self, step: int) -> None:
-        """Training (re)starts after `step` (0, or the checkpoint's step on --resume)."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Scalars named train/… and eval/… at `step`."""
@@ -45,14 +44,16 @@ class Tracker:
 
 
 class Trackers:
-    """The trackers of one run (none at all on ranks other than 0), called by the loop and the run as one."""
+    """The trackers of one run, called by the loop and the run as one: created by `opening(step)` when training
+    (re)starts after `step` (0, or the checkpoint's on --resume)."""
 
-    def __init__(self, trackers: list[Tracker]):
-        self.active = list(trackers)
+    def __init__(self, opening: Callable[[int], Iterable[Tracker]]):
+        self.opening, self.active = opening, []
         self.latest: dict[str, float] = {}  # each evaluation scalar's last value: the run's final figures
 
     def start(self, step: int) -> None:
-        self._each("start", step)
+        for tracker in self.opening(step):  # one that cannot start raises: those before it close with the run
+            self.active.append(tracker)
 
     def log_training(self, row: dict[str, Any]) -> None:
         """A metrics.jsonl row of training (its step; loss, lr, images_per_s, data_wait_s) as train/… scalars."""

@@ -25,26 +25,22 @@ def check() -> None:
 class TensorBoardTracker(Tracker):
     name = "TensorBoard"
 
-    def __init__(self, out: Path, config: dict[str, Any]):
-        self.directory, self.config = out / FOLDER, config
-        self.writer: Any = None
-
-    def start(self, step: int) -> None:
-        """The writer opens here, as it must know where the run continues (purge_step: a SessionLog.START that
-        hides the events at and after it); the config is written when the run starts from scratch."""
+    def __init__(self, out: Path, config: dict[str, Any], step: int):
+        """Events continue after `step`: those a killed run wrote later are hidden (purge_step: a SessionLog.START
+        that purges the events at and after it); the config is written when the run starts from scratch."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.directory), purge_step=step + 1)
+        self.config = config
+        self.writer = SummaryWriter(str(out / FOLDER), purge_step=step + 1)
         if step == 0:
-            self.writer.add_text("config", _as_code(_yaml(self.config)), 0)
+            self.writer.add_text("config", _as_code(_yaml(config)), 0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
 
     def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        self.writer.flush()
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
         for tag, path in images.items():
@@ -60,8 +56,7 @@ class TensorBoardTracker(Tracker):
             self.writer.file_writer.add_summary(summary)
 
     def close(self, status: str) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.writer.close()
 
 
 def _yaml(config: dict[str, Any]) -> str:
