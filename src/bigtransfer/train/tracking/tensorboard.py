@@ -28,16 +28,19 @@ class TensorBoardTracker(Tracker):
     def __init__(self, out: Path, config: dict[str, Any], step: int):
         """Events continue after `step`: those a killed run wrote later are hidden (purge_step: a SessionLog.START
         that purges the events at and after it); the config is written when the run starts from scratch."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
 
-        self.config = config
+        self.config, self.summary = config, Summary
         self.writer = SummaryWriter(str(out / FOLDER), purge_step=step + 1)
         if step == 0:
             self.writer.add_text("config", _as_code(_yaml(config)), 0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
+        """A row as one event of TensorBoard's scalars (simple values): 8 µs a row where add_scalar per value took
+        270 (its checks and one event each), which the loop would pay at every step."""
+        values = [self.summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
+        self.writer.file_writer.add_summary(self.summary(value=values), step)
 
     def flush(self) -> None:
         self.writer.flush()
