@@ -157,7 +157,9 @@ def test_a_run_interrupted_after_its_first_evaluations_resumes_to_the_same_best(
         with pytest.raises(KeyboardInterrupt, match="interrupted at step 3"):
             run(upstream, folder, tmp_path / "resumed", **options)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["best"]["since"] == 1
-    with pytest.raises(ValueError, match=r"--keep-best true → false, --early-stopping 3 → unset"):  # the options are part of the fingerprint
+    with pytest.raises(
+        ValueError, match=r"--keep-best true → false, --early-stopping 3 → unset"
+    ):  # the options are part of the fingerprint
         run(upstream, folder, tmp_path / "resumed", resume=True, eval_data=str(folder), **FALLING)
     resumed = run(upstream, folder, tmp_path / "resumed", resume=True, **options)
     for name in ("best", "stopped_early", "steps", "eval", "last_eval"):

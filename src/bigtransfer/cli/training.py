@@ -74,6 +74,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                      "that pushes it later and exits 2")  # fmt: skip
     hub.add_argument("--hub-private-repo", action="store_true", default=None,
                      help="create the --push-to-hub repo private (default: the account's default visibility)")  # fmt: skip
+    parser.add_argument("--report-to", type=trackers, default=(), metavar="TRACKERS",
+                        help="also record the run in experiment trackers: a comma list of tensorboard (event files in "
+                        "OUT/tensorboard), mlflow (MLFLOW_TRACKING_URI, experiment MLFLOW_EXPERIMENT_NAME or "
+                        "bigtransfer), wandb (project WANDB_PROJECT or bigtransfer; WANDB_MODE=offline works), or "
+                        "all; default none. Each needs its extra: pip install -e '.[tensorboard]' …")  # fmt: skip
     add_output_arguments(parser, "print the final metrics as JSON")
 
 
@@ -93,6 +98,16 @@ def _add_eval_every_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=positive_int, default=None, metavar="N",
                         help="evaluate on --eval-data every N steps (curve in the PNG; what --keep-best and "
                         "--early-stopping follow)")  # fmt: skip
+
+
+def trackers(text: str) -> tuple[str, ...]:
+    """An argparse type: the --report-to list, in the library's own vocabulary (train/tracking)."""
+    from ..train.tracking import resolve_report_to
+
+    try:
+        return resolve_report_to(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_multi_label_argument(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +219,7 @@ def run_options(args: argparse.Namespace, command: str) -> RunOptions:
         speed=Speed(args.workers, args.compile, args.channels_last, args.batch_split),
         grad_checkpointing=args.grad_checkpointing, dry_run=args.dry_run, keep_best=args.keep_best,
         early_stopping=args.early_stopping, push_to_hub=args.push_to_hub, hub_private_repo=args.hub_private_repo,
+        report_to=args.report_to,
         on_plan=functools.partial(print_plan, stream=sys.stderr if args.json else sys.stdout),
     )  # fmt: skip
 
@@ -257,7 +273,8 @@ def print_plan(plan: dict, stream) -> None:
         lines.append(_best_plan(plan))
     lines += _loss_lines(plan)
     lines.append(f"  {plan['device']}, {'bfloat16 autocast' if plan['bf16'] else 'float32'}, {plan['workers']} "
-                 f"loading workers → {plan['out']}")  # fmt: skip
+                 f"loading workers → {plan['out']}" + (f", reported to {', '.join(plan['report_to'])}"
+                                                       if plan.get("report_to") else ""))  # fmt: skip
     lines += _hub_lines(plan)
     if plan["device"] == "cpu" and quicker:
         threads = "; with loading workers on a few cores, OMP_NUM_THREADS=1 trained fastest (benchmarks/RESULTS.md)"

@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -245,6 +245,14 @@ def append_metrics(path: Path, row: dict) -> None:
         file.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
+class Reporter(Protocol):
+    """Where a run's training rows also go (its experiment trackers: tracking/), on the first process only."""
+
+    def start(self, step: int) -> None: ...  # training (re)starts after `step`: 0, or the restored checkpoint's
+
+    def log_training(self, row: dict) -> None: ...  # a metrics.jsonl row of training, before any measurement
+
+
 class MetricsLog:
     """One metrics.jsonl row per step, and the console's progress (measurements are also printed).
 
@@ -252,8 +260,8 @@ class MetricsLog:
     the device is busy with it: the host never stalls the device to log.
     """
 
-    def __init__(self, path: Path, progress: StepProgress, enabled: bool):
-        self.path, self.progress, self.enabled = path, progress, enabled
+    def __init__(self, path: Path, progress: StepProgress, enabled: bool, reporter: Reporter | None = None):
+        self.path, self.progress, self.enabled, self.reporter = path, progress, enabled, reporter
         self.pending: tuple[dict, torch.Tensor] | None = None
 
     def close(self) -> None:
@@ -276,7 +284,10 @@ class MetricsLog:
                 "diverged, so it stops without saving this state; lower --base-lr (or check the data). The last "
                 "saved checkpoint, if any, is intact."
             )
-        row = {"step": row["step"], "lr": row["lr"], "loss": loss, **row, **extra}
+        row = {"step": row["step"], "lr": row["lr"], "loss": loss, **row}
+        if self.reporter is not None:
+            self.reporter.log_training(row)
+        row.update(extra)
         if self.enabled:
             append_metrics(self.path, row)
         self.progress.update(row)
@@ -538,6 +549,7 @@ def train(
     progress: bool = True,
     speed: Speed = Speed(),
     best: BestWeights | None = None,
+    reporter: Reporter | None = None,
 ) -> dict:
     """Run the schedule to its end on `context` (this process's device and rank, from `distributed.process_group`);
     returns {"steps", "skipped_images", "seconds", …}. Rank 0 writes files. Ctrl-C finishes the step under way,
@@ -556,7 +568,9 @@ def train(
     console = StepProgress(schedule.steps, run.step, enabled=progress and context.is_main)
     if saving.resume:
         console.note(f"resuming at step {run.step} of {schedule.steps} from {out / CHECKPOINT}")
-    log = MetricsLog(out / METRICS, console, enabled=context.is_main)
+    log = MetricsLog(out / METRICS, console, enabled=context.is_main, reporter=reporter)
+    if reporter is not None:
+        reporter.start(run.step)
     began = time.perf_counter()
     with StopRequest().listening() as stop:  # until the last checkpoint is written: a signal then only waits
         with tuned_convolutions(context.device), ordered_results(examples, workers, context.device.type == "cuda") as loaded:  # fmt: skip

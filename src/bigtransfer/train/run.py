@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 
 from .._util.device import resolve_device
 from .._util.files import exclusive, write_json
+from .._util.package import package_version
 from ..data.datasets import LabelledImages
 from ..data.workers import resolve_workers
 from ..inference.metrics import headline
@@ -31,6 +32,7 @@ from .best import BestWeights, best_fingerprint, check_best_options
 from .distributed import Distributed, process_group
 from .hub_push import check_hub_repo, hub_token_found, push_run
 from .loop import CHECKPOINT, METRICS, Monitor, Regime, Saving, Speed, append_metrics, require_finite, train
+from .tracking import Trackers, check_trackers, open_trackers, resolve_report_to
 
 MODEL_DIR = "model"
 LAST_MODEL_DIR = "model-last"  # with keep_best: the final weights, when model/ holds earlier, better ones
@@ -58,8 +60,15 @@ class RunOptions:
     keep_best: bool = False  # with eval_every: model/ holds the best held-out evaluation's weights (`best.py`)
     early_stopping: int | None = None  # with eval_every: stop after this many evaluations without improvement
 
+    report_to: tuple[str, ...] = ()  # experiment trackers: "tensorboard", "mlflow", "wandb" (tracking/)
+
     def __post_init__(self) -> None:
-        if self.push_to_hub is not None:  # a name the Hub would refuse fails now, not after the run
+        """The trackers by their names (a comma list, "all" and "none" too), each checked before any work is done:
+        a missing library is one line naming its install line; a Hub repo name the Hub would refuse fails now,
+        not after the run."""
+        object.__setattr__(self, "report_to", resolve_report_to(self.report_to))
+        check_trackers(self.report_to)
+        if self.push_to_hub is not None:
             check_hub_repo(self.push_to_hub)
 
 
@@ -97,7 +106,8 @@ def plan_of(job: TrainingJob, options: RunOptions) -> dict[str, Any]:
             "batch_split": options.speed.batch_split, "device": str(resolve_device(options.device)),
             "bf16": options.bf16, "workers": resolve_workers(options.speed.workers), "out": str(options.out),
             "eval_every": job.eval_every, "keep_best": options.keep_best, "early_stopping": options.early_stopping,
-            **({"push_to_hub": options.push_to_hub, "hub_token_found": hub_token_found()} if options.push_to_hub else {})}  # fmt: skip
+            **({"push_to_hub": options.push_to_hub, "hub_token_found": hub_token_found()} if options.push_to_hub else {}),
+            "report_to": list(options.report_to)}  # fmt: skip
 
 
 def show_plan(plan: dict[str, Any], on_plan: Callable[[dict[str, Any]], None] | None) -> None:
@@ -132,16 +142,21 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
     eval_examples = len(job.eval_set) if job.eval_set is not None else 0
     kept = best_fingerprint(options.keep_best, options.early_stopping, job.eval_every, eval_examples)
     saving = Saving({**job.fingerprint, **kept}, options.resume, options.save_every, run_file=job.config)
-    with process_group(options.device) as context:
+    reporting = open_trackers(options.report_to, out, tracked_config(job), options.resume)
+    with process_group(options.device) as context, reporting as trackers:
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
+        if monitor is not None:
+            monitor = dataclasses.replace(
+                monitor, measure=functools.partial(reported_measure, monitor.measure, trackers)
+            )
         if evaluation is not None and job.eval_every:
-            monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation), sharded=True)
+            monitor = Monitor(job.eval_every, functools.partial(headline_only, evaluation, trackers), sharded=True)
         best = (BestWeights(out, options.keep_best, options.early_stopping, writes=context.is_main)
                 if options.keep_best or options.early_stopping else None)  # fmt: skip
         summary = train(job.network, job.train_set, job.regime, out, transform=job.processor.eval_transform(),
                         context=context, seed=options.seed, bf16=options.bf16, saving=saving, monitor=monitor,
-                        progress=options.progress, speed=options.speed, best=best)  # fmt: skip
+                        progress=options.progress, speed=options.speed, best=best, reporter=trackers)  # fmt: skip
         metrics = {"train_examples": len(job.train_set), "classes": job.train_set.classes, **job.report}
         if monitor is not None and not monitor.sharded:  # a rank-0 measurement (few-shot), once more at the end
             metrics[monitor.name] = monitor.measure(summary["steps"]) if context.is_main else {}
@@ -150,6 +165,7 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
                 row = {f"eval_{key}": value for key, value in metrics[monitor.name].items()}
                 append_metrics(out / METRICS, {"step": summary["steps"], **row})
         metrics = finish_run(job.network, job.processor, out, summary, metrics, evaluation, best, options.push_to_hub)
+        trackers.log_outcome(metrics, out)
     if options.push_to_hub is not None and summary["rank"] == 0:  # the run is complete and saved: now publish it
         metrics = push_run(job.network, out / MODEL_DIR, metrics, options.push_to_hub, options.hub_private_repo)
     return metrics
@@ -198,10 +214,25 @@ def finish_run(
     return metrics
 
 
-def headline_only(evaluation: Callable[[], dict[str, Any]], step: int) -> dict[str, float]:
-    """The held-out number a run's curve follows during training: top-1, or mAP for multi-label data."""
+def headline_only(evaluation: Callable[[], dict[str, Any]], trackers: Trackers, step: int) -> dict[str, float]:
+    """The held-out number a run's curve follows during training: top-1, or mAP for multi-label data (the trackers
+    get top-5, or micro AP and F1, too)."""
     result = evaluation()
+    trackers.log_evaluation(result, step)
     return {headline(result): result[headline(result)]}
+
+
+def reported_measure(measure: Callable[[int], dict], trackers: Trackers, step: int) -> dict:
+    """A monitor's measurement (pre-training's few-shot accuracies), also handed to the trackers."""
+    result = measure(step)
+    trackers.log_evaluation(result, step)
+    return result
+
+
+def tracked_config(job: TrainingJob) -> dict[str, Any]:
+    """The run's config as trackers record it: the resolved run file; for a job built without one, what identifies
+    the run (its fingerprint and report) and the package version."""
+    return job.config or {**job.fingerprint, **job.report, "bigtransfer_version": package_version()}
 
 
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:

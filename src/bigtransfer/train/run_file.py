@@ -103,6 +103,7 @@ RUN = (  # where and how fast it runs; report_to, keep_best, early_stopping, pus
     Option("grad_checkpointing", "run.grad_checkpointing", resumable=True),
     Option("push_to_hub", "run.push_to_hub", resumable=True),
     Option("hub_private_repo", "run.hub_private_repo", resumable=True),
+    Option("report_to", "run.report_to", resumable=True),
     Option("keep_best", "run.keep_best"),
     Option("early_stopping", "run.early_stopping"),
 )
