@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..._util.package import optional_import
+from ...processing.decoding import open_checked
 from .base import Tracker, flat_config
 
 FOLDER = "tensorboard"
@@ -47,7 +47,7 @@ class TensorBoardTracker(Tracker):
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
         for tag, path in images.items():
-            with Image.open(path) as image:
+            with open_checked(path, path) as image:  # the run's own PNGs, opened as every image is
                 self.writer.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
 
     def finish(self, final: dict[str, float], model_dir: Path, report: Path) -> None:
