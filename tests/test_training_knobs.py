@@ -256,6 +256,8 @@ def test_the_plan_shows_the_knobs_and_resume_refuses_other_weights(idx_data, tmp
     assert cli(finetune_command(idx_data, out, "--class-weights", "balanced", "--json")) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["class_weights"] == {"0": 2 / 3, "1": 4 / 3, "2": 4 / 3} and "label_smoothing" not in metrics
+    card = (out / "model" / "README.md").read_text()  # the card says the run was no plain HyperRule fine-tune
+    assert "| class weights | 0 0.667, 1 1.33, 2 1.33 |" in card and "label smoothing" not in card
     (tmp_path / "w.csv").write_text("0,1\n1,1\n2,2\n")
     assert cli(finetune_command(idx_data, out, "--class-weights", str(tmp_path / "w.csv"), "--resume")) == 2
     error = capsys.readouterr().err

@@ -254,6 +254,17 @@ EVALUATION_ROWS = (  # the training record's held-out figures, in the card's ord
 )
 
 
+def _loss_rows(record: dict[str, Any]) -> list[str]:
+    """The opt-in loss options a run used (none in BiT's recipes): a reader of the card must not take such weights
+    for a plain HyperRule fine-tune."""
+    rows = [f"| label smoothing | {record['label_smoothing']:g} |"] if record.get("label_smoothing") else []
+    weights = record.get("class_weights")
+    if weights:
+        shown = ", ".join(f"{name} {weight:.3g}" for name, weight in list(weights.items())[:5])
+        rows.append(f"| class weights | {shown}{f', … ({len(weights)} classes)' if len(weights) > 5 else ''} |")
+    return rows
+
+
 def _training(record: dict[str, Any]) -> list[str]:
     fine_tuned = "rule" in record
     recipe = record.get("rule") or record.get("schedule") or {}
@@ -270,6 +281,7 @@ def _training(record: dict[str, Any]) -> list[str]:
         metric = dict(EVALUATION_ROWS)[best["metric"]]
         took += f"; these are the weights after step {best['step']:,}, of the best held-out {metric}"
     rows = [f"| {label} | {form.format(_shown(recipe[key]))} |" for key, label, form in SETTINGS if key in recipe]
+    rows += _loss_rows(record)
     sections = ["## Training", f"{how}{images}{took}.", "\n".join(["| setting | value |", "|---|---|", *rows])]
     evaluation = record.get("eval")
     if evaluation:

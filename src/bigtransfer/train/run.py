@@ -238,7 +238,17 @@ def tracked_config(job: TrainingJob) -> dict[str, Any]:
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """What the model card tells of the run (models/model_card.py): the recipe, the data's size, the time, the
     held-out accuracy — not the per-class figures and confusion matrix, which grow with the classes."""
-    kept = ("base_model", "rule", "schedule", "train_examples", "steps", "seconds", "best")
+    kept = (
+        "base_model",
+        "rule",
+        "schedule",
+        "label_smoothing",
+        "class_weights",
+        "train_examples",
+        "steps",
+        "seconds",
+        "best",
+    )
     record = {key: metrics[key] for key in kept if key in metrics}
     if "eval" in metrics:
         kept = ("examples", "top1", "top5", "map", "micro_ap", "macro_f1", "micro_f1")
