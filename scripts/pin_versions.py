@@ -30,17 +30,21 @@ NOT_PINNED = {"torch", "bigtransfer"}  # torch: the build on disk, pinned by set
 def closure(roots: list[Requirement]) -> dict[str, str]:
     """{name: installed version} of `roots` and everything they require, markers evaluated for this Python."""
     found: dict[str, str] = {}
+    visited: set[tuple[str, frozenset[str]]] = set()
     pending = list(roots)
     while pending:
         requirement = pending.pop()
         name = canonicalize_name(requirement.name)
-        if name in found or name in NOT_PINNED:
+        asked = (name, frozenset(requirement.extras))  # urllib3 and urllib3[socks] pull in different packages
+        if asked in visited:
             continue
+        visited.add(asked)
         try:
             dist = distribution(requirement.name)
         except PackageNotFoundError:
             continue  # an optional dependency this environment does not have
-        found[name] = dist.version
+        if name not in NOT_PINNED:  # torch is not pinned itself, but what it pulls in is (its jinja2 comes from PyPI)
+            found[name] = dist.version
         for line in dist.requires or []:
             child = Requirement(line)
             extras = requirement.extras or {""}

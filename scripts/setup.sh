@@ -24,7 +24,9 @@ fi
 torch_version() { python -c "import torch; print(torch.__version__)" 2>/dev/null || true; }
 case "$(torch_version)" in
   2.13.0*) ;;                       # keep it, CPU or CUDA build
-  *) pip_install torch==2.13.0 ;;   # this project's machines: the CPU build from the local disk
+  *) pins=(-c scripts/constraints.txt)   # what torch pulls in from PyPI (jinja2, sympy …) at the tested versions
+     [ "${BIGTRANSFER_LATEST:-0}" = 1 ] && pins=()
+     pip_install torch==2.13.0 "${pins[@]}" ;;   # this project's machines: the CPU build from the local disk
 esac
 installed=$(torch_version)
 case "$installed" in 2.13.0*) ;; *) echo "torch is '$installed', not 2.13.0: install torch 2.13 first" >&2; exit 1 ;; esac
