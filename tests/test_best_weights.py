@@ -17,6 +17,7 @@ from bigtransfer.cli import main as cli
 from bigtransfer.train import RunOptions
 from bigtransfer.train.best import BestWeights
 from bigtransfer.train.fine_tuning import finetune
+from helpers import free_port
 from test_multi_label import SCENES, write_images
 from test_train import ctrl_c_during, final_weights, folder, grouped, run, upstream  # noqa: F401  (the tiny runs)
 
@@ -257,7 +258,7 @@ def test_two_processes_choose_the_same_best_and_stop_at_the_same_step(upstream, 
     no process stops alone (which would leave the other waiting at the next all-reduce)."""
     single = run(upstream, folder, tmp_path / "single", eval_data=str(folder), keep_best=True, early_stopping=2,
                  **FALLING)  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
                "--steps", "8", "--resize", "24", "--crop", "20", "--seed", "3", "--base-lr", "0.1", "--out",
                str(tmp_path / "ddp"), "--eval-data", str(folder), "--eval-every", "1", "--keep-best",

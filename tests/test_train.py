@@ -29,7 +29,7 @@ from bigtransfer.train import FineTuning, RunOptions, Speed, hyperrule
 from bigtransfer.train.augment import eval_processor, hyperrule_augment
 from bigtransfer.train.fine_tuning import fine_tuning_job, finetune
 from bigtransfer.train.schedules import upstream_schedule
-from helpers import TINY, kill_one_row_past_a_checkpoint, max_abs_diff, png_header
+from helpers import TINY, free_port, kill_one_row_past_a_checkpoint, max_abs_diff, png_header
 
 # -- the rule, as a table -----------------------------------------------------------------------------
 
@@ -611,7 +611,7 @@ def test_two_processes_equal_one_process_and_share_the_evaluation(upstream, fold
     """Evaluation during and after the run is split over the processes (none waits at a timed collective while
     another evaluates) and gives the one-process metrics."""
     run(upstream, folder, tmp_path / "single", eval_data=str(folder), eval_every=3)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "bigtransfer", "finetune", "--model", str(upstream), "--data", str(folder), "--batch-size", "8",
                "--steps", "6", "--resize", "24", "--crop", "20", "--seed", "3", "--out", str(tmp_path / "ddp"),
                "--eval-data", str(folder), "--eval-every", "3", "--quiet", "--device", "cpu"]  # fmt: skip
