@@ -18,7 +18,6 @@ from safetensors import SafetensorError
 
 from .._util.device import resolve_device
 from .._util.files import exclusive, write_json
-from .._util.package import package_version
 from ..data.datasets import LabelledImages
 from ..data.workers import resolve_workers
 from ..inference.metrics import headline
@@ -142,7 +141,7 @@ def _train_and_report(job: TrainingJob, options: RunOptions, out: Path) -> dict[
     eval_examples = len(job.eval_set) if job.eval_set is not None else 0
     kept = best_fingerprint(options.keep_best, options.early_stopping, job.eval_every, eval_examples)
     saving = Saving({**job.fingerprint, **kept}, options.resume, options.save_every, run_file=job.config)
-    reporting = open_trackers(options.report_to, out, tracked_config(job), options.resume)
+    reporting = open_trackers(options.report_to, out, job.config, options.resume)
     with process_group(options.device) as context, reporting as trackers:
         evaluation = evaluation_of(job.network, job.eval_set, job.processor, options, context)
         monitor = job.extra_monitor(job.network, job.processor, options) if job.extra_monitor else None
@@ -227,12 +226,6 @@ def reported_measure(measure: Callable[[int], dict], trackers: Trackers, step: i
     result = measure(step)
     trackers.log_evaluation(result, step)
     return result
-
-
-def tracked_config(job: TrainingJob) -> dict[str, Any]:
-    """The run's config as trackers record it: the resolved run file; for a job built without one, what identifies
-    the run (its fingerprint and report) and the package version."""
-    return job.config or {**job.fingerprint, **job.report, "bigtransfer_version": package_version()}
 
 
 def training_record(metrics: dict[str, Any]) -> dict[str, Any]:
