@@ -193,9 +193,11 @@ def client_for(served, **limits):
     """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`."""
     from starlette.testclient import TestClient
 
-    from bigtransfer.serve.app import InferenceServer, Limits
+    from bigtransfer.serve.app import InferenceServer
+    from bigtransfer.serve.repository import Repository
+    from bigtransfer.serve.service import Limits
 
-    return TestClient(InferenceServer(served, Limits(**limits)).app())
+    return TestClient(InferenceServer(Repository.of(served, Limits(**limits))).app())
 
 
 class ServeProcess:

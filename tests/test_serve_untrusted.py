@@ -24,9 +24,11 @@ from PIL import Image
 from bigtransfer import BitConfig, BitForImageClassification, BitImageProcessor
 from bigtransfer.cli import build_parser
 from bigtransfer.serve import admission
-from bigtransfer.serve.app import InferenceServer, Limits
+from bigtransfer.serve.app import InferenceServer
 from bigtransfer.serve.connections import HEADER_TIMEOUT_ENV
 from bigtransfer.serve.model import ServedModel
+from bigtransfer.serve.repository import Repository
+from bigtransfer.serve.service import Limits
 from bigtransfer.serve.trust import Trust, trust_for
 from helpers import ServeProcess, png_header
 
@@ -72,7 +74,7 @@ def served(model_dir):
 def client_for(served, trust: Trust = Trust(), **limits):
     from starlette.testclient import TestClient
 
-    return TestClient(InferenceServer(served, Limits(**limits), trust).app())
+    return TestClient(InferenceServer(Repository.of(served, Limits(**limits)), trust).app())
 
 
 def infer_request(images: list[bytes]) -> dict:

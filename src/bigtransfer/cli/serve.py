@@ -89,8 +89,8 @@ def names(text: str) -> tuple[str, ...]:
 
 def handle(args: argparse.Namespace) -> int:
     try:
-        from ..serve.app import Limits
         from ..serve.runner import serve
+        from ..serve.service import Limits
     except ImportError as error:
         raise ImportError(f"Serving needs {error.name}: {install_hint('serve')}.") from None
 

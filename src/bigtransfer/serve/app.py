@@ -15,14 +15,11 @@ import contextlib
 import dataclasses
 import json
 import logging
-import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
-import numpy as np
-import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -32,17 +29,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .._util.package import package_version
-from ..inference.pipelines import ranked
-from . import admission
-from .admission import DecodeBudget, ImagePlaces
-from .batching import BatchRecord, DynamicBatcher, QueueFull
-from .kserve import HEADER_LENGTH, ProtocolError, RequestedOutput, classification_strings, parse_request, response_body
-from .model import ServedModel
+from .batching import BatchRecord
+from .kserve import HEADER_LENGTH, ProtocolError, parse_request, response_body
+from .repository import Repository
+from .service import ModelService, ServeError, refusal
 from .trust import Trust
 
 access_log = logging.getLogger("bigtransfer.serve.access")
 logger = logging.getLogger(__name__)
-OUTPUTS = ("logits", "scores")
 TOP_K = 5
 WHAT_TO_POST = {  # by route: what a request sent with the wrong method is told to send instead
     "predict": "POST an image, as the body or as a multipart file field (e.g. curl -F image=@cat.jpg)",
@@ -53,35 +47,10 @@ AS_A_FILE_FIELD = "send the image as a file field (e.g. -F image=@cat.jpg)"
 FORM_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one server accepts and how it batches (the `serve` options)."""
-
-    max_batch_size: int = 32  # images per forward pass
-    max_delay_ms: float = 5.0  # how long the first request of a batch waits for others
-    max_queue: int = 256  # images under way (being decoded, waiting for the model, in it); beyond it, 503
-    max_body_bytes: int = 20 * 2**20  # per request; beyond it, 413
-    timeout_s: float = 30.0  # per request; beyond it, 504
-
-    def __post_init__(self):
-        if (
-            min(self.max_batch_size, self.max_queue, self.max_body_bytes) < 1
-            or self.max_delay_ms < 0
-            or self.timeout_s <= 0
-        ):
-            raise ValueError(f"Server limits out of range: {self}.")
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
-
-
 class Metrics:
     """Prometheus metrics of one server process, in its own registry (several apps may live in one process)."""
 
-    def __init__(self, batcher: DynamicBatcher, max_batch_size: int):
+    def __init__(self, repository: Repository, max_batch_size: int):
         import prometheus_client as prometheus
 
         self.prometheus = prometheus
@@ -92,32 +61,28 @@ class Metrics:
                                             ["route"], registry=self.registry,
                                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
         sizes = sorted({1, *(2**i for i in range(12) if 2**i < max_batch_size), max_batch_size})
-        self.batch_images = prometheus.Histogram("bigtransfer_batch_images", "Images per forward pass.",
-                                                 registry=self.registry, buckets=sizes)  # fmt: skip
-        self.batch_seconds = prometheus.Histogram("bigtransfer_batch_seconds", "Time of one forward pass.",
-                                                  registry=self.registry)  # fmt: skip
-        queue = prometheus.Gauge("bigtransfer_queue_images", "Images waiting for the model.", registry=self.registry)
-        queue.set_function(lambda: batcher.depth)
+        self.batch_images = prometheus.Histogram("bigtransfer_batch_images", "Images per forward pass, by model.",
+                                                 ["model", "version"], registry=self.registry, buckets=sizes)  # fmt: skip
+        self.batch_seconds = prometheus.Histogram("bigtransfer_batch_seconds", "Time of one forward pass, by model.",
+                                                  ["model", "version"], registry=self.registry)  # fmt: skip
+        queue = prometheus.Gauge("bigtransfer_queue_images", "Images waiting for a model.", registry=self.registry)
+        queue.set_function(lambda: sum(service.batcher.depth for service in repository.services()))
 
-    def batch(self, record: BatchRecord) -> None:
-        self.batch_images.observe(record.images)
-        self.batch_seconds.observe(record.seconds)
+    def batch(self, service: ModelService, record: BatchRecord) -> None:
+        self.batch_images.labels(service.name, service.version).observe(record.images)
+        self.batch_seconds.labels(service.name, service.version).observe(record.seconds)
 
     def text(self) -> Response:
         return Response(self.prometheus.generate_latest(self.registry), media_type=self.prometheus.CONTENT_TYPE_LATEST)
 
 
 class InferenceServer:
-    """The routes of one model's server."""
+    """The REST routes of a server of a repository of models (one model: `Repository.of(served_model)`)."""
 
-    def __init__(self, model: ServedModel, limits: Limits = Limits(), trust: Trust = Trust()):
-        self.model, self.limits, self.trust = model, limits, trust
-        self.places = ImagePlaces(limits.max_queue)
-        self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES())
-        self.batcher = DynamicBatcher(model.logits, limits.max_batch_size, limits.max_delay_ms / 1000,
-                                      limits.max_queue, on_batch=lambda record: self.metrics.batch(record))  # fmt: skip
-        self.metrics = Metrics(self.batcher, limits.max_batch_size)
-        self.ready = False
+    def __init__(self, repository: Repository, trust: Trust = Trust()):
+        self.repository, self.limits, self.trust = repository, repository.limits, trust
+        self.metrics = Metrics(repository, self.limits.max_batch_size)
+        repository.on_batch = self.metrics.batch
         self.page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     # -- the app ------------------------------------------------------------------------------------------------
@@ -150,35 +115,27 @@ class InferenceServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette):
-        self.batcher.start()
-        self.ready = True
-        logger.info("serving %s (%s) on %s", self.model.name, self.model.source, self.model.device)
+        await self.repository.start()
+        for service in self.repository.services():
+            logger.info("serving %s version %s (%s) on %s", service.name, service.version, service.model.source,
+                        service.model.device)  # fmt: skip
         yield
-        self.ready = False  # uvicorn has stopped accepting and the requests under way have been answered
-        await self.batcher.stop(self.limits.timeout_s)
-        self.decoding.close()
+        await self.repository.stop()  # uvicorn has stopped accepting and the requests under way have been answered
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:
             began = time.perf_counter()
             try:
-                refusal = self.trust.refusal(request.method, request.headers, route)
-                if refusal is not None:
-                    raise HTTPError(403, refusal)
+                refused = self.trust.refusal(request.method, request.headers, route)
+                if refused is not None:
+                    raise ServeError(403, refused)
                 response = await asyncio.wait_for(handler(request), self.limits.timeout_s)
-            except HTTPError as error:
-                response = _error(error.status, str(error), error.headers)
-            except ProtocolError as error:
-                response = _error(400, str(error))
-            except QueueFull as error:
-                response = _error(503, str(error), {"Retry-After": "1"})
-            except asyncio.TimeoutError:
-                response = _error(
-                    504, f"The request took longer than the server's limit of {self.limits.timeout_s:g} s."
-                )
-            except Exception:  # a bug, not the client's fault: logged with its traceback, answered 500
-                logger.exception("%s %s failed", request.method, request.url.path)
-                response = _error(500, "The server failed on this request; its log has the details.")
+            except Exception as error:
+                answer = refusal(error, self.limits)
+                if answer is None:  # a bug, not the client's fault: logged with its traceback, answered 500
+                    logger.exception("%s %s failed", request.method, request.url.path)
+                    answer = ServeError(500, "The server failed on this request; its log has the details.")
+                response = _error(answer.status, str(answer), answer.headers)
             seconds = time.perf_counter() - began
             if route != "metrics":
                 self.metrics.requests.labels(route, str(response.status_code)).inc()
@@ -192,12 +149,24 @@ class InferenceServer:
 
         return endpoint
 
+    def _service(self, request: Request) -> ModelService:
+        """The model version a /v2/models route names."""
+        return self.repository.get(request.path_params["name"], request.path_params.get("version"))
+
+    def _default_service(self) -> ModelService:
+        """The model of /predict, /info and the page: the server's one model."""
+        services = self.repository.services()
+        if len({service.name for service in services}) != 1:
+            names = ", ".join(sorted(self.repository.entries))
+            raise ServeError(400, f"This server serves several models ({names}): use /v2/models/NAME/infer.")
+        return self.repository.get(services[0].name)
+
     # -- pages, health, metadata --------------------------------------------------------------------------------
     async def show_page(self, request: Request) -> Response:
         return HTMLResponse(self.page)
 
     async def info(self, request: Request) -> Response:
-        return JSONResponse({**self.model.info(), "limits": dataclasses.asdict(self.limits)})
+        return JSONResponse({**self._default_service().model.info(), "limits": dataclasses.asdict(self.limits)})
 
     async def show_metrics(self, request: Request) -> Response:
         return self.metrics.text()
@@ -206,39 +175,31 @@ class InferenceServer:
         return JSONResponse({"live": True})
 
     async def server_ready(self, request: Request) -> Response:
-        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+        ready = self.repository.ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "bigtransfer", "version": package_version(),
                              "extensions": ["classification", "binary_tensor_data"]})  # fmt: skip
 
     async def model_metadata(self, request: Request) -> Response:
-        self._check_model(request)
-        height, width, classes = self.model.height, self.model.width, len(self.model.labels)
-        return JSONResponse({
-            "name": self.model.name, "versions": ["1"],
-            "platform": "pytorch" if hasattr(self.model.network, "parameters") else "onnxruntime_onnx",
-            "inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, height, width]},
-                       {"name": "image", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, classes]} for name in OUTPUTS],
-        })  # fmt: skip
+        return JSONResponse(self._service(request).metadata())
 
     async def model_ready(self, request: Request) -> Response:
-        self._check_model(request)
-        return JSONResponse({"name": self.model.name, "ready": self.ready}, status_code=200 if self.ready else 503)
-
-    def _check_model(self, request: Request) -> None:
-        name, version = request.path_params["name"], request.path_params.get("version", "1")
-        if name != self.model.name or version not in ("1", ""):
-            raise HTTPError(
-                404, f"Unknown model {name!r} (version {version}): this server serves {self.model.name!r}, version 1."
-            )
+        name = request.path_params["name"]
+        try:
+            ready = self._service(request).ready
+        except ServeError as error:
+            if error.status != 503:
+                raise
+            ready = False
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     # -- inference ------------------------------------------------------------------------------------------------
     async def _body(self, request: Request) -> bytes:
         """The request body, refused (413) past max_body_bytes — by its declared length before reading any."""
         limit = self.limits.max_body_bytes
-        too_large = HTTPError(
+        too_large = ServeError(
             413, f"The request body is larger than the server's limit of {limit:,} bytes (--max-body-bytes)."
         )
         declared = request.headers.get("content-length")
@@ -255,7 +216,7 @@ class InferenceServer:
         if encoding == "identity":
             return body
         if encoding not in ("gzip", "deflate"):
-            raise HTTPError(415, f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none.")
+            raise ServeError(415, f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none.")
         inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
         try:
             inflated = inflater.decompress(body, limit + 1)  # the limit holds for what the body inflates to
@@ -270,138 +231,46 @@ class InferenceServer:
             )
         return inflated
 
-    async def _pixels(self, images: list[bytes]) -> np.ndarray:
-        """Encoded images → N×H×W×3 uint8 pixels (`ServedModel.pixels`), decoded in threads as the decode memory
-        allows, one image's turn at a time (so that other requests' images take turns with these), each charged
-        what its header says decoding will take (`ServedModel.decoding_bytes`); 400 naming the first unusable
-        one, refused from its header before it waits for a turn. Once one image fails to decode, the request's
-        images not yet started are never decoded."""
-        names = ["the upload"] if len(images) == 1 else [f"image {i} of the request" for i in range(len(images))]
-        failed = threading.Event()
-
-        def pixels(data: bytes, name: str) -> np.ndarray | None:
-            if failed.is_set():
-                return None  # the request fails with the earlier image's error
-            try:
-                return self.model.pixels(data, name)
-            except Exception:
-                failed.set()
-                raise
-
-        decodes = []
-        try:
-            for data, name in zip(images, names):
-                if failed.is_set():
-                    break
-                decodes.append(await self.decoding.start(self.model.decoding_bytes(data, name), pixels, data, name))
-            decoded = await asyncio.gather(*decodes)
-        except (ValueError, OSError) as error:
-            raise ProtocolError(str(error)) from None
-        finally:
-            for decode in decodes:
-                decode.cancel()  # those not started yet; a running decode finishes, its memory counted till then
-        return np.stack(decoded)
-
-    def _admit(self, need: Callable[[int], None], images: int) -> None:
-        """Places for a request's `images` (of those under way, --max-queue), or 413/503 before its body is read
-        (one image) or decoded (all of them)."""
-        if images > self.limits.max_queue:
-            raise HTTPError(413, f"{images} images in one request: at most {self.limits.max_queue} (--max-queue).")
-        need(images)
-
-    async def _logits(self, pixels: np.ndarray) -> torch.Tensor:
-        """Logits (float32, on the CPU) through the batcher (its images were admitted); a request larger than a
-        batch goes in batch-sized parts, all withdrawn when one fails."""
-        size = self.limits.max_batch_size
-        parts = [
-            asyncio.ensure_future(self.batcher.run(pixels[start : start + size]))
-            for start in range(0, len(pixels), size)
-        ]
-        try:
-            return torch.cat(await asyncio.gather(*parts))
-        except BaseException:
-            for part in parts:
-                part.cancel()
-            raise
-
     async def predict(self, request: Request) -> Response:
-        with self.places.for_request() as need:
-            return await self._predict(request, need)
-
-    async def _predict(self, request: Request, need: Callable[[int], None]) -> Response:
         began = time.perf_counter()
         top_k = _positive_int(request.query_params.get("top_k", str(TOP_K)), "top_k")
-        self._admit(need, 1)
-        body = await self._body(request)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            request._body = body  # the form parser reads the body already checked against the limit
-            try:
-                form = await request.form()
-            except HTTPException as error:  # Starlette's answer to a malformed form: the client's fault, not ours
-                raise ProtocolError(f"The multipart form cannot be read ({error.detail}): {AS_A_FILE_FIELD}.") from None
-            uploads = [value for value in form.values() if hasattr(value, "read")]
-            if not uploads:
-                raise ProtocolError(f"The form holds no file: {AS_A_FILE_FIELD}.")
-            body = await uploads[0].read()
-        if not body:
-            raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
-        scores = self.model.scores(await self._logits(await self._pixels([body])))
-        (labels,) = ranked(scores, top_k, self.model.network.config.id2label)  # as predict ranks
+        service = self._default_service()
+        with service.request() as need:
+            need(1)
+            body = await self._body(request)
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                request._body = body  # the form parser reads the body already checked against the limit
+                try:
+                    form = await request.form()
+                except HTTPException as error:  # Starlette's answer to a malformed form: the client's fault, not ours
+                    raise ProtocolError(
+                        f"The multipart form cannot be read ({error.detail}): {AS_A_FILE_FIELD}."
+                    ) from None
+                uploads = [value for value in form.values() if hasattr(value, "read")]
+                if not uploads:
+                    raise ProtocolError(f"The form holds no file: {AS_A_FILE_FIELD}.")
+                body = await uploads[0].read()
+            if not body:
+                raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
+            labels = await service.classify(body, top_k)
         return JSONResponse({
-            "model": self.model.name, "scores": self.model.score_function, "labels": labels,
+            "model": service.name, "scores": service.model.score_function, "labels": labels,
             "milliseconds": round((time.perf_counter() - began) * 1000, 2),
         })  # fmt: skip
 
     async def infer(self, request: Request) -> Response:
-        with self.places.for_request() as need:
-            return await self._infer(request, need)
-
-    async def _infer(self, request: Request, need: Callable[[int], None]) -> Response:
-        self._check_model(request)
+        service = self._service(request)
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type in FORM_TYPES:
-            raise HTTPError(415, f"An infer request is JSON, not {media_type}: send Content-Type: application/json "
-                                 "(curl: -H 'Content-Type: application/json'), or application/octet-stream with "
-                                 "binary tensors.")  # fmt: skip
-        self._admit(need, 1)
-        parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
-        if len(parsed.inputs) != 1:
-            raise ProtocolError("Send exactly one input: pixel_values (FP32 N×3×H×W) or image (BYTES, encoded images).")
-        tensor = parsed.inputs[0]
-        self._admit(need, len(tensor.value) if tensor.datatype == "BYTES" else (tensor.shape or [1])[0])
-        if tensor.name == "image" and tensor.datatype == "BYTES":
-            pixels = await self._pixels(list(tensor.value)) if tensor.value else None
-        elif tensor.name == "pixel_values" and tensor.datatype == "FP32":
-            expected = [3, self.model.height, self.model.width]
-            if len(tensor.shape) != 4 or tensor.shape[1:] != expected:
-                raise ProtocolError(
-                    f"pixel_values must have shape [N, {', '.join(map(str, expected))}], got {tensor.shape}."
-                )
-            pixels = np.asarray(tensor.value, dtype=np.float32)
-            if not np.isfinite(pixels).all():
-                raise ProtocolError("pixel_values holds NaN or infinite values.")
-        else:
-            raise ProtocolError(
-                f"Unknown input {tensor.name!r} ({tensor.datatype}): use pixel_values (FP32) or image (BYTES)."
-            )
-        if pixels is None or not len(pixels):
-            raise ProtocolError("The input holds no image.")
-        logits = await self._logits(pixels)
-        if tensor.name == "pixel_values" and not torch.isfinite(logits).all():  # JSON has no NaN: out-of-range pixels
-            raise ProtocolError(
-                "The model's output for these pixel_values is not finite: send normalised pixels (values within a "
-                f"few units of 0; the largest here is {np.abs(pixels).max():g})."
-            )
-        values = {"logits": logits.numpy(), "scores": self.model.scores(logits).numpy()}  # views, no copies
-        outputs = []
-        for output in parsed.outputs or [RequestedOutput(name, parsed.binary_default, 0) for name in OUTPUTS]:
-            if output.name not in values:
-                raise ProtocolError(f"Unknown output {output.name!r}: this model has {', '.join(OUTPUTS)}.")
-            array = values[output.name]
-            if output.classification > 0:
-                array = classification_strings(array, output.classification, self.model.labels)
-            outputs.append((output.name, array, output.binary))
-        body, headers = response_body(self.model.name, parsed.id, outputs)
+            raise ServeError(415, f"An infer request is JSON, not {media_type}: send Content-Type: application/json "
+                                  "(curl: -H 'Content-Type: application/json'), or application/octet-stream with "
+                                  "binary tensors.")  # fmt: skip
+        with service.request() as need:
+            need(1)
+            parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
+            values = await service.infer(parsed.inputs, need)
+        body, headers = response_body(service.name, parsed.id, service.outputs(values, parsed.outputs,
+                                                                                parsed.binary_default))  # fmt: skip
         return Response(body, headers=headers)
 
 

@@ -16,11 +16,14 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from ..checkpoints.naming import default_model_name
 from ..data.workers import available_cores
 from .address import check_address
-from .app import InferenceServer, Limits
+from .app import InferenceServer
 from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
+from .repository import Repository
+from .service import Limits
 from .trust import Trust, trust_for
 
 SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
@@ -54,7 +57,7 @@ def serve(
                 "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes)}  # fmt: skip
     with _exit_0_once_drained():
         if processes == 1:
-            server = InferenceServer(ServedModel(model, device, bf16, name), limits, trust)  # loads before listening
+            server = InferenceServer(_repository(settings), trust)  # loads before listening
             uvicorn.Server(uvicorn.Config(server.app(), **options)).run()  # re-raises SIGINT: KeyboardInterrupt
             return
         os.environ[SETTINGS_ENV] = json.dumps(settings)
@@ -112,9 +115,18 @@ def app_from_environment() -> Any:
     settings = json.loads(os.environ[SETTINGS_ENV])
     torch.set_num_threads(settings["threads"])  # the processes share the cores
     _log_access_to_stderr("info")
-    model = ServedModel(settings["model"], settings["device"], settings["bf16"], settings["name"])
     trust = Trust(**{field: tuple(names) for field, names in settings["trust"].items()})
-    return InferenceServer(model, Limits(**settings["limits"]), trust).app()
+    return InferenceServer(_repository(settings), trust).app()
+
+
+def _repository(settings: dict[str, Any]) -> Repository:
+    """The models to serve, read before the server listens."""
+    model, device, bf16 = settings["model"], settings["device"], settings["bf16"]
+    repository = Repository(Limits(**settings["limits"]), lambda source, name: ServedModel(source, device, bf16, name))
+    name = settings["name"] or default_model_name(model)
+    repository.add(name, {"1": model})
+    repository.load_now(name)
+    return repository
 
 
 def _log_access_to_stderr(level: str) -> None:
