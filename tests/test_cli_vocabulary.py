@@ -153,16 +153,16 @@ def test_a_misspelt_local_data_path_fails_at_once_without_asking_the_hub(tmp_pat
     assert "No dataset at data/missing_dir (did you mean data/missing_dir_?)" in err
 
 
-def test_predict_on_a_triton_repository_names_the_folder_to_pass(tiny_model, tmp_path, capsys):
+def test_predict_on_a_triton_model_without_a_model_in_its_version_folder_says_what_it_needs(tmp_path, capsys):
     repository = tmp_path / "repository"
     (repository / "tiny" / "1").mkdir(parents=True)
     (repository / "tiny" / "config.pbtxt").write_text('name: "tiny"\n')
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    for model, hint in ((repository, "It is a Triton model repository: pass a model's version folder, e.g."),
-                        (repository / "tiny", "It is a model of a Triton model repository: pass its version folder")):  # fmt: skip
+    for model in (repository, repository / "tiny"):  # the repository, or its one Triton model
         assert cli(["predict", str(tmp_path / "x.png"), "--model", str(model)]) == 2
         err = capsys.readouterr().err
-        assert hint in err and str(repository / "tiny" / "1") in err
+        assert err.count("\n") == 1 and f"The Triton model {repository / 'tiny'} has no version to serve" in err
+        assert "a version folder (1/, 2/ …) holding an export or a model folder" in err
 
 
 def test_predict_keeps_an_existing_out_file_unless_told_to_replace_it(tiny_model, tmp_path, capsys):

@@ -119,25 +119,53 @@ def test_json_report_names_the_repository_model_and_check(repository):
                                 "max_queue_delay_microseconds": 5000, "instance_kind": "KIND_CPU"}  # fmt: skip
 
 
-def test_an_existing_repository_is_kept_without_overwrite(repository, saved_model, capsys):
+def test_an_existing_model_name_is_kept_without_overwrite(repository, saved_model, capsys):
     out, _ = repository
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     assert cli(["export", str(saved_model), str(out), "--format", "triton"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"bigtransfer export: The repository {out} already holds a model named 'tiny_bit': pass --overwrite to "
+        "replace it, or --name NAME to add this one beside it.\n"
+    )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
-def test_overwrite_replaces_the_repository_with_the_options_given(repository, saved_model, tmp_path):
+def test_overwrite_replaces_the_model_of_that_name_with_the_options_given(repository, saved_model, tmp_path):
     out = tmp_path / "repository"
     shutil.copytree(repository[0], out)
+    (out / "tiny_bit" / "2").mkdir()  # a version the replaced model had: gone with it
     code, printed = run_cli("export", str(saved_model), str(out), "--format", "triton", "--overwrite",
-                            "--name", "bit.v2", "--max-batch-size", "8", "--max-delay-ms", "0.5", "--gpu")  # fmt: skip
-    assert code == 0 and [p.name for p in out.iterdir()] == ["bit.v2"]
-    config = parsed_config(out / "bit.v2")
-    assert config.name == "bit.v2" and config.max_batch_size == 8
+                            "--max-batch-size", "8", "--max-delay-ms", "0.5", "--gpu")  # fmt: skip
+    assert code == 0 and [p.name for p in out.iterdir()] == ["tiny_bit"]
+    assert {p.name for p in (out / "tiny_bit").iterdir()} == {"config.pbtxt", "labels.txt", "1"}
+    config = parsed_config(out / "tiny_bit")
+    assert config.name == "tiny_bit" and config.max_batch_size == 8
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert "docker run --rm --gpus all " in printed and f"-v {out.resolve()}:/models" in printed
+
+
+def test_a_model_is_added_to_an_existing_repository_beside_its_others(repository, saved_model, tmp_path):
+    out = tmp_path / "repository"
+    shutil.copytree(repository[0], out)
+    before = {p.relative_to(out): p.read_bytes() for p in (out / "tiny_bit").rglob("*") if p.is_file()}
+    code, _ = run_cli("export", str(saved_model), str(out), "--format", "triton", "--name", "bit.v2")
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["bit.v2", "tiny_bit"]  # no staging left either
+    assert parsed_config(out / "bit.v2").name == "bit.v2" and (out / "bit.v2" / "1" / "model.onnx").is_file()
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "tiny_bit").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("kind", ["a file", "a model folder"])
+def test_an_out_that_is_not_a_repository_is_refused_and_kept(kind, saved_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    if kind == "a file":
+        out.write_text("the user's\n")
+    else:
+        shutil.copytree(saved_model, out)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert cli(["export", str(saved_model), str(out), "--format", "triton", "--name", "bit"]) == 2
+    assert f"{out} is {kind}, not a model repository: choose another output path." in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_the_exporter_parses_its_config_with_tritons_schema_when_tritonclient_is_there(monkeypatch):

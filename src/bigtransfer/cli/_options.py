@@ -128,6 +128,23 @@ def add_model_argument(parser: argparse.ArgumentParser, what: str = "the model",
     parser.add_argument("--model", required=not positional, help=f"{what}: {MODEL_HELP}")
 
 
+def add_model_name_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-name and --model-version: which model of a repository MODEL (a folder of models, as `serve` takes it)."""
+    parser.add_argument("--model-name", metavar="NAME", help="the model to run when MODEL is a model repository (a "
+                        "folder of models, as serve takes it); needed when it holds several")  # fmt: skip
+    parser.add_argument("--model-version", metavar="N", help="the version of a Triton model to run (default: the "
+                        "highest that its config.pbtxt serves)")  # fmt: skip
+
+
+def repository_model(args: argparse.Namespace) -> str:
+    """--model itself, or the folder of the model --model-name (--model-version) picks in the repository --model."""
+    from ..runtime.discovery import is_repository, model_in
+
+    if args.model_name is None and args.model_version is None and not is_repository(args.model):
+        return args.model
+    return str(model_in(args.model, args.model_name, args.model_version))
+
+
 def add_out_argument(parser: argparse.ArgumentParser, help: str, positional: bool = False, **options: Any) -> None:
     """--out PATH; where 0.1 took it as a positional argument, that spelling still works."""
     if positional:

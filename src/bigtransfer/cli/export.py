@@ -116,7 +116,8 @@ bfloat16 on CPUs that have it (AMX or AVX512_BF16). `bigtransfer bench` says whi
 it too): OUT/NAME/config.pbtxt (dynamic batching), OUT/NAME/labels.txt (for the classification
 extension) and OUT/NAME/1/, the checked ONNX export (float32, or int8) with its preprocessor_config.json.
 Triton takes preprocessed float32 pixel_values, N×3×H×W: clients resize, crop and normalise as that file
-says."""
+says. An existing OUT gets the model added beside its others (refused if it holds one of that --name,
+unless --overwrite), so that one repository serves several models: `bigtransfer serve OUT` serves them all."""
 
 EPILOG = f"""\
 int8: bigtransfer export MODEL OUT --int8 --data DATA quantizes convolutions and the head
@@ -138,7 +139,9 @@ def register(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(parser, "the model to export", positional=True)
-    add_out_argument(parser, "output directory (refused if it exists, unless --overwrite)", positional=True)
+    add_out_argument(parser, "output directory (refused if it exists, unless --overwrite; with --format triton an "
+                     "existing repository gets the model added, refused only if it has one of that --name)",
+                     positional=True)  # fmt: skip
     parser.add_argument("--format", choices=["onnx", "openvino", "pt2", "triton"], default="onnx",
                         help="onnx (run with ONNX Runtime; default), openvino (OpenVINO IR), pt2 (a torch.export "
                         "program) or triton (a Triton model repository holding the onnx export)")  # fmt: skip
@@ -156,7 +159,10 @@ def register(commands) -> None:
     parser.add_argument("--tolerance", type=positive_float, default=1e-4,
                         help="largest logit difference to eager an export may show (default 1e-4)")  # fmt: skip
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is whole)"
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it exists (--format triton: OUT/NAME, the other "
+        "models kept), only once the new one is whole",
     )
     triton = parser.add_argument_group("Triton model repository (--format triton)")
     triton.add_argument("--name", help="the model's name in the repository and in request URLs (letters, digits, "

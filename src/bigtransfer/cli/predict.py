@@ -9,6 +9,7 @@ from ._options import (
     add_images_argument,
     add_inference_arguments,
     add_model_argument,
+    add_model_name_arguments,
     add_output_arguments,
     collect_images,
     emit,
@@ -17,6 +18,7 @@ from ._options import (
     positive_int,
     probability,
     report_skipped,
+    repository_model,
 )
 
 TOP_K = 5  # classes per image a single-label model lists by default
@@ -38,10 +40,10 @@ def run_predict(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     files, errors = collect_images(image_inputs(args)), []
     if not files:
         return [], errors
-    settings = inference_settings(args)
-    model = load_classifier(args.model, settings)
+    settings, source = inference_settings(args), repository_model(args)
+    model = load_classifier(source, settings)
     images = ImageDataset(np.zeros(len(files), dtype=np.int64), [], "the inputs", paths=files)
-    predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(args.model), settings,
+    predictions = predict_logits(model, images, BitImageProcessor.from_pretrained(source), settings,
                                  progress=len(files) > args.batch_size and not args.quiet)  # fmt: skip
     errors += [{"file": printable(name), "error": printable(error)} for name, error in predictions.failures]
     scores = class_scores(torch.from_numpy(predictions.rows), model.config)  # sigmoid for a multi-label head
@@ -108,6 +110,7 @@ def register(commands) -> None:
     )
     add_images_argument(predict, "image files and/or directories")
     add_model_argument(predict, "the classifier")
+    add_model_name_arguments(predict)
     predict.add_argument("--top-k", type=positive_int, default=None,
                          help=f"at most this many classes per image, best first (default {TOP_K}; a multi-label "
                          "model: all of those at or above --threshold)")  # fmt: skip

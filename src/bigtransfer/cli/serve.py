@@ -32,7 +32,9 @@ def register(commands) -> None:
         epilog="curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/predict?top_k=3'   "
         "· tritonclient.http.InferenceServerClient('127.0.0.1:8000') works unchanged.",
     )
-    add_model_argument(parser, "the model to serve", positional=True)
+    add_model_argument(parser, "the model to serve, or a model repository: a folder of models (model folders, runs, "
+                       "exports, Triton models as `export --format triton` writes them), each served by its folder's "
+                       "name", positional=True)  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--port", type=port_number, default=8000,
                         help=f"port to listen on, {LOWEST_PORT} to {HIGHEST_PORT} (default 8000)")  # fmt: skip
@@ -43,7 +45,16 @@ def register(commands) -> None:
     parser.add_argument("--allowed-origins", type=names, default=(), metavar="ORIGINS",
                         help="other sites whose pages may POST here and read the answers (CORS), comma-separated, "
                         "e.g. https://app.example.com (*: any); by default only the server's own page may")  # fmt: skip
-    parser.add_argument("--name", help="the model's name in /v2/models/NAME (default: from MODEL)")
+    parser.add_argument("--name", help="the model's name in /v2/models/NAME (default: from MODEL; a repository's "
+                        "models are named by their folders)")  # fmt: skip
+    repository = parser.add_argument_group("model repository (as Triton's options)")
+    repository.add_argument("--model-control-mode", choices=["none", "explicit"], default="none",
+                            help="none: every model loads at start, load and unload are refused (default); explicit: "
+                            "only --load-model models load at start, POST /v2/repository/models/NAME/load|unload "
+                            "load and unload them while serving")  # fmt: skip
+    repository.add_argument("--load-model", dest="load_models", action="append", default=[], metavar="NAME",
+                            help="with --model-control-mode explicit: a model to load at start (repeatable; '*': "
+                            "all)")  # fmt: skip
     add_device_arguments(parser, BF16_EXPORT_HELP)
     batching = parser.add_argument_group("batching and limits")
     batching.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
@@ -97,5 +108,6 @@ def handle(args: argparse.Namespace) -> int:
     limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout)
     serve(args.model, args.host, args.port, limits=limits, processes=args.processes, device=args.device, bf16=args.bf16,
           name=args.name, log_level=args.log_level, allowed_hosts=args.allowed_hosts,
-          allowed_origins=args.allowed_origins)  # fmt: skip
+          allowed_origins=args.allowed_origins, model_control=args.model_control_mode,
+          load_models=tuple(args.load_models))  # fmt: skip
     return 0

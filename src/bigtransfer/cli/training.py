@@ -15,6 +15,7 @@ from ._options import (
     add_device_arguments,
     add_inference_arguments,
     add_model_argument,
+    add_model_name_arguments,
     add_output_arguments,
     add_workers_argument,
     below_one,
@@ -24,6 +25,7 @@ from ._options import (
     non_negative_float,
     positive_float,
     positive_int,
+    repository_model,
     shot_counts,
 )
 
@@ -160,6 +162,7 @@ def register(commands) -> None:
         "among the model's labels.",
     )
     add_model_argument(evaluate, "the classifier (from finetune: RUN/model; or an export directory)")
+    add_model_name_arguments(evaluate)
     add_data_arguments(evaluate, "labelled data", for_eval=True)
     _add_multi_label_argument(evaluate)
     add_inference_arguments(evaluate)
@@ -352,10 +355,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from ..processing.exact import BitImageProcessor
     from ..runtime.classifier import load_classifier
 
-    settings = inference_settings(args)
-    model = load_classifier(args.model, settings)
+    settings, source = inference_settings(args), repository_model(args)
+    model = load_classifier(source, settings)
     data, _ = load_data_arguments(args, for_eval=True)
-    return evaluate(model, data, BitImageProcessor.from_pretrained(args.model), settings, progress=not args.quiet)
+    return evaluate(model, data, BitImageProcessor.from_pretrained(source), settings, progress=not args.quiet)
 
 
 HEADLINE_NAMES = {"top1": "top-1", "map": "mAP"}  # an evaluation's headline key, as the text output names it

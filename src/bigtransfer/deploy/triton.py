@@ -1,5 +1,6 @@
 """A BiT classifier as a Triton Inference Server model repository (which KServe's Triton runtime serves too):
-OUT/<name>/config.pbtxt and labels.txt beside version 1, the checked ONNX export of `export.export_into`."""
+OUT/<name>/config.pbtxt and labels.txt beside version 1, the checked ONNX export of `export.export_into` — a new
+repository, or one more model in an existing one (`bigtransfer serve OUT` and Triton serve them all)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..checkpoints.hub import TRITON_CONFIG_NAME
 from ..checkpoints.naming import check_model_name
 from ..models.config import BitConfig
 from ..processing.base import ProcessorBase
+from ..runtime.discovery import is_single_model
 from ..runtime.exported import INPUT_NAME, OUTPUT_NAME
 from .export import TOLERANCE, ExportReport, export_into, input_size
 
@@ -91,6 +93,20 @@ def labels_text(config: BitConfig) -> str:
     return "".join(f"{label}\n" for label in labels)
 
 
+def check_repository(out: Path, name: str, overwrite: bool) -> None:
+    """An existing `out` takes the model `name` if it is a folder that is not itself a model, and holds no model
+    of that name unless it is to be replaced."""
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a model repository: choose another output path.")
+    if is_single_model(out):
+        raise FileExistsError(f"{out} is a model folder, not a model repository: choose another output path.")
+    if (out / name).exists() and not overwrite:
+        raise FileExistsError(
+            f"The repository {out} already holds a model named {name!r}: pass --overwrite to replace it, or "
+            "--name NAME to add this one beside it."
+        )
+
+
 def export_triton(
     model: nn.Module,
     processor: ProcessorBase,
@@ -104,9 +120,10 @@ def export_triton(
     overwrite: bool = False,
     int8: Calibration | None = None,
 ) -> ExportReport:
-    """Write the Triton model repository `out` serving `model` as `name`; it appears only once the ONNX
-    export has passed `export`'s check. Version 1 is a whole export directory, so `bigtransfer evaluate`
-    measures the very graph that Triton serves."""
+    """Write the Triton model repository `out` serving `model` as `name`, or add `name` to the repository `out`
+    (its other models untouched; an existing `name` is replaced only with `overwrite`); the model appears only
+    once the ONNX export has passed `export`'s check. Version 1 is a whole export directory, so `bigtransfer
+    evaluate` measures the very graph that Triton serves."""
     check_model_name(name)
     if max_batch_size < 1 or max_delay_ms < 0:
         raise ValueError("max_batch_size must be at least 1 and max_delay_ms at least 0.")
@@ -118,11 +135,15 @@ def export_triton(
     check_model_config(text)
     labels = labels_text(model.config)
     out = Path(out)
-    with atomic_directory(out, overwrite) as staging:
-        version = staging / name / VERSION
-        version.mkdir(parents=True)
-        report = export_into(version, model, processor, tolerance=tolerance, int8=int8)
-        (staging / name / TRITON_CONFIG_NAME).write_text(text)
-        (staging / name / LABELS_FILE).write_text(labels)
+    adding = out.exists()
+    if adding:
+        check_repository(out, name, overwrite)
+    # a new repository appears whole; a model added to one appears whole beside the others
+    with atomic_directory(out / name if adding else out, overwrite) as staging:
+        folder = staging if adding else staging / name
+        (folder / VERSION).mkdir(parents=True)
+        report = export_into(folder / VERSION, model, processor, tolerance=tolerance, int8=int8)
+        (folder / TRITON_CONFIG_NAME).write_text(text)
+        (folder / LABELS_FILE).write_text(labels)
     triton = {"model_name": name, "version": VERSION, **serving}
     return dataclasses.replace(report, directory=out, format="triton", triton=triton)

@@ -101,6 +101,9 @@ class InferenceServer:
             ("/v2/models/{name}/versions/{version}/ready", "model_ready", self.model_ready, ["GET"]),
             ("/v2/models/{name}/infer", "infer", self.infer, ["POST"]),
             ("/v2/models/{name}/versions/{version}/infer", "infer", self.infer, ["POST"]),
+            ("/v2/repository/index", "repository_index", self.repository_index, ["POST"]),
+            ("/v2/repository/models/{name}/load", "repository_load", self.repository_load, ["POST"]),
+            ("/v2/repository/models/{name}/unload", "repository_unload", self.repository_unload, ["POST"]),
         ]
         # the pages of --allowed-origins get CORS answers (preflights included), so that they can read the answers
         cors = Middleware(CORSMiddleware, allow_origins=list(self.trust.origins), allow_methods=["GET", "POST"],
@@ -153,20 +156,21 @@ class InferenceServer:
         """The model version a /v2/models route names."""
         return self.repository.get(request.path_params["name"], request.path_params.get("version"))
 
-    def _default_service(self) -> ModelService:
-        """The model of /predict, /info and the page: the server's one model."""
-        services = self.repository.services()
-        if len({service.name for service in services}) != 1:
-            names = ", ".join(sorted(self.repository.entries))
-            raise ServeError(400, f"This server serves several models ({names}): use /v2/models/NAME/infer.")
-        return self.repository.get(services[0].name)
+    def _default_service(self, request: Request) -> ModelService:
+        """The model of /predict, /info and the page: ?model=NAME, or the server's one model."""
+        names = sorted(self.repository.entries)
+        name = request.query_params.get("model") or (names[0] if len(names) == 1 else None)
+        if name is None:
+            raise ServeError(400, f"This server serves several models ({', '.join(names)}): name one with ?model=NAME "
+                                  "(e.g. /predict?model=NAME), or use /v2/models/NAME/infer.")  # fmt: skip
+        return self.repository.get(name)
 
     # -- pages, health, metadata --------------------------------------------------------------------------------
     async def show_page(self, request: Request) -> Response:
         return HTMLResponse(self.page)
 
     async def info(self, request: Request) -> Response:
-        return JSONResponse({**self._default_service().model.info(), "limits": dataclasses.asdict(self.limits)})
+        return JSONResponse({**self._default_service(request).model.info(), "limits": dataclasses.asdict(self.limits)})
 
     async def show_metrics(self, request: Request) -> Response:
         return self.metrics.text()
@@ -180,10 +184,39 @@ class InferenceServer:
 
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "bigtransfer", "version": package_version(),
-                             "extensions": ["classification", "binary_tensor_data"]})  # fmt: skip
+                             "extensions": ["classification", "binary_tensor_data", "model_repository"]})  # fmt: skip
 
     async def model_metadata(self, request: Request) -> Response:
-        return JSONResponse(self._service(request).metadata())
+        return JSONResponse(self.repository.metadata(request.path_params["name"], request.path_params.get("version")))
+
+    # -- the repository extension (as Triton speaks it) ---------------------------------------------------------
+    async def _options(self, request: Request) -> dict:
+        """The optional JSON body of a repository request: {"ready": …} or {"parameters": {…}}."""
+        body = await self._body(request)
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ProtocolError(f"The request body is not JSON ({error}): send {{}} or nothing.") from None
+        if not isinstance(options, dict):
+            raise ProtocolError('The request body must be a JSON object, e.g. {"ready": true}.')
+        return options
+
+    async def repository_index(self, request: Request) -> Response:
+        return JSONResponse(self.repository.index(ready_only=(await self._options(request)).get("ready") is True))
+
+    async def repository_load(self, request: Request) -> Response:
+        parameters = (await self._options(request)).get("parameters") or {}
+        if "config" in parameters or any(str(key).startswith("file:") for key in parameters):
+            raise ProtocolError("A load request's config and files are not supported: the server reads the model "
+                                "from its repository folder; change the files there, then load it.")  # fmt: skip
+        # shielded: a load slower than the request's timeout answers 504 but finishes, never left half done
+        await asyncio.shield(self.repository.load(request.path_params["name"]))
+        return Response(status_code=200)
+
+    async def repository_unload(self, request: Request) -> Response:
+        await self._options(request)
+        await asyncio.shield(self.repository.unload(request.path_params["name"]))
+        return Response(status_code=200)
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -234,7 +267,7 @@ class InferenceServer:
     async def predict(self, request: Request) -> Response:
         began = time.perf_counter()
         top_k = _positive_int(request.query_params.get("top_k", str(TOP_K)), "top_k")
-        service = self._default_service()
+        service = self._default_service(request)
         with service.request() as need:
             need(1)
             body = await self._body(request)

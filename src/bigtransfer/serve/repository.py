@@ -5,6 +5,11 @@ repository of `REPO/<name>/<version>/` is served.
 A model is known by name with the sources of its versions; it is loaded (every version: its weights read, its
 service started) or not. A request names a model and optionally a version; without one it gets the highest
 version loaded, as Triton's default version policy does.
+
+As Triton's `--model-control-mode none` (the default), every model is loaded before serving starts and load and
+unload are refused (503); `explicit` allows them: a load reads the model's folder again (`find`: new versions, a
+model added since; one already loaded keeps answering until its new versions are ready), an unload lets the
+requests under way finish.
 """
 
 from __future__ import annotations
@@ -45,8 +50,14 @@ class Repository:
         limits: Limits = Limits(),
         load_model: Callable[[Any, str], ServedModel] | None = None,
         on_batch: Callable[[ModelService, BatchRecord], None] | None = None,
+        *,
+        explicit: bool = False,
+        find: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ):
+        """`explicit`: load and unload at run time (Triton's --model-control-mode explicit); `find`: the models of
+        the repository's folder as they are now ({name: {version: source}}), which a load reads again."""
         self.limits, self.on_batch = limits, on_batch
+        self.explicit, self.find = explicit, find
         self.load_model = load_model or (lambda source, name: ServedModel(source, name=name))
         self.entries: dict[str, ModelEntry] = {}
         self.started = False
@@ -81,7 +92,7 @@ class Repository:
                 404,
                 f"Model {name!r} has no version {version}: it has {', '.join(sorted(entry.versions, key=version_order))}.",
             )
-        if entry.state != READY:
+        if not entry.services:  # a model being reloaded answers from its loaded versions meanwhile
             raise ServeError(
                 503, f"Model {name!r} is not ready ({entry.reason or entry.state.lower()}): load it with "
                 f"POST /v2/repository/models/{name}/load.",
@@ -90,13 +101,23 @@ class Repository:
             version = max(entry.services, key=version_order)
         return entry.services[version]
 
+    def versions(self, name: str) -> list[str]:
+        """The versions of `name` that are loaded, in Triton's order."""
+        return sorted(self.entry(name).services, key=version_order)
+
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """KServe v2 model metadata of `name` at `version` (default: the highest), listing every version loaded."""
+        return {**self.get(name, version).metadata(), "versions": self.versions(name)}
+
     def services(self) -> list[ModelService]:
         return [service for entry in self.entries.values() for service in entry.services.values()]
 
     @property
     def ready(self) -> bool:
-        """Serving started and every model loaded is ready (none is loading or unloading)."""
-        return self.started and all(entry.state in (READY, UNAVAILABLE) for entry in self.entries.values())
+        """Serving started and no model is on its way in or out (a model reloading answers meanwhile)."""
+        return self.started and all(
+            entry.state in (READY, UNAVAILABLE) or entry.services for entry in self.entries.values()
+        )
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """The repository extension's index: one row per model version (name, version, state, reason)."""
@@ -113,13 +134,13 @@ class Repository:
     def load_now(self, name: str) -> None:
         """Read `name`'s every version before serving starts (errors raise: a server does not start broken)."""
         entry = self.entry(name)
-        entry.services = self._read(entry)
+        entry.services = self._read(name, entry.versions)
         entry.state, entry.reason = READY, ""
 
-    def _read(self, entry: ModelEntry) -> dict[str, ModelService]:
+    def _read(self, name: str, versions: dict[str, Any]) -> dict[str, ModelService]:
         services = {}
-        for version, source in entry.versions.items():
-            model = source if isinstance(source, ServedModel) else self.load_model(source, entry.name)
+        for version, source in versions.items():
+            model = source if isinstance(source, ServedModel) else self.load_model(source, name)
             services[version] = ModelService(model, self.limits, version, self._batched)
         return services
 
@@ -138,23 +159,27 @@ class Repository:
 
     async def load(self, name: str) -> None:
         """(Re)load `name`: its versions read in a thread while the others serve on; a model already loaded keeps
-        answering until the new one is ready. A failure leaves it unavailable, with the reason (400)."""
-        entry = self.entry(name)
+        answering until the new one is ready. A failure leaves it unavailable, with the reason (400), or a model
+        already loaded as it was."""
+        self._check_control()
         async with self._changing:
+            entry, versions = self._found(name)
             previous, entry.state = entry.services, LOADING
             try:
-                services = await asyncio.to_thread(self._read, entry)
+                services = await asyncio.to_thread(self._read, name, versions)
                 for service in services.values():
                     await service.start()
             except (OSError, ValueError, ImportError) as error:
                 entry.state, entry.reason = (READY, "") if previous else (UNAVAILABLE, f"load failed: {error}")
                 raise ServeError(400, f"Failed to load model {name!r}: {error}") from None
-            entry.services, entry.state, entry.reason = services, READY, ""
+            entry.versions, entry.services, entry.state, entry.reason = dict(versions), services, READY, ""
             for service in previous.values():
                 await service.stop()
 
     async def unload(self, name: str) -> None:
-        """Stop serving `name`: new requests get 503; those under way finish."""
+        """Stop serving `name`: new requests get 503; those under way finish. Unloading a model that is not loaded
+        succeeds, as in Triton."""
+        self._check_control()
         entry = self.entry(name)
         async with self._changing:
             previous, entry.state = entry.services, UNLOADING
@@ -162,3 +187,27 @@ class Repository:
             for service in previous.values():
                 await service.stop()
             entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    def _check_control(self) -> None:
+        if not self.explicit:
+            raise ServeError(
+                503, "Loading and unloading models is off (--model-control-mode none, as in Triton): start the server "
+                "with --model-control-mode explicit to load and unload models while it runs.",
+            )  # fmt: skip
+
+    def _found(self, name: str) -> tuple[ModelEntry, dict[str, Any]]:
+        """`name`'s entry (a model added to the folder since included) and its versions as the folder has them
+        now; without a folder, those it was given."""
+        if self.find is None:
+            entry = self.entry(name)
+            return entry, entry.versions
+        try:
+            versions = self.find().get(name)
+        except (OSError, ValueError) as error:
+            raise ServeError(400, f"Failed to load model {name!r}: {error}") from None
+        if versions is None:
+            known = ", ".join(repr(known) for known in sorted(self.entries)) or "none"
+            raise ServeError(400, f"Failed to load model {name!r}: the repository has no such model (it has {known}).")
+        if name not in self.entries:
+            self.add(name, versions)
+        return self.entries[name], versions

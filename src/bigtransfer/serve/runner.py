@@ -18,6 +18,7 @@ from uvicorn.supervisors import Multiprocess
 
 from ..checkpoints.naming import default_model_name
 from ..data.workers import available_cores
+from ..runtime.discovery import discover, is_repository, one_model
 from .address import check_address
 from .app import InferenceServer
 from .connections import HeaderDeadlineProtocol
@@ -42,10 +43,14 @@ def serve(
     log_level: str = "info",
     allowed_hosts: tuple[str, ...] = (),
     allowed_origins: tuple[str, ...] = (),
+    model_control: str = "none",
+    load_models: tuple[str, ...] = (),
 ) -> None:
-    """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
+    """Serve `model` (one model, or a repository folder of them: `runtime.discovery`) until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
     finish (up to the request timeout) before the process exits (Ctrl-C: KeyboardInterrupt). The address is
-    checked first: a port in use fails before a minute of model loading, not after."""
+    checked first: a port in use fails before a minute of model loading, not after. `model_control` is Triton's
+    --model-control-mode: "none" loads every model at start, "explicit" only `load_models` ("*": all) and allows
+    load and unload while serving."""
     check_address(host, port)
     _log_access_to_stderr(log_level)
     # No limit on connections (uvicorn's limit_concurrency counts idle ones, and answered every request 503 while
@@ -54,7 +59,9 @@ def serve(
                    ws="none", timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
     trust = trust_for(host, allowed_hosts, allowed_origins)
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
-                "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes)}  # fmt: skip
+                "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes),
+                "model_control": model_control, "load_models": list(load_models)}  # fmt: skip
+    _models(settings)  # a repository's mistakes, before any process starts
     with _exit_0_once_drained():
         if processes == 1:
             server = InferenceServer(_repository(settings), trust)  # loads before listening
@@ -120,13 +127,47 @@ def app_from_environment() -> Any:
 
 
 def _repository(settings: dict[str, Any]) -> Repository:
-    """The models to serve, read before the server listens."""
+    """The models to serve (those to load at start read before the server listens)."""
     model, device, bf16 = settings["model"], settings["device"], settings["bf16"]
-    repository = Repository(Limits(**settings["limits"]), lambda source, name: ServedModel(source, device, bf16, name))
-    name = settings["name"] or default_model_name(model)
-    repository.add(name, {"1": model})
-    repository.load_now(name)
+    models, loaded = _models(settings)
+    repository = Repository(Limits(**settings["limits"]), lambda source, name: ServedModel(source, device, bf16, name),
+                            explicit=settings["model_control"] == "explicit",
+                            find=(lambda: discover(model)) if is_repository(model) else None)  # fmt: skip
+    for name, versions in models.items():
+        repository.add(name, versions)
+    for name in loaded:
+        repository.load_now(name)
     return repository
+
+
+def _models(settings: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The models of MODEL ({name: {version: source}}: one, or a repository's) and those loaded at start; found
+    (nothing loaded) by the parent process too, so that a mistake is one line before any process starts."""
+    model = settings["model"]
+    if not is_repository(model):
+        models = {settings["name"] or default_model_name(model): {"1": one_model(model)}}
+    elif settings["name"]:
+        raise ValueError(f"--name names the one model of `serve MODEL`; the models of the repository {model} are "
+                         "named by their folders.")  # fmt: skip
+    else:
+        models = discover(model)
+    return models, loaded_at_start(list(models), settings["model_control"] == "explicit", settings["load_models"])
+
+
+def loaded_at_start(names: list[str], explicit: bool, asked: list[str]) -> list[str]:
+    """The models loaded before serving starts, as in Triton: all of them, or in explicit mode those --load-model
+    names ("*": all; none by default)."""
+    if asked and not explicit:
+        raise ValueError("--load-model picks the models loaded at start with --model-control-mode explicit; "
+                         "without it every model loads.")  # fmt: skip
+    if not explicit or asked == ["*"]:
+        return names
+    if "*" in asked:
+        raise ValueError("--load-model '*' loads every model: give it alone, not beside model names.")
+    unknown = [name for name in asked if name not in names]
+    if unknown:
+        raise ValueError(f"--load-model {unknown[0]}: the repository has no such model (it has {', '.join(names)}).")
+    return list(dict.fromkeys(asked))
 
 
 def _log_access_to_stderr(level: str) -> None:
