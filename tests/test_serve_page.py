@@ -1,5 +1,6 @@
 """The page at `bigtransfer serve`'s `/`, driven in headless Chromium: it shows the model from /info and the same
-predictions and errors as POST /predict, and leaves a screenshot for a person to look at."""
+predictions and errors as POST /predict, lets the user pick the model of a server of several, and leaves a
+screenshot for a person to look at."""
 
 import os
 import re
@@ -15,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.train.augment import eval_processor
@@ -54,6 +55,22 @@ def files(tmp_path_factory) -> Path:
 def server(files) -> str:
     """`bigtransfer serve` on a free port; its URL, once ready. SIGTERM at the end must exit 0."""
     running = ServeProcess(files / MODEL_NAME, files / "server.log")
+    yield running.url
+    code, log = running.stop()
+    assert code == 0, f"SIGTERM should drain and exit 0, got {code}:\n{log}"
+
+
+@pytest.fixture(scope="module")
+def repository_server(files) -> str:
+    """`bigtransfer serve REPO` of two models: the page's model and "sky", with other labels."""
+    repository = files / "repository"
+    shutil.copytree(files / MODEL_NAME, repository / MODEL_NAME)
+    torch.manual_seed(1)
+    BitForImageClassification(
+        BitConfig(**{**TINY, "num_labels": 2}, id2label={0: "rocket", 1: "moon"})
+    ).save_pretrained(repository / "sky")
+    eval_processor(64).save_pretrained(repository / "sky")
+    running = ServeProcess(repository, files / "repository.log")
     yield running.url
     code, log = running.stop()
     assert code == 0, f"SIGTERM should drain and exit 0, got {code}:\n{log}"
@@ -169,3 +186,27 @@ def test_page_shows_the_server_error_for_a_non_image(page, server, files):
     assert page.find_element(By.ID, "error").text == answer.json()["error"]
     assert not page.find_elements(By.CSS_SELECTOR, ".row.prediction"), "the cat's predictions are still shown"
     WebDriverWait(page, PAGE_WAIT_S).until_not(lambda driver: driver.find_element(By.ID, "preview").is_displayed())
+
+
+def test_page_of_one_model_shows_no_model_picker(page):
+    assert not page.find_element(By.ID, "model-picker").is_displayed()
+
+
+def test_page_of_several_models_lets_the_user_pick_one_and_predicts_with_it(browser, repository_server, files):
+    page = _opened(browser, repository_server)  # the first model of the index
+    picker = Select(page.find_element(By.ID, "model-picker"))
+    assert [option.text for option in picker.options] == [MODEL_NAME, "sky"]
+    assert picker.first_selected_option.text == MODEL_NAME
+    _upload(page, files / "cat.jpg", _predictions_shown)
+    picker.select_by_visible_text("sky")
+    WebDriverWait(page, PAGE_WAIT_S).until(expected_conditions.text_to_be_present_in_element((By.ID, "model-name"),
+                                                                                           "sky"))  # fmt: skip
+    assert page.title == "sky · bigtransfer" and "2 labels" in page.find_element(By.ID, "model-source").text
+    assert not page.find_elements(By.CSS_SELECTOR, ".row.prediction"), "the other model's predictions are still shown"
+    _upload(page, files / "cat.jpg", _predictions_shown)
+    expected = httpx.post(f"{repository_server}/predict?model=sky&top_k=5", content=(files / "cat.jpg").read_bytes(),
+                          timeout=30).json()  # fmt: skip
+    shown = [
+        row.find_element(By.CLASS_NAME, "label").text for row in page.find_elements(By.CSS_SELECTOR, ".row.prediction")
+    ]
+    assert shown == [entry["label"] for entry in expected["labels"]] and sorted(shown) == ["moon", "rocket"]
