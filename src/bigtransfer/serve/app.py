@@ -115,12 +115,20 @@ class InferenceServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette):
-        await self.repository.start()
+        starting = asyncio.create_task(self._start())  # listening meanwhile: health answers 503 until warmed up
+        yield
+        starting.cancel()
+        await self.repository.stop()  # uvicorn has stopped accepting and the requests under way have been answered
+
+    async def _start(self) -> None:
+        try:
+            await self.repository.start()  # each model warms up before it is ready
+        except Exception:
+            logger.exception("warming up the models failed: the server stays not ready")
+            return
         for service in self.repository.services():
             logger.info("serving %s version %s (%s) on %s", service.name, service.version, service.model.source,
                         service.model.device)  # fmt: skip
-        yield
-        await self.repository.stop()  # uvicorn has stopped accepting and the requests under way have been answered
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:
