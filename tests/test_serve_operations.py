@@ -3,6 +3,7 @@ the server, and one Prometheus view of several server processes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -75,3 +76,24 @@ def test_warm_up_batch_sizes_are_chosen_or_turned_off_on_the_command_line(model_
     assert cli(["serve", str(model_dir), "--warmup-batch-sizes", "1,64", "--port", "1"]) == 2
     assert "Warm-up batch sizes must be from 1 to --max-batch-size 32, got 1, 64." in capsys.readouterr().err
 
+
+def session_spinning(session) -> dict[str, str]:
+    """The spinning settings an ONNX Runtime session was made with (empty: ONNX Runtime's default, spinning)."""
+    options, entries = session.get_session_options(), {}
+    for key in (f"session.{pool}.allow_spinning" for pool in ("intra_op", "inter_op")):
+        with contextlib.suppress(RuntimeError):  # not set
+            entries[key] = options.get_session_config_entry(key)
+    return entries
+
+
+def test_the_server_asks_onnx_runtime_not_to_spin_and_predict_keeps_its_spinning(model_dir, tmp_path, capsys):  # noqa: F811
+    from bigtransfer.cli import main as cli
+    from bigtransfer.runtime.classifier import load_classifier
+
+    assert cli(["export", "--model", str(model_dir), "--out", str(tmp_path / "onnx"), "--json"]) == 0
+    capsys.readouterr()
+    served = ServedModel(tmp_path / "onnx", "cpu")
+    assert session_spinning(served.network.onnx_session) == {
+        "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"
+    }  # fmt: skip
+    assert session_spinning(load_classifier(tmp_path / "onnx").onnx_session) == {}  # predict, bench: as before
