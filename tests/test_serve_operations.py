@@ -97,3 +97,41 @@ def test_the_server_asks_onnx_runtime_not_to_spin_and_predict_keeps_its_spinning
         "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"
     }  # fmt: skip
     assert session_spinning(load_classifier(tmp_path / "onnx").onnx_session) == {}  # predict, bench: as before
+
+
+def predict_answers(metrics: str) -> float:
+    """bigtransfer_requests_total{code="200",route="predict"} in a /metrics text (0 when absent)."""
+    rows = [line for line in metrics.splitlines() if line.startswith("bigtransfer_requests_total{")]
+    return sum(float(line.split()[-1]) for line in rows if 'code="200"' in line and 'route="predict"' in line)
+
+
+def test_several_server_processes_answer_metrics_for_all_of_them(model_dir, photos, tmp_path):  # noqa: F811
+    import concurrent.futures
+
+    import httpx
+
+    from helpers import ServeProcess
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    running = ServeProcess(model_dir, tmp_path / "server.log", "--processes", "2", env={"TMPDIR": str(scratch)})
+    try:
+        deadline = time.monotonic() + 120
+        while running.log.read_text().count("serving cats") < 2:
+            assert time.monotonic() < deadline, running.log.read_text()
+            time.sleep(0.25)  # the second process may still be warming up
+        (directory,) = scratch.glob("bigtransfer-metrics-*")  # made by the parent, before the processes start
+
+        def ask(i: int) -> int:  # each on a new connection: either process may take it
+            return httpx.post(f"{running.url}/predict", content=photos[i % 3].read_bytes(), timeout=60).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(ask, range(12))) == [200] * 12
+        scrapes = [httpx.get(f"{running.url}/metrics", timeout=10).text for _ in range(8)]
+        assert [predict_answers(text) for text in scrapes] == [12.0] * 8  # whichever process answered
+        assert all("bigtransfer_queue_images 0.0" in text for text in scrapes)
+        assert any(directory.glob("counter_*.db"))
+    finally:
+        code, log = running.stop()
+    assert code == 0, log[-2000:]
+    assert not list(scratch.glob("bigtransfer-metrics-*"))  # the parent removed the directory
