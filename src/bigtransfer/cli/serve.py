@@ -68,6 +68,9 @@ def register(commands) -> None:
                           help="largest request body; larger ones get 413 (default 20 MiB)")  # fmt: skip
     batching.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                           help="per-request limit; slower requests get 504 (default 30)")  # fmt: skip
+    batching.add_argument("--warmup-batch-sizes", type=batch_sizes, metavar="N,N",
+                          help="a forward pass at each of these batch sizes before the model is ready (its first "
+                          "passes set up the runtime); default 1 and --max-batch-size; none: no warm-up")  # fmt: skip
     parser.add_argument("--processes", type=positive_int, default=1, metavar="N",
                         help="server processes, each with the model (CPUs: they share the cores; default 1)")  # fmt: skip
     # the old spelling, renamed because every other command's --workers counts image-loading processes
@@ -98,6 +101,16 @@ def names(text: str) -> tuple[str, ...]:
     return listed
 
 
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """An argparse type for --warmup-batch-sizes: whole numbers ≥ 1, comma-separated, or none."""
+    if text.strip().lower() == "none":
+        return ()
+    sizes = [size.strip() for size in text.split(",")]
+    if not all(size.isdigit() and int(size) >= 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of batch sizes: give e.g. 1,8,32, or none")
+    return tuple(int(size) for size in sizes)
+
+
 def handle(args: argparse.Namespace) -> int:
     try:
         from ..serve.runner import serve
@@ -105,7 +118,8 @@ def handle(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ImportError(f"Serving needs {error.name}: {install_hint('serve')}.") from None
 
-    limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout)
+    limits = Limits(args.max_batch_size, args.max_delay_ms, args.max_queue, args.max_body_bytes, args.timeout,
+                    warmup_batch_sizes=args.warmup_batch_sizes)  # fmt: skip
     serve(args.model, args.host, args.port, limits=limits, processes=args.processes, device=args.device, bf16=args.bf16,
           name=args.name, log_level=args.log_level, allowed_hosts=args.allowed_hosts,
           allowed_origins=args.allowed_origins, model_control=args.model_control_mode,

@@ -33,6 +33,6 @@ def load_classifier(
                 f"{model} is an export directory: its graph is fixed at export time, so compile and config "
                 "overrides do not apply. Use the original model for those."
             )
-        return ExportedClassifier(model, device, bf16=settings.bf16)
+        return ExportedClassifier(model, device, bf16=settings.bf16, spin_wait=settings.spin_wait)
     loaded = BitForImageClassification.from_pretrained(model, **model_kwargs).to(device)
     return torch.compile(loaded) if settings.compile else loaded

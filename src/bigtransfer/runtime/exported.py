@@ -43,13 +43,19 @@ def import_onnxruntime():
     return optional_import("onnxruntime", "Running an ONNX export needs ONNX Runtime", "onnx")
 
 
-def onnx_session(path: str | os.PathLike, device: torch.device | None = None, threads: int | None = None):
-    """An ONNX Runtime session with every graph optimisation, on CUDA when asked and available."""
+def onnx_session(
+    path: str | os.PathLike, device: torch.device | None = None, threads: int | None = None, spin_wait: bool = True
+):
+    """An ONNX Runtime session with every graph optimisation, on CUDA when asked and available; `spin_wait`
+    False: its threads sleep between runs instead of spinning (`InferenceSettings.spin_wait`)."""
     onnxruntime = import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spin_wait:
+        for pool in ("intra_op", "inter_op"):
+            options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device is not None and device.type == "cuda":
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -62,9 +68,9 @@ def onnx_session(path: str | os.PathLike, device: torch.device | None = None, th
         return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
-def _runner(model_file: Path, device: torch.device, bf16: bool):
+def _runner(model_file: Path, device: torch.device, bf16: bool, spin_wait: bool):
     """(pixel_values → {output name: tensor}, the float precision it computes in, the logits' width the graph
-    declares, if fixed) for the runtime that reads `model_file`."""
+    declares, if fixed, the ONNX Runtime session if it is one) for the runtime that reads `model_file`."""
     if model_file.name == PT2_FILE:
         check_pt2(model_file)
         with reading(model_file), quiet_logger("torch.export"):  # which logs a traceback before raising
@@ -75,8 +81,8 @@ def _runner(model_file: Path, device: torch.device, bf16: bool):
         def run_program(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
             return {OUTPUT_NAME: program(pixel_values.to(device, torch.float32))}
 
-        return run_program, "float32", _width(logits.meta["val"].shape)
-    precision = "float32"
+        return run_program, "float32", _width(logits.meta["val"].shape), None
+    precision, session = "float32", None
     if model_file.name == OPENVINO_FILE:
         if device.type != "cpu":
             raise ValueError(f"OpenVINO exports run on the CPU, not {device}: use --device cpu, or export with "
@@ -85,7 +91,7 @@ def _runner(model_file: Path, device: torch.device, bf16: bool):
         precision = run.precision
         shapes = {name: output.get_partial_shape() for output in run.compiled.outputs for name in output.get_names()}
     else:
-        session = onnx_session(model_file, device)
+        session = onnx_session(model_file, device, spin_wait=spin_wait)
         shapes = {output.name: output.shape for output in session.get_outputs()}
         names = list(shapes)
 
@@ -96,7 +102,7 @@ def _runner(model_file: Path, device: torch.device, bf16: bool):
         inputs = np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())
         return {name: torch.from_numpy(array).to(device) for name, array in run(inputs).items()}
 
-    return numpy_run, precision, _width(shapes.get(OUTPUT_NAME))
+    return numpy_run, precision, _width(shapes.get(OUTPUT_NAME)), session
 
 
 def _width(shape: Any) -> int | None:
@@ -119,7 +125,13 @@ class ExportedClassifier:
 
     dtype = torch.float32
 
-    def __init__(self, directory: str | os.PathLike, device: torch.device | str | None = None, bf16: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        device: torch.device | str | None = None,
+        bf16: bool = False,
+        spin_wait: bool = True,
+    ):
         directory = Path(directory)
         model_file = exported_file(directory)
         if model_file is None:
@@ -131,12 +143,13 @@ class ExportedClassifier:
                 f"{directory} is a fixed {model_file.name} graph, so bf16 does not apply: export with --format "
                 "openvino (which compiles in bf16 on CPUs that have it), or run the original model with --bf16."
             )
-        self.directory, self.bf16 = directory, bf16
+        self.directory, self.bf16, self.spin_wait = directory, bf16, spin_wait
         self.config = BitConfig.from_pretrained(directory)
         self.device = torch.device(device or "cpu")
         info_file = directory / EXPORT_INFO_FILE
         self.info: dict[str, Any] = read_json(info_file, REEXPORT) if info_file.is_file() else {}
-        self._run, self.compute_precision, classes = _runner(model_file, self.device, bf16)
+        self._run, self.compute_precision, classes, self.onnx_session = _runner(model_file, self.device, bf16,
+                                                                               spin_wait)  # fmt: skip
         if classes != self.config.num_labels:  # else a KeyError at predict, or every request of serve failing
             raise ValueError(
                 f"{directory / 'config.json'} names {self.config.num_labels} labels, but {model_file.name} gives "
@@ -150,7 +163,7 @@ class ExportedClassifier:
     def to(self, device: torch.device | str) -> ExportedClassifier:
         device = torch.device(device)
         if device != self.device:
-            return type(self)(self.directory, device, self.bf16)
+            return type(self)(self.directory, device, self.bf16, self.spin_wait)
         return self
 
     def outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -27,6 +27,9 @@ class InferenceSettings:
     bf16: bool = False  # bfloat16 autocast; an OpenVINO export compiles in bf16 where the CPU has it
     compile: bool = False  # torch.compile the model: a slow first batch, then faster ones
     channels_last: bool | None = None  # None: `data.device.use_channels_last`'s default for the device
+    # ONNX Runtime's threads spin after each run, waiting for the next: the fastest for back-to-back batches; a
+    # server turns it off, so that the idle model leaves the cores to the threads decoding its requests
+    spin_wait: bool = True
 
     def __post_init__(self) -> None:
         if not is_whole_number(self.batch_size) or self.batch_size < 1:
@@ -35,7 +38,7 @@ class InferenceSettings:
             raise ValueError(
                 f"workers must be a whole number ≥ 0 (0 loads in the main process) or None, got {self.workers!r}."
             )
-        switches = {"bf16": self.bf16, "compile": self.compile}
+        switches = {"bf16": self.bf16, "compile": self.compile, "spin_wait": self.spin_wait}
         if self.channels_last is not None:  # None: the device's default layout
             switches["channels_last"] = self.channels_last
         for name, value in switches.items():

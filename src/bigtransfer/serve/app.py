@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -43,17 +44,22 @@ WHAT_TO_POST = {  # by route: what a request sent with the wrong method is told 
     "infer": "POST a KServe v2 inference request (JSON tensors, or the binary-tensor extension)",
 }
 AS_A_FILE_FIELD = "send the image as a file field (e.g. -F image=@cat.jpg)"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode: where processes write
 # what a web page may POST anywhere without asking the server first (no CORS preflight): never JSON tensors
 FORM_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class Metrics:
-    """Prometheus metrics of one server process, in its own registry (several apps may live in one process)."""
+    """Prometheus metrics of one server process, in its own registry (several apps may live in one process) — or,
+    when several processes serve (`runner.shared_metrics`: prometheus_client's multiprocess mode), in files that
+    every process writes and /metrics sums, whichever process answers it."""
 
     def __init__(self, repository: Repository, max_batch_size: int):
         import prometheus_client as prometheus
+        from prometheus_client import multiprocess
 
         self.prometheus = prometheus
+        self.shared = multiprocess if MULTIPROCESS_ENV in os.environ else None  # the files of several processes
         self.registry = prometheus.CollectorRegistry()
         self.requests = prometheus.Counter("bigtransfer_requests", "Requests answered, by route and HTTP status.",
                                            ["route", "code"], registry=self.registry)  # fmt: skip
@@ -65,15 +71,30 @@ class Metrics:
                                                  ["model", "version"], registry=self.registry, buckets=sizes)  # fmt: skip
         self.batch_seconds = prometheus.Histogram("bigtransfer_batch_seconds", "Time of one forward pass, by model.",
                                                   ["model", "version"], registry=self.registry)  # fmt: skip
-        queue = prometheus.Gauge("bigtransfer_queue_images", "Images waiting for a model.", registry=self.registry)
-        queue.set_function(lambda: sum(service.batcher.depth for service in repository.services()))
+        self.queue = prometheus.Gauge("bigtransfer_queue_images", "Images waiting for a model.",
+                                      registry=self.registry, multiprocess_mode="livesum")  # fmt: skip
+        self.queued = lambda: sum(service.batcher.depth for service in repository.services())
+        if self.shared is None:  # a function read at each scrape, which other processes' scrapes cannot call
+            self.queue.set_function(self.queued)
 
     def batch(self, service: ModelService, record: BatchRecord) -> None:
         self.batch_images.labels(service.name, service.version).observe(record.images)
         self.batch_seconds.labels(service.name, service.version).observe(record.seconds)
+        if self.shared is not None:  # this process's queue as each pass leaves it, for the others' scrapes
+            self.queue.set(self.queued())
 
     def text(self) -> Response:
-        return Response(self.prometheus.generate_latest(self.registry), media_type=self.prometheus.CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if self.shared is not None:
+            self.queue.set(self.queued())
+            registry = self.prometheus.CollectorRegistry()
+            self.shared.MultiProcessCollector(registry)
+        return Response(self.prometheus.generate_latest(registry), media_type=self.prometheus.CONTENT_TYPE_LATEST)
+
+    def close(self) -> None:
+        """This process stops serving: its queue leaves the sum."""
+        if self.shared is not None:
+            self.shared.mark_process_dead(os.getpid())
 
 
 class InferenceServer:
@@ -118,12 +139,21 @@ class InferenceServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette):
-        await self.repository.start()
+        starting = asyncio.create_task(self._start())  # listening meanwhile: health answers 503 until warmed up
+        yield
+        starting.cancel()
+        await self.repository.stop()  # uvicorn has stopped accepting and the requests under way have been answered
+        self.metrics.close()
+
+    async def _start(self) -> None:
+        try:
+            await self.repository.start()  # each model warms up before it is ready
+        except Exception:
+            logger.exception("warming up the models failed: the server stays not ready")
+            return
         for service in self.repository.services():
             logger.info("serving %s version %s (%s) on %s", service.name, service.version, service.model.source,
                         service.model.device)  # fmt: skip
-        yield
-        await self.repository.stop()  # uvicorn has stopped accepting and the requests under way have been answered
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:

@@ -41,7 +41,7 @@ class ServedModel:
     """
 
     def __init__(self, model: str | os.PathLike, device: Any = None, bf16: bool = False, name: str | None = None):
-        self.network = load_classifier(model, InferenceSettings(device=device, bf16=bf16))
+        self.network = load_classifier(model, InferenceSettings(device=device, bf16=bf16, spin_wait=False))
         self.network.eval()
         self.bf16 = bf16
         self.processor = BitImageProcessor.from_pretrained(model)

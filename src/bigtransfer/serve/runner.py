@@ -8,8 +8,10 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +22,7 @@ from ..checkpoints.naming import default_model_name
 from ..data.workers import available_cores
 from ..runtime.discovery import discover, is_repository, one_model
 from .address import check_address
-from .app import InferenceServer
+from .app import MULTIPROCESS_ENV, InferenceServer
 from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
 from .repository import Repository
@@ -74,9 +76,27 @@ def serve(
         config = uvicorn.Config("bigtransfer.serve.runner:app_from_environment", factory=True, workers=processes,
                                 **options, **health)  # fmt: skip
         supervisor = _Supervisor(config, sockets=[config.bind_socket()])  # as uvicorn.run does, telling SIGINT apart
-        supervisor.run()
+        with shared_metrics():
+            supervisor.run()
         if supervisor.interrupted:
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def shared_metrics() -> Iterator[None]:
+    """prometheus_client's multiprocess mode for the server processes started inside: each writes its metrics to
+    files in a directory made here (set before they start, so before they import prometheus_client) and removed
+    at the end, and /metrics sums them all."""
+    directory, previous = tempfile.mkdtemp(prefix="bigtransfer-metrics-"), os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = directory
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class _Supervisor(Multiprocess):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +25,7 @@ from .kserve import ProtocolError, RequestedOutput, Tensor, classification_strin
 from .model import ServedModel
 
 OUTPUTS = ("logits", "scores")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Limits:
     max_queue: int = 256  # images under way (being decoded, waiting for the model, in it); beyond it, 503
     max_body_bytes: int = 20 * 2**20  # per request; beyond it, 413
     timeout_s: float = 30.0  # per request; beyond it, 504
+    warmup_batch_sizes: tuple[int, ...] | None = None  # a forward pass at each before ready; None: 1 and the largest
 
     def __post_init__(self):
         if (
@@ -43,6 +47,17 @@ class Limits:
             or self.timeout_s <= 0
         ):
             raise ValueError(f"Server limits out of range: {self}.")
+        if self.warmup_batch_sizes is not None:
+            object.__setattr__(self, "warmup_batch_sizes", tuple(self.warmup_batch_sizes))  # a list, from JSON
+            if not all(1 <= size <= self.max_batch_size for size in self.warmup_batch_sizes):
+                raise ValueError(f"Warm-up batch sizes must be from 1 to --max-batch-size {self.max_batch_size}, "
+                                 f"got {', '.join(map(str, self.warmup_batch_sizes))}.")  # fmt: skip
+
+    @property
+    def warmup_sizes(self) -> list[int]:
+        """The batch sizes of the warm-up passes, smallest first."""
+        chosen = (1, self.max_batch_size) if self.warmup_batch_sizes is None else self.warmup_batch_sizes
+        return sorted(set(chosen))
 
 
 class ServeError(Exception):
@@ -91,8 +106,24 @@ class ModelService:
         return self.model.name
 
     async def start(self) -> None:
+        """Warm up, then serve: requests that come meanwhile wait in the batcher's queue (within their timeout),
+        and `ready` stays False — the health routes answer 503 — until every warm-up pass has run."""
+        await asyncio.to_thread(self.warm_up)
         self.batcher.start()
         self.ready = True
+
+    def warm_up(self) -> None:
+        """One forward pass at each of `Limits.warmup_sizes`, on the requests' own path (uint8 pixels through
+        `ServedModel.logits`): a runtime's first pass allocates its memory and sets up its kernels, and torch's
+        again at each new batch size (oneDNN's primitives are made per shape) — time no request should pay."""
+        sizes = self.limits.warmup_sizes
+        if not sizes:
+            return
+        began = time.perf_counter()
+        for size in sizes:
+            self.model.logits(np.zeros((size, self.model.height, self.model.width, 3), np.uint8))
+        logger.info("warming up %s v%s at batch sizes %s … ready in %.1f s", self.name, self.version,
+                    ", ".join(map(str, sizes)), time.perf_counter() - began)  # fmt: skip
 
     async def stop(self) -> None:
         """Not ready any more; what is queued finishes (up to the request timeout)."""
