@@ -33,7 +33,7 @@ from bigtransfer.serve.service import Limits
 from helpers import ServeProcess, free_port
 from test_serve import LABELS, forward_passes, predicted_logits
 
-model_dir, photos = test_serve.model_dir, test_serve.photos  # test_serve's fixtures: the same model and photos
+model_dir, photos, served = test_serve.model_dir, test_serve.photos, test_serve.served  # its fixtures: the same model
 
 
 class GrpcServeProcess(ServeProcess):
@@ -58,11 +58,6 @@ def server(model_dir, tmp_path_factory):
     yield running
     code, log = running.stop()
     assert code == 0, log[-3000:]
-
-
-@pytest.fixture(scope="module")
-def served(model_dir):
-    return ServedModel(model_dir, "cpu")
 
 
 @contextlib.contextmanager
