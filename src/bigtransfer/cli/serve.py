@@ -30,7 +30,8 @@ def register(commands) -> None:
         "finish, then exits 0 (Ctrl-C does the same and exits 130). The host and port are checked before the model "
         "loads.",
         epilog="curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/predict?top_k=3'   "
-        "· tritonclient.http.InferenceServerClient('127.0.0.1:8000') works unchanged.",
+        "· tritonclient.http.InferenceServerClient('127.0.0.1:8000') works unchanged, and with --grpc-port 8001 "
+        "tritonclient.grpc.InferenceServerClient('127.0.0.1:8001').",
     )
     add_model_argument(parser, "the model to serve, or a model repository: a folder of models (model folders, runs, "
                        "exports, Triton models as `export --format triton` writes them), each served by its folder's "
@@ -38,6 +39,10 @@ def register(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--port", type=port_number, default=8000,
                         help=f"port to listen on, {LOWEST_PORT} to {HIGHEST_PORT} (default 8000)")  # fmt: skip
+    parser.add_argument("--grpc-port", type=port_number, default=None, metavar="PORT",
+                        help="also serve gRPC (KServe v2 / Triton's GRPCInferenceService, e.g. tritonclient.grpc) on "
+                        "this port, by the same models and batchers, with the same limits (default: no gRPC; "
+                        "Triton uses 8001)")  # fmt: skip
     parser.add_argument("--allowed-hosts", type=names, default=(), metavar="NAMES",
                         help="Host names to answer to besides IP addresses, comma-separated (*.example.com: its "
                         "subdomains; *: any): a guard against DNS rebinding. Default: localhost when listening on "
@@ -123,5 +128,5 @@ def handle(args: argparse.Namespace) -> int:
     serve(args.model, args.host, args.port, limits=limits, processes=args.processes, device=args.device, bf16=args.bf16,
           name=args.name, log_level=args.log_level, allowed_hosts=args.allowed_hosts,
           allowed_origins=args.allowed_origins, model_control=args.model_control_mode,
-          load_models=tuple(args.load_models))  # fmt: skip
+          load_models=tuple(args.load_models), grpc_port=args.grpc_port)  # fmt: skip
     return 0

@@ -16,9 +16,10 @@ def check_port(port: int) -> int:
     return port
 
 
-def check_address(host: str, port: int) -> None:
-    """Raise, naming host:port and the fix, where a server could not listen: a port out of range (ValueError), a
-    host that does not resolve, a port in use or not ours to take (OSError).
+def check_address(host: str, port: int, option: str = "--port") -> None:
+    """Raise, naming host:port and the fix (`option`: the one that gave the port), where a server could not
+    listen: a port out of range (ValueError), a host that does not resolve, a port in use or not ours to take
+    (OSError).
 
     Each address `host` resolves to is bound and let go at once, with SO_REUSEADDR as uvicorn and asyncio bind
     (so a port left in TIME_WAIT by the last run passes, as it would for them); another program may still take
@@ -38,7 +39,7 @@ def check_address(host: str, port: int) -> None:
             bound = True
         except OSError as error:
             if error.errno != errno.EADDRNOTAVAIL:  # as asyncio does: that address family is not enabled here
-                raise OSError(_refusal(host, port, error)) from None
+                raise OSError(_refusal(host, port, error, option)) from None
     if not bound:
         raise OSError(
             f"{host} is not an address of this machine, so nothing can listen on {host}:{port}: give one of its "
@@ -54,9 +55,11 @@ def _bind_and_release(family: int, kind: int, protocol: int, address: tuple) -> 
         probe.bind(address)
 
 
-def _refusal(host: str, port: int, error: OSError) -> str:
+def _refusal(host: str, port: int, error: OSError, option: str) -> str:
     if error.errno == errno.EADDRINUSE:
-        return f"port {port} on {host} is in use: stop what holds it or pick another with --port"
+        return f"port {port} on {host} is in use: stop what holds it or pick another with {option}"
     if error.errno == errno.EACCES:
-        return f"port {port} on {host} needs privileges this user lacks (ports below 1024 do): pick another with --port"
-    return f"cannot listen on {host}:{port} ({error.strerror}): check --host and --port"
+        return (
+            f"port {port} on {host} needs privileges this user lacks (ports below 1024 do): pick another with {option}"
+        )
+    return f"cannot listen on {host}:{port} ({error.strerror}): check --host and {option}"

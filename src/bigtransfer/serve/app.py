@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,7 +34,7 @@ from .._util.package import package_version
 from .batching import BatchRecord
 from .kserve import HEADER_LENGTH, ProtocolError, parse_request, response_body
 from .repository import Repository
-from .service import ModelService, ServeError, refusal
+from .service import SERVER_FAILED, ModelService, ServeError, refusal
 from .trust import Trust
 
 access_log = logging.getLogger("bigtransfer.serve.access")
@@ -47,6 +48,19 @@ AS_A_FILE_FIELD = "send the image as a file field (e.g. -F image=@cat.jpg)"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode: where processes write
 # what a web page may POST anywhere without asking the server first (no CORS preflight): never JSON tensors
 FORM_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
+
+
+class Listener(Protocol):
+    """A protocol served beside REST in the same event loop (and so by the same models and batchers)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def kserve_server_metadata() -> dict[str, Any]:
+    """KServe v2 server metadata, alike on REST and gRPC."""
+    return {"name": "bigtransfer", "version": package_version(), "extensions": ["classification", "binary_tensor_data", "model_repository"]}
 
 
 class Metrics:
@@ -104,6 +118,7 @@ class InferenceServer:
         self.repository, self.limits, self.trust = repository, repository.limits, trust
         self.metrics = Metrics(repository, self.limits.max_batch_size)
         repository.on_batch = self.metrics.batch
+        self.listeners: list[Listener] = []  # other protocols on this event loop (gRPC), started after the models
         self.page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     # -- the app ------------------------------------------------------------------------------------------------
@@ -140,9 +155,14 @@ class InferenceServer:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette):
         starting = asyncio.create_task(self._start())  # listening meanwhile: health answers 503 until warmed up
+        for listener in self.listeners:  # gRPC too listens while the models warm up, and answers not ready meanwhile
+            await listener.start()
         yield
         starting.cancel()
-        await self.repository.stop()  # uvicorn has stopped accepting and the requests under way have been answered
+        # uvicorn has stopped accepting and the requests under way have been answered; then the other protocols drain
+        for listener in self.listeners:
+            await listener.stop()
+        await self.repository.stop()
         self.metrics.close()
 
     async def _start(self) -> None:
@@ -167,7 +187,7 @@ class InferenceServer:
                 answer = refusal(error, self.limits)
                 if answer is None:  # a bug, not the client's fault: logged with its traceback, answered 500
                     logger.exception("%s %s failed", request.method, request.url.path)
-                    answer = ServeError(500, "The server failed on this request; its log has the details.")
+                    answer = ServeError(500, SERVER_FAILED)
                 response = _error(answer.status, str(answer), answer.headers)
             seconds = time.perf_counter() - began
             if route != "metrics":
@@ -213,8 +233,7 @@ class InferenceServer:
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse({"name": "bigtransfer", "version": package_version(),
-                             "extensions": ["classification", "binary_tensor_data", "model_repository"]})  # fmt: skip
+        return JSONResponse(kserve_server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
         return JSONResponse(self.repository.metadata(request.path_params["name"], request.path_params.get("version")))
@@ -250,12 +269,7 @@ class InferenceServer:
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
-        try:
-            ready = self._service(request).ready
-        except ServeError as error:
-            if error.status != 503:
-                raise
-            ready = False
+        ready = self.repository.model_ready(name, request.path_params.get("version"))
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     # -- inference ------------------------------------------------------------------------------------------------

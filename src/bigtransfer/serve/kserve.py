@@ -99,44 +99,61 @@ def _input_tensor(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
         name, datatype, shape = str(item["name"]), str(item["datatype"]), [int(n) for n in item["shape"]]
     except (KeyError, TypeError, ValueError):
         raise ProtocolError(f'Every input needs "name", "datatype" and "shape", got {str(item)[:200]}.') from None
-    if any(n < 0 for n in shape):
-        raise ProtocolError(f"Input {name!r}: shape {shape} has a negative dimension.")
+    check_shape(name, shape)
     size = (item.get("parameters") or {}).get("binary_data_size")  # a dict, or the error above
     if size is not None:
         raw = binary[offset : offset + int(size)]
         if len(raw) != int(size):
             raise ProtocolError(f"Input {name!r} says {size} binary bytes, but only {len(raw)} follow.")
-        value = _bytes_elements(raw, name) if datatype == "BYTES" else _array_from_bytes(raw, datatype, shape, name)
+        value = raw_elements(raw, datatype, shape, name)
         used = int(size)
     elif "data" in item:
         value = (
-            _base64_elements(item["data"], name) if datatype == "BYTES" else _array(item["data"], datatype, shape, name)
+            _base64_elements(item["data"], name)
+            if datatype == "BYTES"
+            else array_of(item["data"], datatype, shape, name)
         )
         used = 0
     else:
         raise ProtocolError(f'Input {name!r} has neither "data" nor parameters.binary_data_size.')
-    count = int(np.prod(shape)) if shape else 1
-    if (len(value) if datatype == "BYTES" else value.size) != count:
-        raise ProtocolError(f"Input {name!r}: shape {shape} needs {count} elements.")
-    return Tensor(name, datatype, shape, value), used
+    return counted(Tensor(name, datatype, shape, value)), used
 
 
-def _dtype(datatype: str, name: str) -> np.dtype:
+def check_shape(name: str, shape: list[int]) -> None:
+    if any(n < 0 for n in shape):
+        raise ProtocolError(f"Input {name!r}: shape {shape} has a negative dimension.")
+
+
+def counted(tensor: Tensor) -> Tensor:
+    """`tensor`, once its elements are as many as its shape says."""
+    count = int(np.prod(tensor.shape)) if tensor.shape else 1
+    if (len(tensor.value) if tensor.datatype == "BYTES" else tensor.value.size) != count:
+        raise ProtocolError(f"Input {tensor.name!r}: shape {tensor.shape} needs {count} elements.")
+    return tensor
+
+
+def raw_elements(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray | list[bytes]:
+    """A tensor's elements from its raw bytes: REST's binary-tensor extension and gRPC's raw_input_contents lay
+    them out alike (BYTES elements each after a 4-byte little-endian length)."""
+    return _bytes_elements(raw, name) if datatype == "BYTES" else _array_from_bytes(raw, datatype, shape, name)
+
+
+def dtype_of(datatype: str, name: str) -> np.dtype:
     if datatype not in DTYPES:
         raise ProtocolError(f"Input {name!r}: datatype {datatype} is not supported ({', '.join(DTYPES)} or BYTES).")
     return np.dtype(DTYPES[datatype]).newbyteorder("<")
 
 
 def _array_from_bytes(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    dtype = _dtype(datatype, name)
+    dtype = dtype_of(datatype, name)
     if len(raw) != int(np.prod(shape)) * dtype.itemsize:
         raise ProtocolError(f"Input {name!r}: {len(raw)} bytes do not hold a {datatype} tensor of shape {shape}.")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _array(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def array_of(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     try:
-        array = np.asarray(data, dtype=_dtype(datatype, name))
+        array = np.asarray(data, dtype=dtype_of(datatype, name))
     except (TypeError, ValueError):
         raise ProtocolError(f"Input {name!r}: data is not a list of {datatype} numbers.") from None
     if array.size != int(np.prod(shape)):
@@ -187,11 +204,7 @@ def response_body(
         datatype = "BYTES" if array.dtype == object else "FP32"
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if as_binary:
-            raw = (
-                b"".join(struct.pack("<I", len(item)) + item for item in array.ravel())
-                if datatype == "BYTES"
-                else np.ascontiguousarray(array, dtype="<f4").tobytes()
-            )
+            raw = raw_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:
@@ -201,3 +214,11 @@ def response_body(
     if not binary:
         return text, {"content-type": "application/json"}
     return text + b"".join(binary), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """An output's raw bytes (FP32, or BYTES strings each after its 4-byte length), as REST's binary extension and
+    gRPC's raw_output_contents carry it."""
+    if array.dtype == object:
+        return b"".join(struct.pack("<I", len(item)) + item for item in array.ravel())
+    return np.ascontiguousarray(array, dtype="<f4").tobytes()

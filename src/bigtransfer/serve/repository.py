@@ -109,6 +109,15 @@ class Repository:
         """KServe v2 model metadata of `name` at `version` (default: the highest), listing every version loaded."""
         return {**self.get(name, version).metadata(), "versions": self.versions(name)}
 
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether `name` (at `version`) answers requests now; 404 for a model or version the repository lacks."""
+        try:
+            return self.get(name, version).ready
+        except ServeError as error:
+            if error.status != 503:
+                raise
+            return False
+
     def services(self) -> list[ModelService]:
         return [service for entry in self.entries.values() for service in entry.services.values()]
 

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from .._util.package import install_hint
 from ..checkpoints.naming import default_model_name
 from ..data.workers import available_cores
 from ..runtime.discovery import discover, is_repository, one_model
@@ -47,13 +48,17 @@ def serve(
     allowed_origins: tuple[str, ...] = (),
     model_control: str = "none",
     load_models: tuple[str, ...] = (),
+    grpc_port: int | None = None,
 ) -> None:
-    """Serve `model` (one model, or a repository folder of them: `runtime.discovery`) until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
-    finish (up to the request timeout) before the process exits (Ctrl-C: KeyboardInterrupt). The address is
-    checked first: a port in use fails before a minute of model loading, not after. `model_control` is Triton's
-    --model-control-mode: "none" loads every model at start, "explicit" only `load_models` ("*": all) and allows
-    load and unload while serving."""
+    """Serve `model` (one model, or a repository folder of them: `runtime.discovery`) until SIGTERM or Ctrl-C,
+    which stop accepting connections and let the requests under way finish (up to the request timeout) before the
+    process exits (Ctrl-C: KeyboardInterrupt); with `grpc_port`, gRPC too (KServe v2 / Triton's
+    GRPCInferenceService), by the same models and batchers. The addresses are checked first: a port in use fails
+    before a minute of model loading, not after. `model_control` is Triton's --model-control-mode: "none" loads
+    every model at start, "explicit" only `load_models` ("*": all) and allows load and unload while serving."""
     check_address(host, port)
+    if grpc_port is not None:
+        _check_grpc(host, port, grpc_port)
     _log_access_to_stderr(log_level)
     # No limit on connections (uvicorn's limit_concurrency counts idle ones, and answered every request 503 while
     # a few hundred sockets sent nothing): they close when their headers are late, and the app bounds requests.
@@ -62,11 +67,12 @@ def serve(
     trust = trust_for(host, allowed_hosts, allowed_origins)
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
                 "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes),
-                "model_control": model_control, "load_models": list(load_models)}  # fmt: skip
+                "model_control": model_control, "load_models": list(load_models),
+                "host": host, "grpc_port": grpc_port, "processes": processes}  # fmt: skip
     _models(settings)  # a repository's mistakes, before any process starts
     with _exit_0_once_drained():
         if processes == 1:
-            server = InferenceServer(_repository(settings), trust)  # loads before listening
+            server = _server(settings, trust)  # loads before listening
             uvicorn.Server(uvicorn.Config(server.app(), **options)).run()  # re-raises SIGINT: KeyboardInterrupt
             return
         os.environ[SETTINGS_ENV] = json.dumps(settings)
@@ -143,7 +149,29 @@ def app_from_environment() -> Any:
     torch.set_num_threads(settings["threads"])  # the processes share the cores
     _log_access_to_stderr("info")
     trust = Trust(**{field: tuple(names) for field, names in settings["trust"].items()})
-    return InferenceServer(_repository(settings), trust).app()
+    return _server(settings, trust).app()
+
+
+def _check_grpc(host: str, port: int, grpc_port: int) -> None:
+    """gRPC's port free and its packages there, before the model loads."""
+    if grpc_port == port:
+        raise ValueError(f"--grpc-port {grpc_port} is the HTTP --port too: give gRPC a port of its own")
+    try:
+        from . import grpc_server  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"Serving gRPC (--grpc-port) needs {error.name}: {install_hint('grpc')}.") from None
+    check_address(host, grpc_port, "--grpc-port")
+
+
+def _server(settings: dict[str, Any], trust: Trust) -> InferenceServer:
+    """The server of one process: REST, and gRPC on its port when asked (shared by the processes, if several)."""
+    server = InferenceServer(_repository(settings), trust)
+    if settings["grpc_port"] is not None:
+        from .grpc_server import GrpcListener
+
+        listener = GrpcListener(server, settings["host"], settings["grpc_port"], settings["processes"] > 1)
+        server.listeners.append(listener)
+    return server
 
 
 def _repository(settings: dict[str, Any]) -> Repository:

@@ -25,6 +25,7 @@ from .kserve import ProtocolError, RequestedOutput, Tensor, classification_strin
 from .model import ServedModel
 
 OUTPUTS = ("logits", "scores")
+SERVER_FAILED = "The server failed on this request; its log has the details."  # a bug's answer (500, INTERNAL)
 logger = logging.getLogger(__name__)
 
 
