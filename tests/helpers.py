@@ -189,15 +189,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def client_for(served, **limits):
-    """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`."""
+def client_for(served, tracing=None, **limits):
+    """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`, tracing its
+    requests with `tracing` (serve.tracing: e.g. an OpenTelemetryTracing of a test's TracerProvider)."""
     from starlette.testclient import TestClient
 
     from bigtransfer.serve.app import InferenceServer
     from bigtransfer.serve.repository import Repository
     from bigtransfer.serve.service import Limits
+    from bigtransfer.serve.tracing import NO_TRACING
+    from bigtransfer.serve.trust import Trust
 
-    return TestClient(InferenceServer(Repository.of(served, Limits(**limits))).app())
+    server = InferenceServer(Repository.of(served, Limits(**limits)), Trust(), tracing or NO_TRACING)
+    return TestClient(server.app())
 
 
 class ServeProcess:

@@ -24,6 +24,7 @@ from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
 from .repository import Repository
 from .service import Limits
+from .tracing import NO_TRACING, Tracing, exporting_to
 from .trust import Trust, trust_for
 
 SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
@@ -42,10 +43,12 @@ def serve(
     log_level: str = "info",
     allowed_hosts: tuple[str, ...] = (),
     allowed_origins: tuple[str, ...] = (),
+    otlp_endpoint: str | None = None,
 ) -> None:
     """Serve `model` until SIGTERM or Ctrl-C, which stop accepting connections and let the requests under way
     finish (up to the request timeout) before the process exits (Ctrl-C: KeyboardInterrupt). The address is
-    checked first: a port in use fails before a minute of model loading, not after."""
+    checked first: a port in use fails before a minute of model loading, not after. With `otlp_endpoint`, each
+    process exports traces of its requests there (tracing.py)."""
     check_address(host, port)
     _log_access_to_stderr(log_level)
     # No limit on connections (uvicorn's limit_concurrency counts idle ones, and answered every request 503 while
@@ -54,10 +57,12 @@ def serve(
                    ws="none", timeout_graceful_shutdown=int(limits.timeout_s) + 1)  # fmt: skip
     trust = trust_for(host, allowed_hosts, allowed_origins)
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
-                "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes)}  # fmt: skip
+                "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes),
+                "otlp_endpoint": otlp_endpoint}  # fmt: skip
     with _exit_0_once_drained():
         if processes == 1:
-            server = InferenceServer(_repository(settings), trust)  # loads before listening
+            tracing = _tracing(settings)  # a missing SDK fails before the model loads
+            server = InferenceServer(_repository(settings), trust, tracing)  # loads before listening
             uvicorn.Server(uvicorn.Config(server.app(), **options)).run()  # re-raises SIGINT: KeyboardInterrupt
             return
         os.environ[SETTINGS_ENV] = json.dumps(settings)
@@ -116,7 +121,8 @@ def app_from_environment() -> Any:
     torch.set_num_threads(settings["threads"])  # the processes share the cores
     _log_access_to_stderr("info")
     trust = Trust(**{field: tuple(names) for field, names in settings["trust"].items()})
-    return InferenceServer(_repository(settings), trust).app()
+    tracing = _tracing(settings)
+    return InferenceServer(_repository(settings), trust, tracing).app()
 
 
 def _repository(settings: dict[str, Any]) -> Repository:
@@ -127,6 +133,11 @@ def _repository(settings: dict[str, Any]) -> Repository:
     repository.add(name, {"1": model})
     repository.load_now(name)
     return repository
+
+
+def _tracing(settings: dict[str, Any]) -> Tracing:
+    endpoint = settings["otlp_endpoint"]
+    return NO_TRACING if endpoint is None else exporting_to(endpoint)
 
 
 def _log_access_to_stderr(level: str) -> None:
