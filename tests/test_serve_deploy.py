@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 import tomllib
-import torch
 import yaml
 
-from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import build_parser
 from bigtransfer.cli._options import resolve_positionals
 from bigtransfer.serve.model import ServedModel
-from bigtransfer.train.augment import eval_processor
-from helpers import TINY, client_for
+from helpers import client_for, save_tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -87,11 +84,7 @@ def probe_paths() -> set[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("deployed") / "cats"
-    BitForImageClassification(BitConfig(**TINY)).save_pretrained(path)
-    eval_processor(32).save_pretrained(path)
-    return ServedModel(path, "cpu")
+    return ServedModel(save_tiny_classifier(tmp_path_factory.mktemp("deployed") / "cats"), "cpu")
 
 
 def test_every_probe_asks_a_route_of_the_server_that_answers_200(served):

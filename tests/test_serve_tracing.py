@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -23,12 +22,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from PIL import Image
 
-from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import main as cli
 from bigtransfer.serve.model import ServedModel
 from bigtransfer.serve.tracing import OpenTelemetryTracing, exporting_to, traces_url
-from bigtransfer.train.augment import eval_processor
-from helpers import TINY, ServeProcess, client_for, free_port, run_python
+from helpers import ServeProcess, client_for, free_port, run_python, save_tiny_classifier
 
 TRACE_ID, CALLER_SPAN_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
@@ -37,11 +34,7 @@ STAGES = ["decode", "queue_wait", "forward", "encode"]  # in the order a request
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("traced") / "cats"
-    BitForImageClassification(BitConfig(**TINY)).save_pretrained(path)
-    eval_processor(32).save_pretrained(path)
-    return path
+    return save_tiny_classifier(tmp_path_factory.mktemp("traced") / "cats")
 
 
 @pytest.fixture(scope="module")
