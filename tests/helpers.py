@@ -189,15 +189,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def client_for(served, **limits):
-    """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`."""
+def save_tiny_classifier(path: Path) -> Path:
+    """A TINY classifier (seeded) with a 32-pixel eval processor saved at `path`: a model folder serve reads."""
+    from bigtransfer import BitConfig, BitForImageClassification
+    from bigtransfer.train.augment import eval_processor
+
+    torch.manual_seed(0)
+    BitForImageClassification(BitConfig(**TINY)).save_pretrained(path)
+    eval_processor(32).save_pretrained(path)
+    return path
+
+
+def client_for(served, tracing=None, **limits):
+    """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`, tracing its
+    requests with `tracing` (serve.tracing: e.g. an OpenTelemetryTracing of a test's TracerProvider)."""
     from starlette.testclient import TestClient
 
     from bigtransfer.serve.app import InferenceServer
     from bigtransfer.serve.repository import Repository
     from bigtransfer.serve.service import Limits
+    from bigtransfer.serve.tracing import NO_TRACING
+    from bigtransfer.serve.trust import Trust
 
-    return TestClient(InferenceServer(Repository.of(served, Limits(**limits))).app())
+    server = InferenceServer(Repository.of(served, Limits(**limits)), Trust(), tracing or NO_TRACING)
+    return TestClient(server.app())
 
 
 class ServeProcess:

@@ -6,6 +6,7 @@ import argparse
 
 from .._util.package import install_hint
 from ..serve.address import HIGHEST_PORT, LOWEST_PORT, check_port
+from ..serve.tracing import traces_url
 from ._options import (
     BF16_EXPORT_HELP,
     RenamedOption,
@@ -81,6 +82,10 @@ def register(commands) -> None:
     # the old spelling, renamed because every other command's --workers counts image-loading processes
     parser.add_argument("--workers", dest="processes", type=positive_int, action=RenamedOption,
                         note="--workers is now --processes for serve; --workers will be removed")  # fmt: skip
+    parser.add_argument("--otlp-endpoint", type=otlp_endpoint, metavar="URL",
+                        help="export OpenTelemetry traces of /predict and infer requests (spans: decode, queue_wait, "
+                        "forward, encode) over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (/v1/traces "
+                        "is added); OTEL_SERVICE_NAME and the other OTEL_* variables apply. Default: no tracing")  # fmt: skip
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="info logs every request as one JSON line on stderr (default)")  # fmt: skip
     parser.set_defaults(handler=handle)
@@ -96,6 +101,15 @@ def port_number(text: str) -> int:
         return check_port(int(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def otlp_endpoint(text: str) -> str:
+    """An argparse type for --otlp-endpoint: an http(s) URL, checked before anything loads."""
+    try:
+        traces_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -128,5 +142,6 @@ def handle(args: argparse.Namespace) -> int:
     serve(args.model, args.host, args.port, limits=limits, processes=args.processes, device=args.device, bf16=args.bf16,
           name=args.name, log_level=args.log_level, allowed_hosts=args.allowed_hosts,
           allowed_origins=args.allowed_origins, model_control=args.model_control_mode,
-          load_models=tuple(args.load_models), grpc_port=args.grpc_port)  # fmt: skip
+          load_models=tuple(args.load_models), grpc_port=args.grpc_port,
+          otlp_endpoint=args.otlp_endpoint)  # fmt: skip
     return 0

@@ -31,10 +31,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .._util.package import package_version
+from . import tracing
 from .batching import BatchRecord
 from .kserve import HEADER_LENGTH, ProtocolError, parse_request, response_body
 from .repository import Repository
 from .service import SERVER_FAILED, ModelService, ServeError, refusal
+from .tracing import NO_TRACING, NOT_TRACED, TRACED_ROUTES, RequestTrace, Tracing
 from .trust import Trust
 
 access_log = logging.getLogger("bigtransfer.serve.access")
@@ -112,10 +114,11 @@ class Metrics:
 
 
 class InferenceServer:
-    """The REST routes of a server of a repository of models (one model: `Repository.of(served_model)`)."""
+    """The REST routes of a server of a repository of models (one model: `Repository.of(served_model)`), traced
+    with `tracing` (tracing.py; off by default)."""
 
-    def __init__(self, repository: Repository, trust: Trust = Trust()):
-        self.repository, self.limits, self.trust = repository, repository.limits, trust
+    def __init__(self, repository: Repository, trust: Trust = Trust(), tracing: Tracing = NO_TRACING):
+        self.repository, self.limits, self.trust, self.tracing = repository, repository.limits, trust, tracing
         self.metrics = Metrics(repository, self.limits.max_batch_size)
         repository.on_batch = self.metrics.batch
         self.listeners: list[Listener] = []  # other protocols on this event loop (gRPC), started after the models
@@ -164,6 +167,7 @@ class InferenceServer:
             await listener.stop()
         await self.repository.stop()
         self.metrics.close()
+        self.tracing.shutdown()  # exports the spans not sent yet
 
     async def _start(self) -> None:
         try:
@@ -177,6 +181,14 @@ class InferenceServer:
 
     def _observed(self, route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
         async def endpoint(request: Request) -> Response:
+            if route not in TRACED_ROUTES:
+                return await respond(request, NOT_TRACED)
+            path = request.scope["route"].path
+            with self.tracing.request(f"{request.method} {path}", request.headers) as trace:
+                trace.set({"http.request.method": request.method, "http.route": path})
+                return await respond(request, trace)
+
+        async def respond(request: Request, trace: RequestTrace) -> Response:
             began = time.perf_counter()
             try:
                 refused = self.trust.refusal(request.method, request.headers, route)
@@ -189,6 +201,7 @@ class InferenceServer:
                     logger.exception("%s %s failed", request.method, request.url.path)
                     answer = ServeError(500, SERVER_FAILED)
                 response = _error(answer.status, str(answer), answer.headers)
+            trace.answered(response.status_code)
             seconds = time.perf_counter() - began
             if route != "metrics":
                 self.metrics.requests.labels(route, str(response.status_code)).inc()
@@ -330,10 +343,11 @@ class InferenceServer:
             if not body:
                 raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
             labels = await service.classify(body, top_k)
-        return JSONResponse({
-            "model": service.name, "scores": service.model.score_function, "labels": labels,
-            "milliseconds": round((time.perf_counter() - began) * 1000, 2),
-        })  # fmt: skip
+        with tracing.current().stage("encode"):
+            return JSONResponse({
+                "model": service.name, "scores": service.model.score_function, "labels": labels,
+                "milliseconds": round((time.perf_counter() - began) * 1000, 2),
+            })  # fmt: skip
 
     async def infer(self, request: Request) -> Response:
         service = self._service(request)
@@ -346,8 +360,9 @@ class InferenceServer:
             need(1)
             parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
             values = await service.infer(parsed.inputs, need)
-        body, headers = response_body(service.name, parsed.id, service.outputs(values, parsed.outputs,
-                                                                                parsed.binary_default))  # fmt: skip
+        with tracing.current().stage("encode"):
+            body, headers = response_body(service.name, parsed.id, service.outputs(values, parsed.outputs,
+                                                                                    parsed.binary_default))  # fmt: skip
         return Response(body, headers=headers)
 
 

@@ -33,6 +33,11 @@ class Pending:
     inputs: np.ndarray  # N × …, N ≥ 1: uint8 pixels or float32 model input
     done: asyncio.Future
     queued_at: float
+    # wall-clock times (ns since the epoch) for the request's trace: the requests of one batch share its times
+    queued_ns: int = dataclasses.field(default_factory=time.time_ns)
+    batch_began_ns: int | None = None
+    batch_ended_ns: int | None = None
+    batch_images: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,10 @@ class DynamicBatcher:
         self._model_thread.shutdown(wait=False)
 
     async def run(self, inputs: np.ndarray) -> Any:
+        return await self.enqueue(inputs).done
+
+    def enqueue(self, inputs: np.ndarray) -> Pending:
+        """`inputs` queued for a batch: its `done` gets their rows; it records when its batch ran (tracing)."""
         if len(inputs) > self.max_batch_size:
             raise ValueError(f"{len(inputs)} images in one request: at most {self.max_batch_size} (--max-batch-size).")
         if self.depth + len(inputs) > self.max_queue:
@@ -96,7 +105,7 @@ class DynamicBatcher:
         pending = Pending(inputs, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._queue.append(pending)
         self._arrived.set()
-        return await pending.done
+        return pending
 
     async def _serve(self) -> None:
         while True:
@@ -146,17 +155,19 @@ class DynamicBatcher:
         self._queue = [pending for pending in self._queue if not pending.done.done()]
 
     async def _forward(self, batch: list[Pending]) -> None:
-        began = time.perf_counter()
+        began, began_ns = time.perf_counter(), time.time_ns()
         inputs = np.concatenate([pending.inputs for pending in batch])
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._model_thread, self.model, inputs)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"The model returned {len(outputs)} rows for {len(inputs)} inputs.")
         except Exception as error:  # the model failed on this batch: its requests get the error, others go on
+            _record(batch, began_ns, len(inputs))
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(error)
             return
+        _record(batch, began_ns, len(inputs))
         if self.on_batch is not None:
             self.on_batch(BatchRecord(len(inputs), len(batch), time.perf_counter() - began))
         start = 0
@@ -165,6 +176,13 @@ class DynamicBatcher:
             start += len(pending.inputs)
             if not pending.done.done():  # its caller may have timed out meanwhile
                 pending.done.set_result(rows)
+
+
+def _record(batch: list[Pending], began_ns: int, images: int) -> None:
+    """The times of the batch's forward pass, the same on each of its requests."""
+    ended_ns = time.time_ns()
+    for pending in batch:
+        pending.batch_began_ns, pending.batch_ended_ns, pending.batch_images = began_ns, ended_ns, images
 
 
 def _same_kind(pending: Pending, other: Pending) -> bool:

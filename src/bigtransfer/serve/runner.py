@@ -28,6 +28,7 @@ from .connections import HeaderDeadlineProtocol
 from .model import ServedModel
 from .repository import Repository
 from .service import Limits
+from .tracing import NO_TRACING, Tracing, exporting_to
 from .trust import Trust, trust_for
 
 SETTINGS_ENV = "BIGTRANSFER_SERVE_SETTINGS"  # how the parent hands the model and limits to worker processes
@@ -49,13 +50,15 @@ def serve(
     model_control: str = "none",
     load_models: tuple[str, ...] = (),
     grpc_port: int | None = None,
+    otlp_endpoint: str | None = None,
 ) -> None:
     """Serve `model` (one model, or a repository folder of them: `runtime.discovery`) until SIGTERM or Ctrl-C,
     which stop accepting connections and let the requests under way finish (up to the request timeout) before the
     process exits (Ctrl-C: KeyboardInterrupt); with `grpc_port`, gRPC too (KServe v2 / Triton's
     GRPCInferenceService), by the same models and batchers. The addresses are checked first: a port in use fails
     before a minute of model loading, not after. `model_control` is Triton's --model-control-mode: "none" loads
-    every model at start, "explicit" only `load_models` ("*": all) and allows load and unload while serving."""
+    every model at start, "explicit" only `load_models` ("*": all) and allows load and unload while serving. With
+    `otlp_endpoint`, each process exports traces of its requests there (tracing.py)."""
     check_address(host, port)
     if grpc_port is not None:
         _check_grpc(host, port, grpc_port)
@@ -68,7 +71,7 @@ def serve(
     settings = {"model": model, "device": device, "bf16": bf16, "name": name, "limits": dataclasses.asdict(limits),
                 "trust": dataclasses.asdict(trust), "threads": max(1, available_cores() // processes),
                 "model_control": model_control, "load_models": list(load_models),
-                "host": host, "grpc_port": grpc_port, "processes": processes}  # fmt: skip
+                "host": host, "grpc_port": grpc_port, "processes": processes, "otlp_endpoint": otlp_endpoint}  # fmt: skip
     _models(settings)  # a repository's mistakes, before any process starts
     with _exit_0_once_drained():
         if processes == 1:
@@ -164,8 +167,10 @@ def _check_grpc(host: str, port: int, grpc_port: int) -> None:
 
 
 def _server(settings: dict[str, Any], trust: Trust) -> InferenceServer:
-    """The server of one process: REST, and gRPC on its port when asked (shared by the processes, if several)."""
-    server = InferenceServer(_repository(settings), trust)
+    """The server of one process: REST, and gRPC on its port when asked (shared by the processes, if several),
+    traced when asked (a missing SDK fails before the models load)."""
+    tracing = _tracing(settings)
+    server = InferenceServer(_repository(settings), trust, tracing)
     if settings["grpc_port"] is not None:
         from .grpc_server import GrpcListener
 
@@ -216,6 +221,9 @@ def loaded_at_start(names: list[str], explicit: bool, asked: list[str]) -> list[
     if unknown:
         raise ValueError(f"--load-model {unknown[0]}: the repository has no such model (it has {', '.join(names)}).")
     return list(dict.fromkeys(asked))
+def _tracing(settings: dict[str, Any]) -> Tracing:
+    endpoint = settings["otlp_endpoint"]
+    return NO_TRACING if endpoint is None else exporting_to(endpoint)
 
 
 def _log_access_to_stderr(level: str) -> None:

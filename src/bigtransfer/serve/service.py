@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..inference.pipelines import ranked
-from . import admission
+from . import admission, tracing
 from .admission import DecodeBudget, ImagePlaces
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import ProtocolError, RequestedOutput, Tensor, classification_strings
@@ -152,6 +152,7 @@ class ModelService:
     def request(self) -> Iterator[Callable[[int], None]]:
         """The places of one request: `need(images)` takes them (413/503 when they cannot be had); all are given
         back when the request ends."""
+        tracing.current().set({"model": self.name, "model_version": self.version})
         with self.places.for_request() as need:
             yield lambda images: self._admit(need, images)
 
@@ -167,6 +168,10 @@ class ModelService:
         what its header says decoding will take (`ServedModel.decoding_bytes`); 400 naming the first unusable
         one, refused from its header before it waits for a turn. Once one image fails to decode, the request's
         images not yet started are never decoded."""
+        with tracing.current().stage("decode"):
+            return await self._decoded(images)
+
+    async def _decoded(self, images: list[bytes]) -> np.ndarray:
         names = ["the upload"] if len(images) == 1 else [f"image {i} of the request" for i in range(len(images))]
         failed = threading.Event()
 
@@ -197,9 +202,9 @@ class ModelService:
         """Logits (float32, on the CPU) through the batcher (its images were admitted); a request larger than a
         batch goes in batch-sized parts, all withdrawn when one fails."""
         size = self.limits.max_batch_size
+        tracing.current().set({"images": len(pixels)})
         parts = [
-            asyncio.ensure_future(self.batcher.run(pixels[start : start + size]))
-            for start in range(0, len(pixels), size)
+            asyncio.ensure_future(self._batched(pixels[start : start + size])) for start in range(0, len(pixels), size)
         ]
         try:
             return torch.cat(await asyncio.gather(*parts))
@@ -207,6 +212,13 @@ class ModelService:
             for part in parts:
                 part.cancel()
             raise
+
+    async def _batched(self, pixels: np.ndarray) -> Any:
+        pending = self.batcher.enqueue(pixels)
+        try:
+            return await pending.done
+        finally:
+            tracing.current().batched(pending)
 
     async def classify(self, image: bytes, top_k: int) -> list[dict[str, Any]]:
         """One encoded image's top-k labels and scores, as `predict` ranks them (its place already taken)."""
