@@ -62,7 +62,11 @@ class Listener(Protocol):
 
 def kserve_server_metadata() -> dict[str, Any]:
     """KServe v2 server metadata, alike on REST and gRPC."""
-    return {"name": "bigtransfer", "version": package_version(), "extensions": ["classification", "binary_tensor_data", "model_repository"]}
+    return {
+        "name": "bigtransfer",
+        "version": package_version(),
+        "extensions": ["classification", "binary_tensor_data", "model_repository"],
+    }
 
 
 class Metrics:

@@ -221,6 +221,8 @@ def loaded_at_start(names: list[str], explicit: bool, asked: list[str]) -> list[
     if unknown:
         raise ValueError(f"--load-model {unknown[0]}: the repository has no such model (it has {', '.join(names)}).")
     return list(dict.fromkeys(asked))
+
+
 def _tracing(settings: dict[str, Any]) -> Tracing:
     endpoint = settings["otlp_endpoint"]
     return NO_TRACING if endpoint is None else exporting_to(endpoint)
