@@ -422,7 +422,12 @@ def load_level(server: Server, endpoint: Endpoint, photos: list[bytes], clients:
     peer_batches = server.batch_sizes()[passes_before:]
 
     def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+        """The change in `name`, summed over its labels (the batch histograms are labelled by model and version)."""
+
+        def total(samples: dict[str, float]) -> float:
+            return sum(value for key, value in samples.items() if key.split("{", 1)[0] == name)
+
+        return total(after) - total(before)
 
     latencies = [seconds for seconds, status, _ in results if status == 200]
     images, passes = delta("bigtransfer_batch_images_sum"), delta("bigtransfer_batch_images_count")
