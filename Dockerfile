@@ -1,6 +1,6 @@
 # The inference server as a container: `bigtransfer serve` of the model mounted at /models.
 #   docker build -t bigtransfer-serve .
-#   docker run --rm -p 8000:8000 -v "$PWD/runs/cats/model:/models:ro" --stop-timeout 45 bigtransfer-serve
+#   docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/runs/cats/model:/models:ro" --stop-timeout 45 bigtransfer-serve
 # (--stop-timeout: SIGTERM lets the requests under way finish, up to --timeout 30 s; Docker's default is 10 s.)
 # torch is the CPU build, and every package is at the version of scripts/constraints.txt, which the test suite
 # last passed with. deploy/kubernetes/ has a Deployment and a KServe InferenceService that run this image.
@@ -18,16 +18,16 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu --extra-index-u
     && echo "torch==2.13.0+cpu" > /tmp/torch.txt
 COPY pyproject.toml README.md ./
 COPY src src
-RUN pip install -c scripts/constraints.txt -c /tmp/torch.txt ".[serve,onnx,otel]"
+RUN pip install -c scripts/constraints.txt -c /tmp/torch.txt ".[serve,grpc,onnx,otel]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/bigtransfer/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/tmp/huggingface
 COPY --from=build /opt/bigtransfer /opt/bigtransfer
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin bigtransfer && mkdir /models
 USER 10001
-# REST: KServe v2, /predict, the page, /metrics
-EXPOSE 8000
-# the model loads (and warms up) before the port opens: --start-period covers it
+# REST (KServe v2, /predict, the page, /metrics) and gRPC (KServe v2 / Triton's GRPCInferenceService)
+EXPOSE 8000 8001
+# the model loads before the port opens, then warms up (/v2/health/ready 503 meanwhile): --start-period covers it
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/live', timeout=2)"]
-CMD ["bigtransfer", "serve", "/models", "--host", "0.0.0.0", "--port", "8000", "--timeout", "30"]
+CMD ["bigtransfer", "serve", "/models", "--host", "0.0.0.0", "--port", "8000", "--grpc-port", "8001", "--timeout", "30"]

@@ -200,9 +200,32 @@ def save_tiny_classifier(path: Path) -> Path:
     return path
 
 
-def client_for(served, tracing=None, **limits):
+def wait_until_ready(client, ready_path: str = "/v2/health/ready", seconds: float = 60) -> None:
+    """Until `ready_path` answers 200: the server listens while its models warm up."""
+    deadline = time.monotonic() + seconds
+    while client.get(ready_path).status_code != 200:
+        assert time.monotonic() < deadline, f"{ready_path} did not answer 200 within {seconds} s"
+        time.sleep(0.01)
+
+
+def ready_client(app):
+    """An in-process client of a server `app` whose `with` returns once the server is ready: a test's first
+    request would race the warm-up."""
+    from starlette.testclient import TestClient
+
+    class ReadyClient(TestClient):
+        def __enter__(self):
+            client = super().__enter__()
+            wait_until_ready(client)
+            return client
+
+    return ReadyClient(app)
+
+
+def client_for(served, tracing=None, warmed: bool = True, **limits):
     """An in-process client of the server's app for `served` (a ServedModel), with these `Limits`, tracing its
-    requests with `tracing` (serve.tracing: e.g. an OpenTelemetryTracing of a test's TracerProvider)."""
+    requests with `tracing` (serve.tracing: e.g. an OpenTelemetryTracing of a test's TracerProvider); ready
+    (warmed up) when its `with` begins, unless not `warmed`."""
     from starlette.testclient import TestClient
 
     from bigtransfer.serve.app import InferenceServer
@@ -212,7 +235,7 @@ def client_for(served, tracing=None, **limits):
     from bigtransfer.serve.trust import Trust
 
     server = InferenceServer(Repository.of(served, Limits(**limits)), Trust(), tracing or NO_TRACING)
-    return TestClient(server.app())
+    return ready_client(server.app()) if warmed else TestClient(server.app())
 
 
 class ServeProcess:

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from starlette.testclient import TestClient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -30,7 +29,8 @@ from bigtransfer.serve.grpc_server import GrpcListener
 from bigtransfer.serve.model import ServedModel
 from bigtransfer.serve.repository import Repository
 from bigtransfer.serve.service import Limits
-from helpers import ServeProcess, free_port
+from bigtransfer.serve.tracing import NO_TRACING, Tracing
+from helpers import ServeProcess, free_port, ready_client
 from test_serve import LABELS, forward_passes, predicted_logits
 
 model_dir, photos, served = test_serve.model_dir, test_serve.photos, test_serve.served  # its fixtures: the same model
@@ -61,13 +61,13 @@ def server(model_dir, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def grpc_beside_rest(repository: Repository):
+def grpc_beside_rest(repository: Repository, tracing: Tracing = NO_TRACING):
     """The app in process (TestClient runs its lifespan, and so the gRPC server, in its event loop) with gRPC on
     a free port: (REST client, gRPC client, gRPC address)."""
-    server = InferenceServer(repository)
+    server = InferenceServer(repository, tracing=tracing)
     port = free_port()
     server.listeners.append(GrpcListener(server, "127.0.0.1", port))
-    with TestClient(server.app()) as rest:
+    with ready_client(server.app()) as rest:
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
         try:
             yield rest, client, f"127.0.0.1:{port}"
@@ -284,7 +284,7 @@ def test_grpc_refuses_what_rest_refuses_at_the_limits(served, photos):
 
 
 def test_a_repository_of_two_models_loads_unloads_and_infers_over_grpc(model_dir, photos):
-    repository = Repository(Limits(max_delay_ms=0))
+    repository = Repository(Limits(max_delay_ms=0), explicit=True)  # load and unload allowed
     repository.add("cats", {"1": model_dir})
     repository.add("kittens", {"1": model_dir, "2": model_dir})
     repository.load_now("cats")

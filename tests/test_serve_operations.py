@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from bigtransfer.serve.model import ServedModel
-from helpers import client_for
+from helpers import client_for, wait_until_ready
 from test_serve import model_dir, photos  # noqa: F401  (fixtures)
 
 WAIT_S = 30
@@ -32,18 +32,11 @@ class CountedModel(ServedModel):
         return super().logits(batch)
 
 
-def wait_until_ready(client) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while client.get("/v2/health/ready").status_code != 200:
-        assert time.monotonic() < deadline, "the server was not ready in time"
-        time.sleep(0.02)
-
-
 def test_a_model_is_ready_only_after_a_warm_up_pass_at_each_batch_size(model_dir, caplog):  # noqa: F811
     model = CountedModel(model_dir, "cpu")
     model.go.clear()  # the warm-up waits: the server listens meanwhile
     caplog.set_level(logging.INFO, "bigtransfer.serve")
-    with client_for(model, max_batch_size=8) as client:
+    with client_for(model, warmed=False, max_batch_size=8) as client:
         assert client.get("/v2/health/ready").status_code == 503
         assert client.get("/v2/models/cats/ready").json() == {"name": "cats", "ready": False}
         assert client.get("/v2/health/live").status_code == 200
@@ -58,8 +51,7 @@ def test_the_first_request_after_ready_is_not_the_models_first_pass(model_dir, p
     for warmup, passes_before in ((None, [1, 4]), ((), [])):  # warmed up (the default), and cold
         model = CountedModel(model_dir, "cpu")
         with client_for(model, max_batch_size=4, warmup_batch_sizes=warmup) as client:
-            wait_until_ready(client)
-            assert model.passes == passes_before
+            assert model.passes == passes_before  # client_for's client is ready: warmed up, or cold
             assert client.post("/predict", content=photos[0].read_bytes()).status_code == 200
         assert model.passes == [*passes_before, 1]  # warmed: the request's pass is its size's second
 

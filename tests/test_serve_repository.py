@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from starlette.testclient import TestClient
 
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import main as cli
@@ -28,7 +27,7 @@ from bigtransfer.serve.repository import Repository
 from bigtransfer.serve.runner import _repository
 from bigtransfer.serve.service import Limits, ServeError
 from bigtransfer.train.augment import eval_processor
-from helpers import TINY, ServeProcess, randomize_norms
+from helpers import TINY, ServeProcess, randomize_norms, ready_client
 
 ALL_VERSIONS = "\nversion_policy: { all { } }\n"
 
@@ -139,7 +138,7 @@ def settings(model: Path, control: str = "none", load: tuple[str, ...] = (), nam
 
 
 def test_without_explicit_model_control_load_and_unload_are_refused_as_triton_does(repository):
-    with TestClient(InferenceServer(_repository(settings(repository))).app()) as client:
+    with ready_client(InferenceServer(_repository(settings(repository))).app()) as client:
         for action in ("load", "unload"):
             answer = client.post(f"/v2/repository/models/cats/{action}")
             assert answer.status_code == 503 and "start the server with --model-control-mode explicit" in answer.text
@@ -147,7 +146,7 @@ def test_without_explicit_model_control_load_and_unload_are_refused_as_triton_do
 
 
 def test_explicit_mode_loads_only_the_models_asked_for_at_start(repository):
-    with TestClient(InferenceServer(_repository(settings(repository, "explicit", ("digits",)))).app()) as client:
+    with ready_client(InferenceServer(_repository(settings(repository, "explicit", ("digits",)))).app()) as client:
         index = client.post("/v2/repository/index").json()
         assert [(row["name"], row["version"], row["state"]) for row in index] == [
             ("cats", "1", "UNAVAILABLE"), ("digits", "1", "READY"), ("digits", "2", "READY")]  # fmt: skip

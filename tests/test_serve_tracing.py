@@ -15,17 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from bigtransfer.cli import main as cli
 from bigtransfer.serve.model import ServedModel
+from bigtransfer.serve.repository import Repository
 from bigtransfer.serve.tracing import OpenTelemetryTracing, exporting_to, traces_url
 from helpers import ServeProcess, client_for, free_port, run_python, save_tiny_classifier
+from test_serve_grpc import grpc_beside_rest, image_input
 
 TRACE_ID, CALLER_SPAN_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
@@ -123,7 +127,7 @@ def test_a_refused_request_is_traced_with_its_status_and_a_server_failure_marks_
     broken = ServedModel.__new__(ServedModel)
     broken.__dict__.update(served.__dict__)
     broken.logits = lambda batch: 1 / 0
-    with client_for(broken, tracing) as client:
+    with client_for(broken, tracing, warmup_batch_sizes=()) as client:  # its warm-up would fail
         assert client.post("/predict", content=b"not an image").status_code == 400
         request = {"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, 32, 32],
                                "data": [0.0] * 3 * 32 * 32}]}  # fmt: skip
@@ -133,6 +137,27 @@ def test_a_refused_request_is_traced_with_its_status_and_a_server_failure_marks_
     assert [span.name for span in refused_stages] == ["decode"]  # the image failed there
     assert failed.attributes["http.response.status_code"] == 500 and failed.status.status_code == StatusCode.ERROR
     assert [span.name for span in failed_stages] == ["queue_wait", "forward"]  # pixel_values need no decoding
+
+
+def test_a_grpc_model_infer_is_traced_as_rest_infer_is_continuing_the_traceparent_of_its_metadata(
+    served, photo, tracing, exporter
+):
+    with grpc_beside_rest(Repository.of(served), tracing) as (_, client, _):
+        assert client.is_server_live()  # health is not traced
+        answer = client.infer("cats", [image_input(triton_grpc, [photo, photo])], headers={"traceparent": TRACEPARENT})
+        assert answer.as_numpy("logits").shape == (2, 3)
+        with pytest.raises(InferenceServerException):
+            client.infer("dogs", [image_input(triton_grpc, [photo])])
+    (root, children), (refused, refused_stages) = roots_and_children(exporter.get_finished_spans())
+    assert root.name == "inference.GRPCInferenceService/ModelInfer" and root.status.status_code != StatusCode.ERROR
+    assert {key: root.attributes[key] for key in ("rpc.system", "rpc.method", "rpc.grpc.status_code", "model", "images")} \
+        == {"rpc.system": "grpc", "rpc.method": "ModelInfer", "rpc.grpc.status_code": 0, "model": "cats", "images": 2}  # fmt: skip
+    assert [span.name for span in children] == STAGES and children[2].attributes["batch_images"] == 2
+    assert f"{root.context.trace_id:032x}" == TRACE_ID and f"{root.parent.span_id:016x}" == CALLER_SPAN_ID
+    assert (
+        refused.attributes["rpc.grpc.status_code"] == 5 and refused.status.status_code != StatusCode.ERROR
+    )  # NOT_FOUND
+    assert refused_stages == [] and refused.parent is None
 
 
 def test_without_otlp_endpoint_nothing_of_opentelemetry_is_imported(model_dir, photo):

@@ -30,7 +30,7 @@ from bigtransfer.serve.model import ServedModel
 from bigtransfer.serve.repository import Repository
 from bigtransfer.serve.service import Limits
 from bigtransfer.serve.trust import Trust, trust_for
-from helpers import ServeProcess, png_header
+from helpers import ServeProcess, png_header, ready_client
 
 SMALL = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16, num_labels=3)
 NAME = "guarded"
@@ -72,9 +72,7 @@ def served(model_dir):
 
 
 def client_for(served, trust: Trust = Trust(), **limits):
-    from starlette.testclient import TestClient
-
-    return TestClient(InferenceServer(Repository.of(served, Limits(**limits)), trust).app())
+    return ready_client(InferenceServer(Repository.of(served, Limits(**limits)), trust).app())
 
 
 def infer_request(images: list[bytes]) -> dict:

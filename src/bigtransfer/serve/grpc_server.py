@@ -5,7 +5,8 @@ answers both protocols, and REST and gRPC requests share forward passes.
 Each RPC is answered as REST's routes are (`app.InferenceServer._observed`): bounded by --timeout, a refusal
 (`ServeError`) turned into the gRPC status code of its HTTP status with the same message, a bug logged with its
 traceback and answered INTERNAL, every answer counted in the same Prometheus metrics (route "grpc/<RPC>", code
-the status code's name) and written as one JSON line to the access log. Messages larger than --max-body-bytes
+the status code's name) and written as one JSON line to the access log; ModelInfer is traced as REST's infer is
+(a server span continuing the caller's traceparent, sent as gRPC metadata). Messages larger than --max-body-bytes
 are refused by gRPC itself (RESOURCE_EXHAUSTED, as Triton's are) before they are read whole.
 """
 
@@ -22,9 +23,10 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from . import kserve_grpc
+from . import kserve_grpc, tracing
 from .app import InferenceServer, access_log, kserve_server_metadata
 from .service import SERVER_FAILED, ServeError, refusal
+from .tracing import NO_TRACING
 
 logger = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
@@ -37,9 +39,9 @@ NO_SHARED_MEMORY = "Shared memory is not supported by this server: send the tens
 Answer = Callable[[Any, Any, Any], Awaitable[Any]]
 
 
-def rpc(bounded: bool = True) -> Callable[[Answer], Answer]:
+def rpc(bounded: bool = True, traced: bool = False) -> Callable[[Answer], Answer]:
     """An RPC answered as REST's routes are; `bounded`: within --timeout (a model load is not: cut short, it
-    would leave the model half loaded)."""
+    would leave the model half loaded); `traced`: a span of its own when the server traces (as REST's infer)."""
 
     def decorate(answer: Answer) -> Answer:
         name = answer.__name__
@@ -47,16 +49,21 @@ def rpc(bounded: bool = True) -> Callable[[Answer], Answer]:
         @functools.wraps(answer)
         async def observed(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             began, code = time.perf_counter(), None
-            try:
-                work = answer(self, request, context)
-                response = await (asyncio.wait_for(work, self.limits.timeout_s) if bounded else work)
-                code = grpc.StatusCode.OK
-                return response
-            except Exception as error:
-                code, message, metadata = self.status(error, name)
-                await context.abort(code, message, metadata)
-            finally:
-                self.record(name, code, time.perf_counter() - began, request, context)
+            metadata = dict(context.invocation_metadata() or ())  # lower-case keys, as the W3C propagator reads
+            with (self.tracing if traced else NO_TRACING).request(f"{SERVICE}/{name}", metadata) as trace:
+                trace.set({"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name})
+                try:
+                    work = answer(self, request, context)
+                    response = await (asyncio.wait_for(work, self.limits.timeout_s) if bounded else work)
+                    code = grpc.StatusCode.OK
+                    trace.answered_rpc(code.value[0], server_fault=False)
+                    return response
+                except Exception as error:
+                    code, message, trailing, status = self.status(error, name)
+                    trace.answered_rpc(code.value[0], server_fault=status >= 500)
+                    await context.abort(code, message, trailing)
+                finally:
+                    self.record(name, code, time.perf_counter() - began, request, context)
 
         return observed
 
@@ -78,16 +85,18 @@ class InferenceServicer:
 
     def __init__(self, server: InferenceServer):
         self.repository, self.limits, self.metrics = server.repository, server.limits, server.metrics
+        self.tracing = server.tracing
 
     # -- answering ------------------------------------------------------------------------------------------------
-    def status(self, error: Exception, name: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-        """(code, message, trailing metadata) of a failed RPC: REST's refusal with its status mapped."""
+    def status(self, error: Exception, name: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...], int]:
+        """(code, message, trailing metadata, REST's HTTP status) of a failed RPC: REST's refusal, its status
+        mapped."""
         answer = refusal(error, self.limits)
         if answer is None:  # a bug, not the client's fault: logged with its traceback, answered INTERNAL
             logger.exception("gRPC %s failed", name)
             answer = ServeError(500, SERVER_FAILED)
         metadata = tuple((header.lower(), value) for header, value in answer.headers.items())  # Retry-After
-        return STATUS_CODES.get(answer.status, grpc.StatusCode.INTERNAL), str(answer), metadata
+        return STATUS_CODES.get(answer.status, grpc.StatusCode.INTERNAL), str(answer), metadata, answer.status
 
     def record(self, name: str, code: grpc.StatusCode | None, seconds: float, request: Any,
                context: grpc.aio.ServicerContext) -> None:  # fmt: skip
@@ -134,14 +143,15 @@ class InferenceServicer:
         return kserve_grpc.model_config(self.repository.get(request.name, request.version))
 
     # -- inference ------------------------------------------------------------------------------------------------
-    @rpc()
+    @rpc(traced=True)
     async def ModelInfer(self, request, context):
         service = self.repository.get(request.model_name, request.model_version)
         with service.request() as need:
             need(1)
             parsed = kserve_grpc.infer_request(request)
             values = await service.infer(parsed.inputs, need)
-        return kserve_grpc.infer_response(service, parsed.id, service.outputs(values, parsed.outputs, True))
+        with tracing.current().stage("encode"):
+            return kserve_grpc.infer_response(service, parsed.id, service.outputs(values, parsed.outputs, True))
 
     # -- the repository extension ---------------------------------------------------------------------------------
     @rpc()

@@ -35,6 +35,9 @@ class RequestTrace:
     def answered(self, status: int) -> None:
         pass
 
+    def answered_rpc(self, code: int, server_fault: bool) -> None:
+        pass
+
     def stage(self, name: str) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
@@ -106,6 +109,15 @@ class _Traced(RequestTrace):
 
         self.span.set_attribute("http.response.status_code", status)
         if status >= 500:  # a server span fails on the server's errors only, not on the client's (4xx)
+            self.span.set_status(Status(self._error))
+
+    def answered_rpc(self, code: int, server_fault: bool) -> None:
+        """A gRPC answer: its status code's number; the span fails on the server's faults (INTERNAL), not on
+        the client's (INVALID_ARGUMENT, NOT_FOUND…)."""
+        from opentelemetry.trace import Status
+
+        self.span.set_attribute("rpc.grpc.status_code", code)
+        if server_fault:
             self.span.set_status(Status(self._error))
 
     def stage(self, name: str) -> contextlib.AbstractContextManager[None]:
