@@ -229,6 +229,10 @@ def served_scores(server, name: str, photo: Path, version: str = "") -> dict[str
     image = triton.InferInput("image", [1], "BYTES")
     image.set_data_from_numpy(np.array([photo.read_bytes()], dtype=np.object_))
     result = client.infer(name, [image], model_version=version, outputs=[triton.InferRequestedOutput("scores")])
+    answered = result.get_response()
+    assert answered["model_name"] == name and answered["model_version"] == (
+        version or max(client.get_model_metadata(name)["versions"], key=int)
+    )  # the version that answered, not always "1"
     metadata = httpx.get(f"{server.url}/info?model={name}").json()
     return dict(zip(metadata["labels"], result.as_numpy("scores")[0].tolist()))
 

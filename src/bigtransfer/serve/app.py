@@ -365,7 +365,7 @@ class InferenceServer:
             parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
             values = await service.infer(parsed.inputs, need)
         with tracing.current().stage("encode"):
-            body, headers = response_body(service.name, parsed.id, service.outputs(values, parsed.outputs,
+            body, headers = response_body(service.name, service.version, parsed.id, service.outputs(values, parsed.outputs,
                                                                                     parsed.binary_default))  # fmt: skip
         return Response(body, headers=headers)
 

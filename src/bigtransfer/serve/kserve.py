@@ -193,10 +193,11 @@ def classification_strings(values: np.ndarray, k: int, labels: list[str]) -> np.
 
 
 def response_body(
-    model: str, request_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
+    model: str, version: str, request_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
 ) -> tuple[bytes, dict]:
-    """(body, headers) of an infer response; each output is (name, array or BYTES strings, as binary)."""
-    header: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": []}
+    """(body, headers) of an infer response by `model` at `version`; each output is (name, array or BYTES
+    strings, as binary)."""
+    header: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": []}
     if request_id is not None:
         header["id"] = request_id
     binary = []
