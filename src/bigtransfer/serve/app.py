@@ -365,8 +365,8 @@ class InferenceServer:
             parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
             values = await service.infer(parsed.inputs, need)
         with tracing.current().stage("encode"):
-            body, headers = response_body(service.name, service.version, parsed.id, service.outputs(values, parsed.outputs,
-                                                                                    parsed.binary_default))  # fmt: skip
+            outputs = service.outputs(values, parsed.outputs, parsed.binary_default)
+            body, headers = response_body(service.name, service.version, parsed.id, outputs)
         return Response(body, headers=headers)
 
 
