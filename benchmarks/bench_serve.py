@@ -14,7 +14,9 @@ KServe's Python ModelServer, BentoML), and a soak with bad inputs mixed in.
    ONNX Runtime forward pass per image at batch 1, 8, 16 and 32 — what batching can gain on this CPU at most.
 2. The photos. scikit-image's photos, centre-cropped to a square and resized to 224×224, JPEG q90.
 3. Throughput and latency. `python -m bigtransfer serve EXPORT --port P` in a subprocess, twice per round: with
-   dynamic batching (--max-batch-size 32 --max-delay-ms 10 by default) and unbatched (--max-batch-size 1), the
+   dynamic batching (--max-delay-ms 10, and a --max-batch-size chosen from 1.: the largest batch whose forward
+   pass per image is within 5 % of the best, the same cap for every batching server of the race; 32 without 1.)
+   and unbatched (--max-batch-size 1), the
    order alternating between rounds, a fresh server each time. After a warm-up, asyncio clients (a minimal
    HTTP/1.1 client, one keep-alive connection each: httpx.AsyncClient spent ~9 ms of CPU per request at 32
    clients and stalled, this one ~0.4 ms) POST the photos to /predict: 1, 8 and 32 concurrent clients, a fixed
@@ -87,6 +89,7 @@ QUICK = dict(model="tiny", size=64, rounds=1, requests={1: 20, 8: 80, 32: 96}, w
 TINY_SIZE = 64
 CLASSES = 1000
 BATCHES = (1, 8, 16, 32)  # the forward pass alone (16: where 32 clients settle in two cohorts)
+BATCH_TOLERANCE = 0.05  # a batch size is as good as the best when its forward pass per image is within this
 PHOTO_SIZE = 224
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry",
           "retina", "colorwheel", "camera", "coins", "brick")  # fmt: skip
@@ -877,6 +880,17 @@ def peer_names(text: str) -> list[str]:
     return names
 
 
+def chosen_batch_size(model_alone: dict | None) -> int:
+    """The largest timed batch whose forward pass per image is within BATCH_TOLERANCE of the best one's: on a CPU
+    where batching gains nothing, a larger batch only makes its requests wait for each other (and on this 2-core
+    EPYC batch 32 took 18 % longer per image than 16), so every batching server of the race gets this cap."""
+    if not model_alone:
+        return max(BATCHES)
+    per_image = {int(batch): ms for batch, ms in model_alone["forward_ms_per_image"].items()}
+    best = min(per_image.values())
+    return max(batch for batch, ms in per_image.items() if ms <= best * (1 + BATCH_TOLERANCE))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny model at 64 px, fewer requests: to try the script")
@@ -885,7 +899,9 @@ def main() -> None:
         "--work", type=Path, default=None, help="folder for the models and logs (default: temp, removed)"
     )
     parser.add_argument("--rounds", type=int, default=None, help="rounds per server configuration (default 2; quick 1)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="the batched configuration's (default 32)")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="every batching server's (default: the largest batch whose forward pass per image is "
+                        f"within {BATCH_TOLERANCE:.0%} of the best in part 1; 32 without part 1)")  # fmt: skip
     parser.add_argument("--max-delay-ms", type=float, default=10.0, help="the batched configuration's (default 10)")
     parser.add_argument("--soak-requests", type=int, default=None, help="default 10,000; quick 1,000")
     parser.add_argument("--skip", nargs="*", default=[], choices=["alone", "throughput", "race", "soak"],
@@ -910,12 +926,6 @@ def main() -> None:
     setting = dict(QUICK if args.quick else FULL)
     setting.update({key: value for key, value in (("rounds", args.rounds), ("soak_requests", args.soak_requests))
                     if value is not None})  # fmt: skip
-    configurations = {
-        "batched": ["--max-batch-size", str(args.max_batch_size), "--max-delay-ms", f"{args.max_delay_ms:g}"],
-        "unbatched": ["--max-batch-size", "1"],
-    }
-    setting.update(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-                   batched_options=configurations["batched"])  # fmt: skip
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"cpu": cpu_description(), "versions": versions(), "setting": setting,
@@ -930,6 +940,14 @@ def main() -> None:
         if "alone" not in args.skip:
             results["model_alone"] = model_alone(export_dir, setting["alone_rounds"])
             print(f"model alone: {json.dumps(results['model_alone'])}", flush=True)
+        max_batch_size = args.max_batch_size or chosen_batch_size(results.get("model_alone"))
+        configurations = {
+            "batched": ["--max-batch-size", str(max_batch_size), "--max-delay-ms", f"{args.max_delay_ms:g}"],
+            "unbatched": ["--max-batch-size", "1"],
+        }
+        setting.update(max_batch_size=max_batch_size, max_delay_ms=args.max_delay_ms,
+                       batched_options=configurations["batched"])  # fmt: skip
+        print(f"batching servers: --max-batch-size {max_batch_size} --max-delay-ms {args.max_delay_ms:g}", flush=True)
         if "throughput" not in args.skip:
             results["throughput"] = throughput(export_dir, jpegs, setting, configurations, work)
             results["ratios"] = ratios(results["throughput"])

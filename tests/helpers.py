@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -198,6 +199,14 @@ def save_tiny_classifier(path: Path) -> Path:
     BitForImageClassification(BitConfig(**TINY)).save_pretrained(path)
     eval_processor(32).save_pretrained(path)
     return path
+
+
+def slow_upload(body: bytes, pause_s: float) -> Iterator[bytes]:
+    """A request body whose second half comes `pause_s` after its first (httpx `content=`): the request is
+    admitted, and under way, while its upload lasts."""
+    yield body[: len(body) // 2]
+    time.sleep(pause_s)
+    yield body[len(body) // 2 :]
 
 
 def wait_until_ready(client, ready_path: str = "/v2/health/ready", seconds: float = 60) -> None:

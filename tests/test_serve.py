@@ -21,10 +21,11 @@ from PIL import Image
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.cli import build_parser
 from bigtransfer.cli import main as cli
+from bigtransfer.serve.admission import ImagePlaces, TooManyImages
 from bigtransfer.serve.batching import DynamicBatcher, QueueFull
 from bigtransfer.serve.model import ServedModel
 from bigtransfer.train.augment import eval_processor
-from helpers import TINY, ServeProcess, client_for, png_header
+from helpers import TINY, ServeProcess, client_for, png_header, slow_upload
 
 LABELS = {0: "tabby cat", 1: "coffee", 2: "rocket"}
 
@@ -105,6 +106,52 @@ def test_requests_arriving_together_share_one_forward_pass_and_get_their_own_row
     assert passes == [5, 3]  # 1+2+1 fit, 3 does not (6 max): next pass with the last
     for x, rows in zip(inputs, results):
         assert np.array_equal(rows, x.sum(axis=(1, 2)) * 10)
+
+
+def test_the_batch_waits_for_company_only_while_admitted_images_are_on_their_way():
+    passes, on_the_way = [], [0]
+
+    async def scenario():
+        batcher = DynamicBatcher(lambda batch: passes.append(len(batch)) or batch, max_batch_size=8, max_delay=2.0,
+                                 on_the_way=lambda: on_the_way[0])  # fmt: skip
+        batcher.start()
+        began = time.perf_counter()
+        await batcher.run(np.zeros((1, 1)))  # nothing else admitted: it goes at once, not after 2 s
+        alone_s = time.perf_counter() - began
+        on_the_way[0] = 2  # two more admitted (being decoded): the first waits for them
+        first = asyncio.ensure_future(batcher.run(np.zeros((1, 1))))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        on_the_way[0] = 1
+        second = asyncio.ensure_future(batcher.run(np.zeros((1, 1))))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        began = time.perf_counter()
+        on_the_way[0] = 0  # the last one failed to decode: it will never come
+        batcher.nudge()
+        await asyncio.gather(first, second)
+        nudged_s = time.perf_counter() - began
+        await batcher.stop()
+        return alone_s, nudged_s
+
+    alone_s, nudged_s = asyncio.run(scenario())
+    assert alone_s < 0.5 and nudged_s < 0.5 and passes == [1, 2]
+
+
+def test_places_count_the_images_on_their_way_and_give_back_those_that_never_arrive():
+    left = []
+    pool = ImagePlaces(4, on_left=lambda: left.append(pool.arriving))
+    with pool.for_request() as places:
+        places(1)
+        places(3)  # the body said 3 images
+        assert (pool.taken, pool.arriving) == (3, 3)
+        places.arrived(2)
+        assert (pool.taken, pool.arriving) == (3, 1)
+        with pytest.raises(QueueFull, match="3 images are under way"), pool.for_request() as other:
+            other(2)
+        with pytest.raises(TooManyImages, match="5 images in one request: at most 4"), pool.for_request() as other:
+            other(5)
+    assert (pool.taken, pool.arriving) == (0, 0) and left == [0]  # the third never came: the batcher was told
 
 
 def test_a_full_queue_refuses_at_once_and_a_failing_batch_fails_only_its_requests():
@@ -384,11 +431,10 @@ def test_concurrent_requests_are_batched_and_equal_unbatched_inference(server, m
 
 
 def test_sigterm_lets_the_request_under_way_finish_then_exits_0(model_dir, photos, tmp_path):
-    running = ServeProcess(
-        model_dir, tmp_path / "server.log", "--max-delay-ms", "1500"
-    )  # a request waits 1.5 s for company: time to signal
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(httpx.post, f"{running.url}/predict", content=photos[0].read_bytes(), timeout=60)
+    running = ServeProcess(model_dir, tmp_path / "server.log")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # under way for 1.5 s: time to signal
+        upload = slow_upload(photos[0].read_bytes(), 1.5)
+        pending = pool.submit(httpx.post, f"{running.url}/predict", content=upload, timeout=60)
         time.sleep(0.5)
         code, log = running.stop()
         answer = pending.result()

@@ -30,7 +30,7 @@ from bigtransfer.serve.model import ServedModel
 from bigtransfer.serve.repository import Repository
 from bigtransfer.serve.service import Limits
 from bigtransfer.serve.tracing import NO_TRACING, Tracing
-from helpers import ServeProcess, free_port, ready_client
+from helpers import ServeProcess, free_port, ready_client, slow_upload
 from test_serve import LABELS, forward_passes, predicted_logits
 
 model_dir, photos, served = test_serve.model_dir, test_serve.photos, test_serve.served  # its fixtures: the same model
@@ -54,7 +54,7 @@ class GrpcServeProcess(ServeProcess):
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     running = GrpcServeProcess(model_dir, tmp_path_factory.mktemp("log") / "server.log", "--max-batch-size", "8",
-                               "--max-delay-ms", "200")  # fmt: skip
+                               "--max-delay-ms", "2000")  # fmt: skip
     yield running
     code, log = running.stop()
     assert code == 0, log[-3000:]
@@ -132,7 +132,7 @@ def test_health_metadata_config_and_index_rpcs_answer_what_rest_does(server):
     assert config.name == "cats" and config.max_batch_size == 8 and config.platform == "pytorch"
     assert [(i.name, list(i.dims)) for i in config.input] == [("pixel_values", [3, 32, 32]), ("image", [1])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [3]), ("scores", [3])]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 200_000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2_000_000
     index = client.get_model_repository_index(as_json=True)["models"]
     assert index == [{"name": "cats", "version": "1", "state": "READY"}]
     code, message = grpc_refusal(lambda: client.get_inference_statistics("cats"))
@@ -178,9 +178,12 @@ def test_rest_and_grpc_requests_share_one_forward_pass(server, photos):
     image = photos[0].read_bytes()
     rest_request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                 "data": [base64.b64encode(image).decode()]}], "outputs": [{"name": "logits"}]}  # fmt: skip
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # each waits up to 200 ms (--max-delay-ms) for the other
-        # (httpx: tritonclient.http's gevent keeps to the thread that made it)
-        by_rest = pool.submit(httpx.post, f"{server.url}/v2/models/cats/infer", json=rest_request, timeout=60)
+    upload = slow_upload(json.dumps(rest_request).encode(), 0.5)  # admitted first, then under way for 0.5 s
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # (httpx: tritonclient.http's gevent keeps to its thread)
+        by_rest = pool.submit(httpx.post, f"{server.url}/v2/models/cats/infer", content=upload, timeout=60,
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+        time.sleep(0.2)
+        # queued while the REST request is on its way: it waits for it (up to --max-delay-ms 2000), one pass for both
         by_grpc = pool.submit(server.grpc.infer, "cats", [image_input(triton_grpc, [image])])
         answers = by_rest.result(timeout=60).json()["outputs"][0]["data"], by_grpc.result(timeout=60)
     after = httpx.get(f"{server.url}/metrics").text
@@ -221,12 +224,13 @@ def test_bad_grpc_requests_get_rests_messages_as_status_codes(server, photos):
 
 
 def test_sigterm_drains_grpc_and_rest_requests_under_way_then_exits_0(model_dir, photos, tmp_path):
-    running = GrpcServeProcess(model_dir, tmp_path / "server.log", "--max-delay-ms", "1500")  # time to signal
+    running = GrpcServeProcess(model_dir, tmp_path / "server.log", "--max-delay-ms", "1500")
     image = [photos[0].read_bytes()]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # REST uploads for 1.5 s; gRPC's request waits for it
+        by_rest = pool.submit(httpx.post, f"{running.url}/predict", content=slow_upload(image[0], 1.5), timeout=60)
+        time.sleep(0.2)
         by_grpc = pool.submit(running.grpc.infer, "cats", [image_input(triton_grpc, image)], client_timeout=60)
-        by_rest = pool.submit(httpx.post, f"{running.url}/predict", content=image[0], timeout=60)
-        time.sleep(0.5)
+        time.sleep(0.3)
         running.process.send_signal(signal.SIGTERM)
         answers = by_grpc.result(timeout=60), by_rest.result(timeout=60)
         code = running.process.wait(timeout=60)

@@ -66,7 +66,8 @@ def register(commands) -> None:
     batching.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
                           help="images per forward pass (default 32; 1 = no batching)")  # fmt: skip
     batching.add_argument("--max-delay-ms", type=non_negative_float, default=5.0, metavar="MS",
-                          help="how long a request waits for others to share its batch (default 5)")  # fmt: skip
+                          help="how long a request waits for others to share its batch — only for requests already "
+                          "admitted (being read or decoded): with none on their way it goes at once (default 5)")  # fmt: skip
     batching.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
                           help="images under way (being decoded, waiting for the model, in it); more are refused with 503 "
                           "and Retry-After (default 256)")  # fmt: skip

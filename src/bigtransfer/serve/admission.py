@@ -20,30 +20,56 @@ DECODE_BYTES_ENV = "BIGTRANSFER_SERVE_DECODE_BYTES"
 MAX_DECODE_BYTES = EnvLimit(DECODE_BYTES_ENV, 512 * 2**20)
 
 
-class ImagePlaces:
-    """At most `limit` images under way, over all requests (--max-queue). `for_request()` gives a request the
-    `need(images)` it calls with its count so far; its places come back when it is answered."""
+class TooManyImages(ValueError):
+    """One request holds more images than the server takes on at once (413): it could never be served."""
 
-    def __init__(self, limit: int):
-        self.limit, self.taken = limit, 0
+
+class ImagePlaces:
+    """At most `limit` images under way, over all requests (--max-queue). `for_request()` gives a request its
+    `RequestPlaces`: it calls them with its count of images so far, and `arrived(n)` as n of them reach the
+    batcher; its places come back when it is answered. `arriving` counts the images admitted that have not
+    reached the batcher yet (bodies being read, images being decoded): the batcher waits for others only while
+    some are on their way. `on_left(...)` is called when a request ends with images that never arrived."""
+
+    def __init__(self, limit: int, on_left: Callable[[], None] | None = None):
+        self.limit, self.taken, self.arriving, self.on_left = limit, 0, 0, on_left
 
     @contextlib.contextmanager
-    def for_request(self) -> Iterator[Callable[[int], None]]:
-        held = 0
-
-        def need(images: int) -> None:
-            nonlocal held
-            if images > held:
-                if self.taken + images - held > self.limit:
-                    others = self.taken - held
-                    raise QueueFull(f"{others} images are under way (--max-queue {self.limit}): retry shortly.")
-                self.taken += images - held
-                held = images
-
+    def for_request(self) -> Iterator[RequestPlaces]:
+        places = RequestPlaces(self)
         try:
-            yield need
+            yield places
         finally:
-            self.taken -= held
+            self.taken -= places.held
+            if places.held > places.delivered:
+                self.arriving -= places.held - places.delivered
+                if self.on_left is not None:
+                    self.on_left()
+
+
+class RequestPlaces:
+    """One request's places: `places(images)` takes them for its count so far (TooManyImages beyond the limit,
+    QueueFull when the other requests leave no room), `places.arrived(n)` marks n of them handed to the batcher."""
+
+    def __init__(self, pool: ImagePlaces):
+        self.pool, self.held, self.delivered = pool, 0, 0
+
+    def __call__(self, images: int) -> None:
+        pool = self.pool
+        if images > pool.limit:
+            raise TooManyImages(f"{images} images in one request: at most {pool.limit} (--max-queue).")
+        if images > self.held:
+            if pool.taken + images - self.held > pool.limit:
+                others = pool.taken - self.held
+                raise QueueFull(f"{others} images are under way (--max-queue {pool.limit}): retry shortly.")
+            pool.taken += images - self.held
+            pool.arriving += images - self.held
+            self.held = images
+
+    def arrived(self, images: int) -> None:
+        images = min(images, self.held - self.delivered)
+        self.delivered += images
+        self.pool.arriving -= images
 
 
 class DecodeBudget:

@@ -329,8 +329,8 @@ class InferenceServer:
         began = time.perf_counter()
         top_k = _positive_int(request.query_params.get("top_k", str(TOP_K)), "top_k")
         service = self._default_service(request)
-        with service.request() as need:
-            need(1)
+        with service.request() as places:
+            places(1)
             body = await self._body(request)
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 request._body = body  # the form parser reads the body already checked against the limit
@@ -346,7 +346,7 @@ class InferenceServer:
                 body = await uploads[0].read()
             if not body:
                 raise ProtocolError("No image: POST the image's bytes as the body, or as a multipart file field.")
-            labels = await service.classify(body, top_k)
+            labels = await service.classify(body, top_k, places)
         with tracing.current().stage("encode"):
             return JSONResponse({
                 "model": service.name, "scores": service.model.score_function, "labels": labels,
@@ -360,10 +360,10 @@ class InferenceServer:
             raise ServeError(415, f"An infer request is JSON, not {media_type}: send Content-Type: application/json "
                                   "(curl: -H 'Content-Type: application/json'), or application/octet-stream with "
                                   "binary tensors.")  # fmt: skip
-        with service.request() as need:
-            need(1)
+        with service.request() as places:
+            places(1)
             parsed = parse_request(await self._body(request), request.headers.get(HEADER_LENGTH))
-            values = await service.infer(parsed.inputs, need)
+            values = await service.infer(parsed.inputs, places)
         with tracing.current().stage("encode"):
             outputs = service.outputs(values, parsed.outputs, parsed.binary_default)
             body, headers = response_body(service.name, service.version, parsed.id, outputs)

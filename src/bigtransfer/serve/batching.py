@@ -1,7 +1,10 @@
 """Dynamic batching: requests that arrive within a short delay share one forward pass.
 
 One task drains a bounded queue: it takes the oldest request, waits at most `max_delay` for more of the same
-input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images,
+input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images —
+but only while the server has admitted images that have not reached the queue yet (`on_the_way`): with none on
+their way, waiting could only add latency (one client, or every client's request already queued behind the last
+pass), so the batch goes at once —
 runs the model once on the batch in a worker thread (the event loop keeps accepting requests meanwhile) and
 hands each request its rows. The model sees one batch at a time. A full queue refuses new requests at once
 (`QueueFull` → 503) instead of letting latency grow without bound; a request whose caller stopped waiting
@@ -54,6 +57,8 @@ class DynamicBatcher:
 
     `model(batch)` takes a NumPy array (B × …) and returns B rows (a NumPy array or a torch tensor), in a thread.
     `on_batch` receives a BatchRecord after each pass (metrics). `max_batch_size` 1 serves one image per pass.
+    `on_the_way()` counts the images admitted but not queued yet (None: unknown, so always wait `max_delay`);
+    `nudge()` when it drops without a request arriving.
     """
 
     def __init__(
@@ -63,11 +68,12 @@ class DynamicBatcher:
         max_delay: float = 0.005,
         max_queue: int = 256,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        on_the_way: Callable[[], int] | None = None,
     ):
         if max_batch_size < 1 or max_delay < 0 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be ≥ 1, max_delay ≥ 0.")
         self.model, self.max_batch_size, self.max_delay, self.max_queue = model, max_batch_size, max_delay, max_queue
-        self.on_batch = on_batch
+        self.on_batch, self.on_the_way = on_batch, on_the_way
         self._queue: list[Pending] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -92,6 +98,10 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._model_thread.shutdown(wait=False)
+
+    def nudge(self) -> None:
+        """Something the gathering batch may be waiting on has changed (a request left before it was queued)."""
+        self._arrived.set()
 
     async def run(self, inputs: np.ndarray) -> Any:
         return await self.enqueue(inputs).done
@@ -127,13 +137,18 @@ class DynamicBatcher:
         self._queue = []
 
     async def _gather(self) -> list[Pending]:
-        """The oldest live request and those of its kind that fit, waiting up to max_delay after it arrived."""
+        """The oldest live request and those of its kind that fit, waiting up to max_delay after it arrived while
+        others are on their way."""
         self._drop_abandoned()
         if not self._queue:
             return []
         first = self._queue[0]
         deadline = first.queued_at + self.max_delay
-        while (remaining := deadline - time.perf_counter()) > 0 and self._fits(first) < self.max_batch_size:
+        while (
+            (remaining := deadline - time.perf_counter()) > 0
+            and self._fits(first) < self.max_batch_size
+            and (self.on_the_way is None or self.on_the_way() > 0)
+        ):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             self._arrived.clear()

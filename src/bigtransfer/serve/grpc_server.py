@@ -146,10 +146,10 @@ class InferenceServicer:
     @rpc(traced=True)
     async def ModelInfer(self, request, context):
         service = self.repository.get(request.model_name, request.model_version)
-        with service.request() as need:
-            need(1)
+        with service.request() as places:
+            places(1)
             parsed = kserve_grpc.infer_request(request)
-            values = await service.infer(parsed.inputs, need)
+            values = await service.infer(parsed.inputs, places)
         with tracing.current().stage("encode"):
             return kserve_grpc.infer_response(service, parsed.id, service.outputs(values, parsed.outputs, True))
 

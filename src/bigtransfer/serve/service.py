@@ -19,7 +19,7 @@ import torch
 
 from ..inference.pipelines import ranked
 from . import admission, tracing
-from .admission import DecodeBudget, ImagePlaces
+from .admission import DecodeBudget, ImagePlaces, RequestPlaces, TooManyImages
 from .batching import BatchRecord, DynamicBatcher, QueueFull
 from .kserve import ProtocolError, RequestedOutput, Tensor, classification_strings
 from .model import ServedModel
@@ -76,6 +76,8 @@ def refusal(error: BaseException, limits: Limits) -> ServeError | None:
         return error
     if isinstance(error, ProtocolError):
         return ServeError(400, str(error))
+    if isinstance(error, TooManyImages):
+        return ServeError(413, str(error))
     if isinstance(error, QueueFull):
         return ServeError(503, str(error), {"Retry-After": "1"})
     if isinstance(error, asyncio.TimeoutError):
@@ -95,11 +97,12 @@ class ModelService:
         on_batch: Callable[[ModelService, BatchRecord], None] | None = None,
     ):
         self.model, self.limits, self.version = model, limits, version
-        self.places = ImagePlaces(limits.max_queue)
         self.decoding = DecodeBudget(admission.MAX_DECODE_BYTES())
         self.batcher = DynamicBatcher(model.logits, limits.max_batch_size, limits.max_delay_ms / 1000,
                                       limits.max_queue,
-                                      on_batch=None if on_batch is None else lambda record: on_batch(self, record))  # fmt: skip
+                                      on_batch=None if on_batch is None else lambda record: on_batch(self, record),
+                                      on_the_way=lambda: self.places.arriving)  # fmt: skip
+        self.places = ImagePlaces(limits.max_queue, on_left=self.batcher.nudge)
         self.ready = False
 
     @property
@@ -149,17 +152,12 @@ class ModelService:
 
     # -- admission --------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def request(self) -> Iterator[Callable[[int], None]]:
-        """The places of one request: `need(images)` takes them (413/503 when they cannot be had); all are given
-        back when the request ends."""
+    def request(self) -> Iterator[RequestPlaces]:
+        """The places of one request: `places(images)` takes them (413/503 when they cannot be had); all are given
+        back when the request ends. Hand them to `classify`/`infer`: the batcher waits for admitted images only."""
         tracing.current().set({"model": self.name, "model_version": self.version})
-        with self.places.for_request() as need:
-            yield lambda images: self._admit(need, images)
-
-    def _admit(self, need: Callable[[int], None], images: int) -> None:
-        if images > self.limits.max_queue:
-            raise ServeError(413, f"{images} images in one request: at most {self.limits.max_queue} (--max-queue).")
-        need(images)
+        with self.places.for_request() as places:
+            yield places
 
     # -- inference ------------------------------------------------------------------------------------------------
     async def pixels(self, images: list[bytes]) -> np.ndarray:
@@ -198,13 +196,14 @@ class ModelService:
                 decode.cancel()  # those not started yet; a running decode finishes, its memory counted till then
         return np.stack(decoded)
 
-    async def logits(self, pixels: np.ndarray) -> torch.Tensor:
-        """Logits (float32, on the CPU) through the batcher (its images were admitted); a request larger than a
-        batch goes in batch-sized parts, all withdrawn when one fails."""
+    async def logits(self, pixels: np.ndarray, places: RequestPlaces | None = None) -> torch.Tensor:
+        """Logits (float32, on the CPU) through the batcher (its images admitted with `places`, if any); a request
+        larger than a batch goes in batch-sized parts, all withdrawn when one fails."""
         size = self.limits.max_batch_size
         tracing.current().set({"images": len(pixels)})
         parts = [
-            asyncio.ensure_future(self._batched(pixels[start : start + size])) for start in range(0, len(pixels), size)
+            asyncio.ensure_future(self._batched(pixels[start : start + size], places))
+            for start in range(0, len(pixels), size)
         ]
         try:
             return torch.cat(await asyncio.gather(*parts))
@@ -213,26 +212,28 @@ class ModelService:
                 part.cancel()
             raise
 
-    async def _batched(self, pixels: np.ndarray) -> Any:
+    async def _batched(self, pixels: np.ndarray, places: RequestPlaces | None) -> Any:
         pending = self.batcher.enqueue(pixels)
+        if places is not None:
+            places.arrived(len(pixels))
         try:
             return await pending.done
         finally:
             tracing.current().batched(pending)
 
-    async def classify(self, image: bytes, top_k: int) -> list[dict[str, Any]]:
+    async def classify(self, image: bytes, top_k: int, places: RequestPlaces | None = None) -> list[dict[str, Any]]:
         """One encoded image's top-k labels and scores, as `predict` ranks them (its place already taken)."""
-        scores = self.model.scores(await self.logits(await self.pixels([image])))
+        scores = self.model.scores(await self.logits(await self.pixels([image]), places))
         (labels,) = ranked(scores, top_k, self.model.network.config.id2label)
         return labels
 
-    async def infer(self, inputs: list[Tensor], need: Callable[[int], None]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: list[Tensor], places: RequestPlaces) -> dict[str, np.ndarray]:
         """The outputs (logits, scores) of an infer request's one input: `image` (BYTES, encoded images) or
-        `pixel_values` (FP32 N×3×H×W), its images admitted with `need` before any is decoded."""
+        `pixel_values` (FP32 N×3×H×W), its images admitted with `places` before any is decoded."""
         if len(inputs) != 1:
             raise ProtocolError("Send exactly one input: pixel_values (FP32 N×3×H×W) or image (BYTES, encoded images).")
         (tensor,) = inputs
-        need(len(tensor.value) if tensor.datatype == "BYTES" else (tensor.shape or [1])[0])
+        places(len(tensor.value) if tensor.datatype == "BYTES" else (tensor.shape or [1])[0])
         if tensor.name == "image" and tensor.datatype == "BYTES":
             pixels = await self.pixels(list(tensor.value)) if tensor.value else None
         elif tensor.name == "pixel_values" and tensor.datatype == "FP32":
@@ -250,7 +251,7 @@ class ModelService:
             )
         if pixels is None or not len(pixels):
             raise ProtocolError("The input holds no image.")
-        logits = await self.logits(pixels)
+        logits = await self.logits(pixels, places)
         if tensor.name == "pixel_values" and not torch.isfinite(logits).all():  # JSON has no NaN: out-of-range pixels
             raise ProtocolError(
                 "The model's output for these pixel_values is not finite: send normalised pixels (values within a "
