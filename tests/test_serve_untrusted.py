@@ -30,7 +30,7 @@ from bigtransfer.serve.model import ServedModel
 from bigtransfer.serve.repository import Repository
 from bigtransfer.serve.service import Limits
 from bigtransfer.serve.trust import Trust, trust_for
-from helpers import ServeProcess, png_header, ready_client
+from helpers import ServeProcess, png_header, ready_client, slow_upload
 
 SMALL = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_groups=4, embedding_size=16, num_labels=3)
 NAME = "guarded"
@@ -57,10 +57,9 @@ def photo() -> bytes:
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    """A server with a small queue, whose requests wait 1 s for company (so that they stay under way a while)
-    and whose connections have 1 s to send their headers."""
+    """A server with a small queue whose connections have 1 s to send their headers."""
     running = ServeProcess(model_dir, tmp_path_factory.mktemp("log") / "server.log", "--max-queue", str(MAX_QUEUE),
-                           "--max-delay-ms", "1000", env={HEADER_TIMEOUT_ENV: str(HEADER_TIMEOUT_S)})  # fmt: skip
+                           env={HEADER_TIMEOUT_ENV: str(HEADER_TIMEOUT_S)})  # fmt: skip
     yield running
     code, log = running.stop()
     assert code == 0, log[-3000:]
@@ -117,14 +116,18 @@ def test_idle_and_trickling_connections_hold_up_no_request_and_are_closed_at_the
 
 
 def test_past_the_queue_requests_get_the_apps_json_503_with_retry_after(server, photo):
+    post = lambda content: httpx.post(f"{server.url}/predict", content=content, timeout=30)  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(3 * MAX_QUEUE) as pool:
-        answers = list(pool.map(lambda _: httpx.post(f"{server.url}/predict", content=photo, timeout=30),
-                                range(3 * MAX_QUEUE)))  # fmt: skip
-    codes = [answer.status_code for answer in answers]
-    assert set(codes) == {200, 503}, codes  # those under way answered, the others refused at once
-    for answer in answers:
-        if answer.status_code == 503:
-            assert answer.headers["retry-after"] == "1" and f"--max-queue {MAX_QUEUE}" in answer.json()["error"]
+        # MAX_QUEUE requests under way for 2 s (their uploads), holding every place; then more
+        under_way = [pool.submit(post, slow_upload(photo, 2.0)) for _ in range(MAX_QUEUE)]
+        time.sleep(0.5)
+        refused = [answer.result() for answer in [pool.submit(post, photo) for _ in range(2 * MAX_QUEUE)]]
+        answered = [answer.result() for answer in under_way]
+    assert [answer.status_code for answer in answered] == [200] * MAX_QUEUE  # those under way answered
+    assert [answer.status_code for answer in refused] == [503] * (2 * MAX_QUEUE)  # the others refused at once
+    for answer in refused:
+        assert answer.headers["retry-after"] == "1" and f"--max-queue {MAX_QUEUE}" in answer.json()["error"]
+    assert httpx.post(f"{server.url}/predict", content=photo, timeout=30).status_code == 200  # the places came back
 
 
 def test_ctrl_c_exits_130_with_several_processes_as_with_one(model_dir, tmp_path):
