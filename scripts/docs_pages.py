@@ -1,7 +1,7 @@
 """mkdocs hooks: the site's reference pages written from the code at every build, so they cannot drift from it.
 
 - reference/cli.md: every `bigtransfer` command and option, walked from the argparse parsers the CLI itself uses;
-- reference/api.md: one mkdocstrings block per name in `bigtransfer.__all__`;
+- reference/api.md: one mkdocstrings block per name in `bigtransfer.__all__` and `bigtransfer.train.__all__`;
 - reference/zoo.md: the model catalogue (checkpoints/catalogue.py), one row per loadable name;
 - benchmarks/results.md: benchmarks/RESULTS.md as it is on disk (other work appends to it there).
 """
@@ -69,11 +69,20 @@ def cli_page() -> str:
 
 def api_page() -> str:
     import bigtransfer
+    import bigtransfer.train
 
     lines = ["# Python API", "", "Every public name of `bigtransfer` (`bigtransfer.__all__`), from its docstrings.", ""]
     for name in bigtransfer.__all__:
         module = bigtransfer._PUBLIC[name].lstrip(".")
         lines += [f"## `{name}`", "", f"::: bigtransfer.{module}.{name}", "    options:", "      heading_level: 3", ""]
+    lines += [
+        "## Training: `bigtransfer.train`",
+        "",
+        "The recipes behind `finetune` and `pretrain` (the CLI's and Python's).",
+        "",
+    ]
+    for name in bigtransfer.train.__all__:
+        lines += [f"::: bigtransfer.train.{name}", "    options:", "      heading_level: 3", ""]
     lines += [
         "## Processor options",
         "",
