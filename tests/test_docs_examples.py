@@ -1,4 +1,4 @@
-"""The site's examples run: every ```python and ```bash block under docs/, page by page in a fresh folder (a
+"""The site's examples run: every ```python and ```bash block under docs/ and in README.md, page by page in a fresh folder (a
 page's blocks build on one another, as a reader follows them), offline, on the models bundled in the package.
 A block that cannot run here (the Hub, a GPU, a long run, a server left running) says why on the line above it:
 `<!-- skip: REASON -->`; it is reported as a skipped test with that reason."""
@@ -79,7 +79,9 @@ def check_block(block: Block, folder: Path, env: dict[str, str]) -> None:
     )
 
 
-ALL_BLOCKS = [block for page in sorted(DOCS.rglob("*.md")) for block in doc_blocks(page)]
+ALL_BLOCKS = doc_blocks(ROOT / "README.md", ROOT) + [
+    block for page in sorted(DOCS.rglob("*.md")) for block in doc_blocks(page)
+]
 
 
 @pytest.fixture(scope="module")
