@@ -283,3 +283,41 @@ class ServeProcess:
             self.process.kill()
             raise
         return code, self.log.read_text()
+
+
+DESKTOP_WINDOW = (1000, 900)
+
+
+def screenshot_path(name: str) -> Path:
+    """Where a person finds a screenshot: $BIGTRANSFER_TEST_ARTIFACTS, else test-artifacts/ in the checkout."""
+    folder = os.environ.get("BIGTRANSFER_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder) / name
+
+
+@contextlib.contextmanager
+def headless_chromium(window: tuple[int, int] = DESKTOP_WINDOW):
+    """Headless Chromium through the system chromedriver (the Debian packages, as CI installs them)."""
+    import shutil
+
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.fail("The browser tests need Chromium and its driver: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size={},{}".format(*window),
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

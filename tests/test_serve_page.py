@@ -2,7 +2,6 @@
 predictions and errors as POST /predict, lets the user pick the model of a server of several, and leaves a
 screenshot for a person to look at."""
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -11,8 +10,6 @@ import httpx
 import pytest
 import torch
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
@@ -20,20 +17,12 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from bigtransfer import BitConfig, BitForImageClassification
 from bigtransfer.train.augment import eval_processor
-from helpers import TINY, ServeProcess
+from helpers import DESKTOP_WINDOW, TINY, ServeProcess, headless_chromium, screenshot_path
 
 LABELS = ["tabby cat", "coffee", "rocket"]
 MODEL_NAME = "photos"
 PAGE_WAIT_S = 30
-DESKTOP_WINDOW = (1000, 900)
 PHONE_WIDTH = 400
-
-
-def _screenshot_path(name: str = "serve-page.png") -> Path:
-    """Where a person finds a screenshot: $BIGTRANSFER_TEST_ARTIFACTS, else test-artifacts/ in the checkout."""
-    folder = os.environ.get("BIGTRANSFER_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder) / name
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +67,8 @@ def repository_server(files) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium through the system chromedriver (the Debian packages, as CI installs them)."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.fail("The page tests need Chromium and its driver: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    window = "--window-size={},{}".format(*DESKTOP_WINDOW)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", window):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-    try:
+    with headless_chromium(DESKTOP_WINDOW) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _opened(browser, server: str):
@@ -152,7 +129,7 @@ def test_page_fits_a_phone_wide_window_without_scrolling_sideways(phone_page, fi
         "return [document.documentElement.scrollWidth, window.innerWidth]"
     )
     assert window_width == PHONE_WIDTH and page_width <= window_width
-    screenshot = _screenshot_path(f"serve-page-{PHONE_WIDTH}px.png")
+    screenshot = screenshot_path(f"serve-page-{PHONE_WIDTH}px.png")
     assert phone_page.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 20_000, "the screenshot looks blank"
 
@@ -173,7 +150,7 @@ def test_page_shows_the_predictions_of_the_api(page, server, files):
     assert [float(score) for _, score in shown] == pytest.approx([e["score"] for e in expected["labels"]], abs=1e-3)
     assert re.fullmatch(r"server \d+\.\d ms · round trip \d+\.\d ms", page.find_element(By.ID, "latency").text)
     assert page.find_element(By.ID, "preview").is_displayed()
-    screenshot = _screenshot_path()
+    screenshot = screenshot_path("serve-page.png")
     assert page.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 20_000, "the screenshot looks blank"
 
