@@ -882,8 +882,8 @@ def peer_names(text: str) -> list[str]:
 
 def chosen_batch_size(model_alone: dict | None) -> int:
     """The largest timed batch whose forward pass per image is within BATCH_TOLERANCE of the best one's: on a CPU
-    where batching gains nothing, a larger batch only makes its requests wait for each other (and on this 2-core
-    EPYC batch 32 took 18 % longer per image than 16), so every batching server of the race gets this cap."""
+    where batching gains nothing, a larger batch only makes its requests wait for each other (on this 2-core EPYC
+    one run timed batch 32 at 18 % more per image than 16, another at 2 %); every batching server gets this cap."""
     if not model_alone:
         return max(BATCHES)
     per_image = {int(batch): ms for batch, ms in model_alone["forward_ms_per_image"].items()}

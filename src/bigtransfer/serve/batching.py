@@ -1,14 +1,15 @@
 """Dynamic batching: requests that arrive within a short delay share one forward pass.
 
 One task drains a bounded queue: it takes the oldest request, waits at most `max_delay` for more of the same
-input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images —
-but only while the server has admitted images that have not reached the queue yet (`on_the_way`): with none on
-their way, waiting could only add latency (one client, or every client's request already queued behind the last
-pass), so the batch goes at once —
+input shape and dtype (uint8 pixels and float model input never share a batch) up to `max_batch_size` images,
 runs the model once on the batch in a worker thread (the event loop keeps accepting requests meanwhile) and
 hands each request its rows. The model sees one batch at a time. A full queue refuses new requests at once
 (`QueueFull` → 503) instead of letting latency grow without bound; a request whose caller stopped waiting
 (timeout) is dropped before it reaches the model.
+
+It waits only while the server has admitted images that have not reached the queue yet (`on_the_way`): with
+none on their way, waiting could only add latency (one client, or every client's next request already queued
+behind the running pass), so the batch goes at once.
 """
 
 from __future__ import annotations
